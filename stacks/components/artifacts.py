@@ -1,0 +1,46 @@
+"""Artifacts bucket, log groups and the Hugging Face token secret (referenced by name, never created)."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from stacks import naming
+
+LOG_STREAMS = {"Nodes": "nodes", "Containers": "containers", "Commands": "commands"}
+
+
+class Artifacts(Construct):
+    """Where deployments keep what outlives an instance.
+
+    Exposes ``bucket``, ``log_groups`` (by kind: nodes, containers, commands) and ``hf_token_secret`` (or None).
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, env_name: str, retention: logs.RetentionDays,
+                 hf_token_secret_name: str | None) -> None:
+        super().__init__(scope, construct_id)
+        # Retained: compiled artifacts take hours to rebuild and benchmark results are the record of a run.
+        self.bucket = s3.Bucket(
+            self, "Bucket",
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            versioned=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+            lifecycle_rules=[s3.LifecycleRule(noncurrent_version_expiration=cdk.Duration.days(30),
+                                              abort_incomplete_multipart_upload_after=cdk.Duration.days(7))],
+        )
+        # Named so operators and `dictl logs` find them; destroyed with the stack so a redeploy can recreate them.
+        self.log_groups = {
+            stream: logs.LogGroup(self, f"{kind}LogGroup", log_group_name=naming.log_group(env_name, stream),
+                                  retention=retention, removal_policy=cdk.RemovalPolicy.DESTROY)
+            for kind, stream in LOG_STREAMS.items()
+        }
+        self.hf_token_secret = (
+            secretsmanager.Secret.from_secret_name_v2(self, "HfTokenSecret", hf_token_secret_name)
+            if hf_token_secret_name else None
+        )

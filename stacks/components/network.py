@@ -1,0 +1,84 @@
+"""Network: a one-AZ VPC with private subnets (NAT egress, VPC endpoints), or an existing VPC and subnet."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from stacks.config import NetworkConfig
+
+INTERFACE_ENDPOINTS = {
+    # SSM Agent needs all three to take Run Command and Session Manager traffic without the internet:
+    # https://docs.aws.amazon.com/systems-manager/latest/userguide/setup-create-vpc.html
+    "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
+    "SsmMessages": ec2.InterfaceVpcEndpointAwsService.SSM_MESSAGES,
+    "Ec2Messages": ec2.InterfaceVpcEndpointAwsService.EC2_MESSAGES,
+    "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
+}
+
+
+class Network(Construct):
+    """VPC and the single private subnet that holds every worker and the control host.
+
+    EFA traffic cannot cross subnets, so all workers share one subnet in one AZ:
+    https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa.html#efa-limits
+
+    Exposes ``vpc``, ``subnet`` (the worker subnet) and ``subnet_id``.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, network: NetworkConfig, availability_zone: str,
+                 log_retention: logs.RetentionDays) -> None:
+        super().__init__(scope, construct_id)
+        if network.existing:
+            self.vpc = ec2.Vpc.from_vpc_attributes(
+                self, "Vpc", vpc_id=network.vpc_id, availability_zones=[availability_zone],
+                vpc_cidr_block=network.vpc_cidr, private_subnet_ids=[network.subnet_id],
+                private_subnet_route_table_ids=[network.route_table_id or ""])
+        else:
+            self.vpc = self._new_vpc(network, availability_zone, log_retention)
+        self.subnet = self.vpc.select_subnets(
+            subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS if self._has_egress(network)
+            else ec2.SubnetType.PRIVATE_ISOLATED).subnets[0]
+        self.subnet_id = self.subnet.subnet_id
+        if network.vpc_endpoints:
+            self._add_endpoints(network)
+
+    @staticmethod
+    def _has_egress(network: NetworkConfig) -> bool:
+        return network.existing or network.nat_gateway
+
+    def _new_vpc(self, network: NetworkConfig, availability_zone: str,
+                 log_retention: logs.RetentionDays) -> ec2.Vpc:
+        subnets = [ec2.SubnetConfiguration(
+            name="Private", cidr_mask=20,
+            subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS if network.nat_gateway
+            else ec2.SubnetType.PRIVATE_ISOLATED)]
+        if network.nat_gateway:
+            # The NAT gateway needs a public subnet; nothing else is placed there.
+            subnets.insert(0, ec2.SubnetConfiguration(name="Public", cidr_mask=26,
+                                                      subnet_type=ec2.SubnetType.PUBLIC, map_public_ip_on_launch=False))
+        vpc = ec2.Vpc(
+            self, "Vpc",
+            ip_addresses=ec2.IpAddresses.cidr(network.vpc_cidr),
+            availability_zones=[availability_zone],
+            nat_gateways=1 if network.nat_gateway else 0,
+            subnet_configuration=subnets,
+            restrict_default_security_group=False,
+        )
+        flow_logs = logs.LogGroup(self, "FlowLogs", retention=log_retention,
+                                  removal_policy=cdk.RemovalPolicy.DESTROY)
+        vpc.add_flow_log("FlowLog", destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs),
+                         traffic_type=ec2.FlowLogTrafficType.ALL)
+        return vpc
+
+    def _add_endpoints(self, network: NetworkConfig) -> None:
+        placement = ec2.SubnetSelection(subnets=[self.subnet])
+        self.vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3, subnets=[placement])
+        endpoint_sg = ec2.SecurityGroup(self, "EndpointSecurityGroup", vpc=self.vpc, allow_all_outbound=False,
+                                        description="VPC interface endpoints: HTTPS from inside the VPC")
+        endpoint_sg.add_ingress_rule(ec2.Peer.ipv4(network.vpc_cidr), ec2.Port.tcp(443), "HTTPS from the VPC")
+        for name, service in INTERFACE_ENDPOINTS.items():
+            self.vpc.add_interface_endpoint(name, service=service, subnets=placement, private_dns_enabled=True,
+                                            security_groups=[endpoint_sg], open=False)

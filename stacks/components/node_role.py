@@ -1,0 +1,41 @@
+"""Instance role for one kind of node: SSM management plus exactly the bucket, secret and log access it needs."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+
+class NodeRole(Construct):
+    """Role and instance profile. Reads the whole artifacts bucket; writes only under ``write_prefixes``.
+
+    Exposes ``role`` and ``instance_profile``.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, bucket: s3.IBucket, write_prefixes: Sequence[str],
+                 log_groups: Sequence[logs.ILogGroup], secret: secretsmanager.ISecret | None) -> None:
+        super().__init__(scope, construct_id)
+        self.role = iam.Role(
+            self, "Role", assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description="DiStack node: SSM, artifacts bucket, logs",
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
+        )
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:ListBucket"], resources=[bucket.bucket_arn]))
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:GetObject"], resources=[bucket.arn_for_objects("*")]))
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+            resources=[bucket.arn_for_objects(f"{prefix}*") for prefix in write_prefixes]))
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+            resources=[group.log_group_arn for group in log_groups]))
+        if secret is not None:
+            self.role.add_to_principal_policy(iam.PolicyStatement(
+                actions=["secretsmanager:GetSecretValue"], resources=[secret.secret_arn]))
+        self.instance_profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)

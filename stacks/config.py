@@ -1,0 +1,255 @@
+"""Per-environment configuration: pydantic models (structure and defaults) for `config/NAME.yaml`.
+
+Cross-field rules live in `stacks/rules.py`; `stacks/loader.py` runs both and formats every problem at once.
+Never imports aws_cdk: `dictl` reads the same files.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from stacks import naming
+
+NEURON_DLC = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.9.1-neuronx-py310-sdk2.25.1-ubuntu22.04"
+# The Neuron base DLAMI for Ubuntu 22.04 matches the 0.9.1 DLC's SDK (2.25); newer parameters carry
+# drivers the 0.9.1 runtime was not released against.
+# https://awsdocs-neuron.readthedocs-hosted.com/en/latest/deploy/environments/dlami.html
+NEURON_BASE_DLAMI_PARAMETER = "/aws/service/neuron/dlami/base/ubuntu-22.04/latest/image_id"
+AL2023_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+# CloudWatch Logs accepts only these retention periods.
+# https://docs.aws.amazon.com/AmazonCloudWatchLogs/latest/APIReference/API_PutRetentionPolicy.html
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+                      2922, 3288, 3653)
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AmiConfig(_Model):
+    """Where an instance's image comes from: an SSM parameter resolved by EC2 at launch, or a pinned ID."""
+
+    ssm_parameter: str | None = Field(
+        default=NEURON_BASE_DLAMI_PARAMETER,
+        pattern=r"^/[A-Za-z0-9_./-]+$",
+        description="Public or own SSM parameter holding an AMI ID; EC2 resolves it at each launch.",
+    )
+    image_id: str | None = Field(
+        default=None,
+        pattern=r"^ami-[0-9a-f]{8,17}$",
+        description="A pinned AMI ID. Set this in production so a new DLAMI never reaches new instances unnoticed.",
+    )
+    root_device_name: str = Field(
+        default="/dev/sda1",
+        pattern=r"^/dev/(sda1|xvda|nvme0n1)$",
+        description="The AMI's root device; a wrong name adds a volume instead of sizing the root one.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AmiConfig:
+        if "image_id" in self.model_fields_set and "ssm_parameter" in self.model_fields_set:
+            if self.image_id and self.ssm_parameter:
+                raise ValueError("set either image_id (pinned) or ssm_parameter, not both")
+        if not self.image_id and not self.ssm_parameter:
+            raise ValueError("set image_id or ssm_parameter")
+        return self
+
+    @property
+    def launch_template_image(self) -> str:
+        """ImageId for a launch template: `resolve:ssm:` makes EC2, not CloudFormation, read the parameter,
+        so a new `latest` never changes the template and never replaces a running instance.
+        https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/create-launch-template.html#use-an-ssm-parameter-instead-of-an-ami-id
+        """
+        return self.image_id or f"resolve:ssm:{self.ssm_parameter}"
+
+
+class ControlAmiConfig(AmiConfig):
+    """Amazon Linux 2023 by default for the control host."""
+
+    ssm_parameter: str | None = Field(default=AL2023_PARAMETER, pattern=r"^/[A-Za-z0-9_./-]+$")
+    root_device_name: str = Field(default="/dev/xvda", pattern=r"^/dev/(sda1|xvda|nvme0n1)$")
+
+
+class NetworkConfig(_Model):
+    """A new VPC (default) or an existing VPC and subnet, named by ID so synth needs no lookup."""
+
+    vpc_id: str | None = Field(default=None, pattern=r"^vpc-[0-9a-f]{8,17}$")
+    subnet_id: str | None = Field(default=None, pattern=r"^subnet-[0-9a-f]{8,17}$",
+                                  description="Existing private subnet for workers and the control host.")
+    route_table_id: str | None = Field(default=None, pattern=r"^rtb-[0-9a-f]{8,17}$",
+                                       description="Route table of subnet_id, for the S3 gateway endpoint.")
+    vpc_cidr: str = Field(default="10.42.0.0/16", description="CIDR of the new VPC, or of the existing one.")
+    nat_gateway: bool = Field(default=True, description="Egress for public ECR and Hugging Face (new VPC only).")
+    vpc_endpoints: bool = Field(default=True, description="S3 gateway and ssm/ssmmessages/ec2messages/logs endpoints.")
+    http_egress: bool = Field(default=True,
+                              description="Allow TCP 80 out: Ubuntu's EC2 package mirrors serve signed packages over HTTP.")
+    allowed_client_cidrs: tuple[str, ...] = Field(
+        default=(),
+        description="Who may call the proxy. Empty: only through `dictl tunnel` (SSM port forwarding).",
+    )
+
+    @property
+    def existing(self) -> bool:
+        """True when the deployment reuses a VPC instead of creating one."""
+        return self.vpc_id is not None
+
+
+class ModelConfig(_Model):
+    """The served model and the vLLM limits shared by every endpoint."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", description="Hugging Face id, e.g. org/name.")
+    source: Literal["huggingface", "s3"] = Field(
+        default="huggingface", description="s3: weights are synced from models/<id>/ in the artifacts bucket.")
+    hf_token_secret: str | None = Field(default=None, pattern=r"^[A-Za-z0-9/_+=.@-]{1,512}$",
+                                        description="Secrets Manager secret *name* holding the Hugging Face token.")
+    parameters_billion: float | None = Field(default=None, gt=0,
+                                             description="Model size; known models need not set it.")
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    max_model_len: int = Field(default=8192, ge=128, le=131072)
+    max_num_seqs: int = Field(default=8, ge=1, le=1024)
+    kv_buffer_size: float = Field(default=2e11, gt=0, description="NeuronConnector kv_buffer_size, bytes.")
+
+
+class EndpointConfig(_Model):
+    """One vLLM server on a worker: its NeuronCore range and port."""
+
+    role: Literal["prefill", "decode"] | None = Field(default=None, description="Only in colocated fleets.")
+    cores: str | None = Field(default=None, pattern=r"^\d+(-\d+)?$",
+                              description="NEURON_RT_VISIBLE_CORES range, e.g. 0-31. Default: the next TP cores.")
+    port: int | None = Field(default=None, ge=1024, le=65535, description="Default: 8000 + endpoint index.")
+
+
+class ResolvedEndpoint(_Model):
+    """An endpoint with every default filled in: what the node runs."""
+
+    index: int
+    role: str
+    first_core: int
+    last_core: int
+    port: int
+
+    @property
+    def cores(self) -> str:
+        """The range as NEURON_RT_VISIBLE_CORES spells it."""
+        return f"{self.first_core}-{self.last_core}"
+
+    @property
+    def core_count(self) -> int:
+        """How many logical NeuronCores the range holds."""
+        return self.last_core - self.first_core + 1
+
+
+class CapacityConfig(_Model):
+    """On-Demand, a targeted On-Demand Capacity Reservation, or a Capacity Block for ML."""
+
+    type: Literal["on-demand", "reservation", "capacity-block"] = "on-demand"
+    reservation_id: str | None = Field(default=None, pattern=r"^cr-[0-9a-f]{8,17}$")
+
+    @property
+    def targeted(self) -> bool:
+        """Instances must launch into a named reservation (which fixes their placement)."""
+        return self.type != "on-demand"
+
+
+class FleetConfig(_Model):
+    """Identical worker instances: one launch template and one Auto Scaling group."""
+
+    role: Literal["prefill", "decode", "colocated", "standard"]
+    instance_type: str = Field(description="A Trainium type with EFA, e.g. trn2.48xlarge.")
+    count: int = Field(default=1, ge=1, le=64, description="Instances at deploy time.")
+    max_count: int | None = Field(default=None, ge=1, le=256,
+                                  description="Ceiling for `dictl scale`. Default: count.")
+    tensor_parallel: int = Field(ge=1, le=128)
+    lnc: Literal[1, 2] | None = Field(default=None, description="Logical NeuronCore config; default per type.")
+    endpoints: tuple[EndpointConfig, ...] | None = Field(
+        default=None,
+        description="Default: one endpoint (colocated: one prefill then one decode) on consecutive core ranges.",
+    )
+    root_volume_gib: int = Field(default=512, ge=100, le=16384)
+    capacity: CapacityConfig = CapacityConfig()
+
+    @property
+    def ceiling(self) -> int:
+        """MaxSize of the Auto Scaling group."""
+        return max(self.max_count or self.count, self.count)
+
+    @cached_property
+    def resolved_endpoints(self) -> tuple[ResolvedEndpoint, ...]:
+        """Endpoints with roles, core ranges and ports filled in (ranges are validated in rules.py)."""
+        declared = self.endpoints
+        if declared is None:
+            roles = ["prefill", "decode"] if self.role == "colocated" else [self.role]
+            declared = tuple(EndpointConfig(role=r if self.role == "colocated" else None) for r in roles)
+        resolved = []
+        for index, endpoint in enumerate(declared):
+            if endpoint.cores is None:
+                first, last = index * self.tensor_parallel, (index + 1) * self.tensor_parallel - 1
+            else:
+                first, _, last_text = endpoint.cores.partition("-")
+                first, last = int(first), int(last_text or first)
+            resolved.append(ResolvedEndpoint(
+                index=index,
+                role=endpoint.role or self.role,
+                first_core=first,
+                last_core=last,
+                port=endpoint.port if endpoint.port is not None else naming.VLLM_BASE_PORT + index,
+            ))
+        return tuple(resolved)
+
+
+class ControlHostConfig(_Model):
+    """The small host that runs etcd and the proxy."""
+
+    instance_type: str = Field(default="m5.xlarge", pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+    root_volume_gib: int = Field(default=100, ge=30, le=16384,
+                                 description="Holds the DLC image the proxy runs from (tens of GiB).")
+    etcd_volume_gib: int = Field(default=20, ge=1, le=16384)
+    private_ip: str | None = Field(default=None, pattern=r"^\d{1,3}(\.\d{1,3}){3}$",
+                                   description="Fixed address of the control host; default: chosen once by EC2.")
+    ami: ControlAmiConfig = ControlAmiConfig()
+
+
+class BootstrapConfig(_Model):
+    """How long CloudFormation waits for nodes to report their bootstrap."""
+
+    timeout_minutes: int = Field(default=60, ge=5, le=720)
+
+
+class DeploymentConfig(_Model):
+    """One environment: everything `cdk deploy DiStack -c env=NAME` builds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="DiStack environment")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,19}$", description="Must equal the file name; stack di-NAME.")
+    region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+    account: str | None = Field(default=None, pattern=r"^\d{12}$")
+    availability_zone: str = Field(description="One AZ for all workers (EFA traffic cannot leave a subnet).")
+    engine: Literal["neuron-connector"] = "neuron-connector"
+    mode: Literal["disaggregated", "standard"] = "disaggregated"
+    proxy: Literal["neuron", "distack"] = Field(
+        default="neuron", description="neuron: the DLC's neuron-proxy-server; distack: DiStack's own proxy.")
+    image: str = Field(default=NEURON_DLC, pattern=r"^[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+:[A-Za-z0-9._-]+$")
+    network: NetworkConfig = NetworkConfig()
+    model: ModelConfig
+    fleets: dict[str, FleetConfig] = Field(min_length=1)
+    worker_ami: AmiConfig = AmiConfig()
+    control_host: ControlHostConfig = ControlHostConfig()
+    placement_group: bool | None = Field(
+        default=None, description="Cluster placement group; default on unless a fleet targets a reservation.")
+    log_retention_days: int = 30
+    bootstrap: BootstrapConfig = BootstrapConfig()
+
+    @property
+    def uses_placement_group(self) -> bool:
+        """Capacity Blocks and targeted reservations fix placement themselves, so they go without one."""
+        if self.placement_group is not None:
+            return self.placement_group
+        return not any(f.capacity.targeted for f in self.fleets.values())
+
+    @property
+    def stack_name(self) -> str:
+        """CloudFormation stack name."""
+        return naming.stack_name(self.name)

@@ -1,0 +1,126 @@
+"""DiStack: wires the components of one deployment; owns tags, outputs and every cdk-nag acknowledgment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aws_cdk as cdk
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from stacks import naming, node_values, userdata
+from stacks.components.artifacts import Artifacts
+from stacks.components.control_host import ControlHost, ControlState
+from stacks.components.network import Network
+from stacks.components.node_role import NodeRole
+from stacks.components.ops_documents import OpsDocuments
+from stacks.components.placement import ClusterPlacement
+from stacks.components.security import Security
+from stacks.components.worker_fleet import FleetPlacement, WorkerFleet
+from stacks.config import DeploymentConfig
+from stacks import nag
+
+
+RETENTION = {
+    1: logs.RetentionDays.ONE_DAY, 3: logs.RetentionDays.THREE_DAYS, 5: logs.RetentionDays.FIVE_DAYS,
+    7: logs.RetentionDays.ONE_WEEK, 14: logs.RetentionDays.TWO_WEEKS, 30: logs.RetentionDays.ONE_MONTH,
+    60: logs.RetentionDays.TWO_MONTHS, 90: logs.RetentionDays.THREE_MONTHS, 120: logs.RetentionDays.FOUR_MONTHS,
+    150: logs.RetentionDays.FIVE_MONTHS, 180: logs.RetentionDays.SIX_MONTHS, 365: logs.RetentionDays.ONE_YEAR,
+    400: logs.RetentionDays.THIRTEEN_MONTHS, 545: logs.RetentionDays.EIGHTEEN_MONTHS,
+    731: logs.RetentionDays.TWO_YEARS, 1096: logs.RetentionDays.THREE_YEARS, 1827: logs.RetentionDays.FIVE_YEARS,
+    2192: logs.RetentionDays.SIX_YEARS, 2557: logs.RetentionDays.SEVEN_YEARS, 2922: logs.RetentionDays.EIGHT_YEARS,
+    3288: logs.RetentionDays.NINE_YEARS, 3653: logs.RetentionDays.TEN_YEARS,
+}
+
+
+# Workers publish compiled artifacts and collected logs; the control host, benchmark results and logs.
+WRITE_PREFIXES = {
+    "WorkerRole": [naming.BUCKET_PREFIX_COMPILED, naming.BUCKET_PREFIX_LOGS],
+    "ControlRole": [naming.BUCKET_PREFIX_BENCH, naming.BUCKET_PREFIX_LOGS],
+}
+
+
+class DiStack(cdk.Stack):
+    """Disaggregated inference on Trainium: network, security, workers, control host, artifacts, runbooks.
+
+    Exposes ``deployment``, ``fleets`` (name -> WorkerFleet), ``control_host``, ``artifacts``.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: DeploymentConfig, **kwargs: Any) -> None:
+        super().__init__(scope, construct_id, stack_name=config.stack_name,
+                         description=f"DiStack {config.name}: disaggregated LLM inference on Trainium", **kwargs)
+        self.deployment = config.name
+        cdk.Tags.of(self).add(naming.TAG_DEPLOYMENT, config.name)
+        retention = RETENTION[config.log_retention_days]
+
+        network = Network(self, "Network", network=config.network, availability_zone=config.availability_zone,
+                          log_retention=retention)
+        security = Security(self, "Security", vpc=network.vpc, network=config.network,
+                            vllm_ports=[ep.port for f in config.fleets.values() for ep in f.resolved_endpoints],
+                            etcd=config.mode == "disaggregated")
+        self.artifacts = Artifacts(self, "Artifacts", env_name=config.name, retention=retention,
+                                   hf_token_secret_name=config.model.hf_token_secret)
+        groups = self.artifacts.log_groups
+        bucket = self.artifacts.bucket
+        roles = {}
+        for role_id, prefixes in WRITE_PREFIXES.items():
+            roles[role_id] = NodeRole(self, role_id, bucket=bucket, write_prefixes=prefixes,
+                                      log_groups=list(groups.values()), secret=self.artifacts.hf_token_secret)
+            nag.acknowledge_node_role(roles[role_id], bucket, prefixes)
+        worker_role, control_role = roles["WorkerRole"], roles["ControlRole"]
+        nag.acknowledge_control_role(control_role)
+        nag.acknowledge_bucket(bucket)
+        nag.acknowledge_scaling_groups(self)
+
+        state = ControlState(self, "ControlState", control=config.control_host, subnet=network.subnet,
+                             security_group=security.control_group)
+        refs = node_values.DeploymentRefs(
+            stack_name=self.stack_name, control_address=state.address, bucket_name=bucket.bucket_name,
+            node_log_group=groups["nodes"].log_group_name, container_log_group=groups["containers"].log_group_name)
+        control_tags = self._role_tags(naming.ROLE_CONTROL, naming.ROLE_CONTROL)
+        cdk.Tags.of(state).add(naming.TAG_ROLE, naming.ROLE_CONTROL)
+        self.control_host = ControlHost(
+            self, "ControlHost", control=config.control_host, state=state, node_role=control_role,
+            user_data=userdata.render(node_values.control_values(
+                config, refs, network_interface_id=state.network_interface.ref,
+                etcd_volume_id=state.etcd_volume.volume_id)),
+            tags=control_tags)
+
+        placement_group = ClusterPlacement(self, "PlacementGroup") if config.uses_placement_group else None
+        self.fleets: dict[str, WorkerFleet] = {}
+        for name, fleet in config.fleets.items():
+            tags = self._role_tags(fleet.role, name)
+            self.fleets[name] = WorkerFleet(
+                self, f"{naming.pascal(name)}Fleet", fleet=fleet, ami=config.worker_ami,
+                placement=FleetPlacement(subnet_id=network.subnet_id,
+                                         security_group_id=security.worker_group.security_group_id,
+                                         placement_group_name=placement_group.group_name if placement_group else None),
+                instance_profile=worker_role.instance_profile,
+                user_data=userdata.render(node_values.worker_values(config, name, refs)),
+                tags=tags)
+            for key, value in tags.items():
+                cdk.Tags.of(self.fleets[name].auto_scaling_group).add(key, value)
+        for key, value in control_tags.items():
+            cdk.Tags.of(self.control_host.auto_scaling_group).add(key, value)
+
+        OpsDocuments(self, "OpsDocuments", env_name=config.name)
+        self._outputs(config, state.address)
+
+    def _role_tags(self, role: str, fleet: str) -> dict[str, str]:
+        return {naming.TAG_DEPLOYMENT: self.deployment, naming.TAG_ROLE: role, naming.TAG_FLEET: fleet}
+
+    def _outputs(self, config: DeploymentConfig, address: str) -> None:
+        groups = self.artifacts.log_groups
+        outputs = {
+            naming.OUTPUT_PROXY_URL: (f"http://{address}:{naming.PROXY_PORT}", "OpenAI-compatible endpoint"),
+            naming.OUTPUT_ETCD_ADDRESS: (f"{address}:{naming.ETCD_CLIENT_PORT}", "Worker registry (etcd)"),
+            naming.OUTPUT_BUCKET: (self.artifacts.bucket.bucket_name, "Compiled models, weights, bench, logs"),
+            naming.OUTPUT_NODE_LOG_GROUP: (groups["nodes"].log_group_name, "Bootstrap and node script logs"),
+            naming.OUTPUT_CONTAINER_LOG_GROUP: (groups["containers"].log_group_name, "vLLM, proxy and etcd logs"),
+            naming.OUTPUT_SSM_LOG_GROUP: (groups["commands"].log_group_name, "dictl command output"),
+            naming.OUTPUT_CONTROL_INSTANCE_GROUP: (self.control_host.auto_scaling_group.ref, "Control host group"),
+        }
+        for name, fleet in self.fleets.items():
+            outputs[naming.fleet_output(name)] = (fleet.auto_scaling_group.ref, f"Auto Scaling group of {name}")
+        for key, (value, description) in outputs.items():
+            cdk.CfnOutput(self, key, value=value, description=description)

@@ -1,0 +1,58 @@
+"""Every cdk-nag AwsSolutions acknowledgment, on the narrowest construct, each with its specific reason."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from constructs import IConstruct
+
+SSM_MANAGED_POLICY = "Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore"
+
+
+def acknowledge(scope: IConstruct, rule: str, reason: str, finding: str | None = None) -> None:
+    """Acknowledge one finding (cdk-nag v3: `Validations` + `cdk.Acknowledgment`) below `scope`."""
+    rule_id = f"AwsSolutions::AwsSolutions-{rule}" + (f"[{finding}]" if finding else "")
+    cdk.Validations.of(scope).acknowledge(cdk.Acknowledgment(id=rule_id, reason=reason))
+
+
+def bucket_token(bucket: IConstruct) -> str:
+    """How cdk-nag spells a bucket's ARN inside a finding."""
+    stack = cdk.Stack.of(bucket)
+    return f"<{stack.get_logical_id(bucket.node.default_child)}.Arn>"  # type: ignore[arg-type]
+
+
+def acknowledge_node_role(role: IConstruct, bucket: IConstruct, write_prefixes: list[str]) -> None:
+    """The findings every node role carries by design."""
+    acknowledge(role, "IAM4", "AmazonSSMManagedInstanceCore is AWS's maintained minimum for SSM Agent (Run "
+                              "Command, Session Manager); an inline copy would drift from what the agent needs.",
+                SSM_MANAGED_POLICY)
+    arn = bucket_token(bucket)
+    acknowledge(role, "IAM5", "Nodes read any object of their own deployment's artifacts bucket (models, "
+                              "compiled artifacts); object keys are not known at deploy time.", f"Resource::{arn}/*")
+    for prefix in write_prefixes:
+        acknowledge(role, "IAM5", f"Nodes write only under {prefix} of their own bucket; the keys below it name "
+                                  "instances and runs that exist only later.", f"Resource::{arn}/{prefix}*")
+
+
+def acknowledge_control_role(role: IConstruct) -> None:
+    """The control host attaches its fixed interface and etcd volume to whichever instance the group launched."""
+    acknowledge(role, "IAM5", "The instance is launched later by the Auto Scaling group; the statement's "
+                              "condition limits it to instances tagged with this deployment's control role.",
+                f"Resource::arn:<AWS::Partition>:ec2:{cdk.Stack.of(role).region}:<AWS::AccountId>:instance/*")
+    acknowledge(role, "IAM5", "ec2:DescribeNetworkInterfaces and ec2:DescribeVolumes support no resource-level "
+                              "permissions; the boot script polls them to see its attachments complete.",
+                "Resource::*")
+
+
+def acknowledge_scaling_groups(stack: IConstruct) -> None:
+    """AS3 asks for SNS notifications on every Auto Scaling group."""
+    acknowledge(stack, "AS3", "Launch failures (for example InsufficientInstanceCapacity) and replacements are "
+                              "shown by `dictl status` from the scaling activities and by CloudFormation events; "
+                              "an SNS topic would need a customer-managed KMS key trusting the Auto Scaling "
+                              "service-linked role, which DiStack does not create by default.")
+
+
+def acknowledge_bucket(bucket: IConstruct) -> None:
+    """S1 asks for server access logs on the artifacts bucket."""
+    acknowledge(bucket, "S1", "Only the deployment's own instance roles and operators touch this bucket; "
+                              "CloudTrail records its API calls, and a second bucket for access logs would "
+                              "itself need access logs.")

@@ -1,0 +1,71 @@
+"""Names, tag keys, ports and paths: the contract between the stack, the nodes and `dictl`.
+
+Imported by `ops/`, so it must never import aws_cdk (that costs seconds and needs Node.js).
+"""
+
+from __future__ import annotations
+
+TAG_DEPLOYMENT = "di:deployment"
+TAG_ROLE = "di:role"
+TAG_FLEET = "di:fleet"
+
+ROLE_PREFILL = "prefill"
+ROLE_DECODE = "decode"
+ROLE_COLOCATED = "colocated"
+ROLE_STANDARD = "standard"
+ROLE_CONTROL = "control"
+WORKER_ROLES = (ROLE_PREFILL, ROLE_DECODE, ROLE_COLOCATED, ROLE_STANDARD)
+
+PROXY_PORT = 8000
+ETCD_CLIENT_PORT = 8989
+# etcd's peer listener stays on loopback (single member), as in the Neuron DI tutorial.
+ETCD_PEER_PORT = 21323
+VLLM_BASE_PORT = 8000
+# NeuronConnector's ZMQ signal plane and the Neuron runtime's send/recv bootstrap: worker-to-worker only.
+KV_SIGNAL_PORT = 14579
+KV_BOOTSTRAP_PORT = 45645
+RESERVED_WORKER_PORTS = {ETCD_CLIENT_PORT: "etcd", KV_SIGNAL_PORT: "KV signal", KV_BOOTSTRAP_PORT: "KV bootstrap"}
+
+NODE_ENV_PATH = "/etc/di/node.env"
+NODE_SCRIPTS_DIR = "/opt/di"
+KV_LOCK_FILE = "/tmp/nrt_kv_store_server.lock"
+
+BUCKET_PREFIX_COMPILED = "compiled/"
+BUCKET_PREFIX_MODELS = "models/"
+BUCKET_PREFIX_BENCH = "bench/"
+BUCKET_PREFIX_LOGS = "logs/"
+
+
+def stack_name(env: str) -> str:
+    """CloudFormation stack name of one deployment."""
+    return f"di-{env}"
+
+
+def ssm_document(env: str, verb: str) -> str:
+    """SSM Command document name, e.g. di-prod-Restart."""
+    return f"di-{env}-{verb[:1].upper()}{verb[1:]}"
+
+
+def log_group(env: str, stream: str) -> str:
+    """CloudWatch log group for one kind of output ("nodes", "containers", "ssm")."""
+    return f"/distack/{env}/{stream}"
+
+
+# Stack output keys that `dictl` reads: stable, never renamed.
+OUTPUT_PROXY_URL = "ProxyUrl"
+OUTPUT_ETCD_ADDRESS = "EtcdAddress"
+OUTPUT_BUCKET = "ArtifactsBucketName"
+OUTPUT_NODE_LOG_GROUP = "NodeLogGroup"
+OUTPUT_CONTAINER_LOG_GROUP = "ContainerLogGroup"
+OUTPUT_SSM_LOG_GROUP = "CommandLogGroup"
+OUTPUT_CONTROL_INSTANCE_GROUP = "ControlAutoScalingGroup"
+
+
+def fleet_output(fleet: str) -> str:
+    """Output key holding the Auto Scaling group name of one fleet."""
+    return f"Fleet{pascal(fleet)}AutoScalingGroup"
+
+
+def pascal(text: str) -> str:
+    """`prefill-a` -> `PrefillA`: construct ids and output keys from config names."""
+    return "".join(part[:1].upper() + part[1:] for part in text.replace("_", "-").split("-") if part)

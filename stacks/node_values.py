@@ -1,0 +1,76 @@
+"""The per-deployment values each node receives in `/etc/di/node.env`, derived from the config alone
+plus the deploy-time references (addresses, bucket, log groups) the stack hands in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stacks import catalog, naming
+from stacks.config import DeploymentConfig
+
+
+@dataclass(frozen=True)
+class DeploymentRefs:
+    """Values known only at deploy time (CDK tokens at synth)."""
+
+    stack_name: str
+    control_address: str
+    bucket_name: str
+    node_log_group: str
+    container_log_group: str
+
+
+def common_values(config: DeploymentConfig, refs: DeploymentRefs) -> dict[str, str]:
+    """What every node needs: who it belongs to, where artifacts and logs go, what to run."""
+    model = config.model
+    return {
+        "DI_DEPLOYMENT": config.name,
+        "DI_STACK": refs.stack_name,
+        "DI_REGION": config.region,
+        "DI_MODE": config.mode,
+        "DI_ENGINE": config.engine,
+        "DI_PROXY": config.proxy,
+        "DI_IMAGE": config.image,
+        "DI_MODEL_ID": model.id,
+        "DI_MODEL_SOURCE": model.source,
+        "DI_HF_TOKEN_SECRET": model.hf_token_secret or "",
+        "DI_MAX_MODEL_LEN": str(model.max_model_len),
+        "DI_MAX_NUM_SEQS": str(model.max_num_seqs),
+        "DI_BUCKET": refs.bucket_name,
+        "DI_LOG_GROUP_NODES": refs.node_log_group,
+        "DI_LOG_GROUP_CONTAINERS": refs.container_log_group,
+        "DI_ETCD": f"{refs.control_address}:{naming.ETCD_CLIENT_PORT}",
+        "DI_PROXY_PORT": str(naming.PROXY_PORT),
+    }
+
+
+def worker_values(config: DeploymentConfig, fleet_name: str, refs: DeploymentRefs) -> dict[str, str]:
+    """A worker's node.env: its fleet, endpoints (role:cores:port) and the hardware it must find at boot."""
+    fleet = config.fleets[fleet_name]
+    itype = catalog.WORKER_TYPES[fleet.instance_type]
+    endpoints = " ".join(f"{ep.role}:{ep.cores}:{ep.port}" for ep in fleet.resolved_endpoints)
+    return {
+        **common_values(config, refs),
+        "DI_ROLE": fleet.role,
+        "DI_FLEET": fleet_name,
+        "DI_INSTANCE_TYPE": itype.name,
+        "DI_TENSOR_PARALLEL": str(fleet.tensor_parallel),
+        "DI_LNC": str(fleet.lnc or itype.default_lnc),
+        "DI_ENDPOINTS": endpoints,
+        "DI_KV_BUFFER_SIZE": f"{config.model.kv_buffer_size:g}",
+        "DI_EXPECTED_NEURON_DEVICES": str(itype.neuron_devices),
+        "DI_EXPECTED_EFA_INTERFACES": str(itype.efa_interfaces),
+    }
+
+
+def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_interface_id: str,
+                   etcd_volume_id: str) -> dict[str, str]:
+    """The control host's node.env: the interface and volume it takes over at boot."""
+    return {
+        **common_values(config, refs),
+        "DI_ROLE": naming.ROLE_CONTROL,
+        "DI_FLEET": naming.ROLE_CONTROL,
+        "DI_CONTROL_ADDRESS": refs.control_address,
+        "DI_CONTROL_ENI": network_interface_id,
+        "DI_ETCD_VOLUME": etcd_volume_id,
+    }
