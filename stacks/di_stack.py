@@ -33,10 +33,11 @@ RETENTION = {
 }
 
 
-# Workers publish compiled artifacts and collected logs; the control host, benchmark results and logs.
+# Workers publish compiled artifacts and collected logs; the control host, benchmark results and logs;
+# both, the output of Run Command documents (the SSM Agent writes it with the instance role).
 WRITE_PREFIXES = {
-    "WorkerRole": [naming.BUCKET_PREFIX_COMPILED, naming.BUCKET_PREFIX_LOGS],
-    "ControlRole": [naming.BUCKET_PREFIX_BENCH, naming.BUCKET_PREFIX_LOGS],
+    "WorkerRole": [naming.BUCKET_PREFIX_COMPILED, naming.BUCKET_PREFIX_LOGS, naming.BUCKET_PREFIX_COMMANDS],
+    "ControlRole": [naming.BUCKET_PREFIX_BENCH, naming.BUCKET_PREFIX_LOGS, naming.BUCKET_PREFIX_COMMANDS],
 }
 
 

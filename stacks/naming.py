@@ -34,6 +34,8 @@ BUCKET_PREFIX_COMPILED = "compiled/"
 BUCKET_PREFIX_MODELS = "models/"
 BUCKET_PREFIX_BENCH = "bench/"
 BUCKET_PREFIX_LOGS = "logs/"
+# Run Command output beyond SSM's inline limits (24,000 characters) lands here.
+BUCKET_PREFIX_COMMANDS = "commands/"
 
 
 def stack_name(env: str) -> str:
