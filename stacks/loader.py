@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -11,7 +12,8 @@ from pydantic import ValidationError
 from stacks import rules
 from stacks.config import DeploymentConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+# DISTACK_CONFIG_DIR lets a team keep its environment files outside this repository.
+CONFIG_DIR = Path(os.environ.get("DISTACK_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "config")
 
 
 class ConfigError(Exception):
@@ -33,8 +35,11 @@ def load_environment(name: str, config_dir: Path = CONFIG_DIR) -> DeploymentConf
     return load_config_file(path)
 
 
-def load_config_file(path: Path) -> DeploymentConfig:
-    """Parse and validate one file; raise ConfigError listing every problem at once."""
+def load_config_file(path: Path, *, check_name: bool = True) -> DeploymentConfig:
+    """Parse and validate one file; raise ConfigError listing every problem at once.
+
+    check_name: the file name must equal `name` (off only for files that are not environments).
+    """
     shown = _shown(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -55,7 +60,7 @@ def load_config_file(path: Path) -> DeploymentConfig:
         config = DeploymentConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_report(shown, node, _pydantic_problems(err))) from None
-    problems = rules.check(config, file_stem=path.stem)
+    problems = rules.check(config, file_stem=path.stem if check_name else None)
     if problems:
         raise ConfigError(_report(shown, node, problems))
     return config

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from stacks import catalog, naming
-from stacks.config import LOG_RETENTION_DAYS, DeploymentConfig, FleetConfig
+from stacks.config import LOG_RETENTION_DAYS, NEURON_DLC, DeploymentConfig, FleetConfig
 
 FLEET_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 # NeuronConnector (etcd discovery) exists only in the legacy vLLM fork shipped in these DLC lines.
@@ -99,7 +99,7 @@ def _engine(config: DeploymentConfig) -> Iterator[Problem]:
     if config.mode == "disaggregated" and not NEURON_CONNECTOR_DLC_TAGS.search(config.image):
         yield Problem("image", "the neuron-connector engine needs a 0.9.1 (or 0.7.2) Neuron vLLM DLC; "
                                "later tags dropped NeuronConnector",
-                      f"use {config.model_fields['image'].default}")
+                      f"use {NEURON_DLC}")
     model = config.model
     if model.source == "huggingface" and model.id.startswith("meta-llama/") and model.hf_token_secret is None:
         yield Problem("model.hf_token_secret", f"{model.id} is gated on Hugging Face and needs a token",
@@ -169,11 +169,11 @@ def _endpoints(config: DeploymentConfig, at: str, fleet: FleetConfig, itype: cat
             yield Problem(f"{where}.port", f"port {ep.port} is the {naming.RESERVED_WORKER_PORTS[ep.port]} port",
                           f"pick another port, e.g. {naming.VLLM_BASE_PORT + ep.index}")
         ports.setdefault(ep.port, ep.index)
-        declared_role = fleet.endpoints[ep.index].role if fleet.endpoints else None
-        if fleet.role == "colocated" and declared_role is None:
+        declared_role = fleet.endpoints[ep.index].role if fleet.endpoints else ep.role
+        if fleet.role == "colocated" and declared_role not in ("prefill", "decode"):
             yield Problem(f"{where}.role", "endpoints of a colocated fleet need a role",
                           "set role: prefill or role: decode")
-        elif fleet.role != "colocated" and declared_role is not None:
+        elif fleet.role != "colocated" and fleet.endpoints and declared_role is not None:
             yield Problem(f"{where}.role", f"only colocated fleets set endpoint roles; this fleet is {fleet.role}",
                           "remove role (the fleet's role applies), or make the fleet colocated")
     yield from _memory(config, at, fleet, itype)
@@ -211,16 +211,20 @@ def _roles(config: DeploymentConfig) -> Iterator[Problem]:
                               "set role: standard, or mode: disaggregated")
         return
     roles: dict[str, list[int]] = {"prefill": [], "decode": []}
+    misassigned = False
     for name, fleet in fleets:
         if fleet.role == "standard":
             yield Problem(f"fleets.{name}.role", "standard fleets belong to mode: standard",
                           "use role prefill, decode or colocated, or set mode: standard")
+            misassigned = True
             continue
         for ep in fleet.resolved_endpoints:
             if ep.role in roles:
                 roles[ep.role].append(fleet.tensor_parallel)
+            misassigned |= ep.role not in roles
     for role, tps in roles.items():
-        if not tps:
+        # A role missing only because an endpoint was misassigned is the same mistake, reported above.
+        if not tps and not misassigned:
             yield Problem("fleets", f"disaggregated inference needs at least one {role} endpoint",
                           f"add a fleet with role: {role} (or a colocated fleet with a {role} endpoint)")
     if roles["prefill"] and roles["decode"] and set(roles["prefill"]) | set(roles["decode"]) != {roles["prefill"][0]}:
@@ -244,6 +248,7 @@ def _placement(config: DeploymentConfig) -> Iterator[Problem]:
                                          "placement; a cluster placement group would make launches fail",
                       "remove placement_group (it then turns off by itself) or set placement_group: false")
     types = sorted({f.instance_type for f in config.fleets.values()})
-    if config.uses_placement_group and len(types) > 1:
+    known = all(t in catalog.WORKER_TYPES and catalog.WORKER_TYPES[t].efa for t in types)
+    if config.uses_placement_group and len(types) > 1 and known:
         yield Problem("placement_group", f"one cluster placement group cannot reliably hold {' and '.join(types)}",
                       "use one worker instance type, or set placement_group: false")

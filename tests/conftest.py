@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -16,6 +17,11 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
 
 SHIPPED_ENVS = ("dev", "prod", "xpyd", "baseline")
+
+
+def cdk_context(**extra: str) -> dict:
+    """The context `cdk synth` would use (cdk.json's feature flags), so tests synthesize what users deploy."""
+    return {**json.loads((ROOT / "cdk.json").read_text())["context"], **extra}
 
 
 @dataclass
@@ -44,7 +50,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Synth]:
         if env not in cache:
             config = load_environment(env)
             outdir = tmp_path_factory.mktemp(f"cdk-{env}")
-            app = cdk.App(outdir=str(outdir), context={"env": env})
+            app = cdk.App(outdir=str(outdir), context=cdk_context(env=env))
             stack = build_app(app, config)
             assembly = app.synth()  # raises on any unacknowledged cdk-nag finding
             artifact = assembly.get_stack_artifact(stack.artifact_id)

@@ -36,6 +36,8 @@ class NodeRole(Construct):
             actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
             resources=[group.log_group_arn for group in log_groups]))
         if secret is not None:
+            # A secret referenced by name has no ARN suffix yet; Secrets Manager appends six random characters.
+            # https://docs.aws.amazon.com/secretsmanager/latest/userguide/auth-and-access_examples.html#auth-and-access_examples_wildcard
             self.role.add_to_principal_policy(iam.PolicyStatement(
-                actions=["secretsmanager:GetSecretValue"], resources=[secret.secret_arn]))
+                actions=["secretsmanager:GetSecretValue"], resources=[f"{secret.secret_arn}-??????"]))
         self.instance_profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)

@@ -1,0 +1,54 @@
+"""The CDK CLI path users run: `cdk synth DiStack -c env=NAME` through cdk.json, success and rejection."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+CDK = ROOT / "node_modules" / ".bin" / "cdk"
+
+
+def cdk(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    if not CDK.exists():
+        pytest.fail("node_modules/.bin/cdk is missing: run `make test` (it runs npm ci) rather than pytest alone")
+    merged = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    return subprocess.run([str(CDK), *args, "--no-notices"], cwd=ROOT, env=merged, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_cdk_cli_synthesizes_the_named_stack(tmp_path):
+    run = cdk("synth", "DiStack", "-c", "env=baseline", "--quiet", "-o", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["artifacts"]["DiStack"]["properties"]["stackName"] == "di-baseline"
+    assert (tmp_path / "DiStack.template.json").exists()
+
+
+def test_cdk_cli_rejects_a_wrong_config_with_its_message_and_exit_1(tmp_path):
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    text = (ROOT / "config" / "dev.yaml").read_text().replace("tensor_parallel: 16", "tensor_parallel: 24")
+    (config_dir / "dev.yaml").write_text(text)
+    run = cdk("synth", "DiStack", "-c", "env=dev", "--quiet", "-o", str(tmp_path / "out"),
+              env={"DISTACK_CONFIG_DIR": str(config_dir)})
+    assert run.returncode == 1
+    assert (f"{config_dir / 'dev.yaml'}:19: fleets.colocated.tensor_parallel: 2 endpoint(s) x TP 24 = 48 "
+            "NeuronCores, but trn1.32xlarge has 32") in run.stderr
+    assert "fix: lower tensor_parallel to 16" in run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+    assert not (tmp_path / "out" / "DiStack.template.json").exists()
+
+
+def test_unknown_environment_is_rejected_before_synthesis(tmp_path):
+    run = cdk("synth", "DiStack", "-c", "env=staging", "--quiet", "-o", str(tmp_path))
+    assert run.returncode == 1
+    assert "config/staging.yaml: no such environment (known: baseline, dev, prod, xpyd)" in run.stderr
+    assert "Traceback" not in run.stderr

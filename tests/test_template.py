@@ -1,0 +1,294 @@
+"""Intent of the synthesized template: EFA layout, security groups, placement, IMDSv2, encryption, tags, counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from aws_cdk.assertions import Match
+
+from stacks import catalog, naming
+from tests.conftest import SHIPPED_ENVS, cdk_context
+
+VARIANT = Path(__file__).parent / "data" / "variant.yaml"
+
+
+@pytest.fixture(scope="module")
+def variant(tmp_path_factory):
+    """The non-default switches, synthesized once for this module."""
+    import aws_cdk as cdk
+    from aws_cdk.assertions import Template
+
+    from stacks.app_builder import build_app
+    from stacks.loader import load_config_file
+
+    config = load_config_file(VARIANT)
+    app = cdk.App(outdir=str(tmp_path_factory.mktemp("cdk-variant")), context=cdk_context())
+    stack = build_app(app, config)
+    artifact = app.synth().get_stack_artifact(stack.artifact_id)
+    return config, Template.from_json(artifact.template, skip_cyclical_dependencies_check=True), artifact.template
+
+
+def resources(template: dict, kind: str) -> dict[str, dict]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
+
+
+def launch_templates(template: dict) -> dict[str, dict]:
+    return {v["Properties"]["LaunchTemplateData"]["InstanceType"]: v["Properties"]["LaunchTemplateData"]
+            for v in resources(template, "AWS::EC2::LaunchTemplate").values()}
+
+
+def worker_group_id(template: dict) -> str:
+    (logical,) = [k for k, v in resources(template, "AWS::EC2::SecurityGroup").items()
+                  if "workers" in v["Properties"]["GroupDescription"]]
+    return logical
+
+
+@pytest.mark.parametrize("env", SHIPPED_ENVS)
+def test_one_efa_interface_per_network_card_behind_an_ena_primary(synth, env):
+    result = synth(env)
+    for fleet in result.config.fleets.values():
+        itype = catalog.WORKER_TYPES[fleet.instance_type]
+        nics = launch_templates(result.template_dict)[itype.name]["NetworkInterfaces"]
+        primary = [n for n in nics if n["InterfaceType"] == "interface"]
+        efa = [n for n in nics if n["InterfaceType"] == "efa-only"]
+        assert len(efa) == itype.network_cards == {"trn2.48xlarge": 16, "trn1.32xlarge": 8}[itype.name]
+        assert [(n["NetworkCardIndex"], n["DeviceIndex"]) for n in primary] == [(0, 0)]
+        assert sorted(n["NetworkCardIndex"] for n in efa) == list(range(itype.network_cards))
+        assert {(n["NetworkCardIndex"], n["DeviceIndex"]) for n in efa if n["NetworkCardIndex"] == 0} == {(0, 1)}
+        assert primary[0]["AssociatePublicIpAddress"] is False
+        assert all("Groups" in n and "SubnetId" in n for n in nics)
+        # With interfaces declared, top-level groups would be ignored by EC2 (or rejected).
+        assert "SecurityGroupIds" not in launch_templates(result.template_dict)[itype.name]
+
+
+def test_trn1n_gets_sixteen_efa_interfaces(variant):
+    _, _, template = variant
+    nics = launch_templates(template)["trn1n.32xlarge"]["NetworkInterfaces"]
+    assert sum(n["InterfaceType"] == "efa-only" for n in nics) == 16
+
+
+def test_worker_group_allows_all_traffic_to_and_from_itself(synth):
+    result = synth("prod")
+    group = worker_group_id(result.template_dict)
+    result.template.has_resource_properties("AWS::EC2::SecurityGroupIngress", {
+        "IpProtocol": "-1", "GroupId": {"Fn::GetAtt": [group, "GroupId"]},
+        "SourceSecurityGroupId": {"Fn::GetAtt": [group, "GroupId"]}})
+    result.template.has_resource_properties("AWS::EC2::SecurityGroupEgress", {
+        "IpProtocol": "-1", "GroupId": {"Fn::GetAtt": [group, "GroupId"]},
+        "DestinationSecurityGroupId": {"Fn::GetAtt": [group, "GroupId"]}})
+
+
+@pytest.mark.parametrize("env", SHIPPED_ENVS)
+def test_no_ssh_and_nothing_open_to_the_internet(synth, env):
+    template = synth(env).template_dict
+    ingress = [v["Properties"] for v in resources(template, "AWS::EC2::SecurityGroupIngress").values()]
+    for group in resources(template, "AWS::EC2::SecurityGroup").values():
+        ingress += group["Properties"].get("SecurityGroupIngress", [])
+    assert ingress
+    for rule in ingress:
+        assert rule.get("CidrIp") != "0.0.0.0/0" and rule.get("CidrIpv6") != "::/0", rule
+        assert not (rule.get("FromPort", -1) <= 22 <= rule.get("ToPort", -1)), rule
+    for group in resources(template, "AWS::EC2::SecurityGroup").values():
+        for rule in group["Properties"].get("SecurityGroupEgress", []):
+            if rule.get("CidrIp") == "0.0.0.0/0":
+                assert rule["IpProtocol"] == "tcp" and rule["FromPort"] in (80, 443), rule
+
+
+def test_proxy_reachable_only_from_client_cidrs_and_etcd_only_from_workers(synth):
+    result = synth("prod")
+    template = result.template_dict
+    (control,) = [k for k, v in resources(template, "AWS::EC2::SecurityGroup").items()
+                  if "control host" in v["Properties"]["GroupDescription"]]
+    rules = resources(template, "AWS::EC2::SecurityGroup")[control]["Properties"].get("SecurityGroupIngress", [])
+    rules += [v["Properties"] for v in resources(template, "AWS::EC2::SecurityGroupIngress").values()
+              if v["Properties"]["GroupId"] == {"Fn::GetAtt": [control, "GroupId"]}]
+    by_port = {}
+    for rule in rules:
+        by_port.setdefault(rule["FromPort"], []).append(rule.get("CidrIp") or rule["SourceSecurityGroupId"])
+    assert by_port == {
+        naming.PROXY_PORT: list(result.config.network.allowed_client_cidrs),
+        naming.ETCD_CLIENT_PORT: [{"Fn::GetAtt": [worker_group_id(template), "GroupId"]}],
+    }
+
+
+def test_vllm_ports_open_to_workers_only_from_the_control_host(synth):
+    result = synth("baseline")
+    template = result.template_dict
+    worker = worker_group_id(template)
+    rules = [v["Properties"] for v in resources(template, "AWS::EC2::SecurityGroupIngress").values()
+             if v["Properties"]["GroupId"] == {"Fn::GetAtt": [worker, "GroupId"]} and v["Properties"]["IpProtocol"] != "-1"]
+    assert sorted(r["FromPort"] for r in rules) == [8000, 8001]
+    assert all(r["SourceSecurityGroupId"] != {"Fn::GetAtt": [worker, "GroupId"]} for r in rules)
+
+
+@pytest.mark.parametrize("env", SHIPPED_ENVS)
+def test_every_fleet_in_one_subnet_and_one_cluster_placement_group(synth, env):
+    template = synth(env).template_dict
+    (group,) = resources(template, "AWS::EC2::PlacementGroup").items()
+    assert group[1]["Properties"]["Strategy"] == "cluster"
+    fleets = [v for k, v in resources(template, "AWS::AutoScaling::AutoScalingGroup").items()
+              if "PlacementGroup" in v["Properties"]]
+    assert len(fleets) == len(synth(env).config.fleets)
+    assert {str(v["Properties"]["PlacementGroup"]) for v in fleets} == {str({"Ref": group[0]})}
+    assert len({str(v["Properties"]["VPCZoneIdentifier"]) for v in fleets}) == 1
+
+
+def test_capacity_blocks_and_reservations_target_their_reservation_without_placement_group(variant):
+    config, template, raw = variant
+    template.resource_count_is("AWS::EC2::PlacementGroup", 0)
+    template.has_resource_properties("AWS::EC2::LaunchTemplate", {"LaunchTemplateData": {
+        "InstanceMarketOptions": {"MarketType": "capacity-block"},
+        "CapacityReservationSpecification": {"CapacityReservationTarget": {
+            "CapacityReservationId": config.fleets["prefill"].capacity.reservation_id}}}})
+    template.has_resource_properties("AWS::EC2::LaunchTemplate", {"LaunchTemplateData": {
+        "InstanceMarketOptions": Match.absent(),
+        "CapacityReservationSpecification": {"CapacityReservationTarget": {
+            "CapacityReservationId": config.fleets["decode"].capacity.reservation_id}}}})
+
+
+def test_existing_network_is_used_as_given_without_new_vpc_or_endpoints(variant):
+    config, template, raw = variant
+    for kind in ("AWS::EC2::VPC", "AWS::EC2::NatGateway", "AWS::EC2::VPCEndpoint"):
+        template.resource_count_is(kind, 0)
+    for data in launch_templates(raw).values():
+        assert {n["SubnetId"] for n in data["NetworkInterfaces"]} == {config.network.subnet_id}
+
+
+def test_shipped_network_has_nat_and_the_ssm_and_logs_endpoints(synth):
+    result = synth("dev")
+    result.template.resource_count_is("AWS::EC2::NatGateway", 1)
+    endpoints = {}
+    for endpoint in resources(result.template_dict, "AWS::EC2::VPCEndpoint").values():
+        name = endpoint["Properties"]["ServiceName"]
+        suffix = (name if isinstance(name, str) else name["Fn::Join"][1][-1]).rsplit(".", 1)[-1]
+        endpoints[suffix] = endpoint["Properties"].get("VpcEndpointType", "Gateway")
+    assert endpoints == {"s3": "Gateway", "ssm": "Interface", "ssmmessages": "Interface",
+                         "ec2messages": "Interface", "logs": "Interface"}
+    # Workers are private: no subnet hands out public addresses.
+    for subnet in resources(result.template_dict, "AWS::EC2::Subnet").values():
+        assert subnet["Properties"].get("MapPublicIpOnLaunch") in (False, None)
+
+
+@pytest.mark.parametrize("env", SHIPPED_ENVS)
+def test_imdsv2_and_encrypted_gp3_root_on_every_launch_template(synth, env):
+    for data in launch_templates(synth(env).template_dict).values():
+        assert data["MetadataOptions"]["HttpTokens"] == "required"
+        (root,) = data["BlockDeviceMappings"]
+        assert root["Ebs"]["Encrypted"] is True and root["Ebs"]["VolumeType"] == "gp3"
+
+
+def test_root_volume_size_and_ami_follow_the_config(synth, variant):
+    result = synth("prod")
+    data = launch_templates(result.template_dict)["trn2.48xlarge"]
+    assert data["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == result.config.fleets["prefill"].root_volume_gib
+    # EC2 resolves the parameter at launch: a new DLAMI never edits the template or replaces an instance.
+    assert data["ImageId"] == "resolve:ssm:/aws/service/neuron/dlami/base/ubuntu-22.04/latest/image_id"
+    assert data["BlockDeviceMappings"][0]["DeviceName"] == "/dev/sda1"
+    _, _, raw = variant
+    assert launch_templates(raw)["trn1n.32xlarge"]["ImageId"] == "ami-0123456789abcdef0"
+
+
+def test_no_update_policy_replaces_serving_instances(synth):
+    for group in resources(synth("prod").template_dict, "AWS::AutoScaling::AutoScalingGroup").values():
+        assert "UpdatePolicy" not in group or "AutoScalingReplacingUpdate" not in group["UpdatePolicy"]
+        assert "AutoScalingRollingUpdate" not in group.get("UpdatePolicy", {})
+
+
+def test_control_host_keeps_its_address_and_etcd_data(synth):
+    result = synth("prod")
+    template = result.template_dict
+    (volume,) = resources(template, "AWS::EC2::Volume").values()
+    assert volume["DeletionPolicy"] == "Retain" and volume["UpdateReplacePolicy"] == "Retain"
+    assert volume["Properties"]["Encrypted"] is True
+    assert volume["Properties"]["AvailabilityZone"] == result.config.availability_zone
+    (eni_id, eni), = resources(template, "AWS::EC2::NetworkInterface").items()
+    outputs = template["Outputs"]
+    assert eni_id in str(outputs[naming.OUTPUT_ETCD_ADDRESS]["Value"])
+    assert eni_id in str(outputs[naming.OUTPUT_PROXY_URL]["Value"])
+    control = [v for v in resources(template, "AWS::AutoScaling::AutoScalingGroup").values()
+               if "PlacementGroup" not in v["Properties"]]
+    assert [(g["Properties"]["MinSize"], g["Properties"]["MaxSize"]) for g in control] == [("1", "1")]
+    lt = launch_templates(template)[result.config.control_host.instance_type]
+    assert lt["MetadataOptions"]["HttpTokens"] == "required"
+    assert lt["ImageId"].startswith("resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023")
+
+
+def test_artifacts_bucket_is_encrypted_versioned_private_tls_only_and_retained(synth):
+    result = synth("dev")
+    (bucket_id, bucket), = resources(result.template_dict, "AWS::S3::Bucket").items()
+    props = bucket["Properties"]
+    assert bucket["DeletionPolicy"] == "Retain"
+    assert props["VersioningConfiguration"]["Status"] == "Enabled"
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert all(props["PublicAccessBlockConfiguration"][k] for k in
+               ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"))
+    result.template.has_resource_properties("AWS::S3::BucketPolicy", {"PolicyDocument": {"Statement": Match.array_with([
+        Match.object_like({"Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})])}})
+
+
+def test_log_groups_are_named_for_operators_with_the_configured_retention(synth):
+    result = synth("prod")
+    groups = {v["Properties"].get("LogGroupName"): v["Properties"]["RetentionInDays"]
+              for v in resources(result.template_dict, "AWS::Logs::LogGroup").values()}
+    for stream in ("nodes", "containers", "commands"):
+        assert groups[naming.log_group("prod", stream)] == result.config.log_retention_days
+
+
+def test_node_roles_write_only_their_prefixes_and_read_only_their_secret(synth):
+    template = synth("prod").template_dict
+    puts, secrets = [], []
+    for policy in resources(template, "AWS::IAM::Policy").values():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            if "s3:PutObject" in actions:
+                puts += [t["Fn::Join"][1][-1] for t in targets]
+            if "secretsmanager:GetSecretValue" in actions:
+                secrets += [str(t) for t in targets]
+            assert not any(a.endswith(":*") or a == "*" for a in actions), statement
+    assert puts and all(p in {"/compiled/*", "/logs/*", "/bench/*", "/commands/*"} for p in puts), puts
+    assert secrets and all("secret:distack/hf-token-??????" in s for s in secrets)
+
+
+@pytest.mark.parametrize("env", SHIPPED_ENVS)
+def test_every_instance_is_tagged_with_deployment_role_and_fleet(synth, env):
+    result = synth(env)
+    expected_roles = {f.role for f in result.config.fleets.values()} | {naming.ROLE_CONTROL}
+    seen = set()
+    for group in resources(result.template_dict, "AWS::AutoScaling::AutoScalingGroup").values():
+        tags = {t["Key"]: (t["Value"], t["PropagateAtLaunch"]) for t in group["Properties"]["Tags"]}
+        assert tags[naming.TAG_DEPLOYMENT] == (env, True)
+        role, fleet = tags[naming.TAG_ROLE][0], tags[naming.TAG_FLEET][0]
+        assert tags[naming.TAG_ROLE][1] and tags[naming.TAG_FLEET][1]
+        seen.add(role)
+        if role != naming.ROLE_CONTROL:
+            assert result.config.fleets[fleet].role == role
+    assert seen == expected_roles
+    for data in launch_templates(result.template_dict).values():
+        kinds = {spec["ResourceType"]: {t["Key"] for t in spec["Tags"]} for spec in data["TagSpecifications"]}
+        assert set(kinds) == {"instance", "volume", "network-interface"}
+        assert all({naming.TAG_DEPLOYMENT, naming.TAG_ROLE, naming.TAG_FLEET} <= keys for keys in kinds.values())
+
+
+@pytest.mark.parametrize("env", SHIPPED_ENVS)
+def test_fleet_sizes_follow_the_config(synth, env):
+    result = synth(env)
+    sizes = {}
+    for group in resources(result.template_dict, "AWS::AutoScaling::AutoScalingGroup").values():
+        fleet = {t["Key"]: t["Value"] for t in group["Properties"]["Tags"]}[naming.TAG_FLEET]
+        sizes[fleet] = (group["Properties"]["DesiredCapacity"], group["Properties"]["MaxSize"])
+    expected = {n: (str(f.count), str(f.ceiling)) for n, f in result.config.fleets.items()}
+    expected[naming.ROLE_CONTROL] = ("1", "1")
+    assert sizes == expected
+
+
+def test_outputs_name_what_operators_and_dictl_need(synth):
+    result = synth("xpyd")
+    outputs = result.template_dict["Outputs"]
+    for key in (naming.OUTPUT_PROXY_URL, naming.OUTPUT_ETCD_ADDRESS, naming.OUTPUT_BUCKET,
+                naming.OUTPUT_NODE_LOG_GROUP, naming.OUTPUT_CONTAINER_LOG_GROUP, naming.OUTPUT_SSM_LOG_GROUP,
+                naming.OUTPUT_CONTROL_INSTANCE_GROUP, naming.fleet_output("prefill"), naming.fleet_output("decode")):
+        assert key in outputs, key
+    assert result.stack.stack_name == "di-xpyd"
+    assert result.stack.node.id == "DiStack"
