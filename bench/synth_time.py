@@ -1,0 +1,66 @@
+"""Time `make synth` per environment against an empty CDK app on this machine, and `make test`.
+
+Prints wall times, the ratio to the empty app (goal: at most 1.5x), and the test suite's wall time.
+Run: `make bench` (or `.venv/bin/python bench/synth_time.py [--no-test] [--runs N]`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENVS = ("dev", "prod", "xpyd", "baseline")
+EMPTY_APP = """
+import aws_cdk as cdk
+app = cdk.App()
+cdk.Stack(app, "Empty")
+app.synth()
+"""
+
+
+def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def median_of(runs: int, command: list[str], cwd: Path, env: dict[str, str]) -> float:
+    return statistics.median(timed(command, cwd, env) for _ in range(runs))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median reported)")
+    parser.add_argument("--no-test", action="store_true", help="skip timing `make test`")
+    args = parser.parse_args()
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    cdk = str(ROOT / "node_modules" / ".bin" / "cdk")
+
+    with tempfile.TemporaryDirectory() as empty:
+        Path(empty, "app.py").write_text(EMPTY_APP)
+        Path(empty, "cdk.json").write_text(f'{{"app": "{sys.executable} app.py", "versionReporting": false}}')
+        baseline = median_of(args.runs, [cdk, "synth", "--quiet", "--no-notices"], Path(empty), env)
+    print(f"{'empty CDK app':<22} {baseline:6.2f} s")
+
+    for name in ENVS:
+        seconds = median_of(args.runs, ["make", "--no-print-directory", "synth", f"ENV={name}"], ROOT, env)
+        ratio = seconds / baseline
+        print(f"{'make synth ENV=' + name:<22} {seconds:6.2f} s  {ratio:4.2f}x empty  "
+              f"({'within' if ratio <= 1.5 else 'over'} the 1.5x goal)")
+
+    if not args.no_test:
+        seconds = timed(["make", "--no-print-directory", "test"], ROOT, env)
+        print(f"{'make test':<22} {seconds:6.2f} s")
+    print(f"machine: {os.cpu_count()} CPUs; medians of {args.runs} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
