@@ -10,7 +10,7 @@ CDK := $(CURDIR)/node_modules/.bin/cdk
 CDK_FLAGS := --no-notices --no-version-reporting
 PYTEST_ARGS ?=
 
-.PHONY: synth test deploy diff destroy schema bench clean help
+.PHONY: synth test deploy diff destroy schema bench rehearse clean help
 
 help:
 	@echo "make synth [ENV=dev]   synthesize DiStack for config/ENV.yaml (no AWS account needed)"
@@ -19,8 +19,9 @@ help:
 	@echo "make diff ENV=NAME     cdk diff against the deployed stack"
 	@echo "make schema            regenerate config/schema.json from the config model"
 	@echo "make bench             synth and test timings (bench/synth_time.py)"
+	@echo "make rehearse          DI request routing on loopback: etcd, the DiStack proxy, fake workers"
 
-$(VENV)/.deps: requirements.txt requirements-dev.txt
+$(VENV)/.deps: requirements.txt requirements-dev.txt diproxy/requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install $(PIP_QUIET) -r requirements-dev.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
 	@$(BIN)/python -c "import aws_cdk, pydantic, cdk_nag" && touch $@
@@ -53,6 +54,9 @@ schema: $(VENV)/.deps
 
 bench: setup
 	$(BIN)/python bench/synth_time.py
+
+rehearse: $(VENV)/.deps
+	$(BIN)/python -m diproxy.rehearse
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .pytest_cache

@@ -1,0 +1,125 @@
+"""Proxy settings: command-line flags, each defaulting to a DIPROXY_* environment variable, then a built-in value."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+ENV_PREFIX = "DIPROXY_"
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_host_port(text: str) -> HostPort:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return HostPort(host.strip("[]"), int(port))
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str = "di"
+    host: str = "0.0.0.0"
+    port: int = 8000
+    etcd: HostPort | None = None
+    etcd_prefix: str = "/workers/"
+    endpoints: tuple[HostPort, ...] = ()
+    selection: str = "least-in-flight"
+    pair_wait_timeout: float = 10.0
+    retry_after: int = 2
+    max_retries: int = 1
+    connect_timeout: float = 3.0
+    first_token_timeout: float = 120.0
+    idle_timeout: float = 60.0
+    total_timeout: float = 3600.0
+    health_interval: float = 2.0
+    health_timeout: float = 2.0
+    resync_interval: float = 30.0
+    etcd_retry_interval: float = 1.0
+    api_key_secret: str | None = None
+    api_key_file: str | None = None
+    aws_region: str | None = None
+    upstream_api_key: str | None = field(default=None, repr=False)
+    max_request_bytes: int = 64 * 1024 * 1024
+    log_level: str = "INFO"
+
+
+def _env_name(dest: str) -> str:
+    return ENV_PREFIX + dest.upper()
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        prog="python -m diproxy",
+        description="Disaggregated-inference proxy for NeuronConnector prefill/decode workers. "
+        "Every flag can also be set as DIPROXY_<FLAG_NAME> (upper case, '-' as '_').",
+    )
+
+    def option(flag: str, dest: str, kind: type, default: object, help_text: str, **extra: object) -> None:
+        raw = env.get(_env_name(dest))
+        value = kind(raw) if raw not in (None, "") else default
+        parser.add_argument(flag, dest=dest, type=kind, default=value, help=f"{help_text} (default: %(default)s)", **extra)
+
+    option("--mode", "mode", str, defaults.mode, "di = prefill/decode pairs from etcd; standard = balance over --endpoint",
+           choices=("di", "standard"))
+    option("--host", "host", str, defaults.host, "listen address")
+    option("--port", "port", int, defaults.port, "listen port")
+    option("--etcd", "etcd", parse_host_port, None, "etcd HOST:PORT (v3 JSON gateway); required in di mode")
+    option("--etcd-prefix", "etcd_prefix", str, defaults.etcd_prefix, "key prefix the workers register under")
+    env_endpoints = [parse_host_port(item) for item in env.get(_env_name("endpoints"), "").split(",") if item.strip()]
+    parser.add_argument("--endpoint", dest="endpoints", type=parse_host_port, action="append", default=None,
+                        help="standalone worker HOST:PORT for standard mode, repeatable "
+                        "(env DIPROXY_ENDPOINTS, comma-separated)")
+    option("--selection", "selection", str, defaults.selection, "worker selection policy",
+           choices=("least-in-flight", "round-robin"))
+    option("--pair-wait-timeout", "pair_wait_timeout", float, defaults.pair_wait_timeout,
+           "seconds a request waits for a usable worker before 503")
+    option("--retry-after", "retry_after", int, defaults.retry_after, "Retry-After seconds sent with 503")
+    option("--max-retries", "max_retries", int, defaults.max_retries,
+           "extra attempts on another worker when an upstream fails before the client got a byte")
+    option("--connect-timeout", "connect_timeout", float, defaults.connect_timeout, "upstream TCP connect timeout, seconds")
+    option("--first-token-timeout", "first_token_timeout", float, defaults.first_token_timeout,
+           "seconds until the prefill worker's first token (and the decode worker's response headers)")
+    option("--idle-timeout", "idle_timeout", float, defaults.idle_timeout, "longest silence between streamed chunks, seconds")
+    option("--total-timeout", "total_timeout", float, defaults.total_timeout, "upper bound on one non-streaming upstream call")
+    option("--health-interval", "health_interval", float, defaults.health_interval, "seconds between worker /health probes")
+    option("--health-timeout", "health_timeout", float, defaults.health_timeout, "timeout of one /health probe")
+    option("--resync-interval", "resync_interval", float, defaults.resync_interval,
+           "seconds between full etcd re-reads besides the watch")
+    option("--etcd-retry-interval", "etcd_retry_interval", float, defaults.etcd_retry_interval,
+           "pause before reconnecting to etcd after an error")
+    option("--api-key-secret", "api_key_secret", str, None, "Secrets Manager secret holding the client API key")
+    option("--api-key-file", "api_key_file", str, None, "file holding the client API key")
+    option("--aws-region", "aws_region", str, None, "region of --api-key-secret (default: the instance's)")
+    option("--max-request-bytes", "max_request_bytes", int, defaults.max_request_bytes, "largest accepted request body")
+    option("--log-level", "log_level", str, defaults.log_level, "logging level")
+    parser.set_defaults(_env_endpoints=tuple(env_endpoints))
+    return parser
+
+
+def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    endpoints = tuple(args.endpoints) if args.endpoints else args._env_endpoints
+    if args.mode == "di" and args.etcd is None:
+        parser.error("--etcd (or DIPROXY_ETCD) is required in di mode")
+    if args.mode == "standard" and not endpoints and args.etcd is None:
+        parser.error("standard mode needs at least one --endpoint (or --etcd)")
+    upstream_key = env.get(_env_name("upstream_api_key")) or env.get("OPENAI_API_KEY") or None
+    values = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    values["endpoints"] = endpoints
+    prefix = values["etcd_prefix"]
+    values["etcd_prefix"] = prefix if prefix.endswith("/") else prefix + "/"
+    return Settings(**values, upstream_api_key=upstream_key)

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Install the DiStack proxy into a virtualenv and its systemd unit; settings go to the env file.
+set -euo pipefail
+
+PROXY_SOURCE="${PROXY_SOURCE:-}"
+PROXY_PREFIX="${PROXY_PREFIX:-/opt/di/proxy}"
+PROXY_VENV="${PROXY_VENV:-${PROXY_PREFIX}/venv}"
+PROXY_ENV_FILE="${PROXY_ENV_FILE:-/etc/di/proxy.env}"
+PROXY_UNIT_DIR="${PROXY_UNIT_DIR:-/etc/systemd/system}"
+PROXY_PYTHON="${PROXY_PYTHON:-python3}"
+PROXY_START="${PROXY_START:-yes}"
+
+log() {
+    printf 'install-proxy: %s\n' "$*" >&2
+}
+
+usage() {
+    cat >&2 <<USAGE
+usage: install.sh SOURCE
+  SOURCE  a directory holding diproxy/ (and diproxy/requirements.txt) or a built wheel (*.whl)
+environment: PROXY_PREFIX PROXY_VENV PROXY_ENV_FILE PROXY_UNIT_DIR PROXY_PYTHON PROXY_START=yes|no
+USAGE
+}
+
+create_venv() {
+    if [[ ! -x "${PROXY_VENV}/bin/python" ]]; then
+        log "creating virtualenv ${PROXY_VENV}"
+        mkdir -p "$(dirname "${PROXY_VENV}")"
+        "${PROXY_PYTHON}" -m venv "${PROXY_VENV}"
+    fi
+}
+
+install_package() {
+    local source="$1"
+    if [[ -f "${source}" && "${source}" == *.whl ]]; then
+        log "installing wheel ${source}"
+        "${PROXY_VENV}/bin/python" -m pip install --quiet "${source}"
+    elif [[ -f "${source}/diproxy/requirements.txt" ]]; then
+        # The project itself is not a pip package of its own: pin the deps, then copy the package in.
+        log "installing diproxy from ${source}"
+        "${PROXY_VENV}/bin/python" -m pip install --quiet -r "${source}/diproxy/requirements.txt"
+        local site
+        site="$("${PROXY_VENV}/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+        rm -rf "${site}/diproxy"
+        cp -r "${source}/diproxy" "${site}/diproxy"
+        find "${site}/diproxy" -name '__pycache__' -type d -prune -exec rm -rf {} +
+    else
+        log "no wheel and no diproxy/requirements.txt under ${source}"
+        return 1
+    fi
+    "${PROXY_VENV}/bin/python" -c 'import diproxy' || { log "diproxy does not import"; return 1; }
+}
+
+install_unit() {
+    local source="$1"
+    local unit
+    unit="$("${PROXY_VENV}/bin/python" -c 'import diproxy, pathlib; print(pathlib.Path(diproxy.__file__).parent / "deploy" / "distack-proxy.service")')"
+    # A wheel may leave out non-Python files; a source directory always has the unit.
+    [[ -f "${unit}" ]] || unit="${source}/diproxy/deploy/distack-proxy.service"
+    install -D -m 0644 "${unit}" "${PROXY_UNIT_DIR}/distack-proxy.service"
+    if [[ ! -f "${PROXY_ENV_FILE}" ]]; then
+        log "writing default ${PROXY_ENV_FILE}; edit it, then restart distack-proxy"
+        install -d -m 0755 "$(dirname "${PROXY_ENV_FILE}")"
+        printf 'DIPROXY_MODE=di\nDIPROXY_ETCD=127.0.0.1:8989\nDIPROXY_PORT=8000\n' >"${PROXY_ENV_FILE}"
+    fi
+}
+
+start_service() {
+    if [[ "${PROXY_START}" != "yes" ]] || ! command -v systemctl >/dev/null 2>&1; then
+        log "not starting the service (PROXY_START=${PROXY_START})"
+        return 0
+    fi
+    systemctl daemon-reload
+    systemctl enable distack-proxy.service
+    systemctl restart distack-proxy.service
+}
+
+main() {
+    PROXY_SOURCE="${1:-${PROXY_SOURCE}}"
+    if [[ -z "${PROXY_SOURCE}" ]]; then
+        usage
+        return 2
+    fi
+    create_venv
+    install_package "${PROXY_SOURCE}"
+    install_unit "${PROXY_SOURCE}"
+    start_service
+    log "done: ${PROXY_VENV}"
+}
+
+if [[ "${BASH_SOURCE[0]}" == "${0}" ]]; then
+    main "$@"
+fi

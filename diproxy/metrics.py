@@ -1,0 +1,110 @@
+"""Prometheus text exposition (format 0.0.4) for the proxy's counters, gauges and latency histograms."""
+
+from __future__ import annotations
+
+import bisect
+from typing import Callable, Iterable
+
+LabelValues = tuple[str, ...]
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(names: Iterable[str], values: Iterable[str], extra: str = "") -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if value != int(value) else str(int(value))
+
+
+class Counter:
+    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> None:
+        self.name, self.help, self.label_names = name, help_text, labels
+        self.values: dict[LabelValues, float] = {}
+
+    def inc(self, *labels: str, amount: float = 1.0) -> None:
+        self.values[labels] = self.values.get(labels, 0.0) + amount
+
+    def value(self, *labels: str) -> float:
+        return self.values.get(labels, 0.0)
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        lines += [f"{self.name}{_labels(self.label_names, k)} {_number(v)}" for k, v in sorted(self.values.items())]
+        return lines
+
+
+class Gauge:
+    """A gauge read at scrape time from a callback returning {label values: value}."""
+
+    def __init__(self, name: str, help_text: str, labels: tuple[str, ...],
+                 read: Callable[[], dict[LabelValues, float]]) -> None:
+        self.name, self.help, self.label_names, self.read = name, help_text, labels, read
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
+        lines += [f"{self.name}{_labels(self.label_names, k)} {_number(v)}" for k, v in sorted(self.read().items())]
+        return lines
+
+
+class Histogram:
+    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = (),
+                 buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.name, self.help, self.label_names, self.buckets = name, help_text, labels, buckets
+        self.series: dict[LabelValues, tuple[list[int], list[float]]] = {}
+
+    def observe(self, value: float, *labels: str) -> None:
+        counts, totals = self.series.setdefault(labels, ([0] * (len(self.buckets) + 1), [0.0]))
+        counts[bisect.bisect_left(self.buckets, value)] += 1
+        totals[0] += value
+
+    def count(self, *labels: str) -> int:
+        return sum(self.series.get(labels, ([0], [0.0]))[0])
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        for key, (counts, totals) in sorted(self.series.items()):
+            running = 0
+            for bound, count in zip(self.buckets, counts):
+                running += count
+                le = 'le="' + str(bound) + '"'
+                lines.append(f"{self.name}_bucket{_labels(self.label_names, key, le)} {running}")
+            running += counts[-1]
+            inf = 'le="+Inf"'
+            lines.append(f"{self.name}_bucket{_labels(self.label_names, key, inf)} {running}")
+            lines.append(f"{self.name}_sum{_labels(self.label_names, key)} {_number(totals[0])}")
+            lines.append(f"{self.name}_count{_labels(self.label_names, key)} {running}")
+        return lines
+
+
+class ProxyMetrics:
+    def __init__(self, pool_sizes: Callable[[], dict[LabelValues, float]],
+                 worker_in_flight: Callable[[], dict[LabelValues, float]]) -> None:
+        self.requests = Counter("diproxy_requests_total", "Client requests by endpoint and final HTTP status.",
+                                ("endpoint", "status"))
+        self.errors = Counter("diproxy_errors_total", "Failures by kind (upstream ones counted per attempt).", ("kind",))
+        self.retries = Counter("diproxy_retries_total", "Requests re-sent to another worker pair.")
+        self.ttft = Histogram("diproxy_time_to_first_token_seconds",
+                              "From request arrival to the first byte of the answer sent to the client.", ("endpoint",))
+        self.latency = Histogram("diproxy_request_duration_seconds", "From request arrival to the end of the answer.",
+                                 ("endpoint",))
+        self._gauges = [
+            Gauge("diproxy_pool_workers", "Workers known per role and state.", ("role", "state"), pool_sizes),
+            Gauge("diproxy_worker_in_flight", "Requests in flight per worker.", ("role", "worker"), worker_in_flight),
+        ]
+        self.in_flight = 0
+        self._gauges.append(Gauge("diproxy_in_flight_requests", "Client requests in flight.", (),
+                                  lambda: {(): float(self.in_flight)}))
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for metric in (self.requests, self.errors, self.retries, self.ttft, self.latency, *self._gauges):
+            lines += metric.render()
+        return "\n".join(lines) + "\n"

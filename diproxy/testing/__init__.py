@@ -1,0 +1,1 @@
+"""Test doubles for the proxy: a local etcd and fake OpenAI-compatible workers."""

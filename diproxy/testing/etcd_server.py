@@ -1,0 +1,91 @@
+"""Start and stop a throw-away etcd on loopback (random free ports, temporary data dir)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+INSTALL_HINT = "etcd not found on PATH: install it with `apt-get install -y etcd-server` (binary /usr/bin/etcd)"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def etcd_binary() -> str:
+    path = shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None)
+    if path is None:
+        raise RuntimeError(INSTALL_HINT)
+    return path
+
+
+class EtcdServer:
+    """One single-member etcd; start() again after stop() restarts it on the same ports and data."""
+
+    def __init__(self, data_dir: Path | None = None, client_port: int | None = None) -> None:
+        self._own_dir = data_dir is None
+        self.data_dir = Path(tempfile.mkdtemp(prefix="diproxy-etcd-")) if data_dir is None else data_dir
+        self.client_port = client_port or free_port()
+        self.peer_port = free_port()
+        self.process: subprocess.Popen | None = None
+        self._log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self, ready_timeout: float = 15.0) -> None:
+        client_url = f"http://127.0.0.1:{self.client_port}"
+        peer_url = f"http://127.0.0.1:{self.peer_port}"
+        self.process = subprocess.Popen(
+            [etcd_binary(), "--name", "diproxy-test", "--data-dir", str(self.data_dir / "data"),
+             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+             "--initial-cluster", f"diproxy-test={peer_url}", "--log-level", "error"],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.process.returncode}; see {self._log.name}")
+            try:
+                with urllib.request.urlopen(f"{client_url}/health", timeout=1) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"etcd did not become healthy within {ready_timeout}s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        self._log.close()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            Path(self._log.name).unlink(missing_ok=True)
+
+    def __enter__(self) -> "EtcdServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

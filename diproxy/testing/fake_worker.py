@@ -1,0 +1,268 @@
+"""A fake OpenAI-compatible worker: registers in etcd like NeuronConnector, streams N tokens at a set pace,
+records each request's X-Request-Id and body, and fails on demand (HTTP 500, hang, or die mid-stream)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from diproxy.etcd_gateway import EtcdGateway
+
+FAIL_MODES = ("none", "status500", "hang", "die")
+
+
+@dataclass
+class ReceivedRequest:
+    path: str
+    request_id: str | None
+    body: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Behaviour:
+    tokens: int = 8
+    token_interval: float = 0.0
+    first_token_delay: float = 0.0
+    fail: str = "none"
+    fail_after: int = 0  # tokens sent before a hang or die
+
+
+class FakeWorker:
+    def __init__(self, role: str = "decode", host: str = "127.0.0.1", port: int = 0, label: str | None = None,
+                 etcd: str | None = None, lease_ttl: int = 2, behaviour: Behaviour | None = None,
+                 prefix: str = "/workers/") -> None:
+        self.role = role
+        self.host = host
+        self.port = port
+        self.label = label or role[0].upper()
+        self.etcd = etcd
+        self.lease_ttl = lease_ttl
+        self.prefix = prefix
+        self.behaviour = behaviour or Behaviour()
+        self.healthy = True
+        self.requests: list[ReceivedRequest] = []
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._lease: str | None = None
+        self._keepalive: asyncio.Task | None = None
+        self._open: set[web.StreamResponse] = set()
+        self._hung: set[asyncio.Future] = set()
+        self._transports: set[asyncio.BaseTransport] = set()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def etcd_key(self) -> str:
+        return f"{self.prefix}{self.role}/{self.host}/{self.port}"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self, register: bool = True) -> "FakeWorker":
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/completions", self._complete)
+        app.router.add_post("/v1/chat/completions", self._complete)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.host, self.port)
+        await self._site.start()
+        self.port = self._runner.addresses[0][1]
+        if self.etcd and register:
+            await self.register()
+        return self
+
+    async def register(self) -> None:
+        """What NeuronConnector does: a lease, the key under it, and keep-alives."""
+        assert self.etcd is not None
+        host, port = self.etcd.rsplit(":", 1)
+        self._session = self._session or aiohttp.ClientSession()
+        gateway = EtcdGateway(self._session, host, int(port))
+        self._lease = await gateway.grant_lease(self.lease_ttl)
+        await gateway.put(self.etcd_key, json.dumps({"connections": []}), self._lease)
+        self._keepalive = asyncio.create_task(self._keep_alive(gateway, self._lease))
+
+    async def _keep_alive(self, gateway: EtcdGateway, lease: str) -> None:
+        while True:
+            await asyncio.sleep(max(self.lease_ttl / 3, 0.2))
+            try:
+                if await gateway.keep_alive(lease) <= 0:
+                    # The lease died (etcd lost it or it expired): register again, as a restarted worker would.
+                    self._lease = lease = await gateway.grant_lease(self.lease_ttl)
+                    await gateway.put(self.etcd_key, json.dumps({"connections": []}), lease)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+                continue
+
+    async def deregister(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            await asyncio.gather(self._keepalive, return_exceptions=True)
+            self._keepalive = None
+        if self._lease is not None and self._session is not None and self.etcd:
+            host, port = self.etcd.rsplit(":", 1)
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                await EtcdGateway(self._session, host, int(port)).revoke_lease(self._lease)
+            self._lease = None
+
+    async def kill(self) -> None:
+        """Die like a crashed process: connections reset, port closed, etcd key left to expire with the lease."""
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            await asyncio.gather(self._keepalive, return_exceptions=True)
+            self._keepalive = None
+        for transport in list(self._transports):
+            transport.abort()
+        await self._close_server()
+
+    async def stop(self) -> None:
+        await self.deregister()
+        for waiter in list(self._hung):
+            waiter.cancel()
+        await self._close_server()
+
+    async def _close_server(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- handlers ---------------------------------------------------------------------------
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({}, status=200 if self.healthy else 503)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+
+    async def _hang(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._hung.add(waiter)
+        try:
+            await waiter
+        finally:
+            self._hung.discard(waiter)
+
+    def _die(self, request: web.Request) -> None:
+        if request.transport is not None:
+            request.transport.abort()
+
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None:
+            self._transports.add(transport)
+        try:
+            return await self._answer(request)
+        finally:
+            self._transports.discard(transport)  # type: ignore[arg-type]
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        request_id = request.headers.get("X-Request-Id")
+        self.requests.append(ReceivedRequest(request.path, request_id, body))
+        b = self.behaviour
+        if b.fail == "status500":
+            return web.json_response({"object": "error", "message": "injected failure", "code": 500}, status=500)
+        if b.fail == "hang" and b.fail_after == 0:
+            await self._hang()
+        chat = request.path.endswith("/chat/completions")
+        limit = body.get("max_completion_tokens") if chat and body.get("max_completion_tokens") else body.get("max_tokens")
+        count = min(b.tokens, int(limit)) if limit else b.tokens
+        choices = int(body.get("n", 1) or 1)
+        upstream_id = f"{'chatcmpl' if chat else 'cmpl'}-{request_id or 'none'}"
+        if b.first_token_delay:
+            await asyncio.sleep(b.first_token_delay)
+        if not body.get("stream"):
+            if b.fail == "die":
+                self._die(request)
+                return web.Response()
+            return web.json_response(self._whole(upstream_id, chat, count, choices))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(count):
+            if i and b.token_interval:
+                await asyncio.sleep(b.token_interval)
+            if b.fail in ("hang", "die") and i == b.fail_after:
+                if b.fail == "die":
+                    # Let the tokens already written reach the reader before the connection resets.
+                    await asyncio.sleep(0.05)
+                    self._die(request)
+                    return response
+                await self._hang()
+            for index in range(choices):
+                finish = "length" if i == count - 1 else None
+                await response.write(self._chunk(upstream_id, chat, i, index, finish))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    def _token(self, i: int) -> str:
+        return f" {self.label}{i}"
+
+    def _chunk(self, upstream_id: str, chat: bool, i: int, index: int, finish: str | None) -> bytes:
+        if chat:
+            delta: dict[str, Any] = {"content": self._token(i)}
+            if i == 0:
+                delta["role"] = "assistant"
+            choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish}
+            obj = "chat.completion.chunk"
+        else:
+            choice = {"index": index, "text": self._token(i), "logprobs": None, "finish_reason": finish}
+            obj = "text_completion"
+        payload = {"id": upstream_id, "object": obj, "created": int(time.time()), "model": "fake-model",
+                   "choices": [choice]}
+        return f"data: {json.dumps(payload)}\n\n".encode()
+
+    def _whole(self, upstream_id: str, chat: bool, count: int, choices: int) -> dict[str, Any]:
+        text = "".join(self._token(i) for i in range(count))
+        items = [({"index": n, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
+                  if chat else {"index": n, "text": text, "logprobs": None, "finish_reason": "length"})
+                 for n in range(choices)]
+        return {"id": upstream_id, "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()), "model": "fake-model", "choices": items,
+                "usage": {"prompt_tokens": 1, "completion_tokens": count, "total_tokens": count + 1}}
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    worker = FakeWorker(args.role, args.host, args.port, args.label, args.etcd, args.lease_ttl,
+                        Behaviour(args.tokens, args.token_interval, args.first_token_delay, args.fail, args.fail_after))
+    await worker.start()
+    print(f"READY {worker.address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await worker.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m diproxy.testing.fake_worker", description=__doc__)
+    parser.add_argument("--role", default="decode", choices=("prefill", "decode", "standalone"))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--label", default=None, help="token text prefix (default: P, D or S)")
+    parser.add_argument("--etcd", default=None, help="etcd HOST:PORT to register in (none: do not register)")
+    parser.add_argument("--lease-ttl", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=8)
+    parser.add_argument("--token-interval", type=float, default=0.01)
+    parser.add_argument("--first-token-delay", type=float, default=0.0)
+    parser.add_argument("--fail", choices=FAIL_MODES, default="none")
+    parser.add_argument("--fail-after", type=int, default=0)
+    asyncio.run(_serve(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

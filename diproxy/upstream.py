@@ -1,0 +1,122 @@
+"""One upstream call (a 'leg'): open it with bounded timeouts, read its SSE events or body, classify failures."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import aiohttp
+
+from diproxy.sse import StreamEvent, read_events
+from diproxy.workers import Worker
+
+
+class UpstreamFailure(Exception):
+    """An upstream call failed; kind is connect | status | timeout | stream."""
+
+    def __init__(self, worker: Worker, kind: str, detail: str, upstream_status: int | None = None,
+                 body: bytes | None = None) -> None:
+        super().__init__(f"{worker.role} {worker.address}: {kind}: {detail}")
+        self.worker = worker
+        self.kind = kind
+        self.detail = detail
+        self.upstream_status = upstream_status
+        self.body = body
+
+    @property
+    def is_client_error(self) -> bool:
+        """The worker rejected the request itself (4xx): another worker would reject it too."""
+        return self.kind == "status" and self.upstream_status is not None and 400 <= self.upstream_status < 500
+
+    @property
+    def client_status(self) -> int:
+        return 504 if self.kind == "timeout" else 502
+
+
+class Leg:
+    def __init__(self, session: aiohttp.ClientSession, worker: Worker, path: str, body: dict[str, Any],
+                 request_id: str, connect_timeout: float, idle_timeout: float,
+                 extra_headers: dict[str, str] | None = None) -> None:
+        self.session = session
+        self.worker = worker
+        self.url = worker.base_url + path
+        self.body = body
+        self.request_id = request_id
+        self.idle_timeout = idle_timeout
+        self.headers = {"X-Request-Id": request_id, **(extra_headers or {})}
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, connect=connect_timeout)
+        self.response: aiohttp.ClientResponse | None = None
+        self._events: AsyncIterator[StreamEvent] | None = None
+
+    def _failure(self, exc: BaseException) -> UpstreamFailure:
+        if isinstance(exc, UpstreamFailure):
+            return exc
+        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+            return UpstreamFailure(self.worker, "timeout", "timed out")
+        if isinstance(exc, aiohttp.ClientConnectorError) or (self.response is None and isinstance(exc, OSError)):
+            return UpstreamFailure(self.worker, "connect", str(exc) or type(exc).__name__)
+        return UpstreamFailure(self.worker, "stream", str(exc) or type(exc).__name__)
+
+    async def open(self) -> aiohttp.ClientResponse:
+        """Send the request and wait for a 200 status line; any other status becomes UpstreamFailure."""
+        try:
+            self.response = await self.session.post(self.url, json=self.body, headers=self.headers,
+                                                    timeout=self._timeout)
+            if self.response.status != 200:
+                body = await self.response.read()
+                raise UpstreamFailure(self.worker, "status", f"HTTP {self.response.status}",
+                                      self.response.status, body)
+            return self.response
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise self._failure(exc) from exc
+
+    async def _lines(self) -> AsyncIterator[bytes]:
+        assert self.response is not None
+        while True:
+            async with asyncio.timeout(self.idle_timeout):
+                line = await self.response.content.readline()
+            if not line:
+                return
+            yield line
+
+    async def next_event(self) -> StreamEvent | None:
+        """The next SSE event, or None at a clean end of stream."""
+        if self._events is None:
+            self._events = read_events(self._lines())
+        try:
+            return await anext(self._events)
+        except StopAsyncIteration:
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise self._failure(exc) from exc
+
+    async def read_body(self, timeout: float) -> bytes:
+        assert self.response is not None
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.response.read()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise self._failure(exc) from exc
+
+    async def read_chunk(self) -> bytes:
+        """Next raw body bytes (b'' at the end), bounded by the idle timeout."""
+        assert self.response is not None
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                data, _ = await self.response.content.readchunk()
+                return data
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise self._failure(exc) from exc
+
+    def close(self) -> None:
+        """Drop the connection: the worker sees a disconnect and can abort its generation."""
+        if self.response is not None and not self.response.closed:
+            self.response.close()

