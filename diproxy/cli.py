@@ -10,14 +10,17 @@ from aiohttp import web
 from diproxy.app import build_app
 from diproxy.auth import load_api_key
 from diproxy.config import parse_settings
+from diproxy.event_loop import loop_name, new_event_loop
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api_key = load_api_key(settings.api_key_secret, settings.api_key_file, settings.aws_region)
-    logging.getLogger("diproxy").info("starting in %s mode on %s:%d (API key %s)", settings.mode, settings.host,
-                                      settings.port, "required" if api_key else "not required")
+    loop = new_event_loop()
+    logging.getLogger("diproxy").info("starting in %s mode on %s:%d (API key %s, %s loop)", settings.mode,
+                                      settings.host, settings.port, "required" if api_key else "not required",
+                                      loop_name(loop))
     web.run_app(build_app(settings, api_key), host=settings.host, port=settings.port, print=None,
-                access_log=None, shutdown_timeout=10)
+                access_log=None, shutdown_timeout=10, loop=loop)
     return 0

@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
+class EventStreamResponse(web.StreamResponse):
+    """Holds the status line and headers back until the first body write, so they leave in one packet with the
+    first token instead of costing a send of their own (aiohttp's web.Response does the same)."""
+
+    _send_headers_immediately = False
+
+
 class ClientGone(Exception):
     """The client closed its connection while the answer was being written."""
 
@@ -140,9 +147,12 @@ class Router:
             raise outcome
         return outcome
 
-    async def _write(self, response: web.StreamResponse, data: bytes) -> None:
+    async def _write(self, response: web.StreamResponse, data: bytes, last: bool = False) -> None:
         try:
-            await response.write(data)
+            if last:
+                await response.write_eof(data)
+            else:
+                await response.write(data)
         except (ConnectionError, RuntimeError, aiohttp.ClientConnectionResetError) as exc:
             raise ClientGone() from exc
 
@@ -212,7 +222,7 @@ class Router:
                     return event
 
         first = await self._open_both(p_leg, d_leg, first_prefill_event)
-        response = web.StreamResponse(status=200, headers={**SSE_HEADERS, "X-Request-Id": client_id})
+        response = EventStreamResponse(status=200, headers={**SSE_HEADERS, "X-Request-Id": client_id})
         try:
             await response.prepare(request)
             await self._write(response, self._prefill_event(first, client_id))
@@ -234,31 +244,37 @@ class Router:
 
     async def _relay_prefill_rest(self, response: web.StreamResponse, p_leg: Leg, client_id: str) -> None:
         try:
-            while (event := await p_leg.next_event()) is not None:
+            while (events := await p_leg.next_events()) is not None:
                 # [DONE] and prefill's usage-only chunk would end or misreport the client's stream.
-                if event.is_done or not event.has_choices():
-                    continue
-                await self._write(response, self._prefill_event(event, client_id))
+                out = [self._prefill_event(e, client_id) for e in events if not e.is_done and e.has_choices()]
+                if out:
+                    await self._write(response, b"".join(out))
         except UpstreamFailure as failure:
             # Its first token is out and the KV handed over; decode alone decides the outcome now.
             self.metrics.errors.inc("prefill_tail")
             log.info("prefill stream ended early after its first token: %s", failure)
 
     async def _relay_decode(self, response: web.StreamResponse, d_leg: Leg, client_id: str) -> None:
+        """Forward decode's events; whatever arrived in one upstream read goes out in one write."""
         seen_indices: set[int] = set()
         finished = False
-        while (event := await d_leg.next_event()) is not None:
-            if event.is_done:
-                finished = True
-                await self._write(response, event.encode())
-                continue
-            indices = event.choice_indices()
-            if indices and all(i not in seen_indices for i in indices):
-                # The first token of each choice already went out from prefill.
-                seen_indices.update(indices)
-                continue
-            rewrite_id(event.payload, client_id)
-            await self._write(response, event.encode())
+        while (events := await d_leg.next_events()) is not None:
+            out = []
+            for event in events:
+                if event.is_done:
+                    finished = True
+                    out.append(event.encode())
+                    continue
+                indices = event.choice_indices()
+                if indices and all(i not in seen_indices for i in indices):
+                    # The first token of each choice already went out from prefill.
+                    seen_indices.update(indices)
+                    continue
+                out.append(event.encode_with_id(client_id))
+            # A clean end read together with [DONE] closes the client's stream in the same write.
+            last = finished and d_leg.ended
+            if out or last:
+                await self._write(response, b"".join(out), last)
         if not finished:
             raise UpstreamFailure(d_leg.worker, "stream", "decode stream ended without [DONE]")
 
@@ -302,7 +318,7 @@ class Router:
         except UpstreamFailure:
             leg.close()
             raise
-        response = web.StreamResponse(status=200, headers={**SSE_HEADERS, "X-Request-Id": client_id})
+        response = EventStreamResponse(status=200, headers={**SSE_HEADERS, "X-Request-Id": client_id})
         try:
             await response.prepare(request)
             await self._write(response, chunk)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 
-from diproxy.sse import StreamEvent, read_events
+from diproxy.sse import EventDecoder, StreamEvent
 from diproxy.workers import Worker
 
 
@@ -46,7 +46,9 @@ class Leg:
         self.headers = {"X-Request-Id": request_id, **(extra_headers or {})}
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, connect=connect_timeout)
         self.response: aiohttp.ClientResponse | None = None
-        self._events: AsyncIterator[StreamEvent] | None = None
+        self._decoder = EventDecoder()
+        self._pending: list[StreamEvent] = []
+        self._ended = False
 
     def _failure(self, exc: BaseException) -> UpstreamFailure:
         if isinstance(exc, UpstreamFailure):
@@ -72,27 +74,54 @@ class Leg:
         except Exception as exc:
             raise self._failure(exc) from exc
 
-    async def _lines(self) -> AsyncIterator[bytes]:
-        assert self.response is not None
-        while True:
-            async with asyncio.timeout(self.idle_timeout):
-                line = await self.response.content.readline()
-            if not line:
-                return
-            yield line
+    @property
+    def ended(self) -> bool:
+        """The upstream body is fully read and every event in it has been handed out or is pending."""
+        return self._ended
 
-    async def next_event(self) -> StreamEvent | None:
-        """The next SSE event, or None at a clean end of stream."""
-        if self._events is None:
-            self._events = read_events(self._lines())
+    async def _read_available(self) -> bytes:
+        """Whatever body bytes have arrived (waiting for at least one), b'' at the end; bounded by the idle timeout."""
+        assert self.response is not None
+        async with asyncio.timeout(self.idle_timeout):
+            return await self.response.content.readany()
+
+    async def _read_events(self) -> list[StreamEvent] | None:
+        while not self._ended:
+            chunk = await self._read_available()
+            if not chunk:
+                self._ended = True
+                events = self._decoder.finish()
+            else:
+                events = self._decoder.feed(chunk)
+                assert self.response is not None
+                if self.response.content.at_eof():
+                    # The end arrived with the last bytes: say so now, so the relay can close in the same write.
+                    self._ended = True
+                    events += self._decoder.finish()
+            if events:
+                return events
+        return None
+
+    async def next_events(self) -> list[StreamEvent] | None:
+        """Every event already received (waiting for at least one), or None at a clean end of stream."""
+        if self._pending:
+            events, self._pending = self._pending, []
+            return events
         try:
-            return await anext(self._events)
-        except StopAsyncIteration:
-            return None
+            return await self._read_events()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             raise self._failure(exc) from exc
+
+    async def next_event(self) -> StreamEvent | None:
+        """The next SSE event, or None at a clean end of stream."""
+        if not self._pending:
+            events = await self.next_events()
+            if events is None:
+                return None
+            self._pending = events
+        return self._pending.pop(0)
 
     async def read_body(self, timeout: float) -> bytes:
         assert self.response is not None
