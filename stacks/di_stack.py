@@ -73,32 +73,43 @@ class DiStack(cdk.Stack):
         nag.acknowledge_bucket(bucket)
         nag.acknowledge_scaling_groups(self)
 
+        scripts = userdata.scripts_asset(self, "NodeScripts")
+        for role in roles.values():
+            role.allow_bootstrap(scripts)
+
         state = ControlState(self, "ControlState", control=config.control_host, subnet=network.subnet,
                              security_group=security.control_group)
         refs = node_values.DeploymentRefs(
             stack_name=self.stack_name, control_address=state.address, bucket_name=bucket.bucket_name,
-            node_log_group=groups["nodes"].log_group_name, container_log_group=groups["containers"].log_group_name)
+            node_log_group=groups["nodes"].log_group_name, container_log_group=groups["containers"].log_group_name,
+            scripts_url=scripts.s3_object_url)
+        timeout = config.bootstrap.timeout_minutes
+        control_signal = userdata.SignalTarget()
         control_tags = self._role_tags(naming.ROLE_CONTROL, naming.ROLE_CONTROL)
         cdk.Tags.of(state).add(naming.TAG_ROLE, naming.ROLE_CONTROL)
         self.control_host = ControlHost(
             self, "ControlHost", control=config.control_host, state=state, node_role=control_role,
             user_data=userdata.render(node_values.control_values(
                 config, refs, network_interface_id=state.network_interface.ref,
-                etcd_volume_id=state.etcd_volume.volume_id)),
+                etcd_volume_id=state.etcd_volume.volume_id, signal_resource=control_signal.logical_id)),
             tags=control_tags)
+        control_signal.bind(self.control_host.auto_scaling_group, count=1, timeout_minutes=timeout)
 
         placement_group = ClusterPlacement(self, "PlacementGroup") if config.uses_placement_group else None
         self.fleets: dict[str, WorkerFleet] = {}
         for name, fleet in config.fleets.items():
             tags = self._role_tags(fleet.role, name)
+            signal = userdata.SignalTarget()
             self.fleets[name] = WorkerFleet(
                 self, f"{naming.pascal(name)}Fleet", fleet=fleet, ami=config.worker_ami,
                 placement=FleetPlacement(subnet_id=network.subnet_id,
                                          security_group_id=security.worker_group.security_group_id,
                                          placement_group_name=placement_group.group_name if placement_group else None),
                 instance_profile=worker_role.instance_profile,
-                user_data=userdata.render(node_values.worker_values(config, name, refs)),
+                user_data=userdata.render(node_values.worker_values(config, name, refs,
+                                                                    signal_resource=signal.logical_id)),
                 tags=tags)
+            signal.bind(self.fleets[name].auto_scaling_group, count=fleet.count, timeout_minutes=timeout)
             for key, value in tags.items():
                 cdk.Tags.of(self.fleets[name].auto_scaling_group).add(key, value)
         for key, value in control_tags.items():

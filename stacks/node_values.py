@@ -18,6 +18,16 @@ class DeploymentRefs:
     bucket_name: str
     node_log_group: str
     container_log_group: str
+    # s3:// URL of the zipped `userdata/` tree (a CDK asset) that every node unpacks into /opt/di.
+    scripts_url: str = ""
+
+
+# Pinned etcd release (official image); the seeds' flags are in userdata/di-run.
+# https://etcd.io/docs/v3.5/op-guide/container/
+ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17"
+# Free space a worker's NVMe must offer for weights plus compiled artifacts (bf16: 2 bytes per parameter,
+# with room for the compiled NEFFs and a sharded checkpoint).
+MIN_DATA_GB_FLOOR = 100
 
 
 def common_values(config: DeploymentConfig, refs: DeploymentRefs) -> dict[str, str]:
@@ -41,11 +51,15 @@ def common_values(config: DeploymentConfig, refs: DeploymentRefs) -> dict[str, s
         "DI_LOG_GROUP_CONTAINERS": refs.container_log_group,
         "DI_ETCD": f"{refs.control_address}:{naming.ETCD_CLIENT_PORT}",
         "DI_PROXY_PORT": str(naming.PROXY_PORT),
+        "DI_SCRIPTS_URL": refs.scripts_url,
     }
 
 
-def worker_values(config: DeploymentConfig, fleet_name: str, refs: DeploymentRefs) -> dict[str, str]:
-    """A worker's node.env: its fleet, endpoints (role:cores:port) and the hardware it must find at boot."""
+def worker_values(config: DeploymentConfig, fleet_name: str, refs: DeploymentRefs, *,
+                  signal_resource: str = "") -> dict[str, str]:
+    """A worker's node.env: its fleet, endpoints (role:cores:port) and the hardware it must find at boot.
+
+    ``signal_resource`` is the logical ID of the fleet's Auto Scaling group, which awaits the boot signal."""
     fleet = config.fleets[fleet_name]
     itype = catalog.WORKER_TYPES[fleet.instance_type]
     endpoints = " ".join(f"{ep.role}:{ep.cores}:{ep.port}" for ep in fleet.resolved_endpoints)
@@ -60,11 +74,19 @@ def worker_values(config: DeploymentConfig, fleet_name: str, refs: DeploymentRef
         "DI_KV_BUFFER_SIZE": f"{config.model.kv_buffer_size:g}",
         "DI_EXPECTED_NEURON_DEVICES": str(itype.neuron_devices),
         "DI_EXPECTED_EFA_INTERFACES": str(itype.efa_interfaces),
+        "DI_MIN_DATA_GB": str(min_data_gb(config)),
+        "DI_SIGNAL_RESOURCE": signal_resource,
     }
 
 
+def min_data_gb(config: DeploymentConfig) -> int:
+    """Local NVMe a worker needs: three times the bf16 weights (weights, sharded checkpoint, NEFFs)."""
+    billions = config.model.parameters_billion or catalog.KNOWN_MODEL_PARAMETERS_B.get(config.model.id, 0)
+    return max(MIN_DATA_GB_FLOOR, int(billions * 2 * 3))
+
+
 def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_interface_id: str,
-                   etcd_volume_id: str) -> dict[str, str]:
+                   etcd_volume_id: str, signal_resource: str = "") -> dict[str, str]:
     """The control host's node.env: the interface and volume it takes over at boot."""
     return {
         **common_values(config, refs),
@@ -73,4 +95,7 @@ def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_in
         "DI_CONTROL_ADDRESS": refs.control_address,
         "DI_CONTROL_ENI": network_interface_id,
         "DI_ETCD_VOLUME": etcd_volume_id,
+        "DI_ETCD_IMAGE": ETCD_IMAGE,
+        "DI_ETCD_PEER_PORT": str(naming.ETCD_PEER_PORT),
+        "DI_SIGNAL_RESOURCE": signal_resource,
     }

@@ -54,3 +54,131 @@ compiled_key() {
   digest=$(printf '%s|%s|%s|%s|%s' "$model" "$image" "$tp" "$batch" "$seq" | sha256sum | cut -c1-12)
   printf '%s-tp%s-b%s-s%s-%s\n' "${model##*/}" "$tp" "$batch" "$seq" "$digest"
 }
+
+# ---------------------------------------------------------------------------------------------------------
+# Paths: every location a node script touches, overridable so tests run unprivileged in a temp dir.
+DI_HOME=${DI_HOME:-/opt/di}
+DI_SYSTEMD_DIR=${DI_SYSTEMD_DIR:-/etc/systemd/system}
+DI_RUN_DIR=${DI_RUN_DIR:-/run/di}
+DI_KV_LOCK=${DI_KV_LOCK:-/tmp/nrt_kv_store_server.lock}
+DI_DATA_DIR=${DI_DATA_DIR:-/mnt/di-data}
+DI_IMDS_URL=${DI_IMDS_URL:-http://169.254.169.254}
+ETCD_WAIT_SECONDS=${ETCD_WAIT_SECONDS:-600}
+ETCD_WAIT_SLEEP=${ETCD_WAIT_SLEEP:-5}
+
+# imds PATH: one instance-metadata value (IMDSv2 is required by the launch templates).
+imds() {
+  local token
+  token=$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' "$DI_IMDS_URL/latest/api/token") || return 1
+  curl -fsS -H "X-aws-ec2-metadata-token: $token" "$DI_IMDS_URL/latest/meta-data/$1"
+}
+
+instance_id() { if [[ -n ${DI_INSTANCE_ID:-} ]]; then printf '%s\n' "$DI_INSTANCE_ID"; else imds instance-id; fi; }
+
+# local_ip: the address NeuronConnector registers in etcd (the primary interface; host networking).
+local_ip() { if [[ -n ${DI_LOCAL_IP:-} ]]; then printf '%s\n' "$DI_LOCAL_IP"; else imds local-ipv4; fi; }
+
+# signal_cfn SUCCESS|FAILURE [REASON]: answer the group's CreationPolicy. SignalResource has no reason field,
+# so a short form of the reason rides in the UniqueId (max 64 characters), which the stack event shows:
+# https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_SignalResource.html
+# After the stack is created (scale-out, replacement) CloudFormation rejects signals; that is not an error.
+signal_cfn() {
+  local status=$1 reason=${2:-} id unique
+  [[ -n ${DI_SIGNAL_RESOURCE:-} ]] || { log "no DI_SIGNAL_RESOURCE; not signalling $status"; return 0; }
+  id=$(instance_id 2>/dev/null) || id=unknown-instance
+  unique=$id
+  if [[ -n $reason ]]; then
+    unique="$id:$(printf '%s' "$reason" | tr -cs 'A-Za-z0-9._-' '-')"
+  fi
+  unique=${unique:0:64}
+  if aws cloudformation signal-resource --region "${DI_REGION:?}" --stack-name "${DI_STACK:?}" \
+      --logical-resource-id "$DI_SIGNAL_RESOURCE" --unique-id "$unique" --status "$status" >/dev/null; then
+    log "signalled $status to $DI_STACK/$DI_SIGNAL_RESOURCE as $unique"
+  else
+    log "could not signal $status (the stack is probably no longer waiting for this group)"
+  fi
+}
+
+# unit_name INDEX: the systemd unit serving endpoint INDEX on a worker.
+unit_name() { printf 'di-vllm@%s.service\n' "$1"; }
+
+# container_name INDEX: the container behind endpoint INDEX.
+container_name() { printf 'di-vllm-%s\n' "$1"; }
+
+# etcd_url PATH: the etcd v3 JSON gateway of this deployment.
+etcd_url() { printf 'http://%s%s\n' "${DI_ETCD:?}" "$1"; }
+
+# etcd_healthy: true when etcd answers its health check.
+etcd_healthy() { curl -fsS --max-time 5 "$(etcd_url /health)" 2>/dev/null | grep -q '"health": *"true"'; }
+
+# wait_for_etcd: block until etcd is healthy, at most ETCD_WAIT_SECONDS (workers start only after it).
+wait_for_etcd() {
+  local deadline=$((SECONDS + ETCD_WAIT_SECONDS))
+  until etcd_healthy; do
+    ((SECONDS < deadline)) || { log "etcd at $DI_ETCD not healthy after ${ETCD_WAIT_SECONDS}s"; return 1; }
+    log "waiting for etcd at $DI_ETCD"
+    sleep "$ETCD_WAIT_SLEEP"
+  done
+  log "etcd at $DI_ETCD is healthy"
+}
+
+# etcd_registered ROLE IP PORT: true when NeuronConnector registered /workers/ROLE/IP/PORT.
+etcd_registered() {
+  local key body
+  key=$(printf '/workers/%s/%s/%s' "$1" "$2" "$3" | base64 -w0)
+  body=$(curl -fsS --max-time 5 -X POST -d "{\"key\":\"$key\",\"count_only\":true}" \
+    "$(etcd_url /v3/kv/range)" 2>/dev/null) || return 1
+  [[ $body =~ \"count\":\ *\"?([0-9]+) ]] && ((BASH_REMATCH[1] > 0))
+}
+
+# health_code PORT: HTTP status of a local vLLM endpoint's /health (000 when nothing answers).
+health_code() {
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$1/health" 2>/dev/null) || true
+  printf '%s\n' "${code:-000}"
+}
+
+# fail REASON: stop the bootstrap with a reason the EXIT handler reports to CloudFormation and the logs.
+# The reason goes to a file so a failure inside a subshell still reaches the handler.
+fail() {
+  mkdir -p "$DI_RUN_DIR"
+  printf '%s\n' "$*" >"$DI_RUN_DIR/bootstrap-failure"
+  die "$*"
+}
+
+# report_to_cloudwatch MESSAGE: best effort, one event in the deployment's node log group.
+report_to_cloudwatch() {
+  local stream events
+  [[ -n ${DI_LOG_GROUP_NODES:-} ]] || return 0
+  stream="${DI_FLEET:-node}/$(instance_id 2>/dev/null || echo unknown)/bootstrap"
+  events=$(python3 -c 'import json,sys,time; print(json.dumps([{"timestamp": int(time.time()*1000), "message": sys.argv[1]}]))' "$1") || return 0
+  aws logs create-log-stream --region "$DI_REGION" --log-group-name "$DI_LOG_GROUP_NODES" \
+    --log-stream-name "$stream" >/dev/null 2>&1 || true
+  aws logs put-log-events --region "$DI_REGION" --log-group-name "$DI_LOG_GROUP_NODES" \
+    --log-stream-name "$stream" --log-events "$events" >/dev/null 2>&1 || true
+}
+
+# docker_log_args NAME: send a container's output to the deployment's container log group.
+docker_log_args() {
+  local id
+  id=$(instance_id 2>/dev/null) || id=unknown
+  printf '%s\n' --log-driver awslogs \
+    --log-opt "awslogs-region=${DI_REGION:?}" \
+    --log-opt "awslogs-group=${DI_LOG_GROUP_CONTAINERS:?}" \
+    --log-opt "awslogs-stream=${DI_FLEET:?}/$id/$1"
+}
+
+# efa_interface_count: EFA devices libfabric sees. One RDM domain per device; newer libfabric lists a device
+# again under the efa-direct fabric, hence unique domain names.
+efa_interface_count() {
+  { fi_info -p efa -t FI_EP_RDM 2>/dev/null || true; } | awk '/domain:/ { print $2 }' | sort -u | wc -l
+}
+
+# fstab_add UUID MOUNTPOINT: record a mount once, with nofail so a missing disk never blocks boot.
+fstab_add() {
+  local fstab=${DI_FSTAB:-/etc/fstab}
+  grep -q "^UUID=$1 " "$fstab" 2>/dev/null || printf 'UUID=%s %s ext4 defaults,nofail 0 2\n' "$1" "$2" >>"$fstab"
+}
+
+# install_unit FILE: copy a unit into the systemd directory.
+install_unit() { install -m 0644 "$1" "$DI_SYSTEMD_DIR/${1##*/}"; }

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
@@ -41,3 +43,16 @@ class NodeRole(Construct):
             self.role.add_to_principal_policy(iam.PolicyStatement(
                 actions=["secretsmanager:GetSecretValue"], resources=[f"{secret.secret_arn}-??????"]))
         self.instance_profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)
+
+    def allow_bootstrap(self, scripts: s3_assets.Asset) -> None:
+        """Boot needs two more things: the node scripts (exactly one object of the CDK assets bucket, not the
+        bucket) and the right to report its outcome to this stack's CreationPolicy.
+        https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_SignalResource.html
+        """
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:GetObject"],
+            resources=[cdk.Stack.of(self).format_arn(service="s3", region="", account="",
+                                                      resource=scripts.s3_bucket_name,
+                                                      resource_name=scripts.s3_object_key)]))
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["cloudformation:SignalResource"], resources=[cdk.Aws.STACK_ID]))

@@ -1,0 +1,106 @@
+"""Control host first boot with fakes: takeover of the fixed interface and etcd volume, then etcd and proxy."""
+
+from __future__ import annotations
+
+import subprocess
+
+from tests.userdata.conftest import INSTANCE_ID
+
+
+def boot(n, **extra):
+    return n.run("di-bootstrap", check=False, **extra)
+
+
+def started_units(n):
+    return [argv[-1] for argv in n.calls("systemctl") if argv[:2] == ["enable", "--now"]]
+
+
+def prepare_volume_link(n):
+    (n.root / "by-id" / "nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0").touch()
+
+
+def test_control_host_takes_over_interface_and_volume_then_starts_etcd_and_proxy(node):
+    n = node("prod")
+    prepare_volume_link(n)
+    proc = boot(n)
+    assert proc.returncode == 0, proc.stderr
+    aws = n.calls("aws")
+    (attach_eni,) = [a for a in aws if a[:2] == ["ec2", "attach-network-interface"]]
+    assert attach_eni[attach_eni.index("--network-interface-id") + 1] == "eni-0aaaabbbbccccdddd"
+    assert attach_eni[attach_eni.index("--device-index") + 1] == "1"
+    assert attach_eni[attach_eni.index("--instance-id") + 1] == INSTANCE_ID
+    (attach_vol,) = [a for a in aws if a[:2] == ["ec2", "attach-volume"]]
+    assert attach_vol[attach_vol.index("--volume-id") + 1] == "vol-0123456789abcdef0"
+    # A blank volume is formatted once, mounted by UUID, and recorded in fstab with nofail.
+    assert len(n.calls("mkfs.ext4")) == 1
+    assert (n.root / "etcd" / "data").is_dir()
+    assert (n.root / "etc" / "fstab").read_text() == f"UUID=1111-2222-uuid {n.root / 'etcd'} ext4 defaults,nofail 0 2\n"
+    assert [a[-1] for a in n.calls("docker") if a[:1] == ["pull"]] == [
+        "quay.io/coreos/etcd:v3.5.17",
+        "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.9.1-neuronx-py310-sdk2.25.1-ubuntu22.04"]
+    assert started_units(n) == ["docker", "di-etcd.service", "di-proxy.service"]
+    assert sorted(p.name for p in (n.root / "systemd").iterdir()) == ["di-etcd.service", "di-proxy.service"]
+    (signal,) = n.signals()
+    assert signal[signal.index("--status") + 1] == "SUCCESS"
+    assert signal[signal.index("--logical-resource-id") + 1] == "ControlHostGroup"
+
+
+def test_a_volume_with_a_filesystem_is_never_reformatted_and_fstab_not_duplicated(node):
+    n = node("prod")
+    prepare_volume_link(n)
+    n.set("volume-formatted")
+    (n.root / "etc" / "fstab").write_text(f"UUID=1111-2222-uuid {n.root / 'etcd'} ext4 defaults,nofail 0 2\n")
+    assert boot(n).returncode == 0
+    assert n.calls("mkfs.ext4") == []
+    assert len((n.root / "etc" / "fstab").read_text().splitlines()) == 1
+
+
+def test_unmounted_volume_is_mounted_by_uuid(node):
+    n = node("prod")
+    prepare_volume_link(n)
+    (n.state / "all-mounted").unlink()
+    subprocess.run(["bash", "-c", f". {n.env['DI_HOME']}/control.sh && load_node_env && attach_etcd_volume"],
+                   env=n.env, check=True)
+    assert n.calls("mount") == [["UUID=1111-2222-uuid", str(n.root / "etcd")]]
+
+
+def test_interface_held_by_the_old_host_fails_with_a_reason_after_the_wait(node):
+    n = node("prod")
+    prepare_volume_link(n)
+    n.set("eni-elsewhere", "i-0oldhost")
+    proc = boot(n, ATTACH_WAIT_SECONDS="1")
+    assert proc.returncode != 0
+    assert "cannot attach network interface eni-0aaaabbbbccccdddd" in proc.stderr
+    (signal,) = n.signals()
+    assert signal[signal.index("--status") + 1] == "FAILURE"
+    assert started_units(n) == ["docker"]
+
+
+def test_distack_proxy_without_its_unit_fails_loudly(node):
+    n = node("prod")
+    prepare_volume_link(n)
+    n.override(DI_PROXY="distack")
+    proc = boot(n)
+    assert proc.returncode != 0
+    assert "DI_PROXY=distack but no distack-proxy.service ships" in proc.stderr
+    assert started_units(n) == ["docker", "di-etcd.service"]
+
+
+def test_distack_proxy_unit_is_installed_when_shipped(node, tmp_path):
+    n = node("prod")
+    prepare_volume_link(n)
+    home = tmp_path / "home"
+    subprocess.run(["cp", "-r", n.env["DI_HOME"], str(home)], check=True)
+    (home / "ops").mkdir(exist_ok=True)
+    (home / "ops" / "distack-proxy.service").write_text("[Service]\nExecStart=/bin/true\n")
+    n.override(DI_PROXY="distack")
+    proc = subprocess.run(["bash", str(home / "di-bootstrap")], env={**n.env, "DI_HOME": str(home)},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert started_units(n) == ["docker", "di-etcd.service", "distack-proxy.service"]
+
+
+def test_docker_is_installed_with_dnf_when_missing(node):
+    n = node("prod", fakes=["dnf", "systemctl"])
+    subprocess.run(["bash", "-c", f". {n.env['DI_HOME']}/control.sh && install_docker"], env=n.env, check=True)
+    assert n.calls("dnf") == [["install", "-y", "-q", "docker"]]

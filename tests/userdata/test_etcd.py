@@ -1,0 +1,106 @@
+"""Against a real etcd on loopback: the worker's wait-for-etcd step and the registration check."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from tests.userdata.conftest import FAKE_COMMANDS, INSTANCE_ID
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+pytestmark = pytest.mark.skipif(not shutil.which("etcd") and not __import__("os").path.exists(ETCD),
+                                reason="etcd-server not installed (apt-get install -y etcd-server)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    client, peer = free_port(), free_port()
+    proc = subprocess.Popen(
+        [ETCD, "--name=default", f"--data-dir={tmp_path / 'etcd-data'}",
+         f"--listen-client-urls=http://127.0.0.1:{client}", f"--advertise-client-urls=http://127.0.0.1:{client}",
+         f"--listen-peer-urls=http://127.0.0.1:{peer}", f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+         f"--initial-cluster=default=http://127.0.0.1:{peer}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{client}/health", timeout=1) as r:
+                if json.load(r).get("health") == "true":
+                    break
+        except OSError:
+            pass
+        assert time.time() < deadline, "etcd did not start"
+        time.sleep(0.2)
+    yield f"127.0.0.1:{client}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def register(address: str, key: str) -> None:
+    """What NeuronConnector does at start: put /workers/ROLE/IP/PORT (here through the v3 JSON gateway)."""
+    body = json.dumps({"key": base64.b64encode(key.encode()).decode(),
+                       "value": base64.b64encode(b'{"connections": []}').decode()}).encode()
+    urllib.request.urlopen(urllib.request.Request(f"http://{address}/v3/kv/put", data=body), timeout=5).read()
+
+
+def real_curl_node(node, env, fleet):
+    n = node(env, fleet, fakes=[c for c in FAKE_COMMANDS if c != "curl"])
+    n.env.update({"DI_INSTANCE_ID": INSTANCE_ID, "DI_LOCAL_IP": "10.42.1.5"})
+    return n
+
+
+def lib_call(n, snippet: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", f'. "{n.env["DI_HOME"]}/lib.sh"; load_node_env; {snippet}'],
+                          env=n.env, capture_output=True, text=True, timeout=60)
+
+
+def test_wait_for_etcd_returns_once_the_server_is_healthy(node, etcd):
+    n = real_curl_node(node, "prod", "prefill")
+    n.override(DI_ETCD=etcd)
+    proc = lib_call(n, "wait_for_etcd")
+    assert proc.returncode == 0 and f"etcd at {etcd} is healthy" in proc.stderr
+
+
+def test_wait_for_etcd_gives_up_after_its_bound(node, etcd):
+    n = real_curl_node(node, "prod", "prefill")
+    n.override(DI_ETCD=f"127.0.0.1:{free_port()}")
+    started = time.time()
+    proc = lib_call(n, "ETCD_WAIT_SECONDS=2 wait_for_etcd")
+    assert proc.returncode == 1 and "not healthy after 2s" in proc.stderr
+    assert time.time() - started < 20
+
+
+def test_registration_check_sees_exactly_the_registered_worker(node, etcd):
+    n = real_curl_node(node, "dev", "colocated")
+    n.override(DI_ETCD=etcd)
+    assert lib_call(n, "etcd_registered prefill 10.42.1.5 8000").returncode == 1
+    register(etcd, "/workers/prefill/10.42.1.5/8000")
+    assert lib_call(n, "etcd_registered prefill 10.42.1.5 8000").returncode == 0
+    assert lib_call(n, "etcd_registered decode 10.42.1.5 8001").returncode == 1
+    assert lib_call(n, "etcd_registered prefill 10.42.1.6 8000").returncode == 1
+    status = json.loads(n.run("di-status").stdout)
+    assert [(e["role"], e["registered"]) for e in status["endpoints"]] == [("prefill", True), ("decode", False)]
+
+
+def test_worker_bootstrap_against_real_etcd(node, etcd):
+    n = real_curl_node(node, "prod", "decode")
+    n.override(DI_ETCD=etcd)
+    proc = n.run("di-bootstrap", check=False)
+    assert proc.returncode == 0, proc.stderr
+    enabled = [a[-1] for a in n.calls("systemctl") if a[:2] == ["enable", "--now"]]
+    assert enabled == ["docker", "di-vllm@0.service"]
+    (signal,) = n.signals()
+    assert signal[signal.index("--status") + 1] == "SUCCESS"

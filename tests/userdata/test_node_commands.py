@@ -1,0 +1,104 @@
+"""di-ready, di-status and di-restart: the node commands the SSM documents call."""
+
+from __future__ import annotations
+
+import json
+
+from tests.userdata.conftest import SCRIPTS
+
+
+def test_ready_only_when_every_endpoint_answers_200(node):
+    n = node("dev", "colocated")
+    n.set("health-8001", "503")
+    proc = n.run("di-ready", check=False)
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [
+        "endpoint 0 prefill cores 0-15 port 8000: ready",
+        "endpoint 1 decode cores 16-31 port 8001: NOT READY (/health 503)"]
+    n.set("health-8001", "200")
+    proc = n.run("di-ready")
+    assert proc.stdout.count(": ready") == 2
+
+
+def test_ready_reports_an_endpoint_that_is_not_listening(node):
+    n = node("baseline", "standard")
+    n.set("health-8000", "000")
+    proc = n.run("di-ready", check=False)
+    assert proc.returncode == 1
+    assert "endpoint 0 standard cores 0-31 port 8000: NOT READY (/health 000)" in proc.stdout
+
+
+def test_control_ready_needs_etcd_and_proxy(node):
+    n = node("prod")
+    assert n.run("di-ready").stdout.splitlines() == ["etcd 10.42.0.10:8989: ready", "proxy :8000: ready (200)"]
+    n.set("etcd-down")
+    proc = n.run("di-ready", check=False)
+    assert proc.returncode == 1 and "etcd 10.42.0.10:8989: NOT READY" in proc.stdout
+
+
+def test_status_is_one_json_object_describing_the_worker(node):
+    n = node("dev", "colocated")
+    n.set("health-8001", "503")
+    n.set("units-failed", "di-vllm@1.service")
+    n.set("docker-ps", "di-vllm-0\tUp 5 minutes\ndi-vllm-1\tExited (1) 2 seconds ago\n")
+    status = json.loads(n.run("di-status").stdout)
+    assert status["role"] == "colocated" and status["fleet"] == "colocated" and status["mode"] == "disaggregated"
+    assert status["model"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert status["image"].endswith(":0.9.1-neuronx-py310-sdk2.25.1-ubuntu22.04")
+    assert status["units"] == [{"name": "di-vllm@0.service", "state": "active"},
+                               {"name": "di-vllm@1.service", "state": "failed"}]
+    assert status["containers"] == [{"name": "di-vllm-0", "status": "Up 5 minutes"},
+                                    {"name": "di-vllm-1", "status": "Exited (1) 2 seconds ago"}]
+    assert [(e["index"], e["role"], e["cores"], e["port"], e["health"]) for e in status["endpoints"]] == [
+        (0, "prefill", "0-15", 8000, "200"), (1, "decode", "16-31", 8001, "503")]
+    assert status["health"] == {"8000": "200", "8001": "503"}
+    assert status["neuron_devices"] == 16 and status["expected_neuron_devices"] == 16
+    assert status["efa"] == {"interfaces": 8, "expected": 8, "uverbs_devices": 2}
+    # Registration is looked up in etcd for this host's address and each endpoint's port.
+    ranges = [a for a in n.calls("curl") if any(w.endswith("/v3/kv/range") for w in a)]
+    assert len(ranges) == 2 and all(e["registered"] is True for e in status["endpoints"])
+
+
+def test_status_of_the_control_host(node):
+    n = node("prod")
+    status = json.loads(n.run("di-status").stdout)
+    assert status["role"] == "control" and status["etcd_healthy"] is True and status["address"] == "10.42.0.10"
+    assert [u["name"] for u in status["units"]] == ["di-etcd.service", "di-proxy.service"]
+
+
+def test_restart_one_endpoint_or_all(node):
+    n = node("dev", "colocated")
+    n.run("di-restart", "1")
+    n.run("di-restart")
+    assert n.calls("systemctl") == [["restart", "di-vllm@1.service"],
+                                    ["restart", "di-vllm@0.service", "di-vllm@1.service"]]
+
+
+def test_restart_with_clear_kv_lock_stops_then_removes_the_lock_then_starts(node):
+    n = node("dev", "colocated")
+    lock = n.root / "nrt_kv_store_server.lock"
+    lock.write_text("")
+    n.run("di-restart", "--clear-kv-lock", "all")
+    assert not lock.exists()
+    assert n.calls("systemctl") == [["stop", "di-vllm@0.service", "di-vllm@1.service"],
+                                    ["start", "di-vllm@0.service", "di-vllm@1.service"]]
+
+
+def test_restart_of_an_unknown_endpoint_changes_nothing(node):
+    n = node("dev", "colocated")
+    proc = n.run("di-restart", "5", check=False)
+    assert proc.returncode != 0 and "no endpoint '5'" in proc.stderr
+    assert n.calls("systemctl") == []
+
+
+def test_restart_on_the_control_host_names_its_services(node):
+    n = node("prod")
+    n.run("di-restart", "proxy")
+    n.run("di-restart", "all")
+    assert n.calls("systemctl") == [["restart", "di-proxy.service"],
+                                    ["restart", "di-etcd.service", "di-proxy.service"]]
+
+
+def test_scripts_the_runbooks_call_are_where_they_expect_them():
+    for name in ("di-status", "di-restart", "di-ready", "lib.sh"):
+        assert (SCRIPTS / name).is_file(), name

@@ -1,0 +1,71 @@
+"""shellcheck on every node script, systemd-analyze on every unit, and sourcing a script runs nothing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.userdata.conftest import SCRIPTS
+
+SHELLCHECK = Path(sys.executable).parent / "shellcheck"
+# userdata/ops/ belongs to the runbooks and is checked with them.
+OWNED = sorted(p for p in SCRIPTS.iterdir() if p.is_file() and (p.suffix == ".sh" or not p.suffix))
+UNITS = sorted((SCRIPTS / "units").glob("*.service"))
+
+
+def test_the_node_scripts_are_all_found():
+    assert {p.name for p in OWNED} >= {"lib.sh", "boot.sh", "worker.sh", "control.sh", "di-bootstrap", "di-run",
+                                        "di-ready", "di-status", "di-restart"}
+
+
+@pytest.mark.parametrize("script", OWNED, ids=lambda p: p.name)
+def test_shellcheck_clean(script):
+    proc = subprocess.run([str(SHELLCHECK), "-x", "-P", "SCRIPTDIR", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.parametrize("script", [p for p in OWNED if p.name != "lib.sh"], ids=lambda p: p.name)
+def test_sourcing_a_script_defines_main_and_runs_nothing(script, tmp_path):
+    proc = subprocess.run(["bash", "-c", f'. "{script}"; declare -F main'], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "DI_NODE_ENV": str(tmp_path / "absent")})
+    assert proc.returncode == 0 and proc.stdout.strip() == "main", proc.stderr
+
+
+def verify(tmp_path: Path, units: list[Path], *names: str) -> subprocess.CompletedProcess:
+    """systemd-analyze verify with the units as shipped, /opt/di pointing at this checkout's scripts."""
+    work = tmp_path / "units"
+    work.mkdir(exist_ok=True)
+    for unit in units:
+        (work / unit.name).write_text(unit.read_text().replace("/opt/di/", f"{SCRIPTS}/"))
+    # Docker's own unit comes with the docker package on the nodes.
+    (work / "docker.service").write_text("[Unit]\nDescription=stand-in\n[Service]\nExecStart=/bin/true\n")
+    return subprocess.run(["systemd-analyze", "verify", "--man=no", *names], cwd=work, capture_output=True,
+                          text=True)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_units_verify(tmp_path):
+    proc = verify(tmp_path, UNITS, "./di-etcd.service", "./di-proxy.service", "./di-vllm@0.service")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_the_verification_catches_a_broken_unit(tmp_path):
+    broken = tmp_path / "di-vllm@.service"
+    broken.write_text((SCRIPTS / "units" / "di-vllm@.service").read_text().replace("di-run run", "di-runn run"))
+    proc = verify(tmp_path, [broken], "./di-vllm@0.service")
+    assert proc.returncode != 0 and "di-runn" in proc.stderr
+
+
+def test_every_unit_restarts_on_failure_and_starts_at_boot():
+    import configparser
+    for unit in UNITS:
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        parser.optionxform = str
+        parser.read_string(unit.read_text())
+        assert parser["Service"]["Restart"] == "on-failure", unit.name
+        assert parser["Install"]["WantedBy"] == "multi-user.target", unit.name

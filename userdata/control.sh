@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Control host bootstrap (Amazon Linux 2023): take over the fixed interface and the etcd volume, then run
+# etcd and the proxy under systemd. Sourced by di-bootstrap; runnable alone for a re-run.
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+
+DI_ETCD_MOUNT=${DI_ETCD_MOUNT:-/var/lib/di-etcd}
+DI_DISK_BY_ID=${DI_DISK_BY_ID:-/dev/disk/by-id}
+DI_ETCD_DEVICE_NAME=${DI_ETCD_DEVICE_NAME:-/dev/sdf}
+ATTACH_WAIT_SECONDS=${ATTACH_WAIT_SECONDS:-300}
+ATTACH_WAIT_SLEEP=${ATTACH_WAIT_SLEEP:-5}
+
+install_docker() {
+  if ! command -v docker >/dev/null; then
+    log "installing Docker (dnf)"
+    retry dnf install -y -q docker || fail "cannot install Docker with dnf"
+  fi
+  systemctl enable --now docker || fail "Docker does not start"
+}
+
+# wait_until SECONDS DESCRIPTION CMD...: poll CMD until it succeeds.
+wait_until() {
+  local deadline=$((SECONDS + $1)) what=$2
+  shift 2
+  until "$@"; do
+    ((SECONDS < deadline)) || return 1
+    log "waiting: $what"
+    sleep "$ATTACH_WAIT_SLEEP"
+  done
+}
+
+eni_state() {
+  aws ec2 describe-network-interfaces --region "$DI_REGION" --network-interface-ids "$DI_CONTROL_ENI" \
+    --query 'NetworkInterfaces[0].Attachment.[InstanceId,Status]' --output text
+}
+
+eni_attached_here() { [[ $(eni_state 2>/dev/null) == "$1"$'\t'attached ]]; }
+
+eni_try_attach() {
+  eni_attached_here "$1" && return 0
+  # The previous host's attachment ends only once it has terminated; until then attaching fails.
+  aws ec2 attach-network-interface --region "$DI_REGION" --network-interface-id "$DI_CONTROL_ENI" \
+    --instance-id "$1" --device-index 1 >/dev/null 2>&1 || true
+  eni_attached_here "$1"
+}
+
+address_present() { ip -o -4 addr show | grep -q "inet ${DI_CONTROL_ADDRESS}/"; }
+
+attach_interface() {
+  local id
+  id=$(instance_id) || fail "cannot read the instance ID from instance metadata"
+  wait_until "$ATTACH_WAIT_SECONDS" "attach $DI_CONTROL_ENI" eni_try_attach "$id" ||
+    fail "cannot attach network interface $DI_CONTROL_ENI (still attached to an old control host?)"
+  # amazon-ec2-net-utils configures a hot-plugged interface by itself on Amazon Linux 2023.
+  wait_until "$ATTACH_WAIT_SECONDS" "address $DI_CONTROL_ADDRESS up" address_present ||
+    fail "interface $DI_CONTROL_ENI attached but $DI_CONTROL_ADDRESS never came up"
+  log "serving address $DI_CONTROL_ADDRESS on $DI_CONTROL_ENI"
+}
+
+volume_state() {
+  aws ec2 describe-volumes --region "$DI_REGION" --volume-ids "$DI_ETCD_VOLUME" \
+    --query 'Volumes[0].Attachments[0].[InstanceId,State]' --output text
+}
+
+volume_attached_here() { [[ $(volume_state 2>/dev/null) == "$1"$'\t'attached ]]; }
+
+volume_try_attach() {
+  volume_attached_here "$1" && return 0
+  aws ec2 attach-volume --region "$DI_REGION" --volume-id "$DI_ETCD_VOLUME" --instance-id "$1" \
+    --device "$DI_ETCD_DEVICE_NAME" >/dev/null 2>&1 || true
+  volume_attached_here "$1"
+}
+
+# volume_device: on Nitro instances an EBS volume shows up as NVMe; its by-id link carries the volume ID.
+# https://docs.aws.amazon.com/ebs/latest/userguide/identify-nvme-ebs-device.html
+volume_device() {
+  local link="$DI_DISK_BY_ID/nvme-Amazon_Elastic_Block_Store_${DI_ETCD_VOLUME//-/}"
+  [[ -e $link ]] && { printf '%s\n' "$link"; return 0; }
+  [[ -b $DI_ETCD_DEVICE_NAME ]] && { printf '%s\n' "$DI_ETCD_DEVICE_NAME"; return 0; }
+  return 1
+}
+
+attach_etcd_volume() {
+  local id device uuid
+  id=$(instance_id) || fail "cannot read the instance ID from instance metadata"
+  wait_until "$ATTACH_WAIT_SECONDS" "attach $DI_ETCD_VOLUME" volume_try_attach "$id" ||
+    fail "cannot attach etcd volume $DI_ETCD_VOLUME (still attached to an old control host?)"
+  wait_until "$ATTACH_WAIT_SECONDS" "device of $DI_ETCD_VOLUME" volume_device ||
+    fail "etcd volume $DI_ETCD_VOLUME attached but no block device appeared"
+  device=$(volume_device)
+  # Format only a blank volume: it holds the registry across control-host replacements.
+  if ! blkid -o value -s TYPE "$device" >/dev/null 2>&1; then
+    log "formatting new etcd volume $device"
+    mkfs.ext4 -q -L di-etcd "$device" || fail "cannot format etcd volume $device"
+  fi
+  uuid=$(blkid -o value -s UUID "$device") || fail "etcd volume $device has no filesystem UUID"
+  mkdir -p "$DI_ETCD_MOUNT"
+  fstab_add "$uuid" "$DI_ETCD_MOUNT"
+  findmnt -n "$DI_ETCD_MOUNT" >/dev/null || mount "UUID=$uuid" "$DI_ETCD_MOUNT" ||
+    fail "cannot mount etcd volume on $DI_ETCD_MOUNT"
+  mkdir -p "$DI_ETCD_MOUNT/data"
+  chmod 0700 "$DI_ETCD_MOUNT/data"
+  log "etcd data on $device ($DI_ETCD_MOUNT)"
+}
+
+start_etcd() {
+  retry docker pull "$DI_ETCD_IMAGE" || fail "cannot pull $DI_ETCD_IMAGE"
+  install_unit "$DI_HOME/units/di-etcd.service"
+  systemctl daemon-reload
+  systemctl enable --now di-etcd.service || fail "di-etcd.service did not start"
+  wait_for_etcd || fail "etcd does not answer on $DI_ETCD: journalctl -u di-etcd"
+}
+
+# start_proxy: neuron = the DLC's neuron-proxy-server; distack = DiStack's own proxy, which ships its own
+# unit (distack-proxy.service) somewhere under /opt/di and is started here the same way.
+start_proxy() {
+  local unit
+  case $DI_PROXY in
+    neuron)
+      retry docker pull "$DI_IMAGE" || fail "cannot pull $DI_IMAGE (egress to public.ecr.aws?)"
+      unit="$DI_HOME/units/di-proxy.service"
+      ;;
+    distack)
+      unit=$(find "$DI_HOME" -name distack-proxy.service -print -quit)
+      [[ -n $unit ]] || fail "DI_PROXY=distack but no distack-proxy.service ships under $DI_HOME"
+      ;;
+    *) fail "unknown DI_PROXY '$DI_PROXY'" ;;
+  esac
+  install_unit "$unit"
+  systemctl daemon-reload
+  systemctl enable --now "${unit##*/}" || fail "${unit##*/} did not start"
+}
+
+control_main() {
+  install_docker
+  attach_interface
+  attach_etcd_volume
+  if [[ $DI_MODE == disaggregated ]]; then
+    start_etcd
+    start_proxy
+  else
+    log "standard mode: no etcd and no proxy; clients call the workers' endpoints directly"
+  fi
+}
+
+main() {
+  load_node_env
+  control_main
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Worker bootstrap (Ubuntu Neuron DLAMI): Docker, preflight, image, model and compiled artifacts on local
+# NVMe, then one di-vllm@INDEX unit per endpoint. Sourced by di-bootstrap; runnable alone for a re-run.
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+
+DI_DEV_ROOT=${DI_DEV_ROOT:-/dev}
+DI_MIN_DATA_GB=${DI_MIN_DATA_GB:-300}
+DI_NVME_GLOB=${DI_NVME_GLOB:-/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_*}
+DI_RAID_DEVICE=${DI_RAID_DEVICE:-/dev/md/di-data}
+DI_SETTLE_SECONDS=${DI_SETTLE_SECONDS:-15}
+# fi_info ships with the EFA installer outside the default PATH.
+PATH="$PATH:/opt/amazon/efa/bin"
+
+install_docker() {
+  if ! command -v docker >/dev/null; then
+    log "installing Docker (docker.io)"
+    retry apt-get update -q || fail "apt-get update failed; cannot install Docker"
+    DEBIAN_FRONTEND=noninteractive retry apt-get install -y -q docker.io || fail "cannot install Docker (docker.io)"
+  fi
+  systemctl enable --now docker || fail "Docker does not start"
+}
+
+check_neuron() {
+  local devices=("$DI_DEV_ROOT"/neuron[0-9]*) count=0
+  [[ -e ${devices[0]} ]] && count=${#devices[@]}
+  ((count == DI_EXPECTED_NEURON_DEVICES)) ||
+    fail "found $count Neuron devices (/dev/neuron*), expected $DI_EXPECTED_NEURON_DEVICES: driver (aws-neuronx-dkms) missing or wrong AMI"
+  log "Neuron devices: $count"
+}
+
+check_efa() {
+  command -v fi_info >/dev/null || fail "EFA missing: fi_info not found (EFA installer absent from the AMI)"
+  local count uverbs=("$DI_DEV_ROOT"/infiniband/uverbs*)
+  count=$(efa_interface_count)
+  ((count > 0)) || fail "EFA missing: fi_info -p efa finds no interface (launch template must request InterfaceType efa)"
+  ((count == DI_EXPECTED_EFA_INTERFACES)) ||
+    fail "EFA: $count interfaces, expected $DI_EXPECTED_EFA_INTERFACES (one per network card)"
+  [[ -e ${uverbs[0]} ]] || fail "EFA missing: no /dev/infiniband/uverbs* device to pass to the container"
+  log "EFA interfaces: $count, uverbs devices: ${#uverbs[@]}"
+}
+
+# prepare_data_dir: local NVMe instance store at DI_DATA_DIR (RAID 0 over all of them), or what is mounted there.
+prepare_data_dir() {
+  mkdir -p "$DI_DATA_DIR"
+  if ! findmnt -n "$DI_DATA_DIR" >/dev/null; then
+    local devices=() dev target
+    for dev in $DI_NVME_GLOB; do
+      [[ -e $dev && $dev != *-ns-* && $dev != *-part* ]] && devices+=("$dev")
+    done
+    ((${#devices[@]} > 0)) || fail "no NVMe instance store found ($DI_NVME_GLOB) for models and compiled artifacts"
+    target=${devices[0]}
+    if ((${#devices[@]} > 1)); then
+      mdadm --create "$DI_RAID_DEVICE" --run --level=0 --raid-devices="${#devices[@]}" "${devices[@]}" ||
+        fail "cannot build RAID 0 over ${#devices[@]} NVMe devices"
+      target=$DI_RAID_DEVICE
+    fi
+    mkfs.ext4 -q -F -E nodiscard "$target" || fail "cannot format $target"
+    mount "$target" "$DI_DATA_DIR" || fail "cannot mount $target on $DI_DATA_DIR"
+    # Instance store survives a reboot (not a stop): remount it then, before the units start.
+    fstab_add "$(blkid -o value -s UUID "$target")" "$DI_DATA_DIR"
+  fi
+  local avail
+  avail=$(df -P -BG "$DI_DATA_DIR" | awk 'NR == 2 { sub("G", "", $4); print $4 }')
+  ((avail >= DI_MIN_DATA_GB)) || fail "only ${avail} GB free on $DI_DATA_DIR, need $DI_MIN_DATA_GB GB for the model"
+  mkdir -p "$DI_DATA_DIR/models" "$DI_DATA_DIR/compiled"
+  log "data dir $DI_DATA_DIR: ${avail} GB free"
+}
+
+# write_hf_env: the Hugging Face token from Secrets Manager into a root-only env file for `docker --env-file`.
+# The value only ever passes through this shell's memory and that file: never argv, never a log line.
+write_hf_env() {
+  local secret token file="$DI_RUN_DIR/hf.env"
+  mkdir -p "$DI_RUN_DIR"
+  : >"$file"
+  chmod 0600 "$file"
+  [[ -n ${DI_HF_TOKEN_SECRET:-} ]] || { log "no Hugging Face token secret configured (public model)"; return 0; }
+  secret=$(aws secretsmanager get-secret-value --region "$DI_REGION" --secret-id "$DI_HF_TOKEN_SECRET" \
+    --query SecretString --output text 2>/dev/null) ||
+    fail "cannot read secret '$DI_HF_TOKEN_SECRET' from Secrets Manager (missing, or the node role lacks access)"
+  token=$secret
+  if [[ $secret == \{* ]]; then
+    token=$(python3 -c 'import json,sys; d=json.load(sys.stdin); print(next(d[k] for k in ("HF_TOKEN","hf_token","token") if k in d))' <<<"$secret" 2>/dev/null) ||
+      fail "secret '$DI_HF_TOKEN_SECRET' is JSON without an HF_TOKEN key"
+  fi
+  [[ -n $token ]] || fail "secret '$DI_HF_TOKEN_SECRET' is empty"
+  printf 'HF_TOKEN=%s\n' "$token" >"$file"
+}
+
+s3_has() { aws s3 ls --region "$DI_REGION" "s3://$DI_BUCKET/$1" >/dev/null 2>&1; }
+
+stage_model() {
+  local dir="$DI_DATA_DIR/models/$DI_MODEL_ID" prefix="models/$DI_MODEL_ID/"
+  [[ -e $dir/.complete ]] && { log "model already staged in $dir"; return 0; }
+  mkdir -p "$dir"
+  if s3_has "$prefix"; then
+    log "syncing model from s3://$DI_BUCKET/$prefix"
+    retry aws s3 sync --only-show-errors --region "$DI_REGION" "s3://$DI_BUCKET/$prefix" "$dir" ||
+      fail "cannot sync model from s3://$DI_BUCKET/$prefix"
+  elif [[ $DI_MODEL_SOURCE == s3 ]]; then
+    fail "model source is s3 but s3://$DI_BUCKET/$prefix is empty: upload the weights there first"
+  else
+    write_hf_env
+    log "downloading $DI_MODEL_ID from Hugging Face"
+    retry docker run --rm --env-file "$DI_RUN_DIR/hf.env" -v "$DI_DATA_DIR:/data" --entrypoint huggingface-cli \
+      "$DI_IMAGE" download "$DI_MODEL_ID" --local-dir "/data/models/$DI_MODEL_ID" --exclude 'original/*' ||
+      fail "cannot download $DI_MODEL_ID from Hugging Face (token, licence acceptance or egress)"
+    rm -f "$DI_RUN_DIR/hf.env"
+  fi
+  touch "$dir/.complete"
+}
+
+stage_compiled() {
+  local key prefix dir
+  key=$(compiled_key)
+  prefix="compiled/$key/"
+  dir="$DI_DATA_DIR/compiled/$key"
+  mkdir -p "$dir"
+  if s3_has "$prefix"; then
+    log "syncing compiled artifacts from s3://$DI_BUCKET/$prefix"
+    retry aws s3 sync --only-show-errors --region "$DI_REGION" "s3://$DI_BUCKET/$prefix" "$dir" ||
+      fail "cannot sync compiled artifacts from s3://$DI_BUCKET/$prefix"
+  else
+    log "no compiled artifacts at s3://$DI_BUCKET/$prefix: vLLM compiles on first start (can take an hour)"
+  fi
+}
+
+pull_image() { retry docker pull "$DI_IMAGE" || fail "cannot pull $DI_IMAGE (egress to public.ecr.aws?)"; }
+
+start_endpoints() {
+  local index role cores port unit
+  install_unit "$DI_HOME/units/di-vllm@.service"
+  systemctl daemon-reload
+  while read -r index role cores port; do
+    unit=$(unit_name "$index")
+    log "starting $unit ($role, cores $cores, port $port)"
+    systemctl enable --now "$unit" || fail "$unit did not start"
+  done < <(endpoints)
+  sleep "$DI_SETTLE_SECONDS"
+  while read -r index _; do
+    unit=$(unit_name "$index")
+    systemctl is-active --quiet "$unit" || fail "$unit is not running: journalctl -u $unit"
+  done < <(endpoints)
+}
+
+worker_main() {
+  install_docker
+  check_neuron
+  check_efa
+  prepare_data_dir
+  pull_image
+  stage_model
+  stage_compiled
+  if [[ $DI_MODE == disaggregated ]]; then
+    wait_for_etcd || fail "etcd at $DI_ETCD unreachable: is the control host up? (dictl status)"
+  fi
+  start_endpoints
+}
+
+main() {
+  load_node_env
+  worker_main
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi
