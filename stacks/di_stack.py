@@ -79,10 +79,15 @@ class DiStack(cdk.Stack):
 
         state = ControlState(self, "ControlState", control=config.control_host, subnet=network.subnet,
                              security_group=security.control_group)
+        proxy_package = None
+        if config.proxy == "distack":
+            proxy_package = userdata.proxy_package_asset(self, "ProxyPackage")
+            control_role.allow_download(proxy_package)
         refs = node_values.DeploymentRefs(
             stack_name=self.stack_name, control_address=state.address, bucket_name=bucket.bucket_name,
             node_log_group=groups["nodes"].log_group_name, container_log_group=groups["containers"].log_group_name,
-            scripts_url=scripts.s3_object_url)
+            scripts_url=scripts.s3_object_url,
+            proxy_package_url=proxy_package.s3_object_url if proxy_package else "")
         timeout = config.bootstrap.timeout_minutes
         control_signal = userdata.SignalTarget()
         control_tags = self._role_tags(naming.ROLE_CONTROL, naming.ROLE_CONTROL)

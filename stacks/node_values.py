@@ -20,6 +20,7 @@ class DeploymentRefs:
     container_log_group: str
     # s3:// URL of the zipped `userdata/` tree (a CDK asset) that every node unpacks into /opt/di.
     scripts_url: str = ""
+    proxy_package_url: str = ""
 
 
 # Pinned etcd release (official image); the seeds' flags are in userdata/di-run.
@@ -98,4 +99,5 @@ def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_in
         "DI_ETCD_IMAGE": ETCD_IMAGE,
         "DI_ETCD_PEER_PORT": str(naming.ETCD_PEER_PORT),
         "DI_SIGNAL_RESOURCE": signal_resource,
+        "DI_PROXY_PACKAGE_URL": refs.proxy_package_url,
     }

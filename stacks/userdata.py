@@ -20,6 +20,7 @@ from stacks import naming
 # EC2 rejects larger user data: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_RequestLaunchTemplateData.html
 USER_DATA_LIMIT_BYTES = 16 * 1024
 USERDATA_DIR = Path(__file__).resolve().parent.parent / "userdata"
+PROXY_PACKAGE_DIR = Path(__file__).resolve().parent.parent / "diproxy"
 BOOT_SCRIPT = USERDATA_DIR / "boot.sh"
 BOOT_PATH = f"{naming.NODE_SCRIPTS_DIR}/boot.sh"
 
@@ -58,6 +59,12 @@ def scripts_asset(scope: Construct, construct_id: str) -> s3_assets.Asset:
     fit in user data, and an asset changes its key whenever a script changes, so a new launch-template
     version always names the scripts it was tested with."""
     return s3_assets.Asset(scope, construct_id, path=str(USERDATA_DIR),
+                           exclude=["**/__pycache__", "**/*.pyc", "**/.*"])
+
+
+def proxy_package_asset(scope: Construct, construct_id: str) -> s3_assets.Asset:
+    """The DiStack proxy package (`proxy: distack`), installed into a venv on the control host at boot."""
+    return s3_assets.Asset(scope, construct_id, path=str(PROXY_PACKAGE_DIR),
                            exclude=["**/__pycache__", "**/*.pyc", "**/.*"])
 
 

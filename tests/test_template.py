@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -292,3 +293,27 @@ def test_outputs_name_what_operators_and_dictl_need(synth):
         assert key in outputs, key
     assert result.stack.stack_name == "di-xpyd"
     assert result.stack.node.id == "DiStack"
+
+
+def control_env_parts(template: dict) -> list:
+    """The control host's user data as the Fn::Join parts CloudFormation assembles at deploy time."""
+    (data,) = [d for t, d in launch_templates(template).items() if not t.startswith("trn")]
+    return data["UserData"]["Fn::Base64"]["Fn::Join"][1]
+
+
+def test_distack_proxy_package_reaches_the_control_host_and_only_it(variant, synth):
+    _, _, raw = variant
+    parts = control_env_parts(raw)
+    (at,) = [i for i, p in enumerate(parts) if isinstance(p, str) and p.endswith("DI_PROXY_PACKAGE_URL='")]
+    assert parts[at + 1]["Fn::Sub"].startswith("s3://cdk-")
+    assert any("DI_PROXY_PACKAGE_URL=''" in p for p in control_env_parts(synth("prod").template_dict)
+               if isinstance(p, str))
+    asset_objects = {}
+    for name, policy in resources(raw, "AWS::IAM::Policy").items():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if statement["Action"] == "s3:GetObject":
+                targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                asset_objects[name] = asset_objects.get(name, 0) + sum("cdk-" in json.dumps(t) for t in targets)
+    # Both roles read the node scripts; only the control role also reads the proxy package.
+    assert sorted((n.split("DefaultPolicy")[0], c) for n, c in asset_objects.items()) == [("ControlRole", 2),
+                                                                                          ("WorkerRole", 1)]

@@ -10,6 +10,12 @@ DI_DISK_BY_ID=${DI_DISK_BY_ID:-/dev/disk/by-id}
 DI_ETCD_DEVICE_NAME=${DI_ETCD_DEVICE_NAME:-/dev/sdf}
 ATTACH_WAIT_SECONDS=${ATTACH_WAIT_SECONDS:-300}
 ATTACH_WAIT_SLEEP=${ATTACH_WAIT_SLEEP:-5}
+DI_PROXY_ENV=${DI_PROXY_ENV:-/etc/di/proxy.env}
+DI_PROXY_SRC=${DI_PROXY_SRC:-$DI_HOME/proxy-src}
+# The proxy package's own installer (venv + unit); replaceable so tests need no PyPI.
+DI_PROXY_INSTALLER=${DI_PROXY_INSTALLER:-$DI_PROXY_SRC/diproxy/deploy/install.sh}
+# AL2023's default python3 is 3.9; the proxy needs 3.11.
+DI_PROXY_PYTHON=${DI_PROXY_PYTHON:-python3.11}
 
 install_docker() {
   if ! command -v docker >/dev/null; then
@@ -112,8 +118,23 @@ start_etcd() {
   wait_for_etcd || fail "etcd does not answer on $DI_ETCD: journalctl -u di-etcd"
 }
 
-# start_proxy: neuron = the DLC's neuron-proxy-server; distack = DiStack's own proxy, which ships its own
-# unit (distack-proxy.service) somewhere under /opt/di and is started here the same way.
+# install_distack_proxy: the proxy package (a stack asset) into a venv, its settings from node.env, its unit.
+install_distack_proxy() {
+  [[ -n ${DI_PROXY_PACKAGE_URL:-} ]] || fail "DI_PROXY=distack but node.env has no DI_PROXY_PACKAGE_URL"
+  command -v "$DI_PROXY_PYTHON" >/dev/null || retry dnf install -y -q "$DI_PROXY_PYTHON" ||
+    fail "cannot install $DI_PROXY_PYTHON for the proxy"
+  rm -rf "$DI_PROXY_SRC" && mkdir -p "$DI_PROXY_SRC/diproxy"
+  retry aws s3 cp --only-show-errors --region "$DI_REGION" "$DI_PROXY_PACKAGE_URL" "$DI_PROXY_SRC/diproxy.zip" ||
+    fail "cannot download the proxy package $DI_PROXY_PACKAGE_URL"
+  unzip -q -o "$DI_PROXY_SRC/diproxy.zip" -d "$DI_PROXY_SRC/diproxy" || fail "the proxy package does not unzip"
+  install -d -m 0755 "${DI_PROXY_ENV%/*}"
+  printf 'DIPROXY_MODE=di\nDIPROXY_ETCD=%s\nDIPROXY_PORT=%s\nDIPROXY_AWS_REGION=%s\n' \
+    "$DI_ETCD" "$DI_PROXY_PORT" "$DI_REGION" >"$DI_PROXY_ENV"
+  PROXY_PYTHON=$DI_PROXY_PYTHON PROXY_START=no PROXY_ENV_FILE=$DI_PROXY_ENV PROXY_UNIT_DIR=$DI_SYSTEMD_DIR \
+    retry bash "$DI_PROXY_INSTALLER" "$DI_PROXY_SRC" || fail "the proxy package did not install (pip, PyPI egress?)"
+}
+
+# start_proxy: neuron = the DLC's neuron-proxy-server; distack = DiStack's own proxy, installed from its package.
 start_proxy() {
   local unit
   case $DI_PROXY in
@@ -122,12 +143,13 @@ start_proxy() {
       unit="$DI_HOME/units/di-proxy.service"
       ;;
     distack)
-      unit=$(find "$DI_HOME" -name distack-proxy.service -print -quit)
-      [[ -n $unit ]] || fail "DI_PROXY=distack but no distack-proxy.service ships under $DI_HOME"
+      install_distack_proxy
+      unit="$DI_SYSTEMD_DIR/distack-proxy.service"
+      [[ -f $unit ]] || fail "the proxy installer left no $unit"
       ;;
     *) fail "unknown DI_PROXY '$DI_PROXY'" ;;
   esac
-  install_unit "$unit"
+  [[ $unit == "$DI_SYSTEMD_DIR/"* ]] || install_unit "$unit"
   systemctl daemon-reload
   systemctl enable --now "${unit##*/}" || fail "${unit##*/} did not start"
 }

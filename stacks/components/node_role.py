@@ -49,10 +49,14 @@ class NodeRole(Construct):
         bucket) and the right to report its outcome to this stack's CreationPolicy.
         https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_SignalResource.html
         """
+        self.allow_download(scripts)
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["cloudformation:SignalResource"], resources=[cdk.Aws.STACK_ID]))
+
+    def allow_download(self, asset: s3_assets.Asset) -> None:
+        """Read exactly one asset object of the CDK assets bucket."""
         self.role.add_to_principal_policy(iam.PolicyStatement(
             actions=["s3:GetObject"],
             resources=[cdk.Stack.of(self).format_arn(service="s3", region="", account="",
-                                                      resource=scripts.s3_bucket_name,
-                                                      resource_name=scripts.s3_object_key)]))
-        self.role.add_to_principal_policy(iam.PolicyStatement(
-            actions=["cloudformation:SignalResource"], resources=[cdk.Aws.STACK_ID]))
+                                                      resource=asset.s3_bucket_name,
+                                                      resource_name=asset.s3_object_key)]))

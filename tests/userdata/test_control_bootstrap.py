@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+from pathlib import Path
 
-from tests.userdata.conftest import INSTANCE_ID
+from tests.userdata.conftest import INSTANCE_ID, ROOT
 
 
 def boot(n, **extra):
@@ -76,28 +78,46 @@ def test_interface_held_by_the_old_host_fails_with_a_reason_after_the_wait(node)
     assert started_units(n) == ["docker"]
 
 
-def test_distack_proxy_without_its_unit_fails_loudly(node):
+def test_distack_proxy_without_its_package_fails_loudly(node):
     n = node("prod")
     prepare_volume_link(n)
     n.override(DI_PROXY="distack")
     proc = boot(n)
     assert proc.returncode != 0
-    assert "DI_PROXY=distack but no distack-proxy.service ships" in proc.stderr
+    assert "DI_PROXY=distack but node.env has no DI_PROXY_PACKAGE_URL" in proc.stderr
     assert started_units(n) == ["docker", "di-etcd.service"]
+    (signal,) = n.signals()
+    assert signal[signal.index("--status") + 1] == "FAILURE"
 
 
-def test_distack_proxy_unit_is_installed_when_shipped(node, tmp_path):
+INSTALLER = """#!/usr/bin/env bash
+# Stands in for diproxy/deploy/install.sh: records how it was called, installs the unit it would install.
+printf '%s\\n' "$*" "PROXY_PYTHON=$PROXY_PYTHON" "PROXY_START=$PROXY_START" "PROXY_ENV_FILE=$PROXY_ENV_FILE" >"$0.calls"
+install -D -m 0644 "$1/diproxy/deploy/distack-proxy.service" "$PROXY_UNIT_DIR/distack-proxy.service"
+"""
+
+
+def test_distack_proxy_is_installed_from_its_package_and_started(node, tmp_path):
     n = node("prod")
     prepare_volume_link(n)
-    home = tmp_path / "home"
-    subprocess.run(["cp", "-r", n.env["DI_HOME"], str(home)], check=True)
-    (home / "ops").mkdir(exist_ok=True)
-    (home / "ops" / "distack-proxy.service").write_text("[Service]\nExecStart=/bin/true\n")
-    n.override(DI_PROXY="distack")
-    proc = subprocess.run(["bash", str(home / "di-bootstrap")], env={**n.env, "DI_HOME": str(home)},
-                          capture_output=True, text=True)
+    package = tmp_path / "diproxy.zip"
+    shutil.make_archive(str(package.with_suffix("")), "zip", root_dir=ROOT / "diproxy")
+    (n.state / "s3-object").write_bytes(package.read_bytes())
+    installer = tmp_path / "install.sh"
+    installer.write_text(INSTALLER)
+    proxy_env = tmp_path / "proxy.env"
+    n.override(DI_PROXY="distack", DI_PROXY_PACKAGE_URL="s3://cdk-assets/proxy.zip")
+    proc = boot(n, DI_PROXY_INSTALLER=str(installer), DI_PROXY_ENV=str(proxy_env), DI_PROXY_PYTHON="python3")
     assert proc.returncode == 0, proc.stderr
+    (download,) = [a for a in n.calls("aws") if a[:2] == ["s3", "cp"] and "s3://cdk-assets/proxy.zip" in a]
+    source = Path(download[-1]).parent
+    assert (source / "diproxy" / "__main__.py").exists()
+    assert installer.with_name("install.sh.calls").read_text().splitlines() == [
+        str(source), "PROXY_PYTHON=python3", "PROXY_START=no", f"PROXY_ENV_FILE={proxy_env}"]
+    assert proxy_env.read_text().splitlines() == [
+        "DIPROXY_MODE=di", "DIPROXY_ETCD=10.42.0.10:8989", "DIPROXY_PORT=8000", "DIPROXY_AWS_REGION=us-east-2"]
     assert started_units(n) == ["docker", "di-etcd.service", "distack-proxy.service"]
+    assert "di-proxy.service" not in [p.name for p in (n.root / "systemd").iterdir()]
 
 
 def test_docker_is_installed_with_dnf_when_missing(node):
