@@ -107,10 +107,12 @@ def test_distack_proxy_is_installed_from_its_package_and_started(node, tmp_path)
     installer.write_text(INSTALLER)
     proxy_env = tmp_path / "proxy.env"
     n.override(DI_PROXY="distack", DI_PROXY_PACKAGE_URL="s3://cdk-assets/proxy.zip")
-    proc = boot(n, DI_PROXY_INSTALLER=str(installer), DI_PROXY_ENV=str(proxy_env), DI_PROXY_PYTHON="python3")
+    source = tmp_path / "proxy-src"
+    proc = boot(n, DI_PROXY_INSTALLER=str(installer), DI_PROXY_ENV=str(proxy_env), DI_PROXY_PYTHON="python3",
+                DI_PROXY_SRC=str(source))
     assert proc.returncode == 0, proc.stderr
     (download,) = [a for a in n.calls("aws") if a[:2] == ["s3", "cp"] and "s3://cdk-assets/proxy.zip" in a]
-    source = Path(download[-1]).parent
+    assert Path(download[-1]).parent == source
     assert (source / "diproxy" / "__main__.py").exists()
     assert installer.with_name("install.sh.calls").read_text().splitlines() == [
         str(source), "PROXY_PYTHON=python3", "PROXY_START=no", f"PROXY_ENV_FILE={proxy_env}"]
