@@ -1,0 +1,43 @@
+"""AWS clients for `dictl`, made from one injected boto3 session on first use (never at import time)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Mapping
+
+
+class Clients:
+    """One client per service, created lazily; tests pass fakes for services moto does not cover."""
+
+    def __init__(self, session: Any, overrides: Mapping[str, Any] | None = None) -> None:
+        self.session = session
+        self._clients: dict[str, Any] = dict(overrides or {})
+
+    def get(self, service: str) -> Any:
+        """The client for `service` (boto3 name, e.g. "ssm")."""
+        if service not in self._clients:
+            self._clients[service] = self.session.client(service)
+        return self._clients[service]
+
+    @property
+    def region(self) -> str:
+        """Region the session talks to."""
+        return self.session.region_name or ""
+
+    ssm = property(lambda self: self.get("ssm"))
+    ec2 = property(lambda self: self.get("ec2"))
+    s3 = property(lambda self: self.get("s3"))
+    cloudformation = property(lambda self: self.get("cloudformation"))
+    autoscaling = property(lambda self: self.get("autoscaling"))
+    service_quotas = property(lambda self: self.get("service-quotas"))
+    secretsmanager = property(lambda self: self.get("secretsmanager"))
+
+
+def pages(call: Callable[..., Mapping[str, Any]], **kwargs: Any) -> Iterator[Mapping[str, Any]]:
+    """Follow NextToken by hand: works the same on real clients, Stubber-backed ones and test fakes."""
+    token: str | None = None
+    while True:
+        response = call(**kwargs, **({"NextToken": token} if token else {}))
+        yield response
+        token = response.get("NextToken")
+        if not token:
+            return

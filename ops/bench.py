@@ -1,0 +1,98 @@
+"""`dictl compare`: two LLMPerf summary files side by side (DI vs baseline), local paths or s3:// URIs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlparse
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ops.errors import UsageError
+from ops.output import table
+
+# (label, key in LLMPerf's *_summary.json, unit scale, unit, True when higher is better)
+METRICS: tuple[tuple[str, str, float, str, bool], ...] = (
+    ("TTFT mean", "results_ttft_s_mean", 1000.0, "ms", False),
+    ("TTFT p50", "results_ttft_s_quantiles_p50", 1000.0, "ms", False),
+    ("TTFT p90", "results_ttft_s_quantiles_p90", 1000.0, "ms", False),
+    ("TTFT p99", "results_ttft_s_quantiles_p99", 1000.0, "ms", False),
+    ("inter-token latency mean", "results_inter_token_latency_s_mean", 1000.0, "ms", False),
+    ("inter-token latency p50", "results_inter_token_latency_s_quantiles_p50", 1000.0, "ms", False),
+    ("inter-token latency p99", "results_inter_token_latency_s_quantiles_p99", 1000.0, "ms", False),
+    ("end-to-end latency mean", "results_end_to_end_latency_s_mean", 1.0, "s", False),
+    ("output throughput", "results_mean_output_throughput_token_per_s", 1.0, "tok/s", True),
+    ("per-request throughput mean", "results_request_output_throughput_token_per_s_mean", 1.0, "tok/s", True),
+    ("completed requests/min", "results_num_completed_requests_per_min", 1.0, "req/min", True),
+    ("errors", "results_number_errors", 1.0, "", False),
+)
+SUMMARY_SUFFIX = "_summary.json"
+
+
+def load_summary(location: str, s3: Callable[[], Any]) -> dict[str, Any]:
+    """A summary file, or the one *_summary.json inside a results directory or s3:// prefix."""
+    if location.startswith("s3://"):
+        return json.loads(_read_s3(location, s3()))
+    path = Path(location)
+    if path.is_dir():
+        found = sorted(path.rglob(f"*{SUMMARY_SUFFIX}"))
+        if not found:
+            raise UsageError(f"{location}: no *{SUMMARY_SUFFIX} inside\n  fix: point at LLMPerf's --results-dir")
+        path = found[0]
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UsageError(f"{location}: cannot read: {err.strerror}\n  fix: check the path") from None
+    except ValueError as err:
+        raise UsageError(f"{location}: not JSON ({err})\n  fix: pass LLMPerf's *{SUMMARY_SUFFIX}") from None
+
+
+def _read_s3(uri: str, s3: Any) -> str:
+    parsed = urlparse(uri)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    try:
+        if not key.endswith(".json"):
+            prefix = key.rstrip("/") + "/" if key else ""
+            listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+            keys = sorted(o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith(SUMMARY_SUFFIX))
+            if not keys:
+                raise UsageError(f"{uri}: no *{SUMMARY_SUFFIX} under this prefix\n"
+                                 "  fix: pass s3://BUCKET/bench/RUN-ID/ as printed by `dictl bench`")
+            key = keys[0]
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+    except (ClientError, BotoCoreError) as err:
+        raise UsageError(f"{uri}: cannot read: {err}\n  fix: check the URI and your credentials") from None
+
+
+def compare(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per metric present in either file, with the change of `first` relative to `second`."""
+    rows = []
+    for label, key, scale, unit, higher_better in METRICS:
+        a, b = _number(first.get(key)), _number(second.get(key))
+        if a is None and b is None:
+            continue
+        change = None
+        if a is not None and b not in (None, 0):
+            change = (a - b) / b * 100.0
+        better = None if change is None or change == 0 else (change > 0) == higher_better
+        rows.append({"metric": label, "unit": unit, "first": None if a is None else a * scale,
+                     "second": None if b is None else b * scale, "change_percent": change, "first_better": better})
+    return rows
+
+
+def render(rows: list[dict[str, Any]], first_name: str, second_name: str) -> str:
+    """The comparison as a text table."""
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.2f}"
+
+    lines = []
+    for row in rows:
+        change = "-" if row["change_percent"] is None else f"{row['change_percent']:+.1f}%"
+        verdict = {True: "better", False: "worse", None: ""}[row["first_better"]]
+        lines.append((row["metric"], row["unit"], cell(row["first"]), cell(row["second"]), change, verdict))
+    return table(("METRIC", "UNIT", first_name.upper(), second_name.upper(), "CHANGE", ""), lines)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

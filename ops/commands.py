@@ -1,0 +1,220 @@
+"""Send one SSM command to tag-selected targets, wait for it, and collect every instance's result.
+
+Results come from ListCommandInvocations (Details, 50 per page), never one GetCommandInvocation per instance;
+output cut at SSM's inline limit is read back from the artifacts bucket under `commands/`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+from urllib.parse import urlparse
+
+from botocore.exceptions import ClientError
+
+from ops.aws import Clients, pages
+from ops.output import Progress
+from ops.targets import Deployment, Instance, Selection
+from stacks import naming
+
+# CommandPluginOutput is cut at 2,500 characters in ListCommandInvocations:
+# https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_CommandPlugin.html
+INLINE_OUTPUT_LIMIT = 2500
+TRUNCATION_MARKER = "--output truncated--"
+INVOCATIONS_PAGE = 50
+DONE_COMMAND_STATES = {"Success", "Failed", "TimedOut", "Cancelled"}
+DONE_INVOCATION_STATES = {"Success", "Failed", "TimedOut", "Cancelled", "Undeliverable", "Terminated",
+                          "InvalidPlatform", "AccessDenied"}
+# Status given to an instance dictl stopped waiting for, and to one that never received the command.
+WAIT_TIMED_OUT = "WaitTimedOut"
+NOT_DELIVERED = "NoInvocation"
+
+
+@dataclass
+class InstanceResult:
+    """How one instance ran the command."""
+
+    instance_id: str
+    status: str
+    output: str = ""
+    role: str = "?"
+    fleet: str = "?"
+    command_id: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Only a clean Success counts."""
+        return self.status == "Success"
+
+
+@dataclass
+class RunResult:
+    """Every instance's result of one operation (possibly several commands, e.g. one per fleet)."""
+
+    document: str
+    results: list[InstanceResult] = field(default_factory=list)
+    command_ids: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[InstanceResult]:
+        """Instances that did not succeed."""
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def ok(self) -> bool:
+        """True only if there were targets and every one succeeded."""
+        return bool(self.results) and not self.failed
+
+    def extend(self, other: RunResult) -> None:
+        """Merge another batch's results into this one."""
+        self.results.extend(other.results)
+        self.command_ids.extend(other.command_ids)
+
+
+@dataclass
+class SendOptions:
+    """Rollout knobs: SSM runs at most `concurrency` targets at once and stops after `max_errors` failures."""
+
+    concurrency: str = "50"
+    max_errors: str = "0"
+    timeout: float = 3600.0
+    poll_seconds: float = 5.0
+    comment: str = ""
+
+
+def send(clients: Clients, *, document: str, targets: list[dict[str, Any]], parameters: Mapping[str, str],
+         bucket: str, options: SendOptions) -> str:
+    """One SendCommand by Targets; output beyond the inline limits goes to the bucket under commands/."""
+    # Named instances go as InstanceIds (same 50 limit); tag selections as Targets, resolved by SSM.
+    if len(targets) == 1 and targets[0]["Key"] == "InstanceIds":
+        selection: dict[str, Any] = {"InstanceIds": targets[0]["Values"]}
+    else:
+        selection = {"Targets": targets}
+    response = clients.ssm.send_command(
+        DocumentName=document,
+        **selection,
+        Parameters={key: [value] for key, value in parameters.items()},
+        MaxConcurrency=options.concurrency,
+        MaxErrors=options.max_errors,
+        OutputS3BucketName=bucket,
+        OutputS3KeyPrefix=naming.BUCKET_PREFIX_COMMANDS.rstrip("/"),
+        Comment=(options.comment or f"dictl {document}")[:100],
+    )
+    return response["Command"]["CommandId"]
+
+
+def wait(clients: Clients, command_id: str, *, options: SendOptions, progress: Progress,
+         clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Poll ListCommands (one call per poll, whatever the target count); False if `options.timeout` passed."""
+    deadline = clock() + options.timeout
+    while True:
+        command = clients.ssm.list_commands(CommandId=command_id)["Commands"][0]
+        status = command.get("Status", "Pending")
+        progress.update(f"{command.get('DocumentName', '')} {command_id}: {status}, "
+                        f"{command.get('CompletedCount', 0)}/{command.get('TargetCount', '?')} done, "
+                        f"{command.get('ErrorCount', 0)} failed")
+        if status in DONE_COMMAND_STATES:
+            return True
+        if clock() >= deadline:
+            try:
+                clients.ssm.cancel_command(CommandId=command_id)
+            except ClientError:
+                pass  # already finishing: whatever state it reached is collected next
+            return False
+        sleep(options.poll_seconds)
+
+
+def collect(clients: Clients, command_id: str) -> list[Mapping[str, Any]]:
+    """Every invocation of a command with its plugin output, in pages of 50."""
+    invocations: list[Mapping[str, Any]] = []
+    for page in pages(clients.ssm.list_command_invocations, CommandId=command_id, Details=True,
+                      MaxResults=INVOCATIONS_PAGE):
+        invocations.extend(page.get("CommandInvocations", []))
+    return invocations
+
+
+def plugin_output(clients: Clients, invocation: Mapping[str, Any]) -> str:
+    """All steps' output of an invocation; a step cut at the inline limit is read whole from S3."""
+    parts = []
+    for plugin in invocation.get("CommandPlugins", []):
+        text = plugin.get("Output", "") or ""
+        if _truncated(text):
+            text = _read_s3_output(clients, plugin) or text
+        parts.append(text)
+    return "\n".join(p for p in parts if p)
+
+
+def _truncated(text: str) -> bool:
+    return TRUNCATION_MARKER in text or len(text) >= INLINE_OUTPUT_LIMIT
+
+
+def _read_s3_output(clients: Clients, plugin: Mapping[str, Any]) -> str | None:
+    url = plugin.get("StandardOutputUrl") or ""
+    location = _s3_location(url)
+    if location is None:
+        return None
+    bucket, key = location
+    try:
+        body = clients.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError:
+        return None
+    return body.decode("utf-8", errors="replace")
+
+
+def _s3_location(url: str) -> tuple[str, str] | None:
+    """Bucket and key from s3:// or the https URL forms SSM reports."""
+    if not url:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        return parsed.netloc, parsed.path.lstrip("/")
+    host, path = parsed.netloc, parsed.path.lstrip("/")
+    if host.startswith("s3.") or host.startswith("s3-") or host == "s3.amazonaws.com":
+        bucket, _, key = path.partition("/")
+        return (bucket, key) if key else None
+    if ".s3." in host or host.endswith(".s3.amazonaws.com"):
+        return host.split(".s3", 1)[0], path
+    return None
+
+
+def run(deployment: Deployment, verb: str, selection: Selection, *, parameters: Mapping[str, str] | None = None,
+        options: SendOptions | None = None, progress: Progress | None = None,
+        expected: list[Instance] | None = None) -> RunResult:
+    """Run a verb's document on the selection and return every instance's result.
+
+    Instances the tags select but SSM never invoked (agent offline, not yet registered) count as failures.
+    """
+    options = options or SendOptions()
+    progress = progress or Progress()
+    document = deployment.document(verb)
+    bucket = deployment.bucket  # first, so a missing stack is reported before anything else
+    if expected is None:
+        expected = deployment.instances(selection)
+    by_id = {i.instance_id: i for i in expected}
+    result = RunResult(document)
+    if not expected:
+        return result
+    for targets in deployment.ssm_targets(selection):
+        command_id = send(deployment.clients, document=document, targets=targets, parameters=parameters or {},
+                          bucket=bucket, options=options)
+        result.command_ids.append(command_id)
+        finished = wait(deployment.clients, command_id, options=options, progress=progress)
+        for invocation in collect(deployment.clients, command_id):
+            instance_id = invocation["InstanceId"]
+            status = invocation.get("Status", "Pending")
+            if not finished and status not in DONE_INVOCATION_STATES:
+                status = WAIT_TIMED_OUT
+            known = by_id.get(instance_id)
+            result.results.append(InstanceResult(
+                instance_id, status, plugin_output(deployment.clients, invocation),
+                role=known.role if known else "?", fleet=known.fleet if known else "?", command_id=command_id))
+    progress.done()
+    invoked = {r.instance_id for r in result.results}
+    for instance in expected:
+        if instance.instance_id not in invoked:
+            result.results.append(InstanceResult(instance.instance_id, NOT_DELIVERED,
+                                                 "SSM never ran the command here (agent offline or not registered)",
+                                                 role=instance.role, fleet=instance.fleet))
+    result.results.sort(key=lambda r: (r.fleet, r.instance_id))
+    return result

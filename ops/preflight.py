@@ -1,0 +1,242 @@
+"""`dictl preflight`: the checks synth cannot make because they need AWS (offerings, EFA, reservations,
+AMIs, quotas, the token secret), each finding with its level and its fix."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ops.aws import Clients
+from stacks import catalog
+from stacks.config import DeploymentConfig
+
+ERROR, WARNING, INFO = "ERROR", "WARNING", "INFO"
+# Service Quotas codes for On-Demand vCPU limits (EC2 counts vCPUs per instance family group).
+# https://docs.aws.amazon.com/ec2/latest/instancetypes/ec2-instance-quotas.html
+VCPU_QUOTAS = {"trn": ("L-2C3B7624", "Running On-Demand Trn instances"),
+               "standard": ("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances")}
+CONTROL_VCPUS = {"m5.large": 2, "m5.xlarge": 4, "m5.2xlarge": 8, "m5.4xlarge": 16}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One result: what was checked, what was found, and what to do about it."""
+
+    level: str
+    subject: str
+    message: str
+    fix: str = ""
+
+
+class Preflight:
+    """Runs every check for one config; each check appends findings instead of stopping at the first."""
+
+    def __init__(self, config: DeploymentConfig, clients: Clients) -> None:
+        self.config = config
+        self.clients = clients
+        self.findings: list[Finding] = []
+
+    def run(self) -> list[Finding]:
+        """All checks, in the order an operator fixes them."""
+        types = {f.instance_type for f in self.config.fleets.values()}
+        for instance_type in sorted(types | {self.config.control_host.instance_type}):
+            self._guard(f"offering {instance_type}", lambda t=instance_type: self.offering(t))
+        for instance_type in sorted(types):
+            self._guard(f"instance type {instance_type}", lambda t=instance_type: self.efa(t))
+        for name, fleet in self.config.fleets.items():
+            if fleet.capacity.reservation_id:
+                self._guard(f"fleet {name} reservation", lambda n=name: self.reservation(n))
+        self._guard("worker AMI", lambda: self.ami("worker AMI", self.config.worker_ami))
+        self._guard("control host AMI", lambda: self.ami("control host AMI", self.config.control_host.ami))
+        self.quotas()
+        if self.config.model.hf_token_secret:
+            self._guard("token secret", self.secret)
+        return self.findings
+
+    def add(self, level: str, subject: str, message: str, fix: str = "") -> None:
+        """Record one finding."""
+        self.findings.append(Finding(level, subject, message, fix))
+
+    def _guard(self, subject: str, check: Callable[[], None]) -> None:
+        """A check the caller may not be allowed to make becomes a WARNING, not a crash."""
+        try:
+            check()
+        except (ClientError, BotoCoreError) as err:
+            self.add(WARNING, subject, f"could not check: {err}",
+                     "run with credentials allowed to call it, or check by hand in the console")
+
+    def offering(self, instance_type: str) -> None:
+        """The AZ must offer the type (Trainium is in few zones)."""
+        az, region = self.config.availability_zone, self.config.region
+        found = self.clients.ec2.describe_instance_type_offerings(
+            LocationType="availability-zone",
+            Filters=[{"Name": "location", "Values": [az]}, {"Name": "instance-type", "Values": [instance_type]}],
+        ).get("InstanceTypeOfferings", [])
+        if found:
+            self.add(INFO, instance_type, f"offered in {az}")
+        else:
+            self.add(ERROR, instance_type, f"not offered in {az}",
+                     f"set availability_zone in config/{self.config.name}.yaml to a zone listed by `aws ec2 "
+                     f"describe-instance-type-offerings --location-type availability-zone --filters "
+                     f"Name=instance-type,Values={instance_type} --region {region}`")
+
+    def efa_findings(self, instance_type: str) -> list[Finding]:
+        """Only the findings of the EFA check for one type."""
+        before = len(self.findings)
+        self.efa(instance_type)
+        return self.findings[before:]
+
+    def efa(self, instance_type: str) -> None:
+        """EFA support and the network-card/EFA counts the launch template is built from."""
+        known = catalog.WORKER_TYPES.get(instance_type)
+        try:
+            described = self.clients.ec2.describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"]
+        except ClientError as err:
+            if "InvalidInstanceType" not in str(err):
+                raise
+            described = []
+        if not described:
+            self.add(ERROR, instance_type, "unknown to EC2 in this region",
+                     f"choose a Trainium type available in {self.config.region}")
+            return
+        network = described[0].get("NetworkInfo", {})
+        if not network.get("EfaSupported"):
+            self.add(ERROR, instance_type, "does not support EFA", "use trn2.48xlarge or trn1.32xlarge")
+            return
+        cards = network.get("MaximumNetworkCards")
+        interfaces = network.get("EfaInfo", {}).get("MaximumEfaInterfaces")
+        if known is None:
+            self.add(ERROR, instance_type, "not in stacks/catalog.py", "add its facts to stacks/catalog.py")
+            return
+        if cards is not None and cards != known.network_cards:
+            self.add(ERROR, instance_type, f"EC2 reports {cards} network cards, stacks/catalog.py says "
+                     f"{known.network_cards}", "correct network_cards in stacks/catalog.py")
+        if interfaces is not None and interfaces != known.efa_interfaces:
+            self.add(ERROR, instance_type, f"EC2 reports {interfaces} EFA interfaces, stacks/catalog.py implies "
+                     f"{known.efa_interfaces}", "correct network_cards/efa in stacks/catalog.py")
+        if (cards is None or cards == known.network_cards) and (
+                interfaces is None or interfaces == known.efa_interfaces):
+            self.add(INFO, instance_type, f"EFA supported, {cards} network cards, {interfaces} EFA interfaces")
+
+    def reservation(self, fleet_name: str) -> None:
+        """The reservation exists, is usable, and matches the fleet's type and AZ."""
+        fleet = self.config.fleets[fleet_name]
+        rid = fleet.capacity.reservation_id
+        subject = f"fleet {fleet_name} reservation {rid}"
+        try:
+            found = self.clients.ec2.describe_capacity_reservations(
+                CapacityReservationIds=[rid])["CapacityReservations"]
+        except ClientError as err:
+            if "NotFound" not in str(err) and "Malformed" not in str(err):
+                raise
+            found = []
+        if not found:
+            self.add(ERROR, subject, "not found in this account and region",
+                     f"check fleets.{fleet_name}.capacity.reservation_id in config/{self.config.name}.yaml")
+            return
+        item = found[0]
+        problems = []
+        if item.get("InstanceType") != fleet.instance_type:
+            problems.append(f"is for {item.get('InstanceType')}, the fleet uses {fleet.instance_type}")
+        if item.get("AvailabilityZone") != self.config.availability_zone:
+            problems.append(f"is in {item.get('AvailabilityZone')}, the config uses {self.config.availability_zone}")
+        for problem in problems:
+            self.add(ERROR, subject, problem, "use a reservation matching the fleet, or change the fleet to match it")
+        state = item.get("State", "")
+        usable = {"active"} | ({"scheduled", "payment-pending"} if fleet.capacity.type == "capacity-block" else set())
+        if state not in usable:
+            self.add(ERROR, subject, f"state is {state}", "use an active reservation (or wait for the block to start)")
+        elif state != "active":
+            self.add(WARNING, subject, f"state is {state}: instances launch when it becomes active",
+                     "deploy after the block's start time")
+        available = item.get("AvailableInstanceCount", 0)
+        if state == "active" and available < fleet.count:
+            self.add(WARNING, subject, f"{available} instance(s) free, the fleet wants {fleet.count}",
+                     "free capacity in the reservation or lower the fleet count")
+        if not problems and state in usable:
+            self.add(INFO, subject, f"{item.get('InstanceType')} in {item.get('AvailabilityZone')}, {state}")
+
+    def ami(self, subject: str, ami: Any) -> None:
+        """A pinned image must exist; a parameter must resolve (INFO names the ID to pin)."""
+        if ami.image_id:
+            images = self.clients.ec2.describe_images(ImageIds=[ami.image_id]).get("Images", [])
+            if images:
+                self.add(INFO, subject, f"{ami.image_id} exists ({images[0].get('Name', '')})")
+            else:
+                self.add(ERROR, subject, f"{ami.image_id} not found in {self.config.region}",
+                         "pin an AMI ID from this region")
+            return
+        try:
+            value = self.clients.ssm.get_parameter(Name=ami.ssm_parameter)["Parameter"]["Value"]
+        except ClientError as err:
+            if "ParameterNotFound" not in str(err):
+                raise
+            self.add(ERROR, subject, f"parameter {ami.ssm_parameter} does not exist in {self.config.region}",
+                     "set a parameter that exists here, or pin image_id")
+            return
+        self.add(INFO, subject, f"{ami.ssm_parameter} resolves to {value}",
+                 f"pin it for production: image_id: {value}")
+
+    def quotas(self) -> None:
+        """On-Demand vCPU quotas against the most instances the fleets may run (max_count)."""
+        needed = {"trn": 0, "standard": CONTROL_VCPUS.get(self.config.control_host.instance_type, 4)}
+        for fleet in self.config.fleets.values():
+            if fleet.capacity.type == "capacity-block":
+                continue  # Capacity Blocks do not draw on the On-Demand quota
+            known = catalog.WORKER_TYPES.get(fleet.instance_type)
+            if known:
+                needed["trn"] += fleet.ceiling * known.vcpus
+        for family, vcpus in needed.items():
+            if vcpus:
+                self._quota(family, vcpus)
+
+    def _quota(self, family: str, vcpus: int) -> None:
+        code, name = VCPU_QUOTAS[family]
+        subject = f"quota {code}"
+        try:
+            value = self.clients.service_quotas.get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"]
+        except (ClientError, BotoCoreError, NotImplementedError) as err:
+            # Unknown to the endpoint (e.g. an emulator) or not allowed: the deploy can still work.
+            self.add(WARNING, subject, f"could not read '{name}': {err}",
+                     "check it in the Service Quotas console before deploying")
+            return
+        if value < vcpus:
+            self.add(ERROR, subject, f"'{name}' is {value:g} vCPUs, the fleets may need {vcpus}",
+                     f"aws service-quotas request-service-quota-increase --service-code ec2 --quota-code {code} "
+                     f"--desired-value {vcpus} --region {self.config.region}")
+        else:
+            self.add(INFO, subject, f"'{name}' is {value:g} vCPUs, the fleets may need {vcpus}")
+
+    def secret(self) -> None:
+        """The Hugging Face token secret must exist before nodes boot (gated models)."""
+        secret = self.config.model.hf_token_secret
+        try:
+            self.clients.secretsmanager.describe_secret(SecretId=secret)
+        except ClientError as err:
+            if "ResourceNotFound" not in str(err):
+                raise
+            self.add(ERROR, f"secret {secret}", "does not exist",
+                     f"aws secretsmanager create-secret --name {secret} --secret-string hf_... "
+                     f"--region {self.config.region}")
+            return
+        self.add(INFO, f"secret {secret}", "exists")
+
+
+def render(findings: list[Finding]) -> str:
+    """Findings, most severe first, each followed by its fix."""
+    order = {ERROR: 0, WARNING: 1, INFO: 2}
+    lines = []
+    for finding in sorted(findings, key=lambda f: order[f.level]):
+        lines.append(f"{finding.level:<8} {finding.subject}: {finding.message}")
+        if finding.fix and finding.level != INFO:
+            lines.append(f"{'':<8} fix: {finding.fix}")
+        elif finding.fix:
+            lines.append(f"{'':<8} note: {finding.fix}")
+    return "\n".join(lines)
+
+
+def as_dicts(findings: list[Finding]) -> list[dict[str, str]]:
+    """Findings for --json."""
+    return [asdict(f) for f in findings]

@@ -1,0 +1,39 @@
+"""`dictl tunnel`: SSM port forwarding from this machine to the proxy on the control host (no open ports)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from ops.errors import UsageError
+from ops.targets import Deployment, Selection
+from stacks import naming
+
+PORT_FORWARDING_DOCUMENT = "AWS-StartPortForwardingSession"
+
+
+def control_instance(deployment: Deployment) -> str:
+    """The running control host (the only instance tagged di:role=control)."""
+    live = [i for i in deployment.instances(Selection(role=naming.ROLE_CONTROL)) if i.state == "running"]
+    if not live:
+        raise UsageError(f"deployment {deployment.name} has no running control host\n"
+                         f"  fix: check the stack (make deploy ENV={deployment.name}) and `dictl status`")
+    return live[0].instance_id
+
+
+def command(instance_id: str, *, region: str, local_port: int, remote_port: int = naming.PROXY_PORT,
+            profile: str | None = None) -> list[str]:
+    """The `aws ssm start-session` argv (needs the Session Manager plugin on this machine)."""
+    argv = ["aws", "ssm", "start-session", "--target", instance_id,
+            "--document-name", PORT_FORWARDING_DOCUMENT,
+            "--parameters", json.dumps({"portNumber": [str(remote_port)], "localPortNumber": [str(local_port)]},
+                                       separators=(",", ":")),
+            "--region", region]
+    if profile:
+        argv += ["--profile", profile]
+    return argv
+
+
+def shell_line(argv: list[str]) -> str:
+    """The argv as one copy-pasteable shell line."""
+    return shlex.join(argv)

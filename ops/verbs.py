@@ -1,0 +1,216 @@
+"""The Run Command verbs of `dictl`: each picks targets and knobs, runs one document and prints the result."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Callable, TextIO
+
+from ops import commands
+from ops.commands import InstanceResult, RunResult, SendOptions
+from ops.errors import UsageError
+from ops.output import Progress, print_run
+from ops.targets import Deployment, Selection
+from stacks import naming
+
+def status_summary(result: InstanceResult) -> str:
+    """One line from di-status JSON: endpoints answering /health and registered in etcd, units, image tag."""
+    try:
+        data = json.loads(result.output)
+    except (TypeError, ValueError):
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    parts = []
+    endpoints = [e for e in data.get("endpoints", []) if isinstance(e, dict)]
+    if endpoints:
+        healthy = sum(1 for e in endpoints if str(e.get("health")) == "200")
+        parts.append(f"health {healthy}/{len(endpoints)}")
+        registered = [e for e in endpoints if e.get("registered") is not None]
+        if registered:
+            parts.append(f"etcd {sum(1 for e in registered if e['registered'])}/{len(registered)}")
+    if "etcd_healthy" in data:
+        parts.append("etcd healthy" if data["etcd_healthy"] else "etcd DOWN")
+    units = [u for u in data.get("units", []) if isinstance(u, dict)]
+    if units:
+        parts.append(f"units {sum(1 for u in units if u.get('state') == 'active')}/{len(units)} active")
+    image = str(data.get("image", ""))
+    if image:
+        parts.append(f"image {image.rsplit(':', 1)[-1]}")
+    return ", ".join(parts)
+
+
+def status(deployment: Deployment, selection: Selection, *, options: SendOptions, progress: Progress,
+           as_json: bool, out: TextIO | None = None) -> int:
+    """di-status on every selected instance, all at once (read-only, so no failure stops it)."""
+    options = replace(options, max_errors="100%")
+    run = commands.run(deployment, "status", selection, options=options, progress=progress)
+    return print_run(run, as_json=as_json, summarize=status_summary, out=out)
+
+
+def restart(deployment: Deployment, selection: Selection, *, endpoint: str, clear_kv_lock: bool,
+            ready_timeout: int, options: SendOptions, progress: Progress, as_json: bool,
+            out: TextIO | None = None) -> int:
+    """Restart endpoints batch by batch; each instance must pass di-ready before the next batch starts."""
+    parameters = {"endpoint": endpoint, "flags": "--clear-kv-lock" if clear_kv_lock else "",
+                  "readyTimeout": str(ready_timeout), "executionTimeout": str(ready_timeout + 300)}
+    run = commands.run(deployment, "restart", selection, parameters=parameters, options=options, progress=progress)
+    return print_run(run, as_json=as_json, out=out)
+
+
+def rollout(deployment: Deployment, *, image: str, model: str, fleets: list[str], ready_timeout: int,
+            options: SendOptions, progress: Progress, as_json: bool, out: TextIO | None = None,
+            err: TextIO | None = None) -> int:
+    """Update fleet after fleet (batches of `concurrency`, health-gated); the first failing fleet stops it."""
+    err = err or sys.stderr
+    if not image and not model:
+        raise UsageError("rollout needs --image and/or --model\n  fix: e.g. dictl rollout --env "
+                         f"{deployment.name} --image public.ecr.aws/neuron/...:TAG")
+    parameters = {"image": image, "model": model, "readyTimeout": str(ready_timeout),
+                  "executionTimeout": str(ready_timeout + 1800)}
+    total = RunResult(deployment.document("update"))
+    for index, fleet in enumerate(fleets):
+        progress.update(f"rollout: fleet {fleet} ({index + 1}/{len(fleets)})")
+        run = commands.run(deployment, "update", Selection(fleet=fleet), parameters=parameters,
+                           options=options, progress=progress)
+        if not run.results:
+            print(f"rollout: fleet {fleet} has no instances; skipped", file=err)
+            continue
+        total.extend(run)
+        if not run.ok:
+            rest = ", ".join(fleets[index + 1:]) or "none"
+            print(f"rollout stopped at fleet {fleet}; not updated: {rest}", file=err)
+            break
+    status_code = print_run(total, as_json=as_json, out=out, err=err)
+    if status_code == 0:
+        keep = [f"image: {image}" if image else "", f"model.id: {model}" if model else ""]
+        print(f"to keep this across the next deploy, set in config/{deployment.name}.yaml: "
+              + "; ".join(k for k in keep if k), file=err)
+    return status_code
+
+
+def wait_ready(deployment: Deployment, selection: Selection, *, timeout: float, options: SendOptions,
+               progress: Progress, as_json: bool, out: TextIO | None = None,
+               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> int:
+    """First every Auto Scaling group in service at its desired size, then di-ready on every instance."""
+    deadline = clock() + timeout
+    groups = _groups(deployment, selection)
+    while groups:
+        pending = _groups_short(deployment, groups)
+        if not pending:
+            break
+        progress.update("waiting for instances: " + ", ".join(pending))
+        if clock() >= deadline:
+            print("timed out waiting for instances: " + ", ".join(pending), file=sys.stderr)
+            return 1
+        sleep(options.poll_seconds)
+    remaining = max(int(deadline - clock()), 0)
+    parameters = {"timeout": str(remaining), "executionTimeout": str(remaining + 120)}
+    options = replace(options, max_errors="100%", timeout=remaining + 180.0)
+    run = commands.run(deployment, "ready", selection, parameters=parameters, options=options, progress=progress)
+    return print_run(run, as_json=as_json, out=out)
+
+
+def _groups(deployment: Deployment, selection: Selection) -> dict[str, str]:
+    if selection.instance_ids:
+        return {}
+    fleets = [f for f, c in deployment.config.fleets.items()
+              if (not selection.fleet or selection.fleet == f) and (not selection.role or selection.role == c.role)]
+    if (not selection.fleet and not selection.role) or naming.ROLE_CONTROL in (selection.fleet, selection.role):
+        fleets.append(naming.ROLE_CONTROL)
+    return {deployment.fleet_group(f): f for f in fleets}
+
+
+def _groups_short(deployment: Deployment, groups: dict[str, str]) -> list[str]:
+    """Fleets whose group has fewer healthy in-service instances than desired (one call for all groups)."""
+    response = deployment.clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=list(groups))
+    short = []
+    for group in response.get("AutoScalingGroups", []):
+        in_service = sum(1 for i in group.get("Instances", [])
+                         if i.get("LifecycleState") == "InService" and i.get("HealthStatus") == "Healthy")
+        if in_service < group["DesiredCapacity"]:
+            short.append(f"{groups[group['AutoScalingGroupName']]} {in_service}/{group['DesiredCapacity']}")
+    return short
+
+
+def logs(deployment: Deployment, selection: Selection, *, hours: int, options: SendOptions, progress: Progress,
+         as_json: bool, out: TextIO | None = None) -> int:
+    """Journal and container logs of each instance to s3://BUCKET/logs/<instance>/<time>/."""
+    options = replace(options, max_errors="100%")
+    run = commands.run(deployment, "collect-logs", selection, parameters={"hours": str(hours)},
+                       options=options, progress=progress)
+    return print_run(run, as_json=as_json, out=out)
+
+
+def compile_model(deployment: Deployment, fleets: list[str], *, force: bool, timeout: int, options: SendOptions,
+                  progress: Progress, as_json: bool, out: TextIO | None = None) -> int:
+    """Compile once per distinct tensor-parallel degree, on one live instance of the first fleet using it."""
+    chosen: dict[int, str] = {}
+    for fleet in fleets:
+        chosen.setdefault(deployment.config.fleets[fleet].tensor_parallel, fleet)
+    total = RunResult(deployment.document("compile"))
+    parameters = {"flags": "--force" if force else "", "executionTimeout": str(timeout)}
+    for fleet in chosen.values():
+        live = [i for i in deployment.instances(Selection(fleet=fleet)) if i.state == "running"]
+        if not live:
+            raise UsageError(f"fleet {fleet} has no running instance to compile on\n"
+                             f"  fix: dictl scale --env {deployment.name} --fleet {fleet} --count 1")
+        selection = Selection(instance_ids=(live[0].instance_id,))
+        total.extend(commands.run(deployment, "compile", selection, parameters=parameters,
+                                  options=replace(options, timeout=float(timeout) + 120), progress=progress,
+                                  expected=live[:1]))
+    return print_run(total, as_json=as_json, out=out)
+
+
+def smoke(deployment: Deployment, *, max_tokens: int, options: SendOptions, progress: Progress, as_json: bool,
+          out: TextIO | None = None) -> int:
+    """The tutorial's completion request through the proxy, sent from the control host."""
+    run = commands.run(deployment, "smoke", Selection(role=naming.ROLE_CONTROL),
+                       parameters={"maxTokens": str(max_tokens)}, options=options, progress=progress)
+    return print_run(run, as_json=as_json, out=out)
+
+
+def default_concurrency(deployment: Deployment) -> int:
+    """As in the data-parallel tutorial: batch size times the number of endpoints that produce tokens."""
+    producers = sum(1 for fleet in deployment.config.fleets.values() for ep in fleet.resolved_endpoints
+                    for _ in range(fleet.count) if ep.role in (naming.ROLE_DECODE, naming.ROLE_STANDARD))
+    return max(deployment.config.model.max_num_seqs * max(producers, 1), 1)
+
+
+def bench(deployment: Deployment, *, run_id: str, workload: dict[str, int], timeout: int, options: SendOptions,
+          progress: Progress, as_json: bool, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """LLMPerf on the control host against the proxy; results to s3://BUCKET/bench/<run-id>/."""
+    run_id = run_id or f"{deployment.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    parameters = {"runId": run_id, **{k: str(v) for k, v in workload.items()}, "executionTimeout": str(timeout)}
+    run = commands.run(deployment, "bench", Selection(role=naming.ROLE_CONTROL), parameters=parameters,
+                       options=replace(options, timeout=float(timeout) + 120), progress=progress)
+    code = print_run(run, as_json=as_json, out=out, err=err)
+    if code == 0:
+        print(f"results: s3://{deployment.bucket}/{naming.BUCKET_PREFIX_BENCH}{run_id}/", file=err or sys.stderr)
+    return code
+
+
+def drain(deployment: Deployment, selection: Selection, *, endpoint: str, timeout: int, options: SendOptions,
+          progress: Progress, as_json: bool, out: TextIO | None = None) -> int:
+    """Stop endpoints so they leave etcd once in-flight requests finish (bounded by `timeout`)."""
+    parameters = {"endpoint": endpoint, "timeout": str(timeout), "executionTimeout": str(timeout + 120)}
+    run = commands.run(deployment, "drain", selection, parameters=parameters,
+                       options=replace(options, timeout=float(timeout) + 300), progress=progress)
+    return print_run(run, as_json=as_json, out=out)
+
+
+def worker_fleets(deployment: Deployment, wanted: list[str] | None, *, allow_control: bool = True) -> list[str]:
+    """Fleets in config order (prefill before decode), or the named ones after checking they exist."""
+    known = list(deployment.config.fleets)
+    if not wanted:
+        return known
+    allowed = known + ([naming.ROLE_CONTROL] if allow_control else [])
+    unknown = [f for f in wanted if f not in allowed]
+    if unknown:
+        raise UsageError(f"--fleet {', '.join(unknown)}: no such fleet in config/{deployment.name}.yaml\n"
+                         f"  fix: use one of {', '.join(allowed)}")
+    return wanted
+

@@ -1,0 +1,137 @@
+"""`dictl preflight` against moto: offerings, EFA facts vs the catalog, reservations, AMIs, quotas, secret."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from ops.aws import Clients
+from ops.preflight import ERROR, INFO, WARNING, Preflight
+from stacks import catalog
+from stacks.config import NEURON_BASE_DLAMI_PARAMETER, DeploymentConfig
+from stacks.loader import load_environment
+
+RID = "cr-0123456789abcdef0"
+
+
+class PublicParameters:
+    """moto refuses to store /aws/ parameters, so the public DLAMI parameter is answered here."""
+
+    def __init__(self, real, values: dict[str, str]) -> None:
+        self.real, self.values = real, values
+
+    def get_parameter(self, Name: str, **kwargs):
+        if Name in self.values:
+            return {"Parameter": {"Name": Name, "Value": self.values[Name], "Type": "String"}}
+        return self.real.get_parameter(Name=Name, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+@pytest.fixture
+def ready_account(world):
+    """An account where prod should pass: the DLAMI parameter and the token secret exist."""
+    world.ssm.real = PublicParameters(world.ssm.real, {NEURON_BASE_DLAMI_PARAMETER: "ami-0123456789abcdef0"})
+    world.client("secretsmanager").create_secret(Name="distack/hf-token", SecretString="hf_x")
+    return world
+
+
+def levels(findings, level):
+    return [f for f in findings if f.level == level]
+
+
+def test_prod_passes_with_quotas_as_a_warning_when_the_service_is_unavailable(ready_account) -> None:
+    code, out, err = ready_account.dictl("preflight", "--env", "prod")
+    findings = Preflight(load_environment("prod"), ready_account.clients()).run()
+    assert not levels(findings, ERROR), out
+    assert any("resolves to ami-0123456789abcdef0" in f.message for f in levels(findings, INFO))
+    assert any("offered in us-east-2a" in f.message for f in levels(findings, INFO))
+    assert any("16 network cards, 16 EFA interfaces" in f.message for f in levels(findings, INFO))
+    quota = [f for f in levels(findings, WARNING) if f.subject.startswith("quota L-2C3B7624")]
+    assert quota and "Service Quotas console" in quota[0].fix
+    assert "WARNING" in out and "fix:" in out
+    assert code == 0, err
+
+
+def test_a_zone_without_the_type_is_an_error_with_the_fix(world) -> None:
+    code, out, err = world.dictl("preflight", "--env", "dev")
+    assert code == 1
+    assert "ERROR    trn1.32xlarge: not offered in us-east-2a" in out
+    assert "describe-instance-type-offerings" in out and "error(s)" in err
+
+
+def test_missing_secret_and_ami_parameter_are_errors(world) -> None:
+    findings = Preflight(load_environment("prod"), world.clients()).run()
+    assert {f.subject for f in levels(findings, ERROR)} == {"secret distack/hf-token", "worker AMI"}
+
+
+def test_catalog_mismatch_is_reported(world, monkeypatch) -> None:
+    wrong = dataclasses.replace(catalog.WORKER_TYPES["trn2.48xlarge"], network_cards=8)
+    monkeypatch.setitem(catalog.WORKER_TYPES, "trn2.48xlarge", wrong)  # type: ignore[index]
+    findings = Preflight(load_environment("prod"), world.clients()).efa_findings("trn2.48xlarge")
+    assert [f.message for f in findings if f.level == ERROR] == [
+        "EC2 reports 16 network cards, stacks/catalog.py says 8",
+        "EC2 reports 16 EFA interfaces, stacks/catalog.py implies 8"]
+
+
+def _with_reservation(reservation_id: str) -> DeploymentConfig:
+    data = load_environment("prod").model_dump(exclude_unset=True)
+    data["fleets"]["prefill"]["capacity"] = {"type": "reservation", "reservation_id": reservation_id}
+    return DeploymentConfig.model_validate(data)
+
+
+def _stubbed_ec2(reservations: list[dict] | None, error: str | None = None):
+    # moto has no capacity reservations: answer DescribeCapacityReservations with botocore's Stubber.
+    ec2 = boto3.client("ec2", region_name="us-east-2")
+    stub = Stubber(ec2)
+    if error:
+        stub.add_client_error("describe_capacity_reservations", service_error_code=error,
+                              expected_params={"CapacityReservationIds": [RID]})
+    else:
+        stub.add_response("describe_capacity_reservations", {"CapacityReservations": reservations},
+                          {"CapacityReservationIds": [RID]})
+    stub.activate()
+    return ec2
+
+
+def test_reservation_in_the_wrong_zone_is_an_error(world) -> None:
+    ec2 = _stubbed_ec2([{"CapacityReservationId": RID, "InstanceType": "trn2.48xlarge",
+                         "AvailabilityZone": "us-east-2b", "State": "active", "AvailableInstanceCount": 1}])
+    preflight = Preflight(_with_reservation(RID), Clients(world.session, overrides={"ec2": ec2}))
+    preflight.reservation("prefill")
+    assert [f.message for f in levels(preflight.findings, ERROR)] == [
+        "is in us-east-2b, the config uses us-east-2a"]
+
+
+def test_matching_reservation_without_free_capacity_is_a_warning(world) -> None:
+    ec2 = _stubbed_ec2([{"CapacityReservationId": RID, "InstanceType": "trn2.48xlarge",
+                         "AvailabilityZone": "us-east-2a", "State": "active", "AvailableInstanceCount": 0}])
+    preflight = Preflight(_with_reservation(RID), Clients(world.session, overrides={"ec2": ec2}))
+    preflight.reservation("prefill")
+    assert not levels(preflight.findings, ERROR)
+    assert "0 instance(s) free" in levels(preflight.findings, WARNING)[0].message
+
+
+def test_unknown_reservation_is_an_error(world) -> None:
+    ec2 = _stubbed_ec2(None, error="InvalidCapacityReservationId.NotFound")
+    preflight = Preflight(_with_reservation(RID), Clients(world.session, overrides={"ec2": ec2}))
+    preflight.reservation("prefill")
+    assert levels(preflight.findings, ERROR)[0].message == "not found in this account and region"
+
+
+def test_a_quota_below_the_fleets_ceiling_is_an_error_with_the_request_command(world) -> None:
+    class Quotas:
+        def get_service_quota(self, ServiceCode: str, QuotaCode: str) -> dict:
+            return {"Quota": {"Value": 192.0}}
+
+    clients = Clients(world.session, overrides={"ssm": world.ssm, "service-quotas": Quotas()})
+    preflight = Preflight(load_environment("prod"), clients)
+    preflight.quotas()
+    errors = levels(preflight.findings, ERROR)
+    # prod: prefill and decode, max_count 4 each, 192 vCPUs per trn2.48xlarge
+    assert len(errors) == 1 and "may need 1536" in errors[0].message
+    assert "request-service-quota-increase" in errors[0].fix and "--desired-value 1536" in errors[0].fix

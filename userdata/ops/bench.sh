@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# LLMPerf as in the Neuron DI and data-parallel tutorials, from the control host against the proxy, in the
+# DLC with host networking; results to s3://$DI_BUCKET/bench/<run-id>/.
+# Usage: bench.sh RUN_ID MEAN_IN STDDEV_IN MEAN_OUT STDDEV_OUT CONCURRENCY MAX_REQUESTS
+set -euo pipefail
+DI_LIB=${DI_LIB:-/opt/di/lib.sh}
+# shellcheck source=../lib.sh
+. "$DI_LIB"
+
+LLMPERF_REPO=${LLMPERF_REPO:-https://github.com/ray-project/llmperf.git}
+LLMPERF_REF=${LLMPERF_REF:-v2.0}
+BENCH_WORK_DIR=${BENCH_WORK_DIR:-/tmp}
+# The DI tutorial's sampling parameters.
+DEFAULT_SAMPLING='{"top_k": 50, "top_p": 0.9, "temperature": 0.7}'
+BENCH_SAMPLING=${BENCH_SAMPLING:-$DEFAULT_SAMPLING}
+# The run's scratch directory, global so the EXIT trap still sees it after main returns.
+work=""
+
+cleanup() { [[ -z $work ]] || rm -rf "$work"; }
+
+# llmperf_script: what runs inside the container (positional arguments carry every value).
+llmperf_script() {
+  cat <<'SCRIPT'
+set -euo pipefail
+git clone --quiet --depth 1 --branch "$LLMPERF_REF" "$LLMPERF_REPO" /tmp/llmperf
+pip install --quiet -e /tmp/llmperf
+cd /tmp/llmperf
+exec python token_benchmark_ray.py --model "$1" --tokenizer "$1" \
+  --mean-input-tokens "$2" --stddev-input-tokens "$3" --mean-output-tokens "$4" --stddev-output-tokens "$5" \
+  --num-concurrent-requests "$6" --max-num-completed-requests "$7" --timeout 1720000 \
+  --results-dir /results --llm-api openai --additional-sampling-params "$8"
+SCRIPT
+}
+
+# hf_env_file FILE: the token for the gated tokenizer, never on a command line.
+hf_env_file() {
+  local file=$1 token=""
+  : >"$file"
+  chmod 0600 "$file"
+  [[ -n ${DI_HF_TOKEN_SECRET:-} ]] || return 0
+  token=$(aws secretsmanager get-secret-value --region "$DI_REGION" --secret-id "$DI_HF_TOKEN_SECRET" \
+    --query SecretString --output text) || die "cannot read secret $DI_HF_TOKEN_SECRET"
+  printf 'HF_TOKEN=%s\n' "$token" >"$file"
+}
+
+main() {
+  (($# == 7)) || die "usage: bench.sh RUN_ID MEAN_IN STDDEV_IN MEAN_OUT STDDEV_OUT CONCURRENCY MAX_REQUESTS"
+  local run_id=$1 uri
+  [[ $run_id =~ ^[A-Za-z0-9._-]+$ ]] || die "bad run id '$run_id'"
+  load_node_env
+  [[ $DI_ROLE == control ]] || die "bench runs on the control host (it calls the proxy on localhost)"
+  work=$(mktemp -d "$BENCH_WORK_DIR/di-bench.XXXXXX")
+  trap cleanup EXIT
+  mkdir -p "$work/results"
+  hf_env_file "$work/hf.env"
+  log "LLMPerf run $run_id: input $2±$3, output $4±$5 tokens, concurrency $6, $7 requests"
+  docker run --rm --network host --env-file "$work/hf.env" -v "$work/results:/results" \
+    -e "OPENAI_API_BASE=http://localhost:${DI_PROXY_PORT:-8000}/v1" -e OPENAI_API_KEY=EMPTY \
+    -e "LLMPERF_REPO=$LLMPERF_REPO" -e "LLMPERF_REF=$LLMPERF_REF" \
+    --entrypoint bash "$DI_IMAGE" -c "$(llmperf_script)" llmperf \
+    "$DI_MODEL_ID" "$2" "$3" "$4" "$5" "$6" "$7" "$BENCH_SAMPLING" || die "LLMPerf failed"
+  uri="s3://$DI_BUCKET/bench/$run_id/"
+  retry aws s3 cp --recursive --only-show-errors --region "$DI_REGION" "$work/results" "$uri" || die "upload to $uri failed"
+  echo "$uri"
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi

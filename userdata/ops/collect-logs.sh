@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# Collect this node's journal (DiStack units, cloud-init), container logs and di-status, and upload them to
+# s3://$DI_BUCKET/logs/<instance>/<time>/. Prints that URI last. Usage: collect-logs.sh [HOURS]
+set -euo pipefail
+DI_LIB=${DI_LIB:-/opt/di/lib.sh}
+# shellcheck source=../lib.sh
+. "$DI_LIB"
+
+LOGS_WORK_DIR=${LOGS_WORK_DIR:-/tmp}
+# The staging directory, global so the EXIT trap still sees it after main returns.
+staging=""
+
+cleanup() { [[ -z $staging ]] || rm -rf "$staging"; }
+
+# gather DIR HOURS: every log file into DIR (a missing source is noted, never fatal).
+gather() {
+  local dir=$1 hours=$2 name
+  journalctl --no-pager --since "-${hours}h" -u 'di-*' >"$dir/units.log" 2>&1 || echo "journalctl failed" >>"$dir/units.log"
+  journalctl --no-pager --since "-${hours}h" -u cloud-final -u cloud-init >"$dir/cloud-init.log" 2>&1 || true
+  [[ -r /var/log/cloud-init-output.log ]] && cp /var/log/cloud-init-output.log "$dir/" || true
+  docker ps -a --format '{{.Names}}\t{{.Status}}\t{{.Image}}' >"$dir/containers.txt" 2>&1 || true
+  while read -r name; do
+    [[ -n $name ]] || continue
+    docker logs --timestamps --since "${hours}h" "$name" >"$dir/container-$name.log" 2>&1 || true
+  done < <(docker ps -a --filter name=di- --format '{{.Names}}' 2>/dev/null || true)
+  "$DI_HOME/di-status" >"$dir/status.json" 2>&1 || true
+}
+
+main() {
+  local hours=${1:-6} id stamp uri
+  [[ $hours =~ ^[0-9]+$ ]] || die "usage: collect-logs.sh [HOURS]"
+  load_node_env
+  id=$(instance_id) || die "cannot read the instance id from IMDS"
+  stamp=$(date -u +%Y%m%dT%H%M%SZ)
+  staging=$(mktemp -d "$LOGS_WORK_DIR/di-logs.XXXXXX")
+  trap cleanup EXIT
+  gather "$staging" "$hours"
+  uri="s3://$DI_BUCKET/logs/$id/$stamp/"
+  retry aws s3 cp --recursive --only-show-errors --region "$DI_REGION" "$staging" "$uri" || die "upload to $uri failed"
+  echo "$uri"
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi
