@@ -10,11 +10,12 @@ CDK := $(CURDIR)/node_modules/.bin/cdk
 CDK_FLAGS := --no-notices --no-version-reporting
 PYTEST_ARGS ?=
 
-.PHONY: synth test deploy diff destroy schema bench rehearse clean help
+.PHONY: synth test bootstrap deploy diff destroy schema bench rehearse clean help
 
 help:
 	@echo "make synth [ENV=dev]   synthesize DiStack for config/ENV.yaml (no AWS account needed)"
 	@echo "make test              run the whole test suite"
+	@echo "make bootstrap ENV=NAME cdk bootstrap the account/region of config/NAME.yaml (once)"
 	@echo "make deploy ENV=NAME   cdk deploy DiStack -c env=NAME"
 	@echo "make diff ENV=NAME     cdk diff against the deployed stack"
 	@echo "make schema            regenerate config/schema.json from the config model"
@@ -39,6 +40,9 @@ synth: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bootstrap: setup
+	$(CDK) bootstrap -c env=$(ENV) $(CDK_FLAGS)
 
 deploy: setup
 	$(CDK) deploy DiStack -c env=$(ENV) $(CDK_FLAGS)
