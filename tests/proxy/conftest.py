@@ -26,8 +26,7 @@ def _require_etcd() -> None:
         pytest.fail(INSTALL_HINT, pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def etcd() -> Iterator[EtcdServer]:
+def _serve_etcd() -> Iterator[EtcdServer]:
     _require_etcd()
     server = EtcdServer()
     server.start()
@@ -35,18 +34,17 @@ def etcd() -> Iterator[EtcdServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def etcd() -> Iterator[EtcdServer]:
+    yield from _serve_etcd()
 
 
 @pytest.fixture
 def private_etcd() -> Iterator[EtcdServer]:
     """An etcd of the test's own, for tests that stop and restart it."""
-    _require_etcd()
-    server = EtcdServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _serve_etcd()
 
 
 @pytest.fixture
