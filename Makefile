@@ -36,7 +36,6 @@ setup: $(VENV)/.deps node_modules/.deps
 synth: setup
 	@rm -rf cdk.out/DiStack.template.json
 	$(CDK) synth DiStack -c env=$(ENV) --quiet $(CDK_FLAGS)
-	@$(BIN)/python -m stacks.summary $(ENV) cdk.out/DiStack.template.json
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

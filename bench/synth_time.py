@@ -17,9 +17,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVS = ("dev", "prod", "xpyd", "baseline")
+# Same App settings as app.py (no built-in CloudFormation Validate engine), so the ratio measures DiStack itself.
 EMPTY_APP = """
 import aws_cdk as cdk
-app = cdk.App()
+app = cdk.App(builtin_cloud_formation_validation=False)
 cdk.Stack(app, "Empty")
 app.synth()
 """

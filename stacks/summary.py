@@ -1,14 +1,9 @@
-"""After `make synth`: a short human summary of what the template would deploy, read back from the template."""
+"""The summary `cdk synth` prints after synthesis: what the template would deploy, read back from the template."""
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-
 from stacks import catalog
 from stacks.config import DeploymentConfig
-from stacks.loader import ConfigError, load_environment
 
 
 def summarize(config: DeploymentConfig, template: dict) -> str:
@@ -35,21 +30,3 @@ def summarize(config: DeploymentConfig, template: dict) -> str:
                  f"placement group {'on' if config.uses_placement_group else 'off'}")
     lines.append(f"  {len(resources)} resources")
     return "\n".join(lines)
-
-
-def main(argv: list[str]) -> int:
-    """`python -m stacks.summary ENV TEMPLATE`."""
-    env, template_path = argv
-    try:
-        config = load_environment(env)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 1
-    template = json.loads(Path(template_path).read_text(encoding="utf-8"))
-    print(summarize(config, template))
-    print(f"  template: {Path(template_path).resolve()}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

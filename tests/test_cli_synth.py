@@ -30,6 +30,10 @@ def test_cdk_cli_synthesizes_the_named_stack(tmp_path):
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["artifacts"]["DiStack"]["properties"]["stackName"] == "di-baseline"
     assert (tmp_path / "DiStack.template.json").exists()
+    # The human summary, read back from the synthesized template.
+    assert "fleet standard   standard  trn2.48xlarge x 1 (max 1)  TP 32  EFA interfaces 16/instance" in run.stderr
+    assert "endpoint 1: standard cores 32-63   port 8001" in run.stderr
+    assert f"template: {(tmp_path / 'DiStack.template.json').resolve()}" in run.stderr
 
 
 def test_cdk_cli_rejects_a_wrong_config_with_its_message_and_exit_1(tmp_path):

@@ -24,7 +24,8 @@ def variant(tmp_path_factory):
     from stacks.loader import load_config_file
 
     config = load_config_file(VARIANT)
-    app = cdk.App(outdir=str(tmp_path_factory.mktemp("cdk-variant")), context=cdk_context())
+    app = cdk.App(outdir=str(tmp_path_factory.mktemp("cdk-variant")), context=cdk_context(),
+                  builtin_cloud_formation_validation=False)
     stack = build_app(app, config)
     artifact = app.synth().get_stack_artifact(stack.artifact_id)
     return config, Template.from_json(artifact.template, skip_cyclical_dependencies_check=True), artifact.template
