@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
 
 import aiohttp
 
@@ -20,6 +22,20 @@ async def _pair(etcd: str, prefix: str, tokens: int = 5) -> tuple[FakeWorker, Fa
     return prefill, decode
 
 
+@asynccontextmanager
+async def _proxied_pair(etcd: str, prefix: str, tokens: int = 5) -> AsyncIterator[tuple]:
+    """A registered prefill/decode pair behind a ready proxy, with a client session; all stopped afterwards."""
+    prefill, decode = await _pair(etcd, prefix, tokens)
+    try:
+        async with RunningProxy(["--etcd", etcd, "--etcd-prefix", prefix, *FAST_FLAGS]) as proxy, \
+                aiohttp.ClientSession() as session:
+            await wait_ready(session, proxy.url)
+            yield prefill, decode, proxy, session
+    finally:
+        await prefill.stop()
+        await decode.stop()
+
+
 def _check_request_ids(prefill: FakeWorker, decode: FakeWorker) -> str:
     p_id, d_id = prefill.requests[-1].request_id, decode.requests[-1].request_id
     p_match = re.fullmatch(rf"cmpl-({UID})_127\.0\.0\.1:{decode.port}", p_id or "")
@@ -31,106 +47,78 @@ def _check_request_ids(prefill: FakeWorker, decode: FakeWorker) -> str:
 
 def test_streaming_completion_follows_the_protocol(etcd, prefix) -> None:
     async def scenario() -> None:
-        prefill, decode = await _pair(etcd.address, prefix)
-        try:
-            async with RunningProxy(["--etcd", etcd.address, "--etcd-prefix", prefix, *FAST_FLAGS]) as proxy, \
-                    aiohttp.ClientSession() as session:
-                await wait_ready(session, proxy.url)
-                body = {"model": "m", "prompt": "hello", "max_tokens": 5, "temperature": 0}
-                result = await post_stream(session, proxy.url + "/v1/completions", body)
+        async with _proxied_pair(etcd.address, prefix) as (prefill, decode, proxy, session):
+            body = {"model": "m", "prompt": "hello", "max_tokens": 5, "temperature": 0}
+            result = await post_stream(session, proxy.url + "/v1/completions", body)
 
-                assert result.status == 200
-                uid = _check_request_ids(prefill, decode)
-                assert prefill.requests[-1].body == {**body, "stream": True, "max_tokens": 1}
-                assert decode.requests[-1].body == {**body, "stream": True}
-                assert prefill.requests[-1].path == decode.requests[-1].path == "/v1/completions"
-                # Prefill's token first, then decode's minus its first token; one [DONE] at the very end.
-                assert result.texts == [" P0", " D1", " D2", " D3", " D4"]
-                assert result.done and result.events.count("[DONE]") == 1
-                ids = {e["id"] for e in result.events if isinstance(e, dict)}
-                assert ids == {f"cmpl-{uid}"} == {result.headers["X-Request-ID"]}
-                finishes = [e["choices"][0]["finish_reason"] for e in result.events if isinstance(e, dict)]
-                assert finishes == [None, None, None, None, "length"]
-        finally:
-            await prefill.stop()
-            await decode.stop()
+            assert result.status == 200
+            uid = _check_request_ids(prefill, decode)
+            assert prefill.requests[-1].body == {**body, "stream": True, "max_tokens": 1}
+            assert decode.requests[-1].body == {**body, "stream": True}
+            assert prefill.requests[-1].path == decode.requests[-1].path == "/v1/completions"
+            # Prefill's token first, then decode's minus its first token; one [DONE] at the very end.
+            assert result.texts == [" P0", " D1", " D2", " D3", " D4"]
+            assert result.done and result.events.count("[DONE]") == 1
+            ids = {e["id"] for e in result.events if isinstance(e, dict)}
+            assert ids == {f"cmpl-{uid}"} == {result.headers["X-Request-ID"]}
+            finishes = [e["choices"][0]["finish_reason"] for e in result.events if isinstance(e, dict)]
+            assert finishes == [None, None, None, None, "length"]
 
     run(scenario)
 
 
 def test_streaming_chat_caps_both_token_limits_for_prefill(etcd, prefix) -> None:
     async def scenario() -> None:
-        prefill, decode = await _pair(etcd.address, prefix, tokens=4)
-        try:
-            async with RunningProxy(["--etcd", etcd.address, "--etcd-prefix", prefix, *FAST_FLAGS]) as proxy, \
-                    aiohttp.ClientSession() as session:
-                await wait_ready(session, proxy.url)
-                body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 4}
-                result = await post_stream(session, proxy.url + "/v1/chat/completions", body)
+        async with _proxied_pair(etcd.address, prefix, tokens=4) as (prefill, decode, proxy, session):
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 4}
+            result = await post_stream(session, proxy.url + "/v1/chat/completions", body)
 
-                assert result.status == 200
-                uid = _check_request_ids(prefill, decode)
-                sent_to_prefill = prefill.requests[-1].body
-                assert sent_to_prefill["max_tokens"] == 1 and sent_to_prefill["max_completion_tokens"] == 1
-                assert decode.requests[-1].body == {**body, "stream": True}
-                assert result.texts == [" P0", " D1", " D2", " D3"]
-                assert {e["id"] for e in result.events if isinstance(e, dict)} == {f"chatcmpl-{uid}"}
-                assert result.done
-        finally:
-            await prefill.stop()
-            await decode.stop()
+            assert result.status == 200
+            uid = _check_request_ids(prefill, decode)
+            sent_to_prefill = prefill.requests[-1].body
+            assert sent_to_prefill["max_tokens"] == 1 and sent_to_prefill["max_completion_tokens"] == 1
+            assert decode.requests[-1].body == {**body, "stream": True}
+            assert result.texts == [" P0", " D1", " D2", " D3"]
+            assert {e["id"] for e in result.events if isinstance(e, dict)} == {f"chatcmpl-{uid}"}
+            assert result.done
 
     run(scenario)
 
 
 def test_first_decode_chunk_is_skipped_per_choice_index(etcd, prefix) -> None:
     async def scenario() -> None:
-        prefill, decode = await _pair(etcd.address, prefix, tokens=3)
-        try:
-            async with RunningProxy(["--etcd", etcd.address, "--etcd-prefix", prefix, *FAST_FLAGS]) as proxy, \
-                    aiohttp.ClientSession() as session:
-                await wait_ready(session, proxy.url)
-                result = await post_stream(session, proxy.url + "/v1/completions",
-                                           {"prompt": "x", "max_tokens": 3, "n": 2})
-                by_index: dict[int, list[str]] = {0: [], 1: []}
-                for event in result.events:
-                    if isinstance(event, dict):
-                        choice = event["choices"][0]
-                        by_index[choice["index"]].append(choice["text"])
-                assert by_index == {0: [" P0", " D1", " D2"], 1: [" P0", " D1", " D2"]}
-        finally:
-            await prefill.stop()
-            await decode.stop()
+        async with _proxied_pair(etcd.address, prefix, tokens=3) as (prefill, decode, proxy, session):
+            result = await post_stream(session, proxy.url + "/v1/completions",
+                                       {"prompt": "x", "max_tokens": 3, "n": 2})
+            by_index: dict[int, list[str]] = {0: [], 1: []}
+            for event in result.events:
+                if isinstance(event, dict):
+                    choice = event["choices"][0]
+                    by_index[choice["index"]].append(choice["text"])
+            assert by_index == {0: [" P0", " D1", " D2"], 1: [" P0", " D1", " D2"]}
 
     run(scenario)
 
 
 def test_non_streaming_returns_decode_answer_on_both_endpoints(etcd, prefix) -> None:
     async def scenario() -> None:
-        prefill, decode = await _pair(etcd.address, prefix, tokens=3)
-        try:
-            async with RunningProxy(["--etcd", etcd.address, "--etcd-prefix", prefix, *FAST_FLAGS]) as proxy, \
-                    aiohttp.ClientSession() as session:
-                await wait_ready(session, proxy.url)
-                async with session.post(proxy.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3}) as r:
-                    assert r.status == 200
-                    answer = await r.json()
-                uid = _check_request_ids(prefill, decode)
-                assert answer["id"] == f"cmpl-{uid}"
-                assert answer["choices"][0]["text"] == " D0 D1 D2"
-                assert prefill.requests[-1].body == {"prompt": "x", "max_tokens": 1}
+        async with _proxied_pair(etcd.address, prefix, tokens=3) as (prefill, decode, proxy, session):
+            async with session.post(proxy.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3}) as r:
+                assert r.status == 200
+                answer = await r.json()
+            uid = _check_request_ids(prefill, decode)
+            assert answer["id"] == f"cmpl-{uid}"
+            assert answer["choices"][0]["text"] == " D0 D1 D2"
+            assert prefill.requests[-1].body == {"prompt": "x", "max_tokens": 1}
 
-                chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-                async with session.post(proxy.url + "/v1/chat/completions", json=chat) as r:
-                    assert r.status == 200
-                    answer = await r.json()
-                uid = _check_request_ids(prefill, decode)
-                assert answer["id"] == f"chatcmpl-{uid}"
-                assert answer["choices"][0]["message"]["content"] == " D0 D1"
-                assert decode.requests[-1].path == "/v1/chat/completions"
-        finally:
-            await prefill.stop()
-            await decode.stop()
+            chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            async with session.post(proxy.url + "/v1/chat/completions", json=chat) as r:
+                assert r.status == 200
+                answer = await r.json()
+            uid = _check_request_ids(prefill, decode)
+            assert answer["id"] == f"chatcmpl-{uid}"
+            assert answer["choices"][0]["message"]["content"] == " D0 D1"
+            assert decode.requests[-1].path == "/v1/chat/completions"
 
     run(scenario)
 
@@ -238,29 +226,22 @@ def test_api_key_guards_completions_but_not_probes(tmp_path) -> None:
 
 def test_metrics_count_requests_latency_and_pools(prefix, etcd) -> None:
     async def scenario() -> None:
-        prefill, decode = await _pair(etcd.address, prefix, tokens=3)
-        try:
-            async with RunningProxy(["--etcd", etcd.address, "--etcd-prefix", prefix, *FAST_FLAGS]) as proxy, \
-                    aiohttp.ClientSession() as session:
-                await wait_ready(session, proxy.url)
-                for _ in range(3):
-                    await post_stream(session, proxy.url + "/v1/completions", {"prompt": "x"})
-                async with session.post(proxy.url + "/v1/completions", data=b"not json") as r:
-                    assert r.status == 400
-                    assert (await r.json())["error"]["code"] == "invalid_json"
-                async with session.get(proxy.url + "/metrics") as r:
-                    text = await r.text()
-                lines = set(text.splitlines())
-                assert 'diproxy_requests_total{endpoint="/v1/completions",status="200"} 3' in lines
-                assert 'diproxy_requests_total{endpoint="/v1/completions",status="400"} 1' in lines
-                assert 'diproxy_errors_total{kind="bad_request"} 1' in lines
-                assert 'diproxy_time_to_first_token_seconds_count{endpoint="/v1/completions"} 3' in lines
-                assert 'diproxy_request_duration_seconds_count{endpoint="/v1/completions"} 4' in lines
-                assert 'diproxy_pool_workers{role="prefill",state="healthy"} 1' in lines
-                assert f'diproxy_worker_in_flight{{role="decode",worker="{decode.address}"}} 0' in lines
-        finally:
-            await prefill.stop()
-            await decode.stop()
+        async with _proxied_pair(etcd.address, prefix, tokens=3) as (prefill, decode, proxy, session):
+            for _ in range(3):
+                await post_stream(session, proxy.url + "/v1/completions", {"prompt": "x"})
+            async with session.post(proxy.url + "/v1/completions", data=b"not json") as r:
+                assert r.status == 400
+                assert (await r.json())["error"]["code"] == "invalid_json"
+            async with session.get(proxy.url + "/metrics") as r:
+                text = await r.text()
+            lines = set(text.splitlines())
+            assert 'diproxy_requests_total{endpoint="/v1/completions",status="200"} 3' in lines
+            assert 'diproxy_requests_total{endpoint="/v1/completions",status="400"} 1' in lines
+            assert 'diproxy_errors_total{kind="bad_request"} 1' in lines
+            assert 'diproxy_time_to_first_token_seconds_count{endpoint="/v1/completions"} 3' in lines
+            assert 'diproxy_request_duration_seconds_count{endpoint="/v1/completions"} 4' in lines
+            assert 'diproxy_pool_workers{role="prefill",state="healthy"} 1' in lines
+            assert f'diproxy_worker_in_flight{{role="decode",worker="{decode.address}"}} 0' in lines
 
     run(scenario)
 
