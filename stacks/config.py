@@ -25,6 +25,10 @@ AL2023_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-defau
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
                       2922, 3288, 3653)
 
+SSM_PARAMETER_PATTERN = r"^/[A-Za-z0-9_./-]+$"
+ROOT_DEVICE_PATTERN = r"^/dev/(sda1|xvda|nvme0n1)$"
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -34,7 +38,7 @@ class AmiConfig(_Model):
 
     ssm_parameter: str | None = Field(
         default=NEURON_BASE_DLAMI_PARAMETER,
-        pattern=r"^/[A-Za-z0-9_./-]+$",
+        pattern=SSM_PARAMETER_PATTERN,
         description="Public or own SSM parameter holding an AMI ID; EC2 resolves it at each launch.",
     )
     image_id: str | None = Field(
@@ -44,7 +48,7 @@ class AmiConfig(_Model):
     )
     root_device_name: str = Field(
         default="/dev/sda1",
-        pattern=r"^/dev/(sda1|xvda|nvme0n1)$",
+        pattern=ROOT_DEVICE_PATTERN,
         description="The AMI's root device; a wrong name adds a volume instead of sizing the root one.",
     )
 
@@ -69,8 +73,8 @@ class AmiConfig(_Model):
 class ControlAmiConfig(AmiConfig):
     """Amazon Linux 2023 by default for the control host."""
 
-    ssm_parameter: str | None = Field(default=AL2023_PARAMETER, pattern=r"^/[A-Za-z0-9_./-]+$")
-    root_device_name: str = Field(default="/dev/xvda", pattern=r"^/dev/(sda1|xvda|nvme0n1)$")
+    ssm_parameter: str | None = Field(default=AL2023_PARAMETER, pattern=SSM_PARAMETER_PATTERN)
+    root_device_name: str = Field(default="/dev/xvda", pattern=ROOT_DEVICE_PATTERN)
 
 
 class NetworkConfig(_Model):

@@ -46,8 +46,13 @@ def load_config_file(path: Path, *, check_name: bool = True) -> DeploymentConfig
     except OSError as err:
         raise ConfigError(f"{shown}: cannot read: {err.strerror}") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        # Parse once: the node tree gives line numbers for messages, the data comes from the same tree.
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
