@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import time
 from typing import Callable, Iterable
 
 LabelValues = tuple[str, ...]
@@ -102,6 +103,10 @@ class ProxyMetrics:
         self.in_flight = 0
         self._gauges.append(Gauge("diproxy_in_flight_requests", "Client requests in flight.", (),
                                   lambda: {(): float(self.in_flight)}))
+        # The conventional name, so any scraper (and the CloudWatch shipper) can tell a restart from a counter reset.
+        started = time.time()
+        self._gauges.append(Gauge("process_start_time_seconds", "Start time of the process since the Unix epoch.", (),
+                                  lambda: {(): started}))
 
     def render(self) -> str:
         lines: list[str] = []

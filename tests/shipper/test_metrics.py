@@ -1,0 +1,144 @@
+"""The proxy's /metrics become CloudWatch metrics: per-interval counts, latency distributions, pool sizes, and
+ProxyUp; a proxy restart or a failed publish neither loses nor double-counts."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import aiohttp
+
+from diproxy.metrics import ProxyMetrics
+from diproxy.shipper.metric_data import RULES, MetricTranslator
+from diproxy.shipper.prometheus_text import parse
+from diproxy.shipper.service import run
+from diproxy.testing.fake_worker import Behaviour, FakeWorker
+from diproxy.testing.harness import RunningProxy
+from tests.proxy.conftest import FAST_FLAGS, post_stream, wait_ready
+from tests.shipper.conftest import metric_sum, shipper_settings
+
+AT = datetime(2026, 11, 22, tzinfo=timezone.utc)
+COMPLETIONS = "/v1/completions"
+
+
+def _value(datums: list[dict], name: str, **dimensions: str) -> float | None:
+    for datum in datums:
+        dims = {d["Name"]: d["Value"] for d in datum["Dimensions"] if d["Name"] != "Deployment"}
+        if datum["MetricName"] == name and dims == dimensions:
+            return datum.get("Value")
+    return None
+
+
+def _proxy_metrics(monkeypatch, started: float) -> ProxyMetrics:
+    monkeypatch.setattr("diproxy.metrics.time.time", lambda: started)
+    return ProxyMetrics(lambda: {("decode", "healthy"): 2.0, ("prefill", "unhealthy"): 1.0}, lambda: {})
+
+
+def test_counters_are_sent_as_deltas_and_a_failed_publish_folds_into_the_next(monkeypatch) -> None:
+    proxy = _proxy_metrics(monkeypatch, 1000.0)
+    translator = MetricTranslator("prod")
+    proxy.requests.inc(COMPLETIONS, "200", amount=5)
+    proxy.requests.inc(COMPLETIONS, "503")
+    first = translator.translate(parse(proxy.render()), AT)
+    assert (_value(first, "Requests"), _value(first, "ServerErrorResponses"), _value(first, "ClientErrorResponses")) \
+        == (6, 1, 0)
+    assert _value(first, "ProxyUp") == 1
+    translator.commit()
+
+    proxy.requests.inc(COMPLETIONS, "200", amount=2)
+    assert _value(translator.translate(parse(proxy.render()), AT), "Requests") == 2
+    # Not committed (the publish failed): the next interval carries these two as well.
+    proxy.requests.inc(COMPLETIONS, "200")
+    assert _value(translator.translate(parse(proxy.render()), AT), "Requests") == 3
+
+
+def test_a_restarted_proxy_counts_from_zero_even_when_its_counters_passed_the_old_ones(monkeypatch) -> None:
+    translator = MetricTranslator("prod")
+    before = _proxy_metrics(monkeypatch, 1000.0)
+    before.requests.inc(COMPLETIONS, "200", amount=8)
+    translator.translate(parse(before.render()), AT)
+    translator.commit()
+    after = _proxy_metrics(monkeypatch, 2000.0)
+    after.requests.inc(COMPLETIONS, "200", amount=10)
+    assert _value(translator.translate(parse(after.render()), AT), "Requests") == 10
+
+
+def test_histograms_become_bucket_values_with_counts_in_milliseconds(monkeypatch) -> None:
+    proxy = _proxy_metrics(monkeypatch, 1000.0)
+    for seconds in (0.003, 0.004, 0.2, 400.0):
+        proxy.ttft.observe(seconds, COMPLETIONS)
+    proxy.ttft.observe(0.2, "/v1/chat/completions")
+    (ttft,) = [d for d in MetricTranslator("prod").translate(parse(proxy.render()), AT)
+               if d["MetricName"] == "TimeToFirstToken"]
+    # Buckets (0, 5 ms], (100 ms, 250 ms] and (300 s, +Inf), both endpoints summed.
+    assert (ttft["Values"], ttft["Counts"], ttft["Unit"]) == ([2.5, 175.0, 300000.0], [2, 2, 1], "Milliseconds")
+
+
+def test_pool_gauges_report_zero_for_a_role_with_no_worker_in_that_state(monkeypatch) -> None:
+    datums = MetricTranslator("prod").translate(parse(_proxy_metrics(monkeypatch, 1.0).render()), AT)
+    assert _value(datums, "HealthyWorkers", Role="decode") == 2
+    assert _value(datums, "HealthyWorkers", Role="prefill") == 0
+    assert _value(datums, "UnhealthyWorkers", Role="prefill") == 1
+    assert all(d["Dimensions"][0] == {"Name": "Deployment", "Value": "prod"} for d in datums)
+
+
+def test_a_failed_scrape_reports_the_proxy_down_and_keeps_the_baseline(monkeypatch) -> None:
+    proxy = _proxy_metrics(monkeypatch, 1000.0)
+    translator = MetricTranslator("prod")
+    proxy.requests.inc(COMPLETIONS, "200", amount=3)
+    translator.translate(parse(proxy.render()), AT)
+    translator.commit()
+    down = translator.translate(None, AT)
+    assert [(d["MetricName"], d["Value"]) for d in down] == [("ProxyUp", 0.0)]
+    translator.commit()
+    proxy.requests.inc(COMPLETIONS, "200")
+    assert _value(translator.translate(parse(proxy.render()), AT), "Requests") == 1
+
+
+def test_every_rule_reads_a_family_the_proxy_exposes(monkeypatch) -> None:
+    proxy = _proxy_metrics(monkeypatch, 1.0)
+    proxy.requests.inc(COMPLETIONS, "200")
+    proxy.errors.inc("upstream_connect")
+    proxy.retries.inc()
+    proxy.ttft.observe(0.1, COMPLETIONS)
+    proxy.latency.observe(0.1, COMPLETIONS)
+    scrape = parse(proxy.render())
+    for rule in RULES:
+        family = rule.family + ("_bucket" if rule.kind == "histogram" else "")
+        assert scrape.family(family), f"{rule.metric} reads {family}, which the proxy does not expose"
+        assert scrape.types[rule.family] == rule.kind
+
+
+def test_a_running_proxy_s_traffic_arrives_in_cloudwatch_and_each_run_sends_only_its_interval(aws, journal,
+                                                                                              tmp_path) -> None:
+    async def scenario() -> None:
+        worker = await FakeWorker("standalone", behaviour=Behaviour(tokens=3)).start()
+        try:
+            async with RunningProxy(["--mode", "standard", "--endpoint", worker.address, *FAST_FLAGS]) as proxy, \
+                    aiohttp.ClientSession() as session:
+                await wait_ready(session, proxy.url)
+                for _ in range(3):
+                    assert (await post_stream(session, proxy.url + COMPLETIONS, {"prompt": "x"})).status == 200
+                async with session.post(proxy.url + COMPLETIONS, data=b"not json") as reply:
+                    assert reply.status == 400
+                settings = shipper_settings(tmp_path, "--once", metrics_url=proxy.url + "/metrics")
+                assert await run(settings) == 0
+                cloudwatch = aws["cloudwatch"]
+                assert metric_sum(cloudwatch, "Requests") == 4
+                assert metric_sum(cloudwatch, "ClientErrorResponses") == 1
+                assert metric_sum(cloudwatch, "ServerErrorResponses") == 0
+                assert metric_sum(cloudwatch, "Errors", Kind="bad_request") == 1
+                assert metric_sum(cloudwatch, "TimeToFirstToken", "SampleCount") == 3
+                assert metric_sum(cloudwatch, "RequestDuration", "SampleCount") == 4
+                assert metric_sum(cloudwatch, "HealthyWorkers", "Maximum", Role="standalone") == 1
+                assert metric_sum(cloudwatch, "ProxyUp", "Minimum") == 1
+
+                for _ in range(2):
+                    await post_stream(session, proxy.url + COMPLETIONS, {"prompt": "x"})
+                assert await run(settings) == 0  # a new process would start from the saved baseline too
+                assert metric_sum(cloudwatch, "Requests") == 6
+                assert metric_sum(cloudwatch, "TimeToFirstToken", "SampleCount") == 5
+        finally:
+            await worker.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
