@@ -55,7 +55,7 @@ class DiStack(cdk.Stack):
         retention = RETENTION[config.log_retention_days]
 
         network = Network(self, "Network", network=config.network, availability_zone=config.availability_zone,
-                          log_retention=retention)
+                          log_retention=retention, metrics_endpoint=config.proxy == "distack")
         security = Security(self, "Security", vpc=network.vpc, network=config.network,
                             vllm_ports=[ep.port for f in config.fleets.values() for ep in f.resolved_endpoints],
                             etcd=config.mode == "disaggregated")
@@ -69,7 +69,7 @@ class DiStack(cdk.Stack):
                                       log_groups=list(groups.values()), secret=self.artifacts.hf_token_secret)
             nag.acknowledge_node_role(roles[role_id], bucket, prefixes)
         worker_role, control_role = roles["WorkerRole"], roles["ControlRole"]
-        nag.acknowledge_control_role(control_role)
+        nag.acknowledge_control_role(control_role, publishes_metrics=config.proxy == "distack")
         nag.acknowledge_bucket(bucket)
         nag.acknowledge_scaling_groups(self)
 
@@ -83,6 +83,7 @@ class DiStack(cdk.Stack):
         if config.proxy == "distack":
             proxy_package = userdata.proxy_package_asset(self, "ProxyPackage")
             control_role.allow_download(proxy_package)
+            control_role.allow_metrics(naming.PROXY_METRICS_NAMESPACE)
         refs = node_values.DeploymentRefs(
             stack_name=self.stack_name, control_address=state.address, bucket_name=bucket.bucket_name,
             node_log_group=groups["nodes"].log_group_name, container_log_group=groups["containers"].log_group_name,

@@ -33,14 +33,18 @@ def acknowledge_node_role(role: IConstruct, bucket: IConstruct, write_prefixes: 
                                   "instances and runs that exist only later.", f"Resource::{arn}/{prefix}*")
 
 
-def acknowledge_control_role(role: IConstruct) -> None:
-    """The control host attaches its fixed interface and etcd volume to whichever instance the group launched."""
+def acknowledge_control_role(role: IConstruct, *, publishes_metrics: bool) -> None:
+    """The control host attaches its fixed interface and etcd volume to whichever instance the group launched,
+    and with the DiStack proxy publishes the proxy's metrics."""
     acknowledge(role, "IAM5", "The instance is launched later by the Auto Scaling group; the statement's "
                               "condition limits it to instances tagged with this deployment's control role.",
                 f"Resource::arn:<AWS::Partition>:ec2:{cdk.Stack.of(role).region}:<AWS::AccountId>:instance/*")
-    acknowledge(role, "IAM5", "ec2:DescribeNetworkInterfaces and ec2:DescribeVolumes support no resource-level "
-                              "permissions; the boot script polls them to see its attachments complete.",
-                "Resource::*")
+    reason = ("ec2:DescribeNetworkInterfaces and ec2:DescribeVolumes support no resource-level permissions; the "
+              "boot script polls them to see its attachments complete.")
+    if publishes_metrics:
+        reason += (" cloudwatch:PutMetricData supports none either; a cloudwatch:namespace condition limits it to "
+                   "the proxy's namespace.")
+    acknowledge(role, "IAM5", reason, "Resource::*")
 
 
 def acknowledge_scaling_groups(stack: IConstruct) -> None:

@@ -100,4 +100,5 @@ def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_in
         "DI_ETCD_PEER_PORT": str(naming.ETCD_PEER_PORT),
         "DI_SIGNAL_RESOURCE": signal_resource,
         "DI_PROXY_PACKAGE_URL": refs.proxy_package_url,
+        "DI_PROXY_METRICS_NAMESPACE": naming.PROXY_METRICS_NAMESPACE,
     }

@@ -318,3 +318,42 @@ def test_distack_proxy_package_reaches_the_control_host_and_only_it(variant, syn
     # Both roles read the node scripts; only the control role also reads the proxy package.
     assert sorted((n.split("DefaultPolicy")[0], c) for n, c in asset_objects.items()) == [("ControlRole", 2),
                                                                                           ("WorkerRole", 1)]
+
+
+def _statements(template: dict, role_prefix: str) -> list[dict]:
+    return [statement for name, policy in resources(template, "AWS::IAM::Policy").items() if name.startswith(role_prefix)
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]]
+
+
+def test_distack_proxy_metrics_may_go_to_its_own_namespace_only(variant, synth):
+    _, _, raw = variant
+    (metrics,) = [s for s in _statements(raw, "ControlRole") if s["Action"] == "cloudwatch:PutMetricData"]
+    assert metrics["Resource"] == "*"
+    assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": naming.PROXY_METRICS_NAMESPACE}}
+    assert not [s for s in _statements(raw, "WorkerRole") if "cloudwatch:PutMetricData" in json.dumps(s)]
+    # With the DLC's proxy nothing publishes metrics, so no role may.
+    assert "cloudwatch:PutMetricData" not in json.dumps(synth("prod").template_dict)
+
+
+def test_private_subnets_reach_cloudwatch_metrics_only_when_the_distack_proxy_publishes_them():
+    import aws_cdk as cdk
+    from aws_cdk import aws_logs as logs
+
+    from stacks.components.network import Network
+    from stacks.config import NetworkConfig
+
+    app = cdk.App(context=cdk_context())
+    network = NetworkConfig(nat_gateway=False)
+    for stack_id, publishes in (("WithMetrics", True), ("WithoutMetrics", False)):
+        Network(cdk.Stack(app, stack_id, env=cdk.Environment(region="us-east-2", account="111122223333")), "Network",
+                network=network, availability_zone="us-east-2a", log_retention=logs.RetentionDays.ONE_WEEK,
+                metrics_endpoint=publishes)
+    assembly = app.synth()
+
+    def services(stack_id: str) -> set[str]:
+        template = assembly.get_stack_by_name(stack_id).template
+        return {json.dumps(v["Properties"]["ServiceName"]).split(".")[-1].strip('"]}')
+                for v in resources(template, "AWS::EC2::VPCEndpoint").values()}
+
+    assert services("WithMetrics") - services("WithoutMetrics") == {"monitoring"}
+    assert {"logs", "ssm", "ssmmessages", "ec2messages"} <= services("WithoutMetrics")

@@ -118,6 +118,16 @@ start_etcd() {
   wait_for_etcd || fail "etcd does not answer on $DI_ETCD: journalctl -u di-etcd"
 }
 
+# write_proxy_env: the proxy's settings, and where its shipper sends the journal (next to the containers' logs)
+# and the metrics (the namespace the instance role may write to).
+write_proxy_env() {
+  printf '%s\n' "DIPROXY_MODE=di" "DIPROXY_ETCD=$DI_ETCD" "DIPROXY_PORT=$DI_PROXY_PORT" "DIPROXY_AWS_REGION=$DI_REGION" \
+    "DIPROXY_CLOUDWATCH_LOG_GROUP=${DI_LOG_GROUP_CONTAINERS:?}" \
+    "DIPROXY_CLOUDWATCH_LOG_STREAM=$(container_log_stream distack-proxy)" \
+    "DIPROXY_CLOUDWATCH_DEPLOYMENT=$DI_DEPLOYMENT" \
+    "DIPROXY_CLOUDWATCH_NAMESPACE=${DI_PROXY_METRICS_NAMESPACE:?}"
+}
+
 # install_distack_proxy: the proxy package (a stack asset) into a venv, its settings from node.env, its unit.
 install_distack_proxy() {
   [[ -n ${DI_PROXY_PACKAGE_URL:-} ]] || fail "DI_PROXY=distack but node.env has no DI_PROXY_PACKAGE_URL"
@@ -128,8 +138,7 @@ install_distack_proxy() {
     fail "cannot download the proxy package $DI_PROXY_PACKAGE_URL"
   unzip -q -o "$DI_PROXY_SRC/diproxy.zip" -d "$DI_PROXY_SRC/diproxy" || fail "the proxy package does not unzip"
   install -d -m 0755 "${DI_PROXY_ENV%/*}"
-  printf 'DIPROXY_MODE=di\nDIPROXY_ETCD=%s\nDIPROXY_PORT=%s\nDIPROXY_AWS_REGION=%s\n' \
-    "$DI_ETCD" "$DI_PROXY_PORT" "$DI_REGION" >"$DI_PROXY_ENV"
+  write_proxy_env >"$DI_PROXY_ENV"
   PROXY_PYTHON=$DI_PROXY_PYTHON PROXY_START=no PROXY_ENV_FILE=$DI_PROXY_ENV PROXY_UNIT_DIR=$DI_SYSTEMD_DIR \
     retry bash "$DI_PROXY_INSTALLER" "$DI_PROXY_SRC" || fail "the proxy package did not install (pip, PyPI egress?)"
 }
@@ -145,13 +154,18 @@ start_proxy() {
     distack)
       install_distack_proxy
       unit="$DI_SYSTEMD_DIR/distack-proxy.service"
-      [[ -f $unit ]] || fail "the proxy installer left no $unit"
+      [[ -f $unit && -f $DI_SYSTEMD_DIR/distack-proxy-shipper.service ]] ||
+        fail "the proxy installer left no $unit or no distack-proxy-shipper.service"
       ;;
     *) fail "unknown DI_PROXY '$DI_PROXY'" ;;
   esac
   [[ $unit == "$DI_SYSTEMD_DIR/"* ]] || install_unit "$unit"
   systemctl daemon-reload
   systemctl enable --now "${unit##*/}" || fail "${unit##*/} did not start"
+  if [[ $DI_PROXY == distack ]]; then
+    systemctl enable --now distack-proxy-shipper.service ||
+      fail "distack-proxy-shipper.service did not start: journalctl -u distack-proxy-shipper"
+  fi
 }
 
 control_main() {

@@ -158,14 +158,19 @@ report_to_cloudwatch() {
     --log-stream-name "$stream" --log-events "$events" >/dev/null 2>&1 || true
 }
 
-# docker_log_args NAME: send a container's output to the deployment's container log group.
-docker_log_args() {
+# container_log_stream NAME: the stream of one service in the container log group: FLEET/INSTANCE/NAME.
+container_log_stream() {
   local id
   id=$(instance_id 2>/dev/null) || id=unknown
+  printf '%s\n' "${DI_FLEET:?}/$id/$1"
+}
+
+# docker_log_args NAME: send a container's output to the deployment's container log group.
+docker_log_args() {
   printf '%s\n' --log-driver awslogs \
     --log-opt "awslogs-region=${DI_REGION:?}" \
     --log-opt "awslogs-group=${DI_LOG_GROUP_CONTAINERS:?}" \
-    --log-opt "awslogs-stream=${DI_FLEET:?}/$id/$1"
+    --log-opt "awslogs-stream=$(container_log_stream "$1")"
 }
 
 # efa_interface_count: EFA devices libfabric sees. One RDM domain per device; newer libfabric lists a device

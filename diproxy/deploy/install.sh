@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the DiStack proxy into a virtualenv and its systemd unit; settings go to the env file.
+# Install the DiStack proxy into a virtualenv with its systemd units (the proxy, and the shipper that sends its
+# journal and metrics to CloudWatch); settings go to the env file.
 set -euo pipefail
 
 PROXY_SOURCE="${PROXY_SOURCE:-}"
@@ -9,6 +10,7 @@ PROXY_ENV_FILE="${PROXY_ENV_FILE:-/etc/di/proxy.env}"
 PROXY_UNIT_DIR="${PROXY_UNIT_DIR:-/etc/systemd/system}"
 PROXY_PYTHON="${PROXY_PYTHON:-python3}"
 PROXY_START="${PROXY_START:-yes}"
+UNITS=(distack-proxy.service distack-proxy-shipper.service)
 
 log() {
     printf 'install-proxy: %s\n' "$*" >&2
@@ -51,13 +53,16 @@ install_package() {
     "${PROXY_VENV}/bin/python" -c 'import diproxy' || { log "diproxy does not import"; return 1; }
 }
 
-install_unit() {
+install_units() {
     local source="$1"
-    local unit
-    unit="$("${PROXY_VENV}/bin/python" -c 'import diproxy, pathlib; print(pathlib.Path(diproxy.__file__).parent / "deploy" / "distack-proxy.service")')"
-    # A wheel may leave out non-Python files; a source directory always has the unit.
-    [[ -f "${unit}" ]] || unit="${source}/diproxy/deploy/distack-proxy.service"
-    install -D -m 0644 "${unit}" "${PROXY_UNIT_DIR}/distack-proxy.service"
+    local deploy name unit
+    deploy="$("${PROXY_VENV}/bin/python" -c 'import diproxy, pathlib; print(pathlib.Path(diproxy.__file__).parent / "deploy")')"
+    for name in "${UNITS[@]}"; do
+        unit="${deploy}/${name}"
+        # A wheel may leave out non-Python files; a source directory always has the units.
+        [[ -f "${unit}" ]] || unit="${source}/diproxy/deploy/${name}"
+        install -D -m 0644 "${unit}" "${PROXY_UNIT_DIR}/${name}"
+    done
     if [[ ! -f "${PROXY_ENV_FILE}" ]]; then
         log "writing default ${PROXY_ENV_FILE}; edit it, then restart distack-proxy"
         install -d -m 0755 "$(dirname "${PROXY_ENV_FILE}")"
@@ -71,8 +76,8 @@ start_service() {
         return 0
     fi
     systemctl daemon-reload
-    systemctl enable distack-proxy.service
-    systemctl restart distack-proxy.service
+    systemctl enable "${UNITS[@]}"
+    systemctl restart "${UNITS[@]}"
 }
 
 main() {
@@ -83,7 +88,7 @@ main() {
     fi
     create_venv
     install_package "${PROXY_SOURCE}"
-    install_unit "${PROXY_SOURCE}"
+    install_units "${PROXY_SOURCE}"
     start_service
     log "done: ${PROXY_VENV}"
 }

@@ -29,7 +29,7 @@ class Network(Construct):
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, network: NetworkConfig, availability_zone: str,
-                 log_retention: logs.RetentionDays) -> None:
+                 log_retention: logs.RetentionDays, metrics_endpoint: bool = False) -> None:
         super().__init__(scope, construct_id)
         if network.existing:
             self.vpc = ec2.Vpc.from_vpc_attributes(
@@ -43,7 +43,7 @@ class Network(Construct):
             else ec2.SubnetType.PRIVATE_ISOLATED).subnets[0]
         self.subnet_id = self.subnet.subnet_id
         if network.vpc_endpoints:
-            self._add_endpoints(network)
+            self._add_endpoints(network, metrics_endpoint)
 
     @staticmethod
     def _has_egress(network: NetworkConfig) -> bool:
@@ -73,12 +73,16 @@ class Network(Construct):
                          traffic_type=ec2.FlowLogTrafficType.ALL)
         return vpc
 
-    def _add_endpoints(self, network: NetworkConfig) -> None:
+    def _add_endpoints(self, network: NetworkConfig, metrics_endpoint: bool) -> None:
         placement = ec2.SubnetSelection(subnets=[self.subnet])
         self.vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3, subnets=[placement])
         endpoint_sg = ec2.SecurityGroup(self, "EndpointSecurityGroup", vpc=self.vpc, allow_all_outbound=False,
                                         description="VPC interface endpoints: HTTPS from inside the VPC")
         endpoint_sg.add_ingress_rule(ec2.Peer.ipv4(network.vpc_cidr), ec2.Port.tcp(443), "HTTPS from the VPC")
-        for name, service in INTERFACE_ENDPOINTS.items():
+        services = dict(INTERFACE_ENDPOINTS)
+        if metrics_endpoint:
+            # The DiStack proxy's metrics go to CloudWatch (monitoring), not CloudWatch Logs.
+            services["Monitoring"] = ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_MONITORING
+        for name, service in services.items():
             self.vpc.add_interface_endpoint(name, service=service, subnets=placement, private_dns_enabled=True,
                                             security_groups=[endpoint_sg], open=False)

@@ -53,6 +53,15 @@ class NodeRole(Construct):
         self.role.add_to_principal_policy(iam.PolicyStatement(
             actions=["cloudformation:SignalResource"], resources=[cdk.Aws.STACK_ID]))
 
+    def allow_metrics(self, namespace: str) -> None:
+        """Publish CloudWatch metrics into one namespace. PutMetricData has no resource-level permissions; the
+        cloudwatch:namespace condition key is how to scope it:
+        https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/iam-cw-condition-keys-namespace.html
+        """
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["cloudwatch:PutMetricData"], resources=["*"],
+            conditions={"StringEquals": {"cloudwatch:namespace": namespace}}))
+
     def allow_download(self, asset: s3_assets.Asset) -> None:
         """Read exactly one asset object of the CDK assets bucket."""
         self.role.add_to_principal_policy(iam.PolicyStatement(

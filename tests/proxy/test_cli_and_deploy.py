@@ -98,8 +98,8 @@ def test_rehearsal_shows_the_protocol_flow_and_cleans_up() -> None:
     assert lines[-1].startswith("pair    prefill 127.0.0.1:")
 
 
-def _verify_unit(unit_text: str, root: Path) -> list[str]:
-    """systemd-analyze verify in a scratch root holding the venv python and env file the unit expects."""
+def _verify_unit(name: str, unit_text: str, root: Path) -> list[str]:
+    """systemd-analyze verify in a scratch root holding the venv python and env file the units expect."""
     (root / "opt/di/proxy/venv/bin").mkdir(parents=True)
     python = root / "opt/di/proxy/venv/bin/python"
     python.write_text("#!/bin/sh\n")
@@ -107,21 +107,55 @@ def _verify_unit(unit_text: str, root: Path) -> list[str]:
     (root / "etc/di").mkdir(parents=True)
     (root / "etc/di/proxy.env").write_text("DIPROXY_ETCD=127.0.0.1:8989\n")
     (root / "etc/systemd/system").mkdir(parents=True)
-    (root / "etc/systemd/system/distack-proxy.service").write_text(unit_text)
+    (root / "etc/systemd/system" / name).write_text(unit_text)
     (root / "usr/lib/systemd").mkdir(parents=True)
     (root / "usr/lib/systemd/system").symlink_to("/usr/lib/systemd/system")
-    done = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "/etc/systemd/system/distack-proxy.service"],
+    done = subprocess.run(["systemd-analyze", "verify", f"--root={root}", f"/etc/systemd/system/{name}"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    return [line for line in done.stderr.splitlines() if "distack-proxy.service" in line]
+    return [line for line in done.stderr.splitlines() if name in line]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not on PATH")
-def test_systemd_unit_verifies_and_the_check_catches_mistakes(tmp_path: Path) -> None:
-    unit = (DEPLOY / "distack-proxy.service").read_text()
-    assert _verify_unit(unit, tmp_path / "good") == []
-    broken = unit.replace("Restart=on-failure", "Restart=sometimes")
-    assert _verify_unit(broken, tmp_path / "broken"), "verify should have flagged the bad Restart= value"
+@pytest.mark.parametrize("name", ["distack-proxy.service", "distack-proxy-shipper.service"])
+def test_systemd_units_verify_and_the_check_catches_mistakes(name: str, tmp_path: Path) -> None:
+    unit = (DEPLOY / name).read_text()
+    assert _verify_unit(name, unit, tmp_path / "good") == []
+    broken = unit.replace("Restart=", "Restart=sometimes\n#", 1)
+    assert _verify_unit(name, broken, tmp_path / "broken"), "verify should have flagged the bad Restart= value"
+
+
+# Stands in for python3 and the venv's python: `-m venv` makes a venv whose python runs the real interpreter
+# with a scratch site-packages, and `-m pip` installs nothing (the test needs no PyPI).
+FAKE_PYTHON = """#!/usr/bin/env bash
+if [[ $1 == -m && $2 == venv ]]; then
+  mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && exit 0
+fi
+[[ $1 == -m && $2 == pip ]] && exit 0
+if [[ $1 == -c && $2 == *purelib* ]]; then echo "$FAKE_SITE"; exit 0; fi
+PYTHONPATH="$FAKE_SITE" exec "$REAL_PYTHON" "$@"
+"""
+
+
+def test_install_script_installs_the_package_both_units_and_a_default_env_file(tmp_path: Path) -> None:
+    fake_python = tmp_path / "python3"
+    fake_python.write_text(FAKE_PYTHON)
+    fake_python.chmod(0o755)
+    site = tmp_path / "site"
+    site.mkdir()
+    env = {**os.environ, "REAL_PYTHON": sys.executable, "FAKE_SITE": str(site), "PROXY_PYTHON": str(fake_python),
+           "PROXY_PREFIX": str(tmp_path / "opt"), "PROXY_ENV_FILE": str(tmp_path / "etc/proxy.env"),
+           "PROXY_UNIT_DIR": str(tmp_path / "units"), "PROXY_START": "no"}
+    done = subprocess.run(["bash", str(DEPLOY / "install.sh"), str(ROOT)], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (site / "diproxy" / "shipper" / "__main__.py").is_file()
+    assert sorted(p.name for p in (tmp_path / "units").iterdir()) == [
+        "distack-proxy-shipper.service", "distack-proxy.service"]
+    assert (tmp_path / "units" / "distack-proxy-shipper.service").read_bytes() == \
+        (DEPLOY / "distack-proxy-shipper.service").read_bytes()
+    assert "DIPROXY_MODE=di" in (tmp_path / "etc/proxy.env").read_text()
+    assert "not starting the service" in done.stderr
 
 
 def test_install_script_is_shellcheck_clean_and_refuses_an_empty_source(tmp_path: Path) -> None:

@@ -91,9 +91,11 @@ def test_distack_proxy_without_its_package_fails_loudly(node):
 
 
 INSTALLER = """#!/usr/bin/env bash
-# Stands in for diproxy/deploy/install.sh: records how it was called, installs the unit it would install.
+# Stands in for diproxy/deploy/install.sh: records how it was called, installs the units it would install.
 printf '%s\\n' "$*" "PROXY_PYTHON=$PROXY_PYTHON" "PROXY_START=$PROXY_START" "PROXY_ENV_FILE=$PROXY_ENV_FILE" >"$0.calls"
-install -D -m 0644 "$1/diproxy/deploy/distack-proxy.service" "$PROXY_UNIT_DIR/distack-proxy.service"
+for unit in distack-proxy.service distack-proxy-shipper.service; do
+  install -D -m 0644 "$1/diproxy/deploy/$unit" "$PROXY_UNIT_DIR/$unit"
+done
 """
 
 
@@ -117,8 +119,17 @@ def test_distack_proxy_is_installed_from_its_package_and_started(node, tmp_path)
     assert installer.with_name("install.sh.calls").read_text().splitlines() == [
         str(source), "PROXY_PYTHON=python3", "PROXY_START=no", f"PROXY_ENV_FILE={proxy_env}"]
     assert proxy_env.read_text().splitlines() == [
-        "DIPROXY_MODE=di", "DIPROXY_ETCD=10.42.0.10:8989", "DIPROXY_PORT=8000", "DIPROXY_AWS_REGION=us-east-2"]
-    assert started_units(n) == ["docker", "di-etcd.service", "distack-proxy.service"]
+        "DIPROXY_MODE=di", "DIPROXY_ETCD=10.42.0.10:8989", "DIPROXY_PORT=8000", "DIPROXY_AWS_REGION=us-east-2",
+        "DIPROXY_CLOUDWATCH_LOG_GROUP=/distack/test/containers",
+        f"DIPROXY_CLOUDWATCH_LOG_STREAM=control/{INSTANCE_ID}/distack-proxy",
+        "DIPROXY_CLOUDWATCH_DEPLOYMENT=prod", "DIPROXY_CLOUDWATCH_NAMESPACE=DiStack/Proxy"]
+    # The settings the shipper reads from that file are complete: it parses them without a flag.
+    from diproxy.shipper.settings import parse_settings
+    env = dict(line.split("=", 1) for line in proxy_env.read_text().splitlines())
+    shipper = parse_settings([], env=env)
+    assert (shipper.log_group, shipper.metrics_url, shipper.region) == (
+        "/distack/test/containers", "http://127.0.0.1:8000/metrics", "us-east-2")
+    assert started_units(n) == ["docker", "di-etcd.service", "distack-proxy.service", "distack-proxy-shipper.service"]
     assert "di-proxy.service" not in [p.name for p in (n.root / "systemd").iterdir()]
 
 

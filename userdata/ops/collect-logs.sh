@@ -16,7 +16,7 @@ cleanup() { [[ -z $staging ]] || rm -rf "$staging"; }
 # gather DIR HOURS: every log file into DIR (a missing source is noted, never fatal).
 gather() {
   local dir=$1 hours=$2 name
-  journalctl --no-pager --since "-${hours}h" -u 'di-*' -u distack-proxy >"$dir/units.log" 2>&1 || echo "journalctl failed" >>"$dir/units.log"
+  journalctl --no-pager --since "-${hours}h" -u 'di-*' -u 'distack-proxy*' >"$dir/units.log" 2>&1 || echo "journalctl failed" >>"$dir/units.log"
   journalctl --no-pager --since "-${hours}h" -u cloud-final -u cloud-init >"$dir/cloud-init.log" 2>&1 || true
   [[ -r /var/log/cloud-init-output.log ]] && cp /var/log/cloud-init-output.log "$dir/" || true
   docker ps -a --format '{{.Names}}\t{{.Status}}\t{{.Image}}' >"$dir/containers.txt" 2>&1 || true
