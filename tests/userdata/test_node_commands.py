@@ -66,6 +66,15 @@ def test_status_of_the_control_host(node):
     assert [u["name"] for u in status["units"]] == ["di-etcd.service", "di-proxy.service"]
 
 
+def test_status_of_a_control_host_with_the_distack_proxy_shows_its_shipper(node):
+    n = node("prod")
+    n.override(DI_PROXY="distack")
+    n.set("units-failed", "distack-proxy-shipper.service")
+    status = json.loads(n.run("di-status").stdout)
+    assert status["units"][1:] == [{"name": "distack-proxy.service", "state": "active"},
+                                   {"name": "distack-proxy-shipper.service", "state": "failed"}]
+
+
 def test_restart_one_endpoint_or_all(node):
     n = node("dev", "colocated")
     n.run("di-restart", "1")
