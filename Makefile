@@ -10,7 +10,7 @@ CDK := $(CURDIR)/node_modules/.bin/cdk
 CDK_FLAGS := --no-notices --no-version-reporting
 PYTEST_ARGS ?=
 
-.PHONY: synth test bootstrap deploy diff destroy schema bench rehearse clean help
+.PHONY: synth test bootstrap deploy diff destroy schema bench bench-proxy rehearse clean help
 
 help:
 	@echo "make synth [ENV=dev]   synthesize DiStack for config/ENV.yaml (no AWS account needed)"
@@ -20,6 +20,7 @@ help:
 	@echo "make diff ENV=NAME     cdk diff against the deployed stack"
 	@echo "make schema            regenerate config/schema.json from the config model"
 	@echo "make bench             synth and test timings (bench/synth_time.py)"
+	@echo "make bench-proxy       the DiStack proxy's added latency and throughput on loopback (bench/proxy_latency.py)"
 	@echo "make rehearse          DI request routing on loopback: etcd, the DiStack proxy, fake workers"
 
 $(VENV)/.deps: requirements.txt requirements-dev.txt diproxy/requirements.txt
@@ -57,6 +58,9 @@ schema: $(VENV)/.deps
 
 bench: setup
 	$(BIN)/python bench/synth_time.py
+
+bench-proxy: $(VENV)/.deps
+	$(BIN)/python bench/proxy_latency.py
 
 rehearse: $(VENV)/.deps
 	$(BIN)/python -m diproxy.rehearse
