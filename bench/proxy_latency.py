@@ -1,20 +1,46 @@
-"""Proxy overhead on loopback: time to first token and per-request latency through the DI proxy versus calling
-a fake worker directly (p50, p99), and sustained streaming requests/s, at 1, 16 and 64 concurrent streams.
-Also the CPU each process spent per request, which shows who limits the rate when all of them share few cores."""
+"""Proxy overhead on loopback, with fake workers, in a bounded run (about two minutes with the defaults).
+Two phases, each against a fresh stack of subprocesses: etcd, the proxy (`python -m diproxy`), one fake prefill
+and one fake decode worker (`python -m diproxy.testing.fake_worker`). The client runs here, on uvloop.
+
+Latency phase, realistic pacing. Each fake worker answers 200 at once, as vLLM does, waits --first-token-delay
+(default 5 ms, the prefill of a short prompt) and streams --tokens (16) tokens --token-interval (10 ms) apart. No
+measured inter-token figure for the 8B model of config/dev.yaml (Llama-3.1-8B-Instruct, TP 16 on trn1) is at hand;
+10 ms is taken as a fast decode step for it, and is the harsher choice here: a shorter interval means more chunks
+per second for the proxy to relay. A closed loop of 1, 16 and 64 concurrent streams calls the decode worker directly
+or the proxy (which sends the same request to both workers, so both paths see the same pacing). Each client starts
+at a random point within one answer's length: equal-length streams started together would stay in lockstep, and
+every request would queue behind all the others' set-up. At --relay-levels (16) a third target is the proxy in
+standard mode in front of the decode worker, relaying its bytes without parsing them: the cost of one more aiohttp
+process on the path, which any Python proxy pays, as a floor for the DI proxy's figure. Targets take turns in slices
+of --slice seconds, the order reversing every round, so that drifting background load hits all alike; a level runs
+at least --seconds per target and goes on until each target has --min-samples answers or --max-seconds have passed.
+Reported: time to the first body byte (TTFT) and to the end of the stream (total), p50 and p99, and the added
+latency (target minus direct, per percentile). The range of the added TTFT p50 over the rounds shows whether noise
+could flip its sign. Each phase ends with how much CPU time other processes used and how much the hypervisor stole,
+which is what moves p99 between runs on a shared host.
+
+Throughput phase. The workers stream --short-tokens (4) tokens with no pacing at all; closed loops of 16 and 64
+streams give the sustained requests/s direct and through the proxy, and the CPU each process spent per request
+(user + system, from /proc), which shows who limits the rate when all processes share this machine's cores.
+
+Client, proxy, workers and etcd share the machine, so the figures are an upper bound of the proxy's own cost."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import random
 import signal
-import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+import urllib.error
+import urllib.request
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Iterator
 
 import aiohttp
 
@@ -22,31 +48,48 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from diproxy.event_loop import new_event_loop  # noqa: E402
-from diproxy.testing.etcd_server import EtcdServer, free_port  # noqa: E402
+from diproxy.testing.etcd_server import EtcdMissing, EtcdServer, etcd_binary, free_port  # noqa: E402
 
-GOALS = "goals: p50 added <= 1 ms and p99 added <= 5 ms at 16 streams; >= 500 short streaming requests/s"
+GOAL_P50_MS = 1.0
+GOAL_P99_MS = 5.0
+GOAL_STREAMS = 16
+GOAL_RATE = 500.0
+
+
+# -- the processes under test ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pacing:
+    tokens: int
+    token_interval: float
+    first_token_delay: float
+
+    def flags(self) -> list[str]:
+        # --headers-first: a fake worker would otherwise hold its status line back until the first token, and the
+        # proxy, which waits for decode to accept before its first byte, would wait on decode's send as well.
+        return ["--tokens", str(self.tokens), "--token-interval", str(self.token_interval),
+                "--first-token-delay", str(self.first_token_delay), "--headers-first"]
+
+    @property
+    def stream_seconds(self) -> float:
+        """How long one answer takes at this pacing when nothing else is slow."""
+        return self.first_token_delay + max(0, self.tokens - 1) * self.token_interval
+
+    def describe(self) -> str:
+        if not self.token_interval and not self.first_token_delay:
+            return f"{self.tokens} tokens, no pacing"
+        return (f"{self.tokens} tokens {self.token_interval * 1e3:g} ms apart, the first after "
+                f"{self.first_token_delay * 1e3:g} ms")
 
 
 @dataclass
-class Sample:
-    ttft: float
-    total: float
+class Stack:
+    urls: dict[str, str]  # target name -> completions URL
+    pids: dict[str, int]  # process name -> pid, for CPU accounting
 
 
-def _start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+def _python(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, text=True)
-
-
-def _worker(role: str, etcd: str, tokens: int) -> tuple[subprocess.Popen, str]:
-    process = _start(["-m", "diproxy.testing.fake_worker", "--role", role, "--etcd", etcd, "--tokens", str(tokens),
-                      "--token-interval", "0"])
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    if not line.startswith("READY "):
-        process.kill()
-        raise RuntimeError(f"fake {role} worker did not start")
-    return process, line.split()[1]
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True)
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -57,6 +100,141 @@ def _stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+
+@contextmanager
+def _process(args: list[str]) -> Iterator[subprocess.Popen]:
+    process = _python(args)
+    try:
+        yield process
+    finally:
+        _stop(process)
+
+
+def _worker_address(process: subprocess.Popen, role: str) -> str:
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    if not line.startswith("READY "):
+        raise RuntimeError(f"fake {role} worker did not start")
+    return line.split()[1]
+
+
+def _wait_ready(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/ready", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"proxy at {url} did not become ready")
+
+
+def _proxy(stack: ExitStack, flags: list[str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = stack.enter_context(_process(["-m", "diproxy", *flags, "--host", "127.0.0.1", "--port", str(port),
+                                            "--log-level", "WARNING"]))
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(url)
+    return process, url
+
+
+@contextmanager
+def running_stack(pacing: Pacing, with_relay: bool) -> Iterator[Stack]:
+    """A fresh etcd, both fake workers paced alike, the DI proxy and, if asked, a standard-mode relay in front of
+    the decode worker; all ready to serve, all stopped on exit."""
+    with ExitStack() as stack:
+        etcd = stack.enter_context(EtcdServer())
+        assert etcd.process is not None
+        workers, addresses = {}, {}
+        for role in ("prefill", "decode"):
+            workers[role] = stack.enter_context(_process(["-m", "diproxy.testing.fake_worker", "--role", role,
+                                                          "--etcd", etcd.address, *pacing.flags()]))
+            addresses[role] = _worker_address(workers[role], role)
+        proxy, proxy_url = _proxy(stack, ["--etcd", etcd.address])
+        pids = {"client": os.getpid(), "proxy": proxy.pid, "prefill": workers["prefill"].pid,
+                "decode": workers["decode"].pid, "etcd": etcd.process.pid}
+        urls = {"direct": f"http://{addresses['decode']}/v1/completions", "proxy": f"{proxy_url}/v1/completions"}
+        if with_relay:
+            relay, relay_url = _proxy(stack, ["--mode", "standard", "--endpoint", addresses["decode"]])
+            pids["relay"], urls["relay"] = relay.pid, f"{relay_url}/v1/completions"
+        yield Stack(urls, pids)
+
+
+# -- measuring ----------------------------------------------------------------------------------------------------
+@dataclass
+class Sample:
+    ttft: float
+    total: float
+
+
+@dataclass
+class Tally:
+    """Everything measured for one target at one concurrency level, summed over its slices."""
+
+    samples: list[Sample] = field(default_factory=list)
+    seconds: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # process name -> CPU seconds
+    round_ttft_p50: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return len(self.samples) / self.seconds if self.seconds else 0.0
+
+    def ttfts(self) -> list[float]:
+        return [s.ttft for s in self.samples]
+
+    def totals(self) -> list[float]:
+        return [s.total for s in self.samples]
+
+    def cpu_ms_per_request(self) -> dict[str, float]:
+        count = max(1, len(self.samples))
+        return {name: seconds * 1e3 / count for name, seconds in self.cpu.items()}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class MachineSnapshot:
+    """Machine-wide CPU time (Linux /proc/stat, in seconds) and the benchmark's own processes' share of it."""
+
+    busy: float  # user, nice and system time of all processes
+    steal: float  # time the hypervisor gave this machine's CPUs to others
+    total: float
+    ours: float
+
+    @classmethod
+    def take(cls, pids: dict[str, int]) -> "MachineSnapshot":
+        fields = [int(x) / os.sysconf("SC_CLK_TCK") for x in Path("/proc/stat").read_text().split()[1:9]]
+        user, nice, system, _idle, _iowait, _irq, _softirq, steal = fields
+        return cls(user + nice + system, steal, sum(fields), sum(_cpu_seconds(pid) for pid in pids.values()))
+
+    def noise_since(self, earlier: "MachineSnapshot") -> str:
+        """How much CPU went to other processes and to the hypervisor's other guests, which disturbs the figures."""
+        total = max(self.total - earlier.total, 1e-9)
+        others = max(0.0, (self.busy - earlier.busy) - (self.ours - earlier.ours))
+        return (f"during this phase {100 * others / total:.0f}% of the CPU time went to processes outside the "
+                f"benchmark and {100 * (self.steal - earlier.steal) / total:.0f}% was stolen by the hypervisor")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+@dataclass(frozen=True)
+class Load:
+    """What the closed loop sends: one request body, from `concurrency` clients."""
+
+    body: dict
+    concurrency: int
+    stagger: float  # clients start at random points within this many seconds
 
 
 async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> Sample:
@@ -71,107 +249,230 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> Sample:
     return Sample(ttft, time.perf_counter() - started)
 
 
-async def _level(url: str, concurrency: int, seconds: float, tokens: int) -> tuple[list[Sample], float]:
-    body = {"model": "fake-model", "prompt": "bench", "max_tokens": tokens, "stream": True}
-    connector = aiohttp.TCPConnector(limit=0)
+async def _closed_loop(session: aiohttp.ClientSession, url: str, load: Load, seconds: float) -> list[Sample]:
+    """load.concurrency clients, each sending its next request as soon as its last one ended, for seconds.
+    Requests started before the end are waited for, so every sample is a whole request."""
     samples: list[Sample] = []
-    async with aiohttp.ClientSession(connector=connector) as session:
-        for _ in range(min(concurrency, 8)):
-            await _one(session, url, body)  # warm connections and code paths
-        stop_at = time.perf_counter() + seconds
+    stop_at = time.perf_counter() + seconds
 
-        async def client() -> None:
-            while time.perf_counter() < stop_at:
-                samples.append(await _one(session, url, body))
+    async def client() -> None:
+        await asyncio.sleep(random.uniform(0, load.stagger))
+        while time.perf_counter() < stop_at:
+            samples.append(await _one(session, url, load.body))
 
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return samples, len(samples) / elapsed
+    await asyncio.gather(*(client() for _ in range(load.concurrency)))
+    return samples
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+async def _measured_slice(session: aiohttp.ClientSession, url: str, load: Load, seconds: float,
+                          pids: dict[str, int], tally: Tally) -> None:
+    cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.perf_counter()
+    samples = await asyncio.wait_for(_closed_loop(session, url, load, seconds), seconds * 10 + 30)
+    tally.seconds += time.perf_counter() - started
+    for name, pid in pids.items():
+        tally.cpu[name] = tally.cpu.get(name, 0.0) + _cpu_seconds(pid) - cpu_before[name]
+    tally.samples += samples
+    tally.round_ttft_p50.append(pct([s.ttft for s in samples], .5))
 
 
-def _cpu_per_request(pids: dict[str, int], run: "Callable[[], tuple[list[Sample], float]]") -> tuple[
-        list[Sample], float, dict[str, float]]:
-    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
-    samples, rate = run()
-    count = max(1, len(samples))
-    return samples, rate, {name: (_cpu_seconds(pid) - before[name]) / count for name, pid in pids.items()}
+@dataclass(frozen=True)
+class Budget:
+    slice: float  # seconds per target in one round
+    seconds: float  # least measuring time per target
+    max_seconds: float  # most measuring time per target
+    min_samples: int  # go on past `seconds` until each target has this many, within max_seconds
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+def _level_done(tallies: dict[str, Tally], budget: Budget) -> bool:
+    spent = min(t.seconds for t in tallies.values())
+    enough = min(len(t.samples) for t in tallies.values()) >= budget.min_samples
+    return spent >= budget.max_seconds or (spent >= budget.seconds and enough)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per concurrency level and target")
-    parser.add_argument("--tokens", type=int, default=16, help="tokens per streamed answer")
-    parser.add_argument("--levels", default="1,16,64")
-    args = parser.parse_args()
-    levels = [int(x) for x in args.levels.split(",")]
-    processes: list[subprocess.Popen] = []
-    with EtcdServer() as etcd:
-        try:
-            prefill, _ = _worker("prefill", etcd.address, args.tokens)
-            decode, decode_address = _worker("decode", etcd.address, args.tokens)
-            processes += [prefill, decode]
-            port = free_port()
-            proxy = _start(["-m", "diproxy", "--etcd", etcd.address, "--host", "127.0.0.1", "--port", str(port),
-                            "--log-level", "WARNING"])
-            processes.append(proxy)
-            proxy_url = f"http://127.0.0.1:{port}"
-            _wait_ready(proxy_url)
-            pids = {"client": os.getpid(), "proxy": proxy.pid, "prefill": prefill.pid, "decode": decode.pid}
-            print(f"{'streams':>7} | {'target':<6} | {'ttft p50':>9} {'ttft p99':>9} | {'total p50':>9} "
-                  f"{'total p99':>9} | {'req/s':>7} | CPU ms per request")
-            for concurrency in levels:
-                results = {}
-                for name, url in (("direct", f"http://{decode_address}/v1/completions"),
-                                  ("proxy", f"{proxy_url}/v1/completions")):
-                    # The client runs on the proxy's loop too, so it is no slower a bottleneck than what it measures.
-                    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-                        samples, rate, cpu = _cpu_per_request(pids, lambda: runner.run(asyncio.wait_for(
-                            _level(url, concurrency, args.seconds, args.tokens), args.seconds * 10 + 30)))
-                    cpu_text = " ".join(f"{name} {value * 1e3:.2f}" for name, value in cpu.items())
-                    ttfts, totals = [s.ttft for s in samples], [s.total for s in samples]
-                    results[name] = (ttfts, totals, rate)
-                    print(f"{concurrency:>7} | {name:<6} | {_pct(ttfts, .5) * 1e3:>7.2f}ms {_pct(ttfts, .99) * 1e3:>7.2f}ms"
-                          f" | {_pct(totals, .5) * 1e3:>7.2f}ms {_pct(totals, .99) * 1e3:>7.2f}ms | {rate:>7.0f} | {cpu_text}")
-                direct, via = results["direct"], results["proxy"]
-                print(f"{concurrency:>7} | added  | {(_pct(via[0], .5) - _pct(direct[0], .5)) * 1e3:>7.2f}ms "
-                      f"{(_pct(via[0], .99) - _pct(direct[0], .99)) * 1e3:>7.2f}ms | "
-                      f"{(_pct(via[1], .5) - _pct(direct[1], .5)) * 1e3:>7.2f}ms "
-                      f"{(_pct(via[1], .99) - _pct(direct[1], .99)) * 1e3:>7.2f}ms | "
-                      f"mean total {statistics.fmean(via[1]) * 1e3:.2f}ms")
-            print(GOALS)
-            print("note: client, proxy and both fake workers share this machine's cores; figures are an upper bound.")
-            return 0
-        finally:
-            for process in reversed(processes):
-                _stop(process)
+async def measure_level(stack: Stack, targets: tuple[str, ...], pacing: Pacing, concurrency: int,
+                        budget: Budget) -> dict[str, Tally]:
+    """Give the targets turns (the order reversing each round) until the budget says the level is done."""
+    body = {"model": "fake-model", "prompt": "bench", "max_tokens": pacing.tokens, "stream": True}
+    load = Load(body, concurrency, stagger=pacing.stream_seconds)
+    tallies = {name: Tally() for name in targets}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        for name in targets:
+            # Open the connections and warm the code paths outside the measured time.
+            await asyncio.gather(*(_one(session, stack.urls[name], body) for _ in range(concurrency)))
+        round_number = 0
+        while not _level_done(tallies, budget):
+            for name in targets if round_number % 2 == 0 else targets[::-1]:
+                await _measured_slice(session, stack.urls[name], load, budget.slice, stack.pids, tallies[name])
+            round_number += 1
+    return tallies
 
 
-def _wait_ready(url: str, timeout: float = 15.0) -> None:
-    import urllib.error
-    import urllib.request
+# -- reporting ----------------------------------------------------------------------------------------------------
+@dataclass
+class Added:
+    ttft_p50: float
+    ttft_p99: float
+    total_p50: float
+    total_p99: float
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/ready", timeout=1) as reply:
-                if reply.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("proxy did not become ready")
+
+def added_latency(tallies: dict[str, Tally], target: str = "proxy") -> Added:
+    direct, via = tallies["direct"], tallies[target]
+    return Added(pct(via.ttfts(), .5) - pct(direct.ttfts(), .5), pct(via.ttfts(), .99) - pct(direct.ttfts(), .99),
+                 pct(via.totals(), .5) - pct(direct.totals(), .5), pct(via.totals(), .99) - pct(direct.totals(), .99))
+
+
+def _ms(seconds: float, signed: bool = False) -> str:
+    return f"{seconds * 1e3:+9.2f}" if signed else f"{seconds * 1e3:9.2f}"
+
+
+LATENCY_HEADER = (f"{'streams':>7} | {'target':<11} | {'n':>5} | {'TTFT p50':>9} {'TTFT p99':>9} | "
+                  f"{'total p50':>9} {'total p99':>9} | {'req/s':>5} | CPU ms/req of the target")
+
+
+def print_latency_level(concurrency: int, tallies: dict[str, Tally]) -> None:
+    for name, t in tallies.items():
+        cpu = t.cpu_ms_per_request()["decode" if name == "direct" else name]
+        print(f"{concurrency:>7} | {name:<11} | {len(t.samples):>5} | {_ms(pct(t.ttfts(), .5))} "
+              f"{_ms(pct(t.ttfts(), .99))} | {_ms(pct(t.totals(), .5))} {_ms(pct(t.totals(), .99))} | "
+              f"{t.rate:>5.0f} | {cpu:.2f}")
+    for name in (n for n in ("relay", "proxy") if n in tallies):
+        a = added_latency(tallies, name)
+        per_round = [v - d for v, d in zip(tallies[name].round_ttft_p50, tallies["direct"].round_ttft_p50)]
+        print(f"{concurrency:>7} | {name + ' added':<11} | {'':>5} | {_ms(a.ttft_p50, True)} {_ms(a.ttft_p99, True)} | "
+              f"{_ms(a.total_p50, True)} {_ms(a.total_p99, True)} | {'':>5} | TTFT p50 added per round "
+              f"{min(per_round) * 1e3:+.2f}..{max(per_round) * 1e3:+.2f} ms ({len(per_round)} rounds)")
+
+
+THROUGHPUT_HEADER = (f"{'streams':>7} | {'target':<6} | {'n':>6} | {'req/s':>6} | {'total p50':>9} "
+                     f"{'total p99':>9} | CPU ms per request")
+
+
+def print_throughput_level(concurrency: int, tallies: dict[str, Tally]) -> None:
+    for name, t in tallies.items():
+        cpu = " ".join(f"{process} {value:.2f}" for process, value in t.cpu_ms_per_request().items())
+        print(f"{concurrency:>7} | {name:<6} | {len(t.samples):>6} | {t.rate:>6.0f} | "
+              f"{_ms(pct(t.totals(), .5))} {_ms(pct(t.totals(), .99))} | {cpu}")
+
+
+def _verdict(goal: str, met: bool, figure: str) -> str:
+    return f"verdict: {goal}: {'MET' if met else 'NOT MET'} ({figure})"
+
+
+def verdicts(latency: dict[int, dict[str, Tally]], throughput: dict[int, dict[str, Tally]]) -> list[str]:
+    lines = []
+    if GOAL_STREAMS in latency:
+        a = added_latency(latency[GOAL_STREAMS])
+        lines.append(_verdict(f"p50 added latency <= {GOAL_P50_MS:g} ms at {GOAL_STREAMS} streams",
+                              max(a.ttft_p50, a.total_p50) * 1e3 <= GOAL_P50_MS,
+                              f"TTFT {a.ttft_p50 * 1e3:+.2f} ms, total {a.total_p50 * 1e3:+.2f} ms"))
+        lines.append(_verdict(f"p99 added latency <= {GOAL_P99_MS:g} ms at {GOAL_STREAMS} streams",
+                              max(a.ttft_p99, a.total_p99) * 1e3 <= GOAL_P99_MS,
+                              f"TTFT {a.ttft_p99 * 1e3:+.2f} ms, total {a.total_p99 * 1e3:+.2f} ms"))
+    if throughput:
+        best = max(throughput, key=lambda c: throughput[c]["proxy"].rate)
+        rate, direct = throughput[best]["proxy"].rate, throughput[best]["direct"].rate
+        lines.append(_verdict(f">= {GOAL_RATE:g} short streaming requests/s through the proxy", rate >= GOAL_RATE,
+                              f"{rate:.0f} req/s at {best} streams; {direct:.0f} calling the decode worker directly"))
+    return lines
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+def _levels(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    latency = parser.add_argument_group("latency phase")
+    latency.add_argument("--levels", type=_levels, default=[1, 16, 64], help="concurrent streams (default 1,16,64)")
+    latency.add_argument("--relay-levels", type=_levels, default=[GOAL_STREAMS],
+                         help=f"levels that also measure a standard-mode relay (default {GOAL_STREAMS}; empty: none)")
+    latency.add_argument("--tokens", type=int, default=16, help="tokens per answer (default 16)")
+    latency.add_argument("--token-interval", type=float, default=0.010, help="seconds between tokens (default 0.010)")
+    latency.add_argument("--first-token-delay", type=float, default=0.005,
+                         help="seconds before a worker's first token (default 0.005)")
+    latency.add_argument("--seconds", type=float, default=8.0,
+                         help="least measuring time per level and target (default 8)")
+    latency.add_argument("--max-seconds", type=float, default=18.0,
+                         help="most measuring time per level and target (default 18)")
+    latency.add_argument("--min-samples", type=int, default=1000,
+                         help="answers per level and target wanted before stopping after --seconds (default 1000)")
+    # Short turns spread a burst of outside load (another guest on the host, say) over the targets instead of
+    # letting it land in one target's p99.
+    latency.add_argument("--slice", type=float, default=1.0,
+                         help="seconds per target before the next one takes its turn (default 1)")
+    throughput = parser.add_argument_group("throughput phase")
+    throughput.add_argument("--throughput-levels", type=_levels, default=[16, 64],
+                            help="concurrent streams (default 16,64; empty: skip the phase)")
+    throughput.add_argument("--short-tokens", type=int, default=4, help="tokens per short answer (default 4)")
+    throughput.add_argument("--throughput-seconds", type=float, default=4.0,
+                            help="measuring time per level and target (default 4)")
+    return parser.parse_args(argv)
+
+
+async def latency_phase(args: argparse.Namespace) -> dict[int, dict[str, Tally]]:
+    pacing = Pacing(args.tokens, args.token_interval, args.first_token_delay)
+    budget = Budget(args.slice, args.seconds, args.max_seconds, args.min_samples)
+    print(f"latency phase: workers answer at once and stream {pacing.describe()}; closed loop, clients staggered; "
+          f"targets take turns of {args.slice:g} s; n = answers per row")
+    print(LATENCY_HEADER)
+    results = {}
+    with running_stack(pacing, with_relay=bool(args.relay_levels)) as stack:
+        machine = MachineSnapshot.take(stack.pids)
+        for concurrency in args.levels:
+            targets = ("direct", "relay", "proxy") if concurrency in args.relay_levels else ("direct", "proxy")
+            results[concurrency] = await measure_level(stack, targets, pacing, concurrency, budget)
+            print_latency_level(concurrency, results[concurrency])
+        print(f"note: {MachineSnapshot.take(stack.pids).noise_since(machine)}")
+    few = [c for c, t in results.items() if min(len(x.samples) for x in t.values()) < args.min_samples]
+    if few:
+        print(f"note: fewer than {args.min_samples} answers per target at {', '.join(map(str, few))} stream(s) within "
+              f"--max-seconds; there p99 is close to the slowest answer seen")
+    return results
+
+
+async def throughput_phase(args: argparse.Namespace) -> dict[int, dict[str, Tally]]:
+    pacing = Pacing(args.short_tokens, 0.0, 0.0)
+    # One slice per target: unpaced streams reach a steady rate within a fraction of a second.
+    budget = Budget(args.throughput_seconds, args.throughput_seconds, args.throughput_seconds, 0)
+    print(f"throughput phase: workers stream {pacing.describe()}; closed loop, {args.throughput_seconds:g} s "
+          f"per target")
+    print(THROUGHPUT_HEADER)
+    results = {}
+    with running_stack(pacing, with_relay=False) as stack:
+        machine = MachineSnapshot.take(stack.pids)
+        for concurrency in args.throughput_levels:
+            results[concurrency] = await measure_level(stack, ("direct", "proxy"), pacing, concurrency, budget)
+            print_throughput_level(concurrency, results[concurrency])
+        print(f"note: {MachineSnapshot.take(stack.pids).noise_since(machine)}")
+    return results
+
+
+async def run(args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    latency = await latency_phase(args) if args.levels else {}
+    print()
+    throughput = await throughput_phase(args) if args.throughput_levels else {}
+    print()
+    for line in verdicts(latency, throughput):
+        print(line)
+    print(f"note: client, proxy, both fake workers and etcd share this machine's {os.cpu_count()} cores; "
+          f"run took {time.monotonic() - started:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        etcd_binary()
+    except EtcdMissing as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    # The client runs on the proxy's loop too, so it is no slower a bottleneck than what it measures.
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(run(args))
+    return 0
 
 
 if __name__ == "__main__":

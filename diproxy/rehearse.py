@@ -8,7 +8,7 @@ import sys
 
 import aiohttp
 
-from diproxy.testing.etcd_server import EtcdServer
+from diproxy.testing.etcd_server import EtcdMissing, EtcdServer, etcd_binary
 from diproxy.testing.fake_worker import Behaviour, FakeWorker
 from diproxy.testing.harness import RunningProxy
 
@@ -58,6 +58,11 @@ async def _rehearse(etcd: EtcdServer) -> int:
 
 
 def main() -> int:
+    try:
+        etcd_binary()
+    except EtcdMissing as exc:
+        print(exc, file=sys.stderr)
+        return 2
     with EtcdServer() as etcd:
         try:
             return asyncio.run(asyncio.wait_for(_rehearse(etcd), DEADLINE_SECONDS))

@@ -71,6 +71,23 @@ def failure_to_client(failure: UpstreamFailure) -> web.Response | ClientFacingEr
     return ClientFacingError(failure.client_status, message, "upstream_error", code)
 
 
+async def _open_next_turn(leg: Leg) -> Any:
+    """Open leg after one loop turn, in which the request the caller is building goes out first (on Python < 3.12
+    aiohttp writes a request body from a task of its own, which would otherwise queue behind this leg's set-up)."""
+    await asyncio.sleep(0)
+    return await leg.open()
+
+
+async def _settle(task: asyncio.Future) -> None:
+    """Stop task if it still runs and take its outcome, so no exception is reported as never retrieved.
+    A task already done is settled without the loop turn that asyncio.gather would cost before the first byte."""
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    elif not task.cancelled():
+        task.exception()
+
+
 class Router:
     def __init__(self, settings: Settings, registry: WorkerRegistry, session: aiohttp.ClientSession,
                  metrics: ProxyMetrics, selector: Selector) -> None:
@@ -190,13 +207,14 @@ class Router:
             d_leg.close()
 
     async def _open_both(self, p_leg: Leg, d_leg: Leg, p_ready: Callable[[], Any]) -> Any:
-        """Open both legs at once; succeed only if prefill gives its first answer and decode accepted."""
-        p_task = asyncio.ensure_future(p_leg.open())
-        d_task = asyncio.ensure_future(d_leg.open())
+        """Open both legs at once; succeed only if prefill gives its first answer and decode accepted.
+        Prefill's request is sent from this task, decode's from one that starts a loop turn later: the client waits
+        for prefill's first token, so prefill's request goes on the wire before decode's is even built."""
+        d_task = asyncio.ensure_future(_open_next_turn(d_leg))
         waiting_on = p_leg.worker
         try:
             async with asyncio.timeout(self.settings.first_token_timeout):
-                await p_task
+                await p_leg.open()
                 first = await p_ready()
                 waiting_on = d_leg.worker
                 await d_task
@@ -206,10 +224,7 @@ class Router:
         except UpstreamFailure:
             raise
         finally:
-            for task in (p_task, d_task):
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(p_task, d_task, return_exceptions=True)
+            await _settle(d_task)
 
     async def _disaggregated_stream(self, request: web.Request, p_leg: Leg, d_leg: Leg, client_id: str,
                                     start: float) -> web.StreamResponse:

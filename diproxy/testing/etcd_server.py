@@ -19,10 +19,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class EtcdMissing(RuntimeError):
+    """No etcd binary: a missing prerequisite, reported as INSTALL_HINT rather than a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(INSTALL_HINT)
+
+
 def etcd_binary() -> str:
     path = shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None)
     if path is None:
-        raise RuntimeError(INSTALL_HINT)
+        raise EtcdMissing()
     return path
 
 

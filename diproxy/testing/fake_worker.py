@@ -36,6 +36,9 @@ class Behaviour:
     first_token_delay: float = 0.0
     fail: str = "none"
     fail_after: int = 0  # tokens sent before a hang or die
+    # Send a stream's status line and headers before first_token_delay instead of with the first token:
+    # vLLM answers a streaming request with 200 at once and only then generates.
+    headers_first: bool = False
 
 
 class FakeWorker:
@@ -183,15 +186,19 @@ class FakeWorker:
         count = min(b.tokens, int(limit)) if limit else b.tokens
         choices = int(body.get("n", 1) or 1)
         upstream_id = f"{'chatcmpl' if chat else 'cmpl'}-{request_id or 'none'}"
+        streaming = bool(body.get("stream"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        if streaming and b.headers_first:
+            await response.prepare(request)
         if b.first_token_delay:
             await asyncio.sleep(b.first_token_delay)
-        if not body.get("stream"):
+        if not streaming:
             if b.fail == "die":
                 self._die(request)
                 return web.Response()
             return web.json_response(self._whole(upstream_id, chat, count, choices))
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
+        if not response.prepared:
+            await response.prepare(request)
         for i in range(count):
             if i and b.token_interval:
                 await asyncio.sleep(b.token_interval)
@@ -238,7 +245,8 @@ class FakeWorker:
 
 async def _serve(args: argparse.Namespace) -> None:
     worker = FakeWorker(args.role, args.host, args.port, args.label, args.etcd, args.lease_ttl,
-                        Behaviour(args.tokens, args.token_interval, args.first_token_delay, args.fail, args.fail_after))
+                        Behaviour(args.tokens, args.token_interval, args.first_token_delay, args.fail, args.fail_after,
+                                  args.headers_first))
     await worker.start()
     print(f"READY {worker.address}", flush=True)
     stop = asyncio.Event()
@@ -262,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first-token-delay", type=float, default=0.0)
     parser.add_argument("--fail", choices=FAIL_MODES, default="none")
     parser.add_argument("--fail-after", type=int, default=0)
+    parser.add_argument("--headers-first", action="store_true",
+                        help="send a stream's status line at once, before --first-token-delay (as vLLM does)")
     # The proxy's own loop, so a benchmark's fake workers cost as little CPU as they can on a shared machine.
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(_serve(parser.parse_args(argv)))
