@@ -98,6 +98,15 @@ def test_rehearsal_shows_the_protocol_flow_and_cleans_up() -> None:
     assert lines[-1].startswith("pair    prefill 127.0.0.1:")
 
 
+def test_rehearsal_without_etcd_names_the_package_to_install(monkeypatch, capsys) -> None:
+    from diproxy import rehearse
+    from diproxy.testing import etcd_server
+    monkeypatch.setattr(etcd_server.shutil, "which", lambda name: None)
+    monkeypatch.setattr(etcd_server, "Path", lambda path: ROOT / "no-such-etcd")
+    assert rehearse.main() == 2
+    assert "apt-get install -y etcd-server" in capsys.readouterr().err
+
+
 def _verify_unit(name: str, unit_text: str, root: Path) -> list[str]:
     """systemd-analyze verify in a scratch root holding the venv python and env file the units expect."""
     (root / "opt/di/proxy/venv/bin").mkdir(parents=True)
