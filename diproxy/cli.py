@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Sequence
 
 from aiohttp import web
 
 from diproxy.app import build_app
-from diproxy.auth import load_api_key
+from diproxy.auth import ApiKeyError, load_api_key
 from diproxy.config import parse_settings
 from diproxy.event_loop import loop_name, new_event_loop
 
@@ -16,7 +17,12 @@ from diproxy.event_loop import loop_name, new_event_loop
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    api_key = load_api_key(settings.api_key_secret, settings.api_key_file, settings.aws_region)
+    try:
+        api_key = load_api_key(settings.api_key_secret, settings.api_key_file, settings.aws_region)
+    except ApiKeyError as exc:
+        # Refusing to start beats serving without the key the configuration asks for.
+        print(f"diproxy: {exc}", file=sys.stderr)
+        return 2
     loop = new_event_loop()
     logging.getLogger("diproxy").info("starting in %s mode on %s:%d (API key %s, %s loop)", settings.mode,
                                       settings.host, settings.port, "required" if api_key else "not required",

@@ -236,6 +236,10 @@ class DeploymentConfig(_Model):
     mode: Literal["disaggregated", "standard"] = "disaggregated"
     proxy: Literal["neuron", "distack"] = Field(
         default="neuron", description="neuron: the DLC's neuron-proxy-server; distack: DiStack's own proxy.")
+    proxy_api_key_secret: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9/_+=.@-]{1,512}$",
+        description="Secrets Manager secret *name* holding the key clients send as `Authorization: Bearer KEY` "
+                    "(proxy: distack). Empty: no key.")
     image: str = Field(default=NEURON_DLC, pattern=r"^[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+:[A-Za-z0-9._-]+$")
     network: NetworkConfig = NetworkConfig()
     model: ModelConfig

@@ -60,7 +60,8 @@ class DiStack(cdk.Stack):
                             vllm_ports=[ep.port for f in config.fleets.values() for ep in f.resolved_endpoints],
                             etcd=config.mode == "disaggregated")
         self.artifacts = Artifacts(self, "Artifacts", env_name=config.name, retention=retention,
-                                   hf_token_secret_name=config.model.hf_token_secret)
+                                   hf_token_secret_name=config.model.hf_token_secret,
+                                   proxy_api_key_secret_name=config.proxy_api_key_secret)
         groups = self.artifacts.log_groups
         bucket = self.artifacts.bucket
         roles = {}
@@ -84,6 +85,8 @@ class DiStack(cdk.Stack):
             proxy_package = userdata.proxy_package_asset(self, "ProxyPackage")
             control_role.allow_download(proxy_package)
             control_role.allow_metrics(naming.PROXY_METRICS_NAMESPACE)
+            if self.artifacts.proxy_api_key_secret is not None:
+                control_role.allow_secret(self.artifacts.proxy_api_key_secret)
         refs = node_values.DeploymentRefs(
             stack_name=self.stack_name, control_address=state.address, bucket_name=bucket.bucket_name,
             node_log_group=groups["nodes"].log_group_name, container_log_group=groups["containers"].log_group_name,

@@ -101,4 +101,5 @@ def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_in
         "DI_SIGNAL_RESOURCE": signal_resource,
         "DI_PROXY_PACKAGE_URL": refs.proxy_package_url,
         "DI_PROXY_METRICS_NAMESPACE": naming.PROXY_METRICS_NAMESPACE,
+        "DI_PROXY_API_KEY_SECRET": config.proxy_api_key_secret or "",
     }

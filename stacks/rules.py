@@ -38,6 +38,7 @@ def check(config: DeploymentConfig, *, file_stem: str | None = None) -> list[Pro
     problems += _region_and_zone(config)
     problems += _network(config)
     problems += _engine(config)
+    problems += _proxy(config)
     for fleet_name, fleet in config.fleets.items():
         problems += _fleet(config, fleet_name, fleet)
     problems += _roles(config)
@@ -105,6 +106,17 @@ def _engine(config: DeploymentConfig) -> Iterator[Problem]:
         yield Problem("model.hf_token_secret", f"{model.id} is gated on Hugging Face and needs a token",
                       "store the token in Secrets Manager and set hf_token_secret to its name, "
                       "or set source: s3 and upload the weights to models/ in the artifacts bucket")
+
+
+def _proxy(config: DeploymentConfig) -> Iterator[Problem]:
+    if config.proxy_api_key_secret is None:
+        return
+    if config.mode == "standard":
+        yield Problem("proxy_api_key_secret", "standard mode runs no proxy: clients call the workers directly",
+                      "remove proxy_api_key_secret")
+    elif config.proxy != "distack":
+        yield Problem("proxy_api_key_secret", "neuron-proxy-server checks no API key, so the key would guard nothing",
+                      "set proxy: distack, or remove proxy_api_key_secret")
 
 
 def _fleet(config: DeploymentConfig, fleet_name: str, fleet: FleetConfig) -> Iterator[Problem]:

@@ -335,6 +335,18 @@ def test_distack_proxy_metrics_may_go_to_its_own_namespace_only(variant, synth):
     assert "cloudwatch:PutMetricData" not in json.dumps(synth("prod").template_dict)
 
 
+def test_only_the_control_host_reads_the_proxy_api_key_and_its_node_env_names_it(variant, synth):
+    _, _, raw = variant
+    secrets = {role: [json.dumps(s["Resource"]) for s in _statements(raw, role)
+                      if s["Action"] == "secretsmanager:GetSecretValue"] for role in ("ControlRole", "WorkerRole")}
+    (control_secret,) = secrets["ControlRole"]
+    assert ":secret:distack/proxy-api-key-??????" in control_secret
+    assert secrets["WorkerRole"] == []
+    assert any("DI_PROXY_API_KEY_SECRET=distack/proxy-api-key\n" in p for p in control_env_parts(raw)
+               if isinstance(p, str))
+    assert "proxy-api-key" not in json.dumps(synth("prod").template_dict)
+
+
 def test_private_subnets_reach_cloudwatch_metrics_only_when_the_distack_proxy_publishes_them():
     import aws_cdk as cdk
     from aws_cdk import aws_logs as logs

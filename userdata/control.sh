@@ -16,6 +16,9 @@ DI_PROXY_SRC=${DI_PROXY_SRC:-$DI_HOME/proxy-src}
 DI_PROXY_INSTALLER=${DI_PROXY_INSTALLER:-$DI_PROXY_SRC/diproxy/deploy/install.sh}
 # AL2023's default python3 is 3.9; the proxy needs 3.11.
 DI_PROXY_PYTHON=${DI_PROXY_PYTHON:-python3.11}
+# Start-up takes about a second; the margin covers a slow first import and a Secrets Manager retry.
+PROXY_WAIT_SECONDS=${PROXY_WAIT_SECONDS:-60}
+PROXY_WAIT_SLEEP=${PROXY_WAIT_SLEEP:-1}
 
 install_docker() {
   if ! command -v docker >/dev/null; then
@@ -118,14 +121,26 @@ start_etcd() {
   wait_for_etcd || fail "etcd does not answer on $DI_ETCD: journalctl -u di-etcd"
 }
 
-# write_proxy_env: the proxy's settings, and where its shipper sends the journal (next to the containers' logs)
-# and the metrics (the namespace the instance role may write to).
+# write_proxy_env: the proxy's settings (with the *name* of its API key secret, which it reads at start), and where
+# its shipper sends the journal (next to the containers' logs) and the metrics (the namespace the role may write to).
 write_proxy_env() {
   printf '%s\n' "DIPROXY_MODE=di" "DIPROXY_ETCD=$DI_ETCD" "DIPROXY_PORT=$DI_PROXY_PORT" "DIPROXY_AWS_REGION=$DI_REGION" \
     "DIPROXY_CLOUDWATCH_LOG_GROUP=${DI_LOG_GROUP_CONTAINERS:?}" \
     "DIPROXY_CLOUDWATCH_LOG_STREAM=$(container_log_stream distack-proxy)" \
     "DIPROXY_CLOUDWATCH_DEPLOYMENT=$DI_DEPLOYMENT" \
     "DIPROXY_CLOUDWATCH_NAMESPACE=${DI_PROXY_METRICS_NAMESPACE:?}"
+  if [[ -n ${DI_PROXY_API_KEY_SECRET:-} ]]; then printf '%s\n' "DIPROXY_API_KEY_SECRET=$DI_PROXY_API_KEY_SECRET"; fi
+}
+
+# wait_for_distack_proxy: the unit starting is not the proxy serving: it exits at once when it cannot read its API
+# key secret, for one. Wait until its own /health answers, at most PROXY_WAIT_SECONDS.
+wait_for_distack_proxy() {
+  local deadline=$((SECONDS + PROXY_WAIT_SECONDS))
+  until [[ $(health_code "$DI_PROXY_PORT") == 200 ]]; do
+    ((SECONDS < deadline)) || return 1
+    sleep "$PROXY_WAIT_SLEEP"
+  done
+  log "DiStack proxy answers on :$DI_PROXY_PORT"
 }
 
 # install_distack_proxy: the proxy package (a stack asset) into a venv, its settings from node.env, its unit.
@@ -163,6 +178,8 @@ start_proxy() {
   systemctl daemon-reload
   systemctl enable --now "${unit##*/}" || fail "${unit##*/} did not start"
   if [[ $DI_PROXY == distack ]]; then
+    wait_for_distack_proxy ||
+      fail "distack-proxy.service does not answer /health after ${PROXY_WAIT_SECONDS}s: journalctl -u distack-proxy"
     systemctl enable --now distack-proxy-shipper.service ||
       fail "distack-proxy-shipper.service did not start: journalctl -u distack-proxy-shipper"
   fi

@@ -138,6 +138,36 @@ health_code() {
   printf '%s\n' "${code:-000}"
 }
 
+# read_secret VAR ID FIELD...: the string of Secrets Manager secret ID into VAR; a JSON secret (the console's
+# key/value form) gives its first FIELD that holds a string. On failure returns 1 with the reason in SECRET_ERROR.
+# The value passes through this shell's memory only: never argv, never a log line.
+# shellcheck disable=SC2034  # SECRET_ERROR is read by the caller
+read_secret() {
+  local _rs_var=$1 _rs_id=$2 _rs_value _rs_fields
+  shift 2
+  SECRET_ERROR=""
+  _rs_value=$(aws secretsmanager get-secret-value --region "$DI_REGION" --secret-id "$_rs_id" \
+    --query SecretString --output text 2>/dev/null) || {
+    SECRET_ERROR="cannot read secret '$_rs_id' from Secrets Manager (missing, or the instance role lacks access)"
+    return 1
+  }
+  if [[ $_rs_value == \{* ]]; then
+    printf -v _rs_fields '%s, ' "$@"
+    _rs_value=$(python3 -c 'import json, sys
+d = json.load(sys.stdin)
+print(next(d[k] for k in sys.argv[1:] if isinstance(d.get(k), str)))' "$@" <<<"$_rs_value" 2>/dev/null) || {
+      SECRET_ERROR="secret '$_rs_id' is JSON without any of the keys ${_rs_fields%, }"
+      return 1
+    }
+  fi
+  [[ -n $_rs_value ]] || { SECRET_ERROR="secret '$_rs_id' is empty"; return 1; }
+  printf -v "$_rs_var" '%s' "$_rs_value"
+}
+
+# The JSON keys a proxy API key secret may hold the key under; diproxy/auth.py reads the same ones.
+# shellcheck disable=SC2034  # read by the scripts that source this library
+PROXY_API_KEY_FIELDS=(api_key apiKey API_KEY key)
+
 # fail REASON: stop the bootstrap with a reason the EXIT handler reports to CloudFormation and the logs.
 # The reason goes to a file so a failure inside a subshell still reaches the handler.
 fail() {

@@ -71,20 +71,12 @@ prepare_data_dir() {
 # write_hf_env: the Hugging Face token from Secrets Manager into a root-only env file for `docker --env-file`.
 # The value only ever passes through this shell's memory and that file: never argv, never a log line.
 write_hf_env() {
-  local secret token file="$DI_RUN_DIR/hf.env"
+  local token file="$DI_RUN_DIR/hf.env"
   mkdir -p "$DI_RUN_DIR"
   : >"$file"
   chmod 0600 "$file"
   [[ -n ${DI_HF_TOKEN_SECRET:-} ]] || { log "no Hugging Face token secret configured (public model)"; return 0; }
-  secret=$(aws secretsmanager get-secret-value --region "$DI_REGION" --secret-id "$DI_HF_TOKEN_SECRET" \
-    --query SecretString --output text 2>/dev/null) ||
-    fail "cannot read secret '$DI_HF_TOKEN_SECRET' from Secrets Manager (missing, or the node role lacks access)"
-  token=$secret
-  if [[ $secret == \{* ]]; then
-    token=$(python3 -c 'import json,sys; d=json.load(sys.stdin); print(next(d[k] for k in ("HF_TOKEN","hf_token","token") if k in d))' <<<"$secret" 2>/dev/null) ||
-      fail "secret '$DI_HF_TOKEN_SECRET' is JSON without an HF_TOKEN key"
-  fi
-  [[ -n $token ]] || fail "secret '$DI_HF_TOKEN_SECRET' is empty"
+  read_secret token "$DI_HF_TOKEN_SECRET" HF_TOKEN hf_token token || fail "$SECRET_ERROR"
   printf 'HF_TOKEN=%s\n' "$token" >"$file"
 }
 

@@ -1,4 +1,5 @@
-"""Artifacts bucket, log groups and the Hugging Face token secret (referenced by name, never created)."""
+"""Artifacts bucket, log groups, and the Hugging Face token and proxy API key secrets (referenced by name, never
+created)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ LOG_STREAMS = {"Nodes": "nodes", "Containers": "containers", "Commands": "comman
 class Artifacts(Construct):
     """Where deployments keep what outlives an instance.
 
-    Exposes ``bucket``, ``log_groups`` (by kind: nodes, containers, commands) and ``hf_token_secret`` (or None).
+    Exposes ``bucket``, ``log_groups`` (by kind: nodes, containers, commands), ``hf_token_secret`` and
+    ``proxy_api_key_secret`` (each None when not configured).
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, env_name: str, retention: logs.RetentionDays,
-                 hf_token_secret_name: str | None) -> None:
+                 hf_token_secret_name: str | None, proxy_api_key_secret_name: str | None = None) -> None:
         super().__init__(scope, construct_id)
         # Retained: compiled artifacts take hours to rebuild and benchmark results are the record of a run.
         self.bucket = s3.Bucket(
@@ -43,4 +45,8 @@ class Artifacts(Construct):
         self.hf_token_secret = (
             secretsmanager.Secret.from_secret_name_v2(self, "HfTokenSecret", hf_token_secret_name)
             if hf_token_secret_name else None
+        )
+        self.proxy_api_key_secret = (
+            secretsmanager.Secret.from_secret_name_v2(self, "ProxyApiKeySecret", proxy_api_key_secret_name)
+            if proxy_api_key_secret_name else None
         )

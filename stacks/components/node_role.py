@@ -38,10 +38,7 @@ class NodeRole(Construct):
             actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
             resources=[group.log_group_arn for group in log_groups]))
         if secret is not None:
-            # A secret referenced by name has no ARN suffix yet; Secrets Manager appends six random characters.
-            # https://docs.aws.amazon.com/secretsmanager/latest/userguide/auth-and-access_examples.html#auth-and-access_examples_wildcard
-            self.role.add_to_principal_policy(iam.PolicyStatement(
-                actions=["secretsmanager:GetSecretValue"], resources=[f"{secret.secret_arn}-??????"]))
+            self.allow_secret(secret)
         self.instance_profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)
 
     def allow_bootstrap(self, scripts: s3_assets.Asset) -> None:
@@ -52,6 +49,14 @@ class NodeRole(Construct):
         self.allow_download(scripts)
         self.role.add_to_principal_policy(iam.PolicyStatement(
             actions=["cloudformation:SignalResource"], resources=[cdk.Aws.STACK_ID]))
+
+    def allow_secret(self, secret: secretsmanager.ISecret) -> None:
+        """Read one secret referenced by name. Such a reference has no ARN suffix yet; Secrets Manager appends six
+        random characters, which the ?????? wildcard matches and nothing longer:
+        https://docs.aws.amazon.com/secretsmanager/latest/userguide/auth-and-access_examples.html#auth-and-access_examples_wildcard
+        """
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["secretsmanager:GetSecretValue"], resources=[f"{secret.secret_arn}-??????"]))
 
     def allow_metrics(self, namespace: str) -> None:
         """Publish CloudWatch metrics into one namespace. PutMetricData has no resource-level permissions; the

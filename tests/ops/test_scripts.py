@@ -67,7 +67,7 @@ def make_node(tmp_path: Path, values: dict[str, str]) -> Node:
            "DI_OVERRIDE_ENV": str(tmp_path / "override.env"), "DI_DATA_DIR": str(tmp_path / "data"),
            "DI_RUN_DIR": str(tmp_path / "run"), "DI_KV_LOCK": str(tmp_path / "kv.lock"),
            "RETRY_ATTEMPTS": "1", "RETRY_SLEEP": "0", "READY_POLL_SECONDS": "0", "DRAIN_POLL_SECONDS": "0",
-           "LOGS_WORK_DIR": str(tmp_path), "BENCH_WORK_DIR": str(tmp_path)}
+           "LOGS_WORK_DIR": str(tmp_path), "BENCH_WORK_DIR": str(tmp_path), "SMOKE_WORK_DIR": str(tmp_path)}
     return Node(tmp_path, env)
 
 
@@ -186,6 +186,22 @@ def test_smoke_sends_the_tutorial_request_through_the_proxy(control: Node) -> No
     assert "smoke test passed" in result.stdout
 
 
+def test_smoke_sends_the_proxy_api_key_from_its_secret_off_the_command_line(control: Node) -> None:
+    result = control.run("smoke.sh", DI_PROXY_API_KEY_SECRET="distack/proxy-api-key",
+                         FAKE_SECRETS='distack/proxy-api-key={"api_key": "k-123"}')
+    assert result.returncode == 0, result.stderr
+    assert control.called("curl-header-file") == ["curl-header-file Authorization: Bearer k-123"]
+    assert "k-123" not in control.called("curl")[0]
+    assert list(control.root.glob("di-smoke.*")) == [], "the header file outlives the run"
+
+
+def test_smoke_without_a_readable_key_secret_names_it_and_sends_nothing(control: Node) -> None:
+    result = control.run("smoke.sh", DI_PROXY_API_KEY_SECRET="distack/proxy-api-key", FAKE_AWS_FAIL="get-secret-value")
+    assert result.returncode == 1
+    assert "cannot read secret 'distack/proxy-api-key'" in result.stderr
+    assert not control.called("curl ")
+
+
 def test_smoke_fails_without_a_completion(control: Node) -> None:
     result = control.run("smoke.sh", FAKE_CURL_BODY='{"error": "no workers"}')
     assert result.returncode == 1 and "no completion" in result.stderr
@@ -207,6 +223,17 @@ def test_bench_runs_llmperf_against_the_proxy_and_uploads_results(control: Node)
     assert "hf_faketoken" not in " ".join(run), "the token must stay off the command line"
     assert control.called("aws secretsmanager get-secret-value")
     assert control.called("aws s3 cp")[0].endswith("s3://di-prod-artifacts/bench/run-1/")
+    assert control.called("docker-env-file") == ["docker-env-file HF_TOKEN=hf_faketoken",
+                                                 "docker-env-file OPENAI_API_KEY=EMPTY"]
+
+
+def test_bench_gives_llmperf_the_proxy_api_key_in_its_env_file(control: Node) -> None:
+    result = control.run("bench.sh", "run-1", "1024", "0", "100", "10", "4", "200",
+                         DI_PROXY_API_KEY_SECRET="distack/proxy-api-key",
+                         FAKE_SECRETS="distack/proxy-api-key=k-123\ndistack/hf-token=hf_real")
+    assert result.returncode == 0, result.stderr
+    assert control.called("docker-env-file") == ["docker-env-file HF_TOKEN=hf_real", "docker-env-file OPENAI_API_KEY=k-123"]
+    assert "k-123" not in control.called("docker run")[0]
 
 
 def test_bench_needs_all_its_arguments(control: Node) -> None:

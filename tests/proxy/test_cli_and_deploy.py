@@ -107,6 +107,39 @@ def test_rehearsal_without_etcd_names_the_package_to_install(monkeypatch, capsys
     assert "apt-get install -y etcd-server" in capsys.readouterr().err
 
 
+def test_api_key_comes_from_secrets_manager_as_text_or_json(monkeypatch) -> None:
+    import boto3
+    from moto import mock_aws
+
+    from diproxy.auth import ApiKeyError, load_api_key
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        secrets = boto3.client("secretsmanager", region_name="us-east-2")
+        secrets.create_secret(Name="distack/plain", SecretString="k-plain\n")
+        secrets.create_secret(Name="distack/json", SecretString='{"api_key": "k-json"}')
+        secrets.create_secret(Name="distack/wrong-json", SecretString='{"token": "k"}')
+        assert load_api_key("distack/plain", None, "us-east-2") == "k-plain"
+        assert load_api_key("distack/json", None, "us-east-2") == "k-json"
+        with pytest.raises(ApiKeyError, match="'distack/wrong-json' is JSON without any of the keys api_key"):
+            load_api_key("distack/wrong-json", None, "us-east-2")
+        with pytest.raises(ApiKeyError, match="cannot read the API key secret 'distack/missing'"):
+            load_api_key("distack/missing", None, "us-east-2")
+
+
+@pytest.mark.parametrize("content", [None, "  \n"], ids=["missing", "empty"])
+def test_proxy_refuses_to_start_without_the_key_it_is_told_to_require(tmp_path, content) -> None:
+    key_file = tmp_path / "key"
+    if content is not None:
+        key_file.write_text(content)
+    done = subprocess.run([sys.executable, "-m", "diproxy", "--etcd", "127.0.0.1:1", "--api-key-file", str(key_file)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2
+    assert done.stderr.startswith("diproxy: ") and str(key_file) in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def _verify_unit(name: str, unit_text: str, root: Path) -> list[str]:
     """systemd-analyze verify in a scratch root holding the venv python and env file the units expect."""
     (root / "opt/di/proxy/venv/bin").mkdir(parents=True)

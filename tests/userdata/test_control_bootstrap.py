@@ -99,20 +99,23 @@ done
 """
 
 
-def test_distack_proxy_is_installed_from_its_package_and_started(node, tmp_path):
-    n = node("prod")
+def boot_with_distack_proxy(n, tmp_path, **extra):
+    """Boot the control host with proxy: distack, its package in fake S3 and INSTALLER standing in for install.sh."""
     prepare_volume_link(n)
     package = tmp_path / "diproxy.zip"
     shutil.make_archive(str(package.with_suffix("")), "zip", root_dir=ROOT / "diproxy")
     (n.state / "s3-object").write_bytes(package.read_bytes())
-    installer = tmp_path / "install.sh"
-    installer.write_text(INSTALLER)
-    proxy_env = tmp_path / "proxy.env"
+    (tmp_path / "install.sh").write_text(INSTALLER)
     n.override(DI_PROXY="distack", DI_PROXY_PACKAGE_URL="s3://cdk-assets/proxy.zip")
-    source = tmp_path / "proxy-src"
-    proc = boot(n, DI_PROXY_INSTALLER=str(installer), DI_PROXY_ENV=str(proxy_env), DI_PROXY_PYTHON="python3",
-                DI_PROXY_SRC=str(source))
+    return boot(n, DI_PROXY_INSTALLER=str(tmp_path / "install.sh"), DI_PROXY_ENV=str(tmp_path / "proxy.env"),
+                DI_PROXY_PYTHON="python3", DI_PROXY_SRC=str(tmp_path / "proxy-src"), PROXY_WAIT_SLEEP="0", **extra)
+
+
+def test_distack_proxy_is_installed_from_its_package_and_started(node, tmp_path):
+    n = node("prod")
+    proc = boot_with_distack_proxy(n, tmp_path)
     assert proc.returncode == 0, proc.stderr
+    installer, proxy_env, source = tmp_path / "install.sh", tmp_path / "proxy.env", tmp_path / "proxy-src"
     (download,) = [a for a in n.calls("aws") if a[:2] == ["s3", "cp"] and "s3://cdk-assets/proxy.zip" in a]
     assert Path(download[-1]).parent == source
     assert (source / "diproxy" / "__main__.py").exists()
@@ -131,6 +134,21 @@ def test_distack_proxy_is_installed_from_its_package_and_started(node, tmp_path)
         "/distack/test/containers", "http://127.0.0.1:8000/metrics", "us-east-2")
     assert started_units(n) == ["docker", "di-etcd.service", "distack-proxy.service", "distack-proxy-shipper.service"]
     assert "di-proxy.service" not in [p.name for p in (n.root / "systemd").iterdir()]
+
+
+def test_distack_proxy_reads_its_api_key_secret_and_a_proxy_that_never_serves_fails_the_boot(node, tmp_path):
+    n = node("prod")
+    n.override(DI_PROXY_API_KEY_SECRET="distack/proxy-api-key")
+    n.set("health-8000", "000")  # the unit started, but the proxy exits at once (say, the secret is unreadable)
+    proc = boot_with_distack_proxy(n, tmp_path, PROXY_WAIT_SECONDS="0")
+    assert proc.returncode != 0
+    assert "distack-proxy.service does not answer /health after 0s: journalctl -u distack-proxy" in proc.stderr
+    assert "DIPROXY_API_KEY_SECRET=distack/proxy-api-key" in (tmp_path / "proxy.env").read_text().splitlines()
+    # The proxy reads the secret itself: the boot script never fetches the key.
+    assert not [a for a in n.calls("aws") if a[:1] == ["secretsmanager"]]
+    assert started_units(n) == ["docker", "di-etcd.service", "distack-proxy.service"]
+    (signal,) = n.signals()
+    assert signal[signal.index("--status") + 1] == "FAILURE"
 
 
 def test_docker_is_installed_with_dnf_when_missing(node):

@@ -33,15 +33,20 @@ exec python token_benchmark_ray.py --model "$1" --tokenizer "$1" \
 SCRIPT
 }
 
-# hf_env_file FILE: the token for the gated tokenizer, never on a command line.
-hf_env_file() {
-  local file=$1 token=""
+# secrets_env_file FILE: the token for the gated tokenizer and the key the proxy asks for (LLMPerf's OpenAI
+# client sends OPENAI_API_KEY as a Bearer token; EMPTY when the proxy needs none), never on a command line.
+secrets_env_file() {
+  local file=$1 token api_key=EMPTY
   : >"$file"
   chmod 0600 "$file"
-  [[ -n ${DI_HF_TOKEN_SECRET:-} ]] || return 0
-  token=$(aws secretsmanager get-secret-value --region "$DI_REGION" --secret-id "$DI_HF_TOKEN_SECRET" \
-    --query SecretString --output text) || die "cannot read secret $DI_HF_TOKEN_SECRET"
-  printf 'HF_TOKEN=%s\n' "$token" >"$file"
+  if [[ -n ${DI_HF_TOKEN_SECRET:-} ]]; then
+    read_secret token "$DI_HF_TOKEN_SECRET" HF_TOKEN hf_token token || die "$SECRET_ERROR"
+    printf 'HF_TOKEN=%s\n' "$token" >>"$file"
+  fi
+  if [[ -n ${DI_PROXY_API_KEY_SECRET:-} ]]; then
+    read_secret api_key "$DI_PROXY_API_KEY_SECRET" "${PROXY_API_KEY_FIELDS[@]}" || die "$SECRET_ERROR"
+  fi
+  printf 'OPENAI_API_KEY=%s\n' "$api_key" >>"$file"
 }
 
 main() {
@@ -53,10 +58,10 @@ main() {
   work=$(mktemp -d "$BENCH_WORK_DIR/di-bench.XXXXXX")
   trap cleanup EXIT
   mkdir -p "$work/results"
-  hf_env_file "$work/hf.env"
+  secrets_env_file "$work/secrets.env"
   log "LLMPerf run $run_id: input $2±$3, output $4±$5 tokens, concurrency $6, $7 requests"
-  docker run --rm --network host --env-file "$work/hf.env" -v "$work/results:/results" \
-    -e "OPENAI_API_BASE=http://localhost:${DI_PROXY_PORT:-8000}/v1" -e OPENAI_API_KEY=EMPTY \
+  docker run --rm --network host --env-file "$work/secrets.env" -v "$work/results:/results" \
+    -e "OPENAI_API_BASE=http://localhost:${DI_PROXY_PORT:-8000}/v1" \
     -e "LLMPERF_REPO=$LLMPERF_REPO" -e "LLMPERF_REF=$LLMPERF_REF" \
     --entrypoint bash "$DI_IMAGE" -c "$(llmperf_script)" llmperf \
     "$DI_MODEL_ID" "$2" "$3" "$4" "$5" "$6" "$7" "$BENCH_SAMPLING" || die "LLMPerf failed"
