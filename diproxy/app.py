@@ -18,7 +18,7 @@ from diproxy.etcd_gateway import EtcdGateway
 from diproxy.metrics import ProxyMetrics
 from diproxy.registry import EtcdDiscovery, WorkerRegistry, add_static
 from diproxy.routing import Router
-from diproxy.workers import STANDALONE, make_selector
+from diproxy.workers import make_selector
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,8 @@ class ProxyState:
             add_static(self.registry, ((e.host, e.port) for e in s.endpoints))
         if s.etcd is not None:
             gateway = EtcdGateway(self.session, s.etcd.host, s.etcd.port, request_timeout=max(s.connect_timeout, 2.0))
-            role_override = STANDALONE if s.mode == "standard" else None
             self.discovery = EtcdDiscovery(self.registry, gateway, s.etcd_prefix, s.resync_interval,
-                                           s.etcd_retry_interval, role_override)
+                                           s.etcd_retry_interval, standard=s.mode == "standard")
             self.tasks.append(asyncio.create_task(self.discovery.run(), name="etcd-discovery"))
         self.tasks.append(asyncio.create_task(self.registry.run_health_checks(), name="health-checks"))
         self.router = Router(s, self.registry, self.session, self.metrics, make_selector(s.selection))

@@ -71,7 +71,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         value = kind(raw) if raw not in (None, "") else default
         parser.add_argument(flag, dest=dest, type=kind, default=value, help=f"{help_text} (default: %(default)s)", **extra)
 
-    option("--mode", "mode", str, defaults.mode, "di = prefill/decode pairs from etcd; standard = balance over --endpoint",
+    option("--mode", "mode", str, defaults.mode, "di = prefill/decode pairs from etcd; standard = balance over --endpoint "
+           "and/or the {prefix}standard/IP/PORT keys in etcd",
            choices=("di", "standard"))
     option("--host", "host", str, defaults.host, "listen address")
     option("--port", "port", int, defaults.port, "listen port")

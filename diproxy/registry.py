@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 import aiohttp
 
 from diproxy.etcd_gateway import EtcdError, EtcdGateway, KeyValue, WatchCompacted
-from diproxy.workers import DECODE, PREFILL, STANDALONE, Worker
+from diproxy.workers import DECODE, PREFILL, REGISTERED_STANDARD, STANDALONE, Worker
 
 log = logging.getLogger(__name__)
 
@@ -18,12 +18,12 @@ STATIC_SOURCE = "static"
 WorkerKey = tuple[str, str, int]
 
 
-def parse_worker_key(key: str, prefix: str) -> WorkerKey | None:
-    """`{prefix}{role}/{ip}/{port}` → (role, ip, port); None for keys of any other shape."""
+def parse_worker_key(key: str, prefix: str, roles: tuple[str, ...] = (PREFILL, DECODE)) -> WorkerKey | None:
+    """`{prefix}{role}/{ip}/{port}` → (role, ip, port); None for keys of any other shape or role."""
     if not key.startswith(prefix):
         return None
     parts = key[len(prefix):].split("/")
-    if len(parts) != 3 or parts[0] not in (PREFILL, DECODE) or not parts[2].isdigit():
+    if len(parts) != 3 or parts[0] not in roles or not parts[2].isdigit():
         return None
     return parts[0], parts[1], int(parts[2])
 
@@ -140,21 +140,23 @@ class WorkerRegistry:
 
 class EtcdDiscovery:
     """Keeps the registry equal to the etcd keys: a watch for changes, a full re-read on start,
-    after any watch failure and every resync interval (so a missed event heals itself)."""
+    after any watch failure and every resync interval (so a missed event heals itself).
+    In standard mode (`standard=True`) only /workers/standard/ keys count, each as a STANDALONE worker."""
 
     def __init__(self, registry: WorkerRegistry, gateway: EtcdGateway, prefix: str, resync_interval: float,
-                 retry_interval: float, role_override: str | None = None) -> None:
+                 retry_interval: float, standard: bool = False) -> None:
         self._registry = registry
         self._gateway = gateway
         self._prefix = prefix
         self._resync_interval = resync_interval
         self._retry_interval = retry_interval
-        self._role_override = role_override
+        self._roles = (REGISTERED_STANDARD,) if standard else (PREFILL, DECODE)
+        self._role_override = STANDALONE if standard else None
         self.synced = asyncio.Event()
         self.resyncs = 0
 
     def _key(self, etcd_key: str) -> WorkerKey | None:
-        parsed = parse_worker_key(etcd_key, self._prefix)
+        parsed = parse_worker_key(etcd_key, self._prefix, self._roles)
         if parsed is not None and self._role_override is not None:
             return self._role_override, parsed[1], parsed[2]
         return parsed

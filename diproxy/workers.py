@@ -9,6 +9,9 @@ from typing import Iterable, Protocol
 PREFILL = "prefill"
 DECODE = "decode"
 STANDALONE = "standalone"
+# The role segment of a standard (non-DI) endpoint's etcd key, /workers/standard/{ip}/{port}, as the stack's worker
+# registrar writes it; such endpoints are STANDALONE in the pool.
+REGISTERED_STANDARD = "standard"
 
 
 @dataclass(eq=False)

@@ -7,7 +7,7 @@ Never imports aws_cdk: `dictl` reads the same files.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -235,7 +235,8 @@ class DeploymentConfig(_Model):
     engine: Literal["neuron-connector"] = "neuron-connector"
     mode: Literal["disaggregated", "standard"] = "disaggregated"
     proxy: Literal["neuron", "distack"] = Field(
-        default="neuron", description="neuron: the DLC's neuron-proxy-server; distack: DiStack's own proxy.")
+        default="neuron", description="neuron: the DLC's neuron-proxy-server (the default in disaggregated mode); "
+                                      "distack: DiStack's own proxy (the default, and the only one, in standard mode).")
     proxy_api_key_secret: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9/_+=.@-]{1,512}$",
         description="Secrets Manager secret *name* holding the key clients send as `Authorization: Bearer KEY` "
@@ -250,6 +251,14 @@ class DeploymentConfig(_Model):
         default=None, description="Cluster placement group; default on unless a fleet targets a reservation.")
     log_retention_days: int = 30
     bootstrap: BootstrapConfig = BootstrapConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _proxy_follows_mode(cls, data: Any) -> Any:
+        """neuron-proxy-server only pairs prefill with decode workers; standard endpoints need DiStack's proxy."""
+        if isinstance(data, dict) and data.get("mode") == "standard" and "proxy" not in data:
+            return {**data, "proxy": "distack"}
+        return data
 
     @property
     def uses_placement_group(self) -> bool:

@@ -109,12 +109,10 @@ def _engine(config: DeploymentConfig) -> Iterator[Problem]:
 
 
 def _proxy(config: DeploymentConfig) -> Iterator[Problem]:
-    if config.proxy_api_key_secret is None:
-        return
-    if config.mode == "standard":
-        yield Problem("proxy_api_key_secret", "standard mode runs no proxy: clients call the workers directly",
-                      "remove proxy_api_key_secret")
-    elif config.proxy != "distack":
+    if config.mode == "standard" and config.proxy != "distack":
+        yield Problem("proxy", "neuron-proxy-server only pairs prefill with decode workers; it cannot balance "
+                               "standard endpoints", "set proxy: distack, or remove proxy (standard mode's default)")
+    elif config.proxy_api_key_secret is not None and config.proxy != "distack":
         yield Problem("proxy_api_key_secret", "neuron-proxy-server checks no API key, so the key would guard nothing",
                       "set proxy: distack, or remove proxy_api_key_secret")
 

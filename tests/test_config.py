@@ -97,6 +97,8 @@ def test_shipped_environments_describe_the_seed_setups():
         "prefill": ("trn2.48xlarge", 1, 64), "decode": ("trn2.48xlarge", 1, 64)}
     assert {n: f.count for n, f in xpyd.fleets.items()} == {"prefill": 2, "decode": 1}
     assert baseline.mode == "standard"
+    # Standard endpoints are balanced by DiStack's proxy without being asked; DI keeps the DLC's by default.
+    assert (baseline.proxy, prod.proxy) == ("distack", "neuron")
     assert [(e.cores, e.port) for e in baseline.fleets["standard"].resolved_endpoints] == [("0-31", 8000),
                                                                                            ("32-63", 8001)]
 

@@ -97,8 +97,9 @@ def test_no_ssh_and_nothing_open_to_the_internet(synth, env):
                 assert rule["IpProtocol"] == "tcp" and rule["FromPort"] in (80, 443), rule
 
 
-def test_proxy_reachable_only_from_client_cidrs_and_etcd_only_from_workers(synth):
-    result = synth("prod")
+@pytest.mark.parametrize("env", ["prod", "baseline"])  # standard workers register in etcd too
+def test_proxy_reachable_only_from_client_cidrs_and_etcd_only_from_workers(synth, env):
+    result = synth(env)
     template = result.template_dict
     (control,) = [k for k, v in resources(template, "AWS::EC2::SecurityGroup").items()
                   if "control host" in v["Properties"]["GroupDescription"]]

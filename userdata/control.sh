@@ -124,7 +124,10 @@ start_etcd() {
 # write_proxy_env: the proxy's settings (with the *name* of its API key secret, which it reads at start), and where
 # its shipper sends the journal (next to the containers' logs) and the metrics (the namespace the role may write to).
 write_proxy_env() {
-  printf '%s\n' "DIPROXY_MODE=di" "DIPROXY_ETCD=$DI_ETCD" "DIPROXY_PORT=$DI_PROXY_PORT" "DIPROXY_AWS_REGION=$DI_REGION" \
+  local mode=di
+  # Standard mode: every endpoint registered under /workers/ is a standalone one, balanced behind one URL.
+  [[ $DI_MODE == standard ]] && mode=standard
+  printf '%s\n' "DIPROXY_MODE=$mode" "DIPROXY_ETCD=$DI_ETCD" "DIPROXY_PORT=$DI_PROXY_PORT" "DIPROXY_AWS_REGION=$DI_REGION" \
     "DIPROXY_CLOUDWATCH_LOG_GROUP=${DI_LOG_GROUP_CONTAINERS:?}" \
     "DIPROXY_CLOUDWATCH_LOG_STREAM=$(container_log_stream distack-proxy)" \
     "DIPROXY_CLOUDWATCH_DEPLOYMENT=$DI_DEPLOYMENT" \
@@ -189,12 +192,9 @@ control_main() {
   install_docker
   attach_interface
   attach_etcd_volume
-  if [[ $DI_MODE == disaggregated ]]; then
-    start_etcd
-    start_proxy
-  else
-    log "standard mode: no etcd and no proxy; clients call the workers' endpoints directly"
-  fi
+  # Both modes: DI workers register through NeuronConnector, standard ones through di-register.
+  start_etcd
+  start_proxy
 }
 
 main() {

@@ -18,7 +18,7 @@ class Security(Construct):
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, vpc: ec2.IVpc, network: NetworkConfig,
-                 vllm_ports: Iterable[int], etcd: bool) -> None:
+                 vllm_ports: Iterable[int]) -> None:
         super().__init__(scope, construct_id)
         # allow_all_outbound=False: with it on, CDK silently drops the explicit self-egress rule EFA needs.
         self.worker_group = ec2.SecurityGroup(self, "WorkerGroup", vpc=vpc, allow_all_outbound=False,
@@ -42,6 +42,6 @@ class Security(Construct):
         for port in sorted(set(vllm_ports)):
             self.control_group.connections.allow_to(self.worker_group, ec2.Port.tcp(port),
                                                     f"Proxy to vLLM endpoint port {port}")
-        if etcd:
-            self.worker_group.connections.allow_to(self.control_group, ec2.Port.tcp(naming.ETCD_CLIENT_PORT),
-                                                   "Workers register in etcd")
+        # Both modes: NeuronConnector registers DI endpoints, di-register standard ones.
+        self.worker_group.connections.allow_to(self.control_group, ec2.Port.tcp(naming.ETCD_CLIENT_PORT),
+                                               "Workers register in etcd")

@@ -188,6 +188,30 @@ def test_standard_mode_balances_static_endpoints(prefix) -> None:
     run(scenario)
 
 
+def test_standard_mode_balances_endpoints_registered_in_etcd(etcd, prefix) -> None:
+    """As deployed in standard mode: di-register keeps /workers/standard/{ip}/{port} while an endpoint is healthy."""
+    async def scenario() -> None:
+        workers = [await FakeWorker("standard", label=f"S{i}", etcd=etcd.address, prefix=prefix,
+                                    behaviour=Behaviour(tokens=3)).start() for i in range(2)]
+        try:
+            flags = ["--mode", "standard", "--etcd", etcd.address, "--etcd-prefix", prefix, "--selection",
+                     "round-robin", *FAST_FLAGS]
+            async with RunningProxy(flags) as proxy, aiohttp.ClientSession() as session:
+                await wait_ready(session, proxy.url)
+                await _wait_usable(proxy, "standalone", 2)
+                both = [await post_stream(session, proxy.url + "/v1/completions", {"prompt": "x"}) for _ in range(2)]
+                assert sorted(r.texts[0] for r in both) == [" S00", " S10"]
+                await workers[0].stop()  # its key leaves etcd with its lease
+                await _wait_usable(proxy, "standalone", 1)
+                after = [await post_stream(session, proxy.url + "/v1/completions", {"prompt": "x"}) for _ in range(2)]
+                assert all(r.status == 200 and r.done and r.texts[0] == " S10" for r in after)
+        finally:
+            for worker in workers:
+                await worker.stop()
+
+    run(scenario)
+
+
 async def _wait_usable(proxy: RunningProxy, role: str, count: int) -> None:
     from tests.proxy.conftest import wait_until
 

@@ -151,6 +151,19 @@ def test_distack_proxy_reads_its_api_key_secret_and_a_proxy_that_never_serves_fa
     assert signal[signal.index("--status") + 1] == "FAILURE"
 
 
+def test_standard_mode_control_host_balances_registered_endpoints_with_the_distack_proxy(node, tmp_path):
+    n = node("baseline")
+    assert n.values["DI_PROXY"] == "distack"
+    proc = boot_with_distack_proxy(n, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    settings = dict(line.split("=", 1) for line in (tmp_path / "proxy.env").read_text().splitlines())
+    assert (settings["DIPROXY_MODE"], settings["DIPROXY_ETCD"]) == ("standard", "10.42.0.10:8989")
+    from diproxy.config import parse_settings
+    proxy = parse_settings([], env=settings)
+    assert (proxy.mode, proxy.endpoints, proxy.etcd_prefix) == ("standard", (), "/workers/")
+    assert started_units(n) == ["docker", "di-etcd.service", "distack-proxy.service", "distack-proxy-shipper.service"]
+
+
 def test_docker_is_installed_with_dnf_when_missing(node):
     n = node("prod", fakes=["dnf", "systemctl"])
     subprocess.run(["bash", "-c", f". {n.env['DI_HOME']}/control.sh && install_docker"], env=n.env, check=True)

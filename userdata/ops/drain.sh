@@ -31,7 +31,8 @@ main() {
   [[ $timeout =~ ^[0-9]+$ ]] || die "usage: drain.sh [all|INDEX] [TIMEOUT]"
   load_node_env
   [[ $DI_ROLE != control ]] || die "drain applies to workers; stop the control host's units with di-restart"
-  if [[ $DI_MODE == disaggregated ]]; then ip=$(local_ip 2>/dev/null) || ip=""; fi
+  # Endpoints of both modes are registered in etcd (NeuronConnector, or di-register bound to the unit).
+  ip=$(local_ip 2>/dev/null) || ip=""
   listed=$(selected "$which")
   mapfile -t chosen <<<"$listed"
   for line in "${chosen[@]}"; do
