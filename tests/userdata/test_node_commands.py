@@ -59,6 +59,22 @@ def test_status_is_one_json_object_describing_the_worker(node):
     assert len(ranges) == 2 and all(e["registered"] is True for e in status["endpoints"])
 
 
+def test_status_of_a_standard_worker_lists_each_registrar_and_its_etcd_registration(node):
+    n = node("baseline", "standard")
+    status = json.loads(n.run("di-status").stdout)
+    assert [u["name"] for u in status["units"]] == ["di-vllm@0.service", "di-register@0.service",
+                                                    "di-vllm@1.service", "di-register@1.service"]
+    assert [(e["role"], e["registered"]) for e in status["endpoints"]] == [("standard", True), ("standard", True)]
+
+
+def test_standard_mode_control_host_is_ready_only_with_etcd_and_its_proxy(node):
+    n = node("baseline")
+    assert "proxy :8000: ready" in n.run("di-ready").stdout
+    n.set("etcd-down")
+    proc = n.run("di-ready", check=False)
+    assert proc.returncode == 1 and "etcd 10.42.0.10:8989: NOT READY" in proc.stdout
+
+
 def test_status_of_the_control_host(node):
     n = node("prod")
     status = json.loads(n.run("di-status").stdout)
