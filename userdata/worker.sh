@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Worker bootstrap (Ubuntu Neuron DLAMI): Docker, preflight, image, model and compiled artifacts on local
-# NVMe, then one di-vllm@INDEX unit per endpoint. Sourced by di-bootstrap; runnable alone for a re-run.
+# NVMe, then one di-vllm@INDEX unit per endpoint (standard mode: each with a di-register@INDEX unit that lists it
+# in etcd). Sourced by di-bootstrap; runnable alone for a re-run.
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
@@ -120,14 +121,27 @@ stage_compiled() {
 
 pull_image() { retry docker pull "$DI_IMAGE" || fail "cannot pull $DI_IMAGE (egress to public.ecr.aws?)"; }
 
+# registrar_unit INDEX: the unit keeping standard endpoint INDEX in etcd (see di-register).
+registrar_unit() { printf 'di-register@%s.service\n' "$1"; }
+
+# start_registrar INDEX: plain vLLM has no NeuronConnector to register the endpoint, so the proxy would never
+# find it. The registrar waits for /health and for etcd by itself, so the boot does not wait for either.
+start_registrar() {
+  local unit
+  unit=$(registrar_unit "$1")
+  systemctl enable --now "$unit" || fail "$unit did not start"
+}
+
 start_endpoints() {
   local index role cores port unit
   install_unit "$DI_HOME/units/di-vllm@.service"
+  [[ $DI_MODE != standard ]] || install_unit "$DI_HOME/units/di-register@.service"
   systemctl daemon-reload
   while read -r index role cores port; do
     unit=$(unit_name "$index")
     log "starting $unit ($role, cores $cores, port $port)"
     systemctl enable --now "$unit" || fail "$unit did not start"
+    [[ $DI_MODE != standard ]] || start_registrar "$index"
   done < <(endpoints)
   sleep "$DI_SETTLE_SECONDS"
   while read -r index _; do

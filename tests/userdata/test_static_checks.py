@@ -19,7 +19,7 @@ UNITS = sorted((SCRIPTS / "units").glob("*.service"))
 
 def test_the_node_scripts_are_all_found():
     assert {p.name for p in OWNED} >= {"lib.sh", "boot.sh", "worker.sh", "control.sh", "di-bootstrap", "di-run",
-                                        "di-ready", "di-status", "di-restart"}
+                                        "di-ready", "di-status", "di-restart", "di-register"}
 
 
 @pytest.mark.parametrize("script", OWNED, ids=lambda p: p.name)
@@ -49,7 +49,8 @@ def verify(tmp_path: Path, units: list[Path], *names: str) -> subprocess.Complet
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_units_verify(tmp_path):
-    proc = verify(tmp_path, UNITS, "./di-etcd.service", "./di-proxy.service", "./di-vllm@0.service")
+    proc = verify(tmp_path, UNITS, "./di-etcd.service", "./di-proxy.service", "./di-vllm@0.service",
+                  "./di-register@0.service")
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
@@ -61,11 +62,48 @@ def test_the_verification_catches_a_broken_unit(tmp_path):
     assert proc.returncode != 0 and "di-runn" in proc.stderr
 
 
-def test_every_unit_restarts_on_failure_and_starts_at_boot():
+def unit_sections(unit: Path):
     import configparser
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read_string(unit.read_text())
+    return parser
+
+
+# The standard-mode registrar is not a server of its own: it follows its endpoint (see the next tests).
+REGISTRAR = SCRIPTS / "units" / "di-register@.service"
+
+
+def test_every_unit_restarts_on_failure_and_starts_at_boot():
     for unit in UNITS:
-        parser = configparser.ConfigParser(strict=False, interpolation=None)
-        parser.optionxform = str
-        parser.read_string(unit.read_text())
+        if unit == REGISTRAR:
+            continue
+        parser = unit_sections(unit)
         assert parser["Service"]["Restart"] == "on-failure", unit.name
         assert parser["Install"]["WantedBy"] == "multi-user.target", unit.name
+
+
+def test_the_registrar_follows_its_endpoint_and_never_gives_up():
+    parser = unit_sections(REGISTRAR)
+    for dependency in ("BindsTo", "PartOf", "After", "WantedBy"):
+        section = "Install" if dependency == "WantedBy" else "Unit"
+        assert "di-vllm@%i.service" in parser[section][dependency].split(), dependency
+    assert parser["Service"]["ExecStart"] == "/opt/di/di-register %i"
+    assert parser["Service"]["Restart"] == "always"
+    assert parser["Unit"]["StartLimitIntervalSec"] == "0"
+
+
+@pytest.mark.skipif(shutil.which("systemctl") is None, reason="systemctl not installed")
+def test_enabling_a_registrar_ties_it_to_its_endpoint_start(tmp_path):
+    # What `systemctl enable --now di-register@N.service` links on a node: the endpoint wants it, so every start
+    # of di-vllm@N (boot, after a drain) starts the registrar too.
+    units = tmp_path / "etc" / "systemd" / "system"
+    units.mkdir(parents=True)
+    for unit in UNITS:
+        (units / unit.name).write_text(unit.read_text())
+    proc = subprocess.run(["systemctl", f"--root={tmp_path}", "enable", "di-register@1.service"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    link = units / "di-vllm@1.service.wants" / "di-register@1.service"
+    assert link.is_symlink() and link.readlink().name == "di-register@.service"
+    assert not (units / "multi-user.target.wants" / "di-register@1.service").exists()

@@ -6,6 +6,8 @@ import json
 import stat
 import subprocess
 
+import pytest
+
 from tests.userdata.conftest import INSTANCE_ID
 
 
@@ -173,7 +175,31 @@ def test_standard_mode_does_not_need_etcd(node):
     n = node("baseline", "standard")
     n.set("etcd-down")
     n.run("di-bootstrap")
-    assert started_units(n) == ["docker", "di-vllm@0.service", "di-vllm@1.service"]
+    assert started_units(n) == ["docker", "di-vllm@0.service", "di-register@0.service",
+                                "di-vllm@1.service", "di-register@1.service"]
+    assert signal_of(n)[0] == "SUCCESS"
+
+
+def test_standard_mode_enables_a_registrar_after_each_endpoint(node):
+    n = node("baseline", "standard")
+    n.run("di-bootstrap")
+    calls = n.calls("systemctl")
+    reload = calls.index(["daemon-reload"])
+    for index in ("0", "1"):
+        vllm = calls.index(["enable", "--now", f"di-vllm@{index}.service"])
+        registrar = calls.index(["enable", "--now", f"di-register@{index}.service"])
+        assert reload < vllm < registrar
+    assert (n.root / "systemd" / "di-register@.service").is_file()
+
+
+@pytest.mark.parametrize("env, fleet, uverbs", [("dev", "colocated", 2), ("prod", "prefill", 16)])
+def test_disaggregated_workers_get_no_registrar(node, env, fleet, uverbs):
+    # NeuronConnector registers DI endpoints itself.
+    n = node(env, fleet, uverbs=uverbs)
+    n.run("worker.sh")
+    assert [u for u in started_units(n) if u.startswith("di-vllm@")]
+    assert not [u for u in started_units(n) if u.startswith("di-register@")]
+    assert not (n.root / "systemd" / "di-register@.service").exists()
 
 
 def test_a_unit_that_dies_at_start_fails_the_node(node):
