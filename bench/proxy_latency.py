@@ -9,9 +9,11 @@ measured inter-token figure for the 8B model of config/dev.yaml (Llama-3.1-8B-In
 per second for the proxy to relay. A closed loop of 1, 16 and 64 concurrent streams calls the decode worker directly
 or the proxy (which sends the same request to both workers, so both paths see the same pacing). Each client starts
 at a random point within one answer's length: equal-length streams started together would stay in lockstep, and
-every request would queue behind all the others' set-up. At --relay-levels (16) a third target is the proxy in
-standard mode in front of the decode worker, relaying its bytes without parsing them: the cost of one more aiohttp
-process on the path, which any Python proxy pays, as a floor for the DI proxy's figure. Targets take turns in slices
+every request would queue behind all the others' set-up. At --relay-levels (16) two more targets stand in front of
+the decode worker: `relay`, the proxy in standard mode, which relays the worker's bytes without parsing them (the
+cost of one more aiohttp server and client on the path), and `tcp`, bench/tcp_relay.py copying bytes between sockets
+on uvloop without any HTTP (the cost of one more process on the path and nothing else). Together they split the DI
+proxy's figure into process hop, HTTP handling, and DI's own work. Targets take turns in slices
 of --slice seconds, the order reversing every round, so that drifting background load hits all alike; a level runs
 at least --seconds per target and goes on until each target has --min-samples answers or --max-seconds have passed.
 Reported: time to the first body byte (TTFT) and to the end of the stream (total), p50 and p99, and the added
@@ -111,11 +113,11 @@ def _process(args: list[str]) -> Iterator[subprocess.Popen]:
         _stop(process)
 
 
-def _worker_address(process: subprocess.Popen, role: str) -> str:
+def _ready_address(process: subprocess.Popen, what: str) -> str:
     assert process.stdout is not None
     line = process.stdout.readline().strip()
     if not line.startswith("READY "):
-        raise RuntimeError(f"fake {role} worker did not start")
+        raise RuntimeError(f"{what} did not start")
     return line.split()[1]
 
 
@@ -152,7 +154,7 @@ def running_stack(pacing: Pacing, with_relay: bool) -> Iterator[Stack]:
         for role in ("prefill", "decode"):
             workers[role] = stack.enter_context(_process(["-m", "diproxy.testing.fake_worker", "--role", role,
                                                           "--etcd", etcd.address, *pacing.flags()]))
-            addresses[role] = _worker_address(workers[role], role)
+            addresses[role] = _ready_address(workers[role], f"fake {role} worker")
         proxy, proxy_url = _proxy(stack, ["--etcd", etcd.address])
         pids = {"client": os.getpid(), "proxy": proxy.pid, "prefill": workers["prefill"].pid,
                 "decode": workers["decode"].pid, "etcd": etcd.process.pid}
@@ -160,6 +162,8 @@ def running_stack(pacing: Pacing, with_relay: bool) -> Iterator[Stack]:
         if with_relay:
             relay, relay_url = _proxy(stack, ["--mode", "standard", "--endpoint", addresses["decode"]])
             pids["relay"], urls["relay"] = relay.pid, f"{relay_url}/v1/completions"
+            tcp = stack.enter_context(_process([str(Path(__file__).with_name("tcp_relay.py")), addresses["decode"]]))
+            pids["tcp"], urls["tcp"] = tcp.pid, f"http://{_ready_address(tcp, 'TCP relay')}/v1/completions"
         yield Stack(urls, pids)
 
 
@@ -337,7 +341,7 @@ def print_latency_level(concurrency: int, tallies: dict[str, Tally]) -> None:
         print(f"{concurrency:>7} | {name:<11} | {len(t.samples):>5} | {_ms(pct(t.ttfts(), .5))} "
               f"{_ms(pct(t.ttfts(), .99))} | {_ms(pct(t.totals(), .5))} {_ms(pct(t.totals(), .99))} | "
               f"{t.rate:>5.0f} | {cpu:.2f}")
-    for name in (n for n in ("relay", "proxy") if n in tallies):
+    for name in (n for n in ("tcp", "relay", "proxy") if n in tallies):
         a = added_latency(tallies, name)
         per_round = [v - d for v, d in zip(tallies[name].round_ttft_p50, tallies["direct"].round_ttft_p50)]
         print(f"{concurrency:>7} | {name + ' added':<11} | {'':>5} | {_ms(a.ttft_p50, True)} {_ms(a.ttft_p99, True)} | "
@@ -422,7 +426,7 @@ async def latency_phase(args: argparse.Namespace) -> dict[int, dict[str, Tally]]
     with running_stack(pacing, with_relay=bool(args.relay_levels)) as stack:
         machine = MachineSnapshot.take(stack.pids)
         for concurrency in args.levels:
-            targets = ("direct", "relay", "proxy") if concurrency in args.relay_levels else ("direct", "proxy")
+            targets = ("direct", "tcp", "relay", "proxy") if concurrency in args.relay_levels else ("direct", "proxy")
             results[concurrency] = await measure_level(stack, targets, pacing, concurrency, budget)
             print_latency_level(concurrency, results[concurrency])
         print(f"note: {MachineSnapshot.take(stack.pids).noise_since(machine)}")
