@@ -10,7 +10,7 @@ CDK := $(CURDIR)/node_modules/.bin/cdk
 CDK_FLAGS := --no-notices --no-version-reporting
 PYTEST_ARGS ?=
 
-.PHONY: synth test bootstrap deploy diff destroy schema bench bench-proxy rehearse clean help
+.PHONY: synth test bootstrap deploy diff destroy schema bench bench-proxy rehearse proxy-lock clean help
 
 help:
 	@echo "make synth [ENV=dev]   synthesize DiStack for config/ENV.yaml (no AWS account needed)"
@@ -21,6 +21,7 @@ help:
 	@echo "make schema            regenerate config/schema.json from the config model"
 	@echo "make bench             synth and test timings (bench/synth_time.py)"
 	@echo "make bench-proxy       the DiStack proxy's added latency and throughput on loopback (bench/proxy_latency.py)"
+	@echo "make proxy-lock        re-resolve diproxy/requirements.lock (with hashes) from diproxy/requirements.txt"
 	@echo "make rehearse          DI request routing on loopback: etcd, the DiStack proxy, fake workers"
 
 $(VENV)/.deps: requirements.txt requirements-dev.txt diproxy/requirements.txt
@@ -64,6 +65,14 @@ bench-proxy: $(VENV)/.deps
 
 rehearse: $(VENV)/.deps
 	$(BIN)/python -m diproxy.rehearse
+
+# The control host installs diproxy/requirements.lock (hash-checked); refresh it after editing requirements.txt.
+proxy-lock: $(VENV)/.deps
+	$(BIN)/python -m pip install $(PIP_QUIET) pip-tools==7.6.2
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+		--no-header --output-file diproxy/requirements.lock.new diproxy/requirements.txt
+	{ sed -n '1,/^$$/p' diproxy/requirements.lock; cat diproxy/requirements.lock.new; } >diproxy/requirements.lock.tmp
+	mv diproxy/requirements.lock.tmp diproxy/requirements.lock && rm -f diproxy/requirements.lock.new
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .pytest_cache

@@ -19,7 +19,7 @@ log() {
 usage() {
     cat >&2 <<USAGE
 usage: install.sh SOURCE
-  SOURCE  a directory holding diproxy/ (and diproxy/requirements.txt) or a built wheel (*.whl)
+  SOURCE  a directory holding diproxy/ (and diproxy/requirements.lock) or a built wheel (*.whl)
 environment: PROXY_PREFIX PROXY_VENV PROXY_ENV_FILE PROXY_UNIT_DIR PROXY_PYTHON PROXY_START=yes|no
 USAGE
 }
@@ -37,17 +37,20 @@ install_package() {
     if [[ -f "${source}" && "${source}" == *.whl ]]; then
         log "installing wheel ${source}"
         "${PROXY_VENV}/bin/python" -m pip install --quiet "${source}"
-    elif [[ -f "${source}/diproxy/requirements.txt" ]]; then
-        # The project itself is not a pip package of its own: pin the deps, then copy the package in.
+    elif [[ -f "${source}/diproxy/requirements.lock" ]]; then
+        # The project itself is not a pip package of its own: install the locked deps, then copy the package in.
+        # Every file is checked against its hash and only wheels are taken, so nothing is built on the host and
+        # a tampered or re-uploaded file fails the install: https://pip.pypa.io/en/stable/topics/secure-installs/
         log "installing diproxy from ${source}"
-        "${PROXY_VENV}/bin/python" -m pip install --quiet -r "${source}/diproxy/requirements.txt"
+        "${PROXY_VENV}/bin/python" -m pip install --quiet --require-hashes --only-binary :all: \
+            -r "${source}/diproxy/requirements.lock"
         local site
         site="$("${PROXY_VENV}/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
         rm -rf "${site}/diproxy"
         cp -r "${source}/diproxy" "${site}/diproxy"
         find "${site}/diproxy" -name '__pycache__' -type d -prune -exec rm -rf {} +
     else
-        log "no wheel and no diproxy/requirements.txt under ${source}"
+        log "no wheel and no diproxy/requirements.lock under ${source}"
         return 1
     fi
     "${PROXY_VENV}/bin/python" -c 'import diproxy' || { log "diproxy does not import"; return 1; }

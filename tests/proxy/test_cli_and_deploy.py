@@ -173,7 +173,7 @@ FAKE_PYTHON = """#!/usr/bin/env bash
 if [[ $1 == -m && $2 == venv ]]; then
   mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && exit 0
 fi
-[[ $1 == -m && $2 == pip ]] && exit 0
+[[ $1 == -m && $2 == pip ]] && { printf '%s\n' "$*" >>"$FAKE_SITE.pip"; exit 0; }
 if [[ $1 == -c && $2 == *purelib* ]]; then echo "$FAKE_SITE"; exit 0; fi
 PYTHONPATH="$FAKE_SITE" exec "$REAL_PYTHON" "$@"
 """
@@ -191,6 +191,9 @@ def test_install_script_installs_the_package_both_units_and_a_default_env_file(t
     done = subprocess.run(["bash", str(DEPLOY / "install.sh"), str(ROOT)], capture_output=True, text=True,
                           timeout=60, env=env)
     assert done.returncode == 0, done.stderr
+    # Exactly the locked set, hash-checked, wheels only.
+    assert (tmp_path / "site.pip").read_text().splitlines() == [
+        f"-m pip install --quiet --require-hashes --only-binary :all: -r {ROOT}/diproxy/requirements.lock"]
     assert (site / "diproxy" / "shipper" / "__main__.py").is_file()
     assert sorted(p.name for p in (tmp_path / "units").iterdir()) == [
         "distack-proxy-shipper.service", "distack-proxy.service"]
@@ -198,6 +201,27 @@ def test_install_script_installs_the_package_both_units_and_a_default_env_file(t
         (DEPLOY / "distack-proxy-shipper.service").read_bytes()
     assert "DIPROXY_MODE=di" in (tmp_path / "etc/proxy.env").read_text()
     assert "not starting the service" in done.stderr
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        if "==" in line and not line.lstrip().startswith("#"):
+            name, version = line.split("==", 1)
+            pins[name.strip().lower()] = version.split()[0].rstrip("\\").strip()
+    return pins
+
+
+def test_lock_holds_every_pin_with_hashes_and_is_what_the_tests_run_on() -> None:
+    from importlib.metadata import version
+
+    lock = _pins(ROOT / "diproxy" / "requirements.lock")
+    direct = _pins(ROOT / "diproxy" / "requirements.txt")
+    assert {name: lock.get(name) for name in direct} == direct, "requirements.txt changed: run make proxy-lock"
+    text = (ROOT / "diproxy" / "requirements.lock").read_text()
+    assert text.count("==") == len(lock) and text.count("--hash=sha256:") >= len(lock)
+    # The tests exercise the versions the control host installs.
+    assert {name: version(name) for name in lock} == lock
 
 
 def test_install_script_is_shellcheck_clean_and_refuses_an_empty_source(tmp_path: Path) -> None:
