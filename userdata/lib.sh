@@ -102,6 +102,18 @@ signal_cfn() {
 # unit_name INDEX: the systemd unit serving endpoint INDEX on a worker.
 unit_name() { printf 'di-vllm@%s.service\n' "$1"; }
 
+# registrar_unit INDEX: the unit keeping standard-mode endpoint INDEX in etcd (see di-register).
+registrar_unit() { printf 'di-register@%s.service\n' "$1"; }
+
+# make_scratch PARENT NAME: a fresh directory PARENT/NAME.XXXXXX in SCRATCH, removed when the script exits
+# (call it in the script's own shell, not in a $(...) subshell, so the EXIT trap and SCRATCH belong to it).
+SCRATCH=""
+make_scratch() {
+  SCRATCH=$(mktemp -d "$1/$2.XXXXXX")
+  trap remove_scratch EXIT
+}
+remove_scratch() { [[ -z $SCRATCH ]] || rm -rf "$SCRATCH"; }
+
 # container_name INDEX: the container behind endpoint INDEX.
 container_name() { printf 'di-vllm-%s\n' "$1"; }
 

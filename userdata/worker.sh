@@ -121,9 +121,6 @@ stage_compiled() {
 
 pull_image() { retry docker pull "$DI_IMAGE" || fail "cannot pull $DI_IMAGE (egress to public.ecr.aws?)"; }
 
-# registrar_unit INDEX: the unit keeping standard endpoint INDEX in etcd (see di-register).
-registrar_unit() { printf 'di-register@%s.service\n' "$1"; }
-
 # start_registrar INDEX: plain vLLM has no NeuronConnector to register the endpoint, so the proxy would never
 # find it. The registrar waits for /health and for etcd by itself, so the boot does not wait for either.
 start_registrar() {

@@ -14,11 +14,6 @@ BENCH_WORK_DIR=${BENCH_WORK_DIR:-/tmp}
 # The DI tutorial's sampling parameters.
 DEFAULT_SAMPLING='{"top_k": 50, "top_p": 0.9, "temperature": 0.7}'
 BENCH_SAMPLING=${BENCH_SAMPLING:-$DEFAULT_SAMPLING}
-# The run's scratch directory, global so the EXIT trap still sees it after main returns.
-work=""
-
-cleanup() { [[ -z $work ]] || rm -rf "$work"; }
-
 # llmperf_script: what runs inside the container (positional arguments carry every value).
 llmperf_script() {
   cat <<'SCRIPT'
@@ -55,18 +50,17 @@ main() {
   [[ $run_id =~ ^[A-Za-z0-9._-]+$ ]] || die "bad run id '$run_id'"
   load_node_env
   [[ $DI_ROLE == control ]] || die "bench runs on the control host (it calls the proxy on localhost)"
-  work=$(mktemp -d "$BENCH_WORK_DIR/di-bench.XXXXXX")
-  trap cleanup EXIT
-  mkdir -p "$work/results"
-  secrets_env_file "$work/secrets.env"
+  make_scratch "$BENCH_WORK_DIR" di-bench
+  mkdir -p "$SCRATCH/results"
+  secrets_env_file "$SCRATCH/secrets.env"
   log "LLMPerf run $run_id: input $2±$3, output $4±$5 tokens, concurrency $6, $7 requests"
-  docker run --rm --network host --env-file "$work/secrets.env" -v "$work/results:/results" \
+  docker run --rm --network host --env-file "$SCRATCH/secrets.env" -v "$SCRATCH/results:/results" \
     -e "OPENAI_API_BASE=http://localhost:${DI_PROXY_PORT:-8000}/v1" \
     -e "LLMPERF_REPO=$LLMPERF_REPO" -e "LLMPERF_REF=$LLMPERF_REF" \
     --entrypoint bash "$DI_IMAGE" -c "$(llmperf_script)" llmperf \
     "$DI_MODEL_ID" "$2" "$3" "$4" "$5" "$6" "$7" "$BENCH_SAMPLING" || die "LLMPerf failed"
   uri="s3://$DI_BUCKET/bench/$run_id/"
-  retry aws s3 cp --recursive --only-show-errors --region "$DI_REGION" "$work/results" "$uri" || die "upload to $uri failed"
+  retry aws s3 cp --recursive --only-show-errors --region "$DI_REGION" "$SCRATCH/results" "$uri" || die "upload to $uri failed"
   echo "$uri"
 }
 

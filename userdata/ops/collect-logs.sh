@@ -8,11 +8,6 @@ DI_LIB=${DI_LIB:-/opt/di/lib.sh}
 . "$DI_LIB"
 
 LOGS_WORK_DIR=${LOGS_WORK_DIR:-/tmp}
-# The staging directory, global so the EXIT trap still sees it after main returns.
-staging=""
-
-cleanup() { [[ -z $staging ]] || rm -rf "$staging"; }
-
 # gather DIR HOURS: every log file into DIR (a missing source is noted, never fatal).
 gather() {
   local dir=$1 hours=$2 name
@@ -33,11 +28,10 @@ main() {
   load_node_env
   id=$(instance_id) || die "cannot read the instance id from IMDS"
   stamp=$(date -u +%Y%m%dT%H%M%SZ)
-  staging=$(mktemp -d "$LOGS_WORK_DIR/di-logs.XXXXXX")
-  trap cleanup EXIT
-  gather "$staging" "$hours"
+  make_scratch "$LOGS_WORK_DIR" di-logs
+  gather "$SCRATCH" "$hours"
   uri="s3://$DI_BUCKET/logs/$id/$stamp/"
-  retry aws s3 cp --recursive --only-show-errors --region "$DI_REGION" "$staging" "$uri" || die "upload to $uri failed"
+  retry aws s3 cp --recursive --only-show-errors --region "$DI_REGION" "$SCRATCH" "$uri" || die "upload to $uri failed"
   echo "$uri"
 }
 

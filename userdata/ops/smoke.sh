@@ -15,15 +15,10 @@ request_body() {
   printf '{"model": "%s", "prompt": ["%s"], "max_tokens": %s, "temperature": 0}' "$DI_MODEL_ID" "$SMOKE_PROMPT" "$1"
 }
 
-# The scratch directory for the header file, global so the EXIT trap still sees it after main returns.
-work=""
-
-cleanup() { [[ -z $work ]] || rm -rf "$work"; }
-
 # auth_header_file: a root-only file holding the Authorization header when the proxy asks for an API key (curl
 # reads it with -H @FILE, so the key stays off the command line); empty otherwise.
 auth_header_file() {
-  local api_key file="$work/auth.header"
+  local api_key file="$SCRATCH/auth.header"
   : >"$file"
   chmod 0600 "$file"
   if [[ -n ${DI_PROXY_API_KEY_SECRET:-} ]]; then
@@ -38,8 +33,7 @@ main() {
   [[ $max_tokens =~ ^[1-9][0-9]*$ ]] || die "usage: smoke.sh [MAX_TOKENS]"
   load_node_env
   [[ $DI_ROLE == control ]] || die "smoke runs on the control host (it calls the proxy on localhost)"
-  work=$(mktemp -d "$SMOKE_WORK_DIR/di-smoke.XXXXXX")
-  trap cleanup EXIT
+  make_scratch "$SMOKE_WORK_DIR" di-smoke
   headers=$(auth_header_file)
   url="http://localhost:${DI_PROXY_PORT:-8000}/v1/completions"
   response=$(curl -sS --fail-with-body --max-time "$SMOKE_TIMEOUT" "$url" -H 'Content-Type: application/json' \
