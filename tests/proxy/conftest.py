@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator
@@ -12,7 +11,7 @@ from typing import Any, Awaitable, Callable, Iterator
 import aiohttp
 import pytest
 
-from diproxy.testing.etcd_server import INSTALL_HINT, EtcdServer
+from diproxy.testing.etcd_server import EtcdMissing, EtcdServer, etcd_binary
 
 TEST_DEADLINE = 20.0
 # Short timeouts keep failure scenarios fast; every test may override them.
@@ -22,8 +21,10 @@ FAST_FLAGS = ["--health-interval", "0.1", "--health-timeout", "0.5", "--connect-
 
 
 def _require_etcd() -> None:
-    if shutil.which("etcd") is None and shutil.which("/usr/bin/etcd") is None:
-        pytest.fail(INSTALL_HINT, pytrace=False)
+    try:
+        etcd_binary()
+    except EtcdMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def _serve_etcd() -> Iterator[EtcdServer]:
