@@ -28,14 +28,14 @@ install_docker() {
   systemctl enable --now docker || fail "Docker does not start"
 }
 
-# wait_until SECONDS DESCRIPTION CMD...: poll CMD until it succeeds.
+# wait_until SECONDS INTERVAL DESCRIPTION CMD...: poll CMD every INTERVAL seconds until it succeeds.
 wait_until() {
-  local deadline=$((SECONDS + $1)) what=$2
-  shift 2
+  local deadline=$((SECONDS + $1)) interval=$2 what=$3
+  shift 3
   until "$@"; do
     ((SECONDS < deadline)) || return 1
     log "waiting: $what"
-    sleep "$ATTACH_WAIT_SLEEP"
+    sleep "$interval"
   done
 }
 
@@ -59,10 +59,10 @@ address_present() { ip -o -4 addr show | grep -q "inet ${DI_CONTROL_ADDRESS}/"; 
 attach_interface() {
   local id
   id=$(instance_id) || fail "cannot read the instance ID from instance metadata"
-  wait_until "$ATTACH_WAIT_SECONDS" "attach $DI_CONTROL_ENI" eni_try_attach "$id" ||
+  wait_until "$ATTACH_WAIT_SECONDS" "$ATTACH_WAIT_SLEEP" "attach $DI_CONTROL_ENI" eni_try_attach "$id" ||
     fail "cannot attach network interface $DI_CONTROL_ENI (still attached to an old control host?)"
   # amazon-ec2-net-utils configures a hot-plugged interface by itself on Amazon Linux 2023.
-  wait_until "$ATTACH_WAIT_SECONDS" "address $DI_CONTROL_ADDRESS up" address_present ||
+  wait_until "$ATTACH_WAIT_SECONDS" "$ATTACH_WAIT_SLEEP" "address $DI_CONTROL_ADDRESS up" address_present ||
     fail "interface $DI_CONTROL_ENI attached but $DI_CONTROL_ADDRESS never came up"
   log "serving address $DI_CONTROL_ADDRESS on $DI_CONTROL_ENI"
 }
@@ -93,9 +93,9 @@ volume_device() {
 attach_etcd_volume() {
   local id device uuid
   id=$(instance_id) || fail "cannot read the instance ID from instance metadata"
-  wait_until "$ATTACH_WAIT_SECONDS" "attach $DI_ETCD_VOLUME" volume_try_attach "$id" ||
+  wait_until "$ATTACH_WAIT_SECONDS" "$ATTACH_WAIT_SLEEP" "attach $DI_ETCD_VOLUME" volume_try_attach "$id" ||
     fail "cannot attach etcd volume $DI_ETCD_VOLUME (still attached to an old control host?)"
-  wait_until "$ATTACH_WAIT_SECONDS" "device of $DI_ETCD_VOLUME" volume_device ||
+  wait_until "$ATTACH_WAIT_SECONDS" "$ATTACH_WAIT_SLEEP" "device of $DI_ETCD_VOLUME" volume_device ||
     fail "etcd volume $DI_ETCD_VOLUME attached but no block device appeared"
   device=$(volume_device)
   # Format only a blank volume: it holds the registry across control-host replacements.
@@ -135,14 +135,13 @@ write_proxy_env() {
   if [[ -n ${DI_PROXY_API_KEY_SECRET:-} ]]; then printf '%s\n' "DIPROXY_API_KEY_SECRET=$DI_PROXY_API_KEY_SECRET"; fi
 }
 
+proxy_serving() { [[ $(health_code "$DI_PROXY_PORT") == 200 ]]; }
+
 # wait_for_distack_proxy: the unit starting is not the proxy serving: it exits at once when it cannot read its API
 # key secret, for one. Wait until its own /health answers, at most PROXY_WAIT_SECONDS.
 wait_for_distack_proxy() {
-  local deadline=$((SECONDS + PROXY_WAIT_SECONDS))
-  until [[ $(health_code "$DI_PROXY_PORT") == 200 ]]; do
-    ((SECONDS < deadline)) || return 1
-    sleep "$PROXY_WAIT_SLEEP"
-  done
+  wait_until "$PROXY_WAIT_SECONDS" "$PROXY_WAIT_SLEEP" "DiStack proxy /health on :$DI_PROXY_PORT" proxy_serving ||
+    return 1
   log "DiStack proxy answers on :$DI_PROXY_PORT"
 }
 
