@@ -10,7 +10,7 @@ CDK := $(CURDIR)/node_modules/.bin/cdk
 CDK_FLAGS := --no-notices --no-version-reporting
 PYTEST_ARGS ?=
 
-.PHONY: synth test bootstrap deploy diff destroy schema bench bench-proxy rehearse proxy-lock clean help
+.PHONY: setup setup-synth setup-ops synth test bootstrap deploy diff destroy schema bench bench-proxy rehearse proxy-lock clean help
 
 help:
 	@echo "make synth [ENV=dev]   synthesize DiStack for config/ENV.yaml (no AWS account needed)"
@@ -24,37 +24,49 @@ help:
 	@echo "make proxy-lock        re-resolve diproxy/requirements.lock (with hashes) from diproxy/requirements.txt"
 	@echo "make rehearse          DI request routing on loopback: etcd, the DiStack proxy, fake workers"
 
-$(VENV)/.deps: requirements.txt requirements-dev.txt diproxy/requirements.txt
+# Three layers, each installed only when a target needs it: synth (the CDK app's runtime set and Node.js),
+# ops (adds boto3 and `dictl`), test (adds the test and lint set, etcd included).
+$(VENV)/.synth-deps: requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install $(PIP_QUIET) -r requirements-dev.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -m pip install $(PIP_QUIET) -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
 	@$(BIN)/python -c "import aws_cdk, pydantic, cdk_nag" && touch $@
 
-node_modules/.deps: package.json package-lock.json $(VENV)/.deps
+$(VENV)/.ops-deps: $(VENV)/.synth-deps requirements-ops.txt pyproject.toml
+	@$(BIN)/python -m pip install $(PIP_QUIET) -r requirements-ops.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import boto3" && test -x $(BIN)/dictl && touch $@
+
+$(VENV)/.deps: $(VENV)/.ops-deps requirements-dev.txt diproxy/requirements.txt
+	@$(BIN)/python -m pip install $(PIP_QUIET) -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import pytest, moto, aiohttp" && touch $@
+
+node_modules/.deps: package.json package-lock.json $(VENV)/.synth-deps
 	@$(BIN)/npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+setup-synth: $(VENV)/.synth-deps node_modules/.deps
+setup-ops: $(VENV)/.ops-deps node_modules/.deps
 setup: $(VENV)/.deps node_modules/.deps
 
-synth: setup
+synth: setup-synth
 	@rm -rf cdk.out/DiStack.template.json
 	$(CDK) synth DiStack -c env=$(ENV) --quiet $(CDK_FLAGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bootstrap: setup
+bootstrap: setup-ops
 	$(CDK) bootstrap -c env=$(ENV) $(CDK_FLAGS)
 
-deploy: setup
+deploy: setup-ops
 	$(CDK) deploy DiStack -c env=$(ENV) $(CDK_FLAGS)
 
-diff: setup
+diff: setup-ops
 	$(CDK) diff DiStack -c env=$(ENV) $(CDK_FLAGS)
 
-destroy: setup
+destroy: setup-ops
 	$(CDK) destroy DiStack -c env=$(ENV) $(CDK_FLAGS)
 
-schema: $(VENV)/.deps
+schema: $(VENV)/.synth-deps
 	$(BIN)/python -m stacks.schema > config/schema.json
 
 bench: setup

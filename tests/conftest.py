@@ -60,3 +60,15 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Synth]:
         return cache[env]
 
     return get
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs_tools(*tools): the test runs an OS tool (tests/tools.py)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    from tests.tools import require
+
+    for mark in item.iter_markers("needs_tools"):
+        for tool in mark.args:
+            require(tool)

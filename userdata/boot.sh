@@ -6,6 +6,8 @@ set -euo pipefail
 DI_NODE_ENV=${DI_NODE_ENV:-/etc/di/node.env}
 DI_HOME=${DI_HOME:-/opt/di}
 DI_BOOT_TMP=${DI_BOOT_TMP:-/var/tmp}
+# Seconds before download retry N is N times this (5, 10, 15, 20 s by default).
+BOOT_RETRY_STEP_SECONDS=${BOOT_RETRY_STEP_SECONDS:-5}
 
 say() { printf '%s [boot] %s\n' "$(date -u +%FT%TZ)" "$*" >&2; }
 
@@ -20,7 +22,7 @@ fetch_scripts() {
   for attempt in 1 2 3 4 5; do
     aws s3 cp --only-show-errors --region "$DI_REGION" "$DI_SCRIPTS_URL" "$archive" && break
     ((attempt == 5)) && return 1
-    sleep $((attempt * 5))
+    sleep $((attempt * BOOT_RETRY_STEP_SECONDS))
   done
   mkdir -p "$DI_HOME"
   python3 -m zipfile -e "$archive" "$DI_HOME"

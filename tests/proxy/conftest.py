@@ -11,7 +11,8 @@ from typing import Any, Awaitable, Callable, Iterator
 import aiohttp
 import pytest
 
-from diproxy.testing.etcd_server import EtcdMissing, EtcdServer, etcd_binary
+from diproxy.testing.etcd_server import EtcdServer
+from tests.tools import require
 
 TEST_DEADLINE = 20.0
 # Short timeouts keep failure scenarios fast; every test may override them.
@@ -20,15 +21,8 @@ FAST_FLAGS = ["--health-interval", "0.1", "--health-timeout", "0.5", "--connect-
               "--etcd-retry-interval", "0.1", "--resync-interval", "5"]
 
 
-def _require_etcd() -> None:
-    try:
-        etcd_binary()
-    except EtcdMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
-
-
 def _serve_etcd() -> Iterator[EtcdServer]:
-    _require_etcd()
+    require("etcd")
     server = EtcdServer()
     server.start()
     try:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import needs
+
 from diproxy.testing.etcd_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,7 +160,7 @@ def _verify_unit(name: str, unit_text: str, root: Path) -> list[str]:
     return [line for line in done.stderr.splitlines() if name in line]
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not on PATH")
+@needs("systemd-analyze")
 @pytest.mark.parametrize("name", ["distack-proxy.service", "distack-proxy-shipper.service"])
 def test_systemd_units_verify_and_the_check_catches_mistakes(name: str, tmp_path: Path) -> None:
     unit = (DEPLOY / name).read_text()

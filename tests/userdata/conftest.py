@@ -121,6 +121,7 @@ def make_node(tmp_path: Path, env: str, fleet: str | None, *, fakes: list[str] |
         "DI_NVME_GLOB": str(root / "by-id" / "nvme-Amazon_EC2_NVMe_Instance_Storage_*"),
         "FAKE_STATE": str(root / "fake-state"),
         "RETRY_SLEEP": "0",
+        "BOOT_RETRY_STEP_SECONDS": "0",
         "ATTACH_WAIT_SLEEP": "0",
         "ATTACH_WAIT_SECONDS": "3",
         "ETCD_WAIT_SLEEP": "0",

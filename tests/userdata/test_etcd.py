@@ -4,49 +4,23 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
 
+from diproxy.testing.etcd_server import EtcdServer, free_port
+from tests.tools import needs
 from tests.userdata.conftest import FAKE_COMMANDS, INSTANCE_ID
 
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
-pytestmark = pytest.mark.skipif(not shutil.which("etcd") and not __import__("os").path.exists(ETCD),
-                                reason="etcd-server not installed (apt-get install -y etcd-server)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = needs("etcd")
 
 
 @pytest.fixture
 def etcd(tmp_path):
-    client, peer = free_port(), free_port()
-    proc = subprocess.Popen(
-        [ETCD, "--name=default", f"--data-dir={tmp_path / 'etcd-data'}",
-         f"--listen-client-urls=http://127.0.0.1:{client}", f"--advertise-client-urls=http://127.0.0.1:{client}",
-         f"--listen-peer-urls=http://127.0.0.1:{peer}", f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-         f"--initial-cluster=default=http://127.0.0.1:{peer}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{client}/health", timeout=1) as r:
-                if json.load(r).get("health") == "true":
-                    break
-        except OSError:
-            pass
-        assert time.time() < deadline, "etcd did not start"
-        time.sleep(0.2)
-    yield f"127.0.0.1:{client}"
-    proc.terminate()
-    proc.wait(10)
+    with EtcdServer(tmp_path / "etcd") as server:
+        yield server.address
 
 
 def register(address: str, key: str) -> None:

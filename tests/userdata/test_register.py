@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from tests.userdata.conftest import SCRIPTS
-from tests.userdata.test_etcd import ETCD, free_port, real_curl_node
+from diproxy.testing.etcd_server import EtcdServer as HarnessEtcd
+from tests.tools import needs
+from tests.userdata.test_etcd import real_curl_node
 
-requires_etcd = pytest.mark.skipif(not os.path.exists(ETCD),
-                                   reason="etcd-server not installed (apt-get install -y etcd-server)")
+requires_etcd = needs("etcd")
 
 # A TTL far above the polling bounds below: a key gone within PROMPTLY was revoked, not left to expire.
 TTL_SECONDS = "10"
@@ -40,56 +40,11 @@ def wait_until(predicate, timeout: float, what: str):
         time.sleep(0.05)
 
 
-class EtcdServer:
-    """One real single-member etcd on loopback that a test can stop, wipe and start again on the same ports."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.client = free_port()
-        self.peer = free_port()
-        while self.peer == self.client:
-            self.peer = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.log = data_dir.parent / f"{data_dir.name}.log"
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.client}"
-
-    def start(self) -> None:
-        peer = f"http://127.0.0.1:{self.peer}"
-        with open(self.log, "a", encoding="utf-8") as log:
-            self.proc = subprocess.Popen(
-                [ETCD, "--name=default", f"--data-dir={self.data_dir}",
-                 f"--listen-client-urls=http://{self.address}", f"--advertise-client-urls=http://{self.address}",
-                 f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-                 f"--initial-cluster=default={peer}"],
-                stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            wait_until(self.healthy, 30, "etcd healthy")
-        except AssertionError:
-            self.stop()
-            raise
-
-    def healthy(self) -> bool:
-        assert self.proc.poll() is None, f"etcd exited:\n{self.log.read_text()[-3000:]}"
-        return self.answers()
-
-    def answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.address}/health", timeout=1) as r:
-                return json.load(r).get("health") == "true"
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
+class EtcdServer(HarnessEtcd):
+    """The harness's etcd, which a test can stop, wipe and start again on the same ports, read through the gateway."""
 
     def wipe(self) -> None:
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        shutil.rmtree(self.data_dir / "data", ignore_errors=True)
 
     def call(self, path: str, body: dict) -> dict:
         request = urllib.request.Request(f"http://{self.address}{path}", data=json.dumps(body).encode())
@@ -131,10 +86,8 @@ class Health:
 
 @pytest.fixture
 def etcd_server(tmp_path):
-    server = EtcdServer(tmp_path / "etcd-data")
-    server.start()
-    yield server
-    server.stop()
+    with EtcdServer(tmp_path / "etcd") as server:
+        yield server
 
 
 @pytest.fixture
@@ -269,7 +222,7 @@ def test_etcd_down_at_start_is_waited_for(tmp_path, health, registrar):
         server.start()
         wait_until(lambda: server.entry(reg.key), 5, "registered once etcd is up")
     finally:
-        server.stop()
+        server.close()
 
 
 def run_register(n, *args: str) -> subprocess.CompletedProcess:

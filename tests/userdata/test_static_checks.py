@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.tools import needs
 
 from tests.userdata.conftest import SCRIPTS
 
@@ -47,14 +48,14 @@ def verify(tmp_path: Path, units: list[Path], *names: str) -> subprocess.Complet
                           text=True)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@needs("systemd-analyze")
 def test_units_verify(tmp_path):
     proc = verify(tmp_path, UNITS, "./di-etcd.service", "./di-proxy.service", "./di-vllm@0.service",
                   "./di-register@0.service")
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@needs("systemd-analyze")
 def test_the_verification_catches_a_broken_unit(tmp_path):
     broken = tmp_path / "di-vllm@.service"
     broken.write_text((SCRIPTS / "units" / "di-vllm@.service").read_text().replace("di-run run", "di-runn run"))
@@ -93,7 +94,7 @@ def test_the_registrar_follows_its_endpoint_and_never_gives_up():
     assert parser["Unit"]["StartLimitIntervalSec"] == "0"
 
 
-@pytest.mark.skipif(shutil.which("systemctl") is None, reason="systemctl not installed")
+@needs("systemctl")
 def test_enabling_a_registrar_ties_it_to_its_endpoint_start(tmp_path):
     # What `systemctl enable --now di-register@N.service` links on a node: the endpoint wants it, so every start
     # of di-vllm@N (boot, after a drain) starts the registrar too.
