@@ -16,6 +16,7 @@ from diproxy.config import Settings
 from diproxy.errors import ClientFacingError, error_response
 from diproxy.etcd_gateway import EtcdGateway
 from diproxy.metrics import ProxyMetrics
+from diproxy.protocols import protocol_for
 from diproxy.registry import EtcdDiscovery, WorkerRegistry, add_static
 from diproxy.routing import Router
 from diproxy.workers import make_selector
@@ -37,7 +38,9 @@ class ProxyState:
         self.registry: WorkerRegistry | None = None
         self.discovery: EtcdDiscovery | None = None
         self.router: Router | None = None
-        self.metrics = ProxyMetrics(self._pool_sizes, self._worker_in_flight)
+        self.protocol = protocol_for(settings.mode, settings.engine)
+        self.metrics = ProxyMetrics(self._pool_sizes, self._worker_in_flight, self._worker_backoff,
+                                    self.protocol.name)
         self.tasks: list[asyncio.Task] = []
 
     def _pool_sizes(self) -> dict[tuple[str, ...], float]:
@@ -53,6 +56,13 @@ class ProxyState:
             return {}
         return {(w.role, w.address): float(w.in_flight) for w in self.registry.workers()}
 
+    def _worker_backoff(self) -> dict[tuple[str, ...], float]:
+        if self.registry is None:
+            return {}
+        now = asyncio.get_running_loop().time()
+        return {(w.role, w.address): round(w.backoff_until - now, 3) for w in self.registry.workers()
+                if w.backoff_until > now}
+
     async def start(self) -> None:
         s = self.settings
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
@@ -66,7 +76,7 @@ class ProxyState:
                                            s.etcd_retry_interval, standard=s.mode == "standard")
             self.tasks.append(asyncio.create_task(self.discovery.run(), name="etcd-discovery"))
         self.tasks.append(asyncio.create_task(self.registry.run_health_checks(), name="health-checks"))
-        self.router = Router(s, self.registry, self.session, self.metrics, make_selector(s.selection))
+        self.router = Router(s, self.registry, self.session, self.metrics, make_selector(s.selection), self.protocol)
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -134,9 +144,10 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     state: ProxyState = request.app[STATE]
     assert state.registry is not None and state.router is not None
-    pools = {role: len(state.registry.usable(role)) for role in state.router._roles()}
+    pools = {role: len(state.registry.usable(role)) for role in state.router.roles()}
     ok = state.router.has_capacity()
-    return web.json_response({"ready": ok, "mode": state.settings.mode, "usable": pools}, status=200 if ok else 503)
+    return web.json_response({"ready": ok, "mode": state.settings.mode, "protocol": state.protocol.name,
+                              "usable": pools}, status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -149,7 +160,7 @@ async def models(request: web.Request) -> web.StreamResponse:
     """Forward /v1/models to one usable worker, so OpenAI clients and benchmarks can discover the model."""
     state: ProxyState = request.app[STATE]
     assert state.registry is not None and state.router is not None and state.session is not None
-    candidates = [w for role in state.router._roles() for w in state.registry.usable(role)]
+    candidates = [w for role in state.router.roles() for w in state.registry.usable(role)]
     if not candidates:
         raise ClientFacingError(503, "no worker available", "service_unavailable", "no_worker_available",
                                 {"Retry-After": str(state.settings.retry_after)})

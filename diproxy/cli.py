@@ -24,9 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"diproxy: {exc}", file=sys.stderr)
         return 2
     loop = new_event_loop()
-    logging.getLogger("diproxy").info("starting in %s mode on %s:%d (API key %s, %s loop)", settings.mode,
-                                      settings.host, settings.port, "required" if api_key else "not required",
-                                      loop_name(loop))
+    logging.getLogger("diproxy").info("starting in %s mode, engine %s, on %s:%d (API key %s, %s loop)",
+                                      settings.mode, settings.engine, settings.host, settings.port,
+                                      "required" if api_key else "not required", loop_name(loop))
     web.run_app(build_app(settings, api_key), host=settings.host, port=settings.port, print=None,
                 access_log=None, shutdown_timeout=10, loop=loop)
     return 0

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from diproxy.protocols import DEFAULT_ENGINE, ENGINES
+
 ENV_PREFIX = "DIPROXY_"
 
 
@@ -29,6 +31,7 @@ def parse_host_port(text: str) -> HostPort:
 @dataclass(frozen=True)
 class Settings:
     mode: str = "di"
+    engine: str = DEFAULT_ENGINE
     host: str = "0.0.0.0"
     port: int = 8000
     etcd: HostPort | None = None
@@ -62,7 +65,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     defaults = Settings()
     parser = argparse.ArgumentParser(
         prog="python -m diproxy",
-        description="Disaggregated-inference proxy for NeuronConnector prefill/decode workers. "
+        description="Disaggregated-inference proxy: prefill/decode workers found in etcd, spoken to in the protocol "
+        "of the engine they run (--engine), or standalone workers in --mode standard. "
         "Every flag can also be set as DIPROXY_<FLAG_NAME> (upper case, '-' as '_').",
     )
 
@@ -74,6 +78,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     option("--mode", "mode", str, defaults.mode, "di = prefill/decode pairs from etcd; standard = balance over --endpoint "
            "and/or the {prefix}standard/IP/PORT keys in etcd",
            choices=("di", "standard"))
+    engines = "; ".join(f"{name}: {cls.summary}" for name, cls in ENGINES.items())
+    option("--engine", "engine", str, defaults.engine, f"KV-transfer engine the workers run, which sets the "
+           f"protocol spoken to them in di mode ({engines}); standard mode relays to one worker whatever the engine",
+           choices=tuple(ENGINES))
     option("--host", "host", str, defaults.host, "listen address")
     option("--port", "port", int, defaults.port, "listen port")
     option("--etcd", "etcd", parse_host_port, None, "etcd HOST:PORT (v3 JSON gateway); required in di mode")
@@ -114,6 +122,9 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     parser = build_parser(env)
     args = parser.parse_args(argv)
     endpoints = tuple(args.endpoints) if args.endpoints else args._env_endpoints
+    if args.engine not in ENGINES:  # argparse checks choices for flags only, not for values from the environment
+        parser.error(f"unknown engine {args.engine!r} (from {_env_name('engine')}); "
+                     f"choose one of: {', '.join(ENGINES)}")
     if args.mode == "di" and args.etcd is None:
         parser.error("--etcd (or DIPROXY_ETCD) is required in di mode")
     if args.mode == "standard" and not endpoints and args.etcd is None:

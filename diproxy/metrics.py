@@ -87,11 +87,15 @@ class Histogram:
 
 class ProxyMetrics:
     def __init__(self, pool_sizes: Callable[[], dict[LabelValues, float]],
-                 worker_in_flight: Callable[[], dict[LabelValues, float]]) -> None:
+                 worker_in_flight: Callable[[], dict[LabelValues, float]],
+                 worker_backoff: Callable[[], dict[LabelValues, float]] = dict, engine: str = "") -> None:
         self.requests = Counter("diproxy_requests_total", "Client requests by endpoint and final HTTP status.",
                                 ("endpoint", "status"))
         self.errors = Counter("diproxy_errors_total", "Failures by kind (upstream ones counted per attempt).", ("kind",))
-        self.retries = Counter("diproxy_retries_total", "Requests re-sent to another worker pair.")
+        self.retries = Counter("diproxy_retries_total", "Upstream calls re-sent to another worker (or pair).")
+        self.kv_transfer_skipped = Counter(
+            "diproxy_kv_transfer_skipped_total",
+            "NIXL: prefill answers without kv_transfer_params (stopped before max_tokens); decode prefilled locally.")
         self.ttft = Histogram("diproxy_time_to_first_token_seconds",
                               "From request arrival to the first byte of the answer sent to the client.", ("endpoint",))
         self.latency = Histogram("diproxy_request_duration_seconds", "From request arrival to the end of the answer.",
@@ -99,6 +103,10 @@ class ProxyMetrics:
         self._gauges = [
             Gauge("diproxy_pool_workers", "Workers known per role and state.", ("role", "state"), pool_sizes),
             Gauge("diproxy_worker_in_flight", "Requests in flight per worker.", ("role", "worker"), worker_in_flight),
+            Gauge("diproxy_worker_backoff_seconds", "Back-off left after refused connections, per backed-off worker.",
+                  ("role", "worker"), worker_backoff),
+            Gauge("diproxy_engine_info", "The engine protocol this proxy speaks (always 1).", ("engine",),
+                  lambda: {(engine,): 1.0}),
         ]
         self.in_flight = 0
         self._gauges.append(Gauge("diproxy_in_flight_requests", "Client requests in flight.", (),
@@ -110,6 +118,6 @@ class ProxyMetrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.requests, self.errors, self.retries, self.ttft, self.latency, *self._gauges):
+        for metric in (self.requests, self.errors, self.retries, self.kv_transfer_skipped, self.ttft, self.latency, *self._gauges):
             lines += metric.render()
         return "\n".join(lines) + "\n"

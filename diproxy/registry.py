@@ -77,12 +77,11 @@ class WorkerRegistry:
         for role, host, port in wanted:
             self.add(role, host, port, source)
 
-    def mark_unreachable(self, worker: Worker) -> None:
-        """A request could not connect: stop routing there until the next successful probe."""
-        if worker.healthy:
-            worker.healthy = False
-            log.warning("worker unreachable, out of the pool: %s %s", worker.role, worker.address)
-            self._notify()
+    def note_refused(self, worker: Worker) -> None:
+        """A request could not connect: back the worker off for a short, growing while (workers.BACKOFF_*).
+        It stays in the pool; only its /health probe takes it out."""
+        delay = worker.refused(asyncio.get_running_loop().time())
+        log.warning("worker refused a connection, backed off %.0f ms: %s %s", delay * 1e3, worker.role, worker.address)
 
     # -- waiting for capacity ---------------------------------------------------------------
     def _notify(self) -> None:

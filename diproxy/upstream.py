@@ -3,34 +3,62 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
 
+from diproxy.errors import WorkerError, worker_error
 from diproxy.sse import EventDecoder, StreamEvent
 from diproxy.workers import Worker
 
 
+# Statuses another worker may answer differently: overload and time limits (vLLM answers 503 when it cannot take a
+# request, and any 5xx is the worker's own fault). Other 4xx describe the request itself: every worker would refuse it.
+_RETRYABLE_CLIENT_STATUSES = (408, 429)
+
+
 class UpstreamFailure(Exception):
-    """An upstream call failed; kind is connect | status | timeout | stream."""
+    """An upstream call failed; kind is connect | status | timeout | stream | error (an error object the worker sent
+    after a 200, as an SSE event or a JSON body). `error` is the worker's own error, when it sent one."""
 
     def __init__(self, worker: Worker, kind: str, detail: str, upstream_status: int | None = None,
-                 body: bytes | None = None) -> None:
+                 body: bytes | None = None, error: WorkerError | None = None) -> None:
         super().__init__(f"{worker.role} {worker.address}: {kind}: {detail}")
         self.worker = worker
         self.kind = kind
         self.detail = detail
         self.upstream_status = upstream_status
         self.body = body
+        self.error = error
+        self.forwarded = False  # the worker's error event already went to the client as it was
+
+    @classmethod
+    def from_worker_error(cls, worker: Worker, error: WorkerError) -> "UpstreamFailure":
+        return cls(worker, "error", f"worker error {error.status}: {error.message}", error.status, error=error)
 
     @property
     def is_client_error(self) -> bool:
-        """The worker rejected the request itself (4xx): another worker would reject it too."""
-        return self.kind == "status" and self.upstream_status is not None and 400 <= self.upstream_status < 500
+        """The worker rejected the request itself (4xx): another worker would reject it too, so no retry, and the
+        client gets the worker's status and error."""
+        status = self.upstream_status
+        return (self.kind in ("status", "error") and status is not None and 400 <= status < 500
+                and status not in _RETRYABLE_CLIENT_STATUSES)
+
+    @property
+    def retryable(self) -> bool:
+        return not self.is_client_error
 
     @property
     def client_status(self) -> int:
-        return 504 if self.kind == "timeout" else 502
+        if self.kind == "timeout":
+            return 504
+        # An overloaded worker's 503 stays a 503 (with Retry-After): the client may come back later.
+        return 503 if self.upstream_status == 503 else 502
+
+    @property
+    def code(self) -> str:
+        return "upstream_timeout" if self.kind == "timeout" else f"upstream_{self.kind}"
 
 
 class IdleTimer:
@@ -106,10 +134,11 @@ class Leg:
         try:
             self.response = await self.session.post(self.url, json=self.body, headers=self.headers,
                                                     timeout=self._timeout)
+            self.worker.answered()
             if self.response.status != 200:
                 body = await self.response.read()
                 raise UpstreamFailure(self.worker, "status", f"HTTP {self.response.status}",
-                                      self.response.status, body)
+                                      self.response.status, body, _error_in(body))
             return self.response
         except asyncio.CancelledError:
             raise
@@ -199,3 +228,10 @@ class Leg:
         self._idle.cancel()
         if self.response is not None and not self.response.closed:
             self.response.close()
+
+
+def _error_in(body: bytes) -> WorkerError | None:
+    try:
+        return worker_error(json.loads(body))
+    except ValueError:
+        return None

@@ -1,4 +1,5 @@
-"""Worker records and pool selection policies (least in-flight by power of two choices, or round robin)."""
+"""Worker records, pool selection policies (least in-flight by power of two choices, or round robin) and the
+per-worker back-off after a refused connection."""
 
 from __future__ import annotations
 
@@ -14,6 +15,13 @@ STANDALONE = "standalone"
 REGISTERED_STANDARD = "standard"
 
 
+# A worker that refused a connection is skipped for BACKOFF_FIRST seconds, doubling with each further refusal in a
+# row up to BACKOFF_MAX, and forgiven at its next answer. One blip costs a request a few tens of milliseconds at most,
+# never the 2 s until the next health probe; a worker that stays down is still found by its failing /health.
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 1.0
+
+
 @dataclass(eq=False)
 class Worker:
     role: str
@@ -22,6 +30,21 @@ class Worker:
     healthy: bool = False
     in_flight: int = 0
     sources: set[str] = field(default_factory=set)
+    refusals: int = 0  # connections refused in a row
+    backoff_until: float = 0.0  # loop time before which the worker is not picked if another one is ready
+
+    def refused(self, now: float) -> float:
+        """Record a refused connection; returns the back-off it earned, in seconds."""
+        self.refusals += 1
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self.refusals - 1))
+        self.backoff_until = now + delay
+        return delay
+
+    def answered(self) -> None:
+        """The worker answered a request (any status): its refusals are forgotten."""
+        if self.refusals:
+            self.refusals = 0
+            self.backoff_until = 0.0
 
     @property
     def address(self) -> str:
@@ -73,3 +96,12 @@ def prefer_untried(candidates: Iterable[Worker], tried: set[Worker]) -> list[Wor
     pool = list(candidates)
     fresh = [w for w in pool if w not in tried]
     return fresh or pool
+
+
+def not_backed_off(candidates: list[Worker], now: float) -> list[Worker]:
+    """The candidates outside their back-off; if every one is backed off, the one whose back-off ends first,
+    so a blip on every worker of a role delays a request instead of emptying the pool."""
+    ready = [w for w in candidates if w.backoff_until <= now]
+    if ready or not candidates:
+        return ready
+    return [min(candidates, key=lambda w: w.backoff_until)]

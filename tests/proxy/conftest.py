@@ -19,6 +19,12 @@ TEST_DEADLINE = 20.0
 FAST_FLAGS = ["--health-interval", "0.1", "--health-timeout", "0.5", "--connect-timeout", "0.5",
               "--first-token-timeout", "2", "--idle-timeout", "2", "--pair-wait-timeout", "2",
               "--etcd-retry-interval", "0.1", "--resync-interval", "5"]
+ENGINES = ("nixl", "neuron-connector")
+
+
+def di_flags(engine: str, etcd: str, prefix: str, *extra: str) -> list[str]:
+    """A DI proxy speaking engine's protocol to the workers under prefix, with the fast timeouts."""
+    return ["--engine", engine, "--etcd", etcd, "--etcd-prefix", prefix, *FAST_FLAGS, *extra]
 
 
 def _serve_etcd() -> Iterator[EtcdServer]:

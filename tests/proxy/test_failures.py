@@ -9,11 +9,12 @@ import aiohttp
 
 from diproxy.testing.fake_worker import Behaviour, FakeWorker
 from diproxy.testing.harness import RunningProxy
-from tests.proxy.conftest import FAST_FLAGS, post_stream, run, wait_ready, wait_until
+from tests.proxy.conftest import di_flags, post_stream, run, wait_ready, wait_until
 
 
 def _flags(etcd: str, prefix: str, *extra: str) -> list[str]:
-    return ["--etcd", etcd, "--etcd-prefix", prefix, *FAST_FLAGS, *extra]
+    """The NeuronConnector protocol: these tests predate the NIXL one, whose failures test_nixl.py covers."""
+    return di_flags("neuron-connector", etcd, prefix, *extra)
 
 
 async def _usable(proxy: RunningProxy, role: str, count: int, timeout: float = 5.0) -> None:

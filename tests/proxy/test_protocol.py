@@ -1,4 +1,5 @@
-"""The NeuronConnector protocol as seen by fake workers: request ids, prefill body, chunk order and ids."""
+"""The NeuronConnector protocol as seen by fake workers: request ids, prefill body, chunk order and ids; standard
+mode, the API key, metrics and settings (shared by all protocols)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import aiohttp
 from diproxy.config import parse_settings
 from diproxy.testing.fake_worker import Behaviour, FakeWorker
 from diproxy.testing.harness import RunningProxy
-from tests.proxy.conftest import FAST_FLAGS, post_stream, run, wait_ready
+from tests.proxy.conftest import FAST_FLAGS, di_flags, post_stream, run, wait_ready
 
 UID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
@@ -27,7 +28,7 @@ async def _proxied_pair(etcd: str, prefix: str, tokens: int = 5) -> AsyncIterato
     """A registered prefill/decode pair behind a ready proxy, with a client session; all stopped afterwards."""
     prefill, decode = await _pair(etcd, prefix, tokens)
     try:
-        async with RunningProxy(["--etcd", etcd, "--etcd-prefix", prefix, *FAST_FLAGS]) as proxy, \
+        async with RunningProxy(di_flags("neuron-connector", etcd, prefix)) as proxy, \
                 aiohttp.ClientSession() as session:
             await wait_ready(session, proxy.url)
             yield prefill, decode, proxy, session
@@ -131,8 +132,8 @@ def test_least_in_flight_and_round_robin_spread_over_prefill_workers(etcd, prefi
                                   behaviour=Behaviour(tokens=3, token_interval=0.02)).start()
         try:
             for policy in ("round-robin", "least-in-flight"):
-                async with RunningProxy(["--etcd", etcd.address, "--etcd-prefix", prefix, "--selection", policy,
-                                         *FAST_FLAGS]) as proxy, aiohttp.ClientSession() as session:
+                async with RunningProxy(di_flags("neuron-connector", etcd.address, prefix, "--selection",
+                                                 policy)) as proxy, aiohttp.ClientSession() as session:
                     await wait_ready(session, proxy.url)
                     await wait_until_both_usable(proxy)
                     before = [len(p.requests) for p in prefills]

@@ -1,0 +1,140 @@
+"""The NIXL protocol (vLLM NixlConnector / NeuronNixlConnector, the vLLM Neuron plugin's DI), as vLLM's and the
+vLLM Neuron examples' toy_proxy_server.py speak it, with DiStack's pools, retries and timeouts.
+
+1. Prefill first, alone: the request with max_tokens 1, stream false, no stream_options, no min_tokens, and
+   kv_transfer_params asking for a remote decode. vLLM answers with kv_transfer_params naming its KV blocks and
+   its NIXL side channel, and keeps the blocks until a decode reads them (or VLLM_NIXL_ABORT_REQUEST_TIMEOUT, 480 s).
+2. Decode: the client's request as it came, plus those kv_transfer_params with remote_host set to the prefill
+   worker's address (vLLM reports VLLM_NIXL_SIDE_CHANNEL_HOST, 0.0.0.0 when bound to all interfaces). Decode
+   pulls the blocks over NIXL and generates the whole answer, which goes to the client.
+Both legs carry the same X-Request-Id. Prefill and decode are picked independently. A prefill failure retries on
+another prefill worker; a decode failure before the client's first byte retries on another decode worker with the
+same kv_transfer_params (the blocks are still held).
+Sources: vllm-project/vllm:tests/v1/kv_connector/nixl_integration/toy_proxy_server.py@030ea52e
+(send_request_to_service), jinhuang12/vllm-neuron:examples/vllm_neuron/vllm/disaggregated_inference/
+toy_proxy_server.py@ed3580d0 (remote_host rewrite), vllm-project/vllm:vllm/distributed/kv_transfer/kv_connector/
+v1/nixl/scheduler.py@053da34b (request_finished: what prefill returns)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from diproxy.protocols.base import EngineProtocol, cap_tokens_at_one
+from diproxy.routing import Call, Router, new_uid
+from diproxy.sse import StreamEvent, rewrite_id
+from diproxy.upstream import UpstreamFailure
+from diproxy.workers import DECODE, PREFILL, Worker
+
+log = logging.getLogger(__name__)
+
+KV_TRANSFER_PARAMS = "kv_transfer_params"
+# What a prefill is asked for: keep the KV for a remote decode. Exactly the reference proxies' dict.
+ASK_REMOTE_DECODE = {"do_remote_decode": True, "do_remote_prefill": False, "remote_engine_id": None,
+                     "remote_block_ids": None, "remote_host": None, "remote_port": None}
+# Parameters vLLM's prefill does not support; the upstream proxy pops them for P and keeps them for D.
+_PREFILL_UNSUPPORTED = ("min_tokens", "min_completion_tokens")
+
+
+def prefill_request(body: dict[str, Any]) -> dict[str, Any]:
+    shaped = cap_tokens_at_one(body)
+    shaped["stream"] = False
+    shaped.pop("stream_options", None)
+    for key in _PREFILL_UNSUPPORTED:
+        shaped.pop(key, None)
+    # A client's own kv_transfer_params are never forwarded: they could point a worker at any host.
+    shaped[KV_TRANSFER_PARAMS] = dict(ASK_REMOTE_DECODE)
+    return shaped
+
+
+def decode_request(body: dict[str, Any], kv_params: dict[str, Any] | None) -> dict[str, Any]:
+    shaped = dict(body)
+    shaped.pop(KV_TRANSFER_PARAMS, None)
+    if kv_params is not None:
+        shaped[KV_TRANSFER_PARAMS] = kv_params
+    return shaped
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """What a finished prefill hands to decode."""
+
+    uid: str  # the X-Request-Id both legs carry
+    prefill: Worker
+    kv_params: dict[str, Any] | None  # None: prefill stopped before max_tokens and returned none
+
+
+class NixlProtocol(EngineProtocol):
+    name = "nixl"
+    roles = (PREFILL, DECODE)
+    summary = "prefill first with kv_transfer_params, then decode with prefill's (NixlConnector, vLLM Neuron plugin)"
+
+    async def serve(self, router: Router, call: Call) -> web.StreamResponse:
+        handoff = await router.attempt(call, (PREFILL,), lambda workers: self._prefill(router, call, workers[0]))
+        body = decode_request(call.body, handoff.kv_params)
+        return await router.attempt(call, (DECODE,),
+                                    lambda workers: self._decode(router, call, workers[0], body, handoff))
+
+    async def _prefill(self, router: Router, call: Call, prefill: Worker) -> Handoff:
+        uid = new_uid()
+        leg = router.leg(prefill, call.path, prefill_request(call.body), uid)
+        try:
+            async with asyncio.timeout(router.settings.first_token_timeout):
+                await leg.open()
+                raw = await leg.read_body(router.settings.first_token_timeout)
+        except asyncio.TimeoutError as exc:
+            raise UpstreamFailure(prefill, "timeout", "prefill did not answer in time") from exc
+        finally:
+            leg.close()
+        params = router.whole_answer(leg, raw).get(KV_TRANSFER_PARAMS)
+        if not isinstance(params, dict) or not params:
+            # vLLM returns them only when prefill stopped at max_tokens (FINISHED_LENGTH_CAPPED); a prompt that ends
+            # on EOS or a stop string at once has none, and decode then prefills it locally.
+            router.metrics.kv_transfer_skipped.inc()
+            log.info("prefill %s returned no kv_transfer_params; decode prefills locally", prefill.address)
+            return Handoff(uid, prefill, None)
+        # vLLM reports its side-channel bind address (0.0.0.0 in the Neuron tutorial); decode needs a routable one.
+        return Handoff(uid, prefill, {**params, "remote_host": prefill.host})
+
+    async def _decode(self, router: Router, call: Call, decode: Worker, body: dict[str, Any],
+                      handoff: Handoff) -> web.StreamResponse:
+        client_id = call.client_id(handoff.uid)
+        leg = router.leg(decode, call.path, body, handoff.uid)
+        log.debug("routing %s: prefill %s, decode %s", client_id, handoff.prefill.address, decode.address)
+        try:
+            if not call.streaming:
+                try:
+                    async with asyncio.timeout(router.settings.first_token_timeout):
+                        await leg.open()
+                except asyncio.TimeoutError as exc:
+                    raise UpstreamFailure(decode, "timeout", "decode did not answer in time") from exc
+                payload = router.whole_answer(leg, await leg.read_body(router.settings.total_timeout))
+                rewrite_id(payload, client_id)
+                router.first_byte(call)
+                return web.json_response(payload, headers={"X-Request-Id": client_id})
+            try:
+                async with asyncio.timeout(router.settings.first_token_timeout):
+                    await leg.open()
+                    first = await router.first_event(leg, lambda event: True)
+            except asyncio.TimeoutError as exc:
+                raise UpstreamFailure(decode, "timeout", "no first token in time") from exc
+
+            async def stream_body(response: web.StreamResponse) -> None:
+                await router.write(response, _client_event(first, client_id))
+                router.first_byte(call)
+                if not first.is_done:
+                    await router.relay(response, leg, client_id)
+                else:
+                    await router.write(response, b"", last=True)
+
+            return await router.stream(call, client_id, stream_body)
+        finally:
+            leg.close()
+
+
+def _client_event(event: StreamEvent, client_id: str) -> bytes:
+    return event.encode() if event.is_done else event.encode_with_id(client_id)
