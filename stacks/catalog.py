@@ -17,6 +17,8 @@ class InstanceType:
     """What the config checks and the launch template need to know about one instance type."""
 
     name: str
+    # The family the Neuron docs and the DLC README name ("trn1" covers trn1n): what engines and images list.
+    family: str
     network_cards: int
     efa: bool
     neuron_devices: int
@@ -51,6 +53,7 @@ WORKER_TYPES: Mapping[str, InstanceType] = {
     for t in (
         InstanceType(
             name="trn2.48xlarge",
+            family="trn2",
             network_cards=16,
             efa=True,
             neuron_devices=16,
@@ -64,6 +67,7 @@ WORKER_TYPES: Mapping[str, InstanceType] = {
         ),
         InstanceType(
             name="trn1.32xlarge",
+            family="trn1",
             network_cards=8,
             efa=True,
             neuron_devices=16,
@@ -77,6 +81,7 @@ WORKER_TYPES: Mapping[str, InstanceType] = {
         ),
         InstanceType(
             name="trn1n.32xlarge",
+            family="trn1",
             network_cards=16,
             efa=True,
             neuron_devices=16,
@@ -91,6 +96,7 @@ WORKER_TYPES: Mapping[str, InstanceType] = {
         # Known so that choosing it gets a precise "no EFA" message instead of "unknown type".
         InstanceType(
             name="trn1.2xlarge",
+            family="trn1",
             network_cards=1,
             efa=False,
             neuron_devices=1,

@@ -11,13 +11,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from stacks import naming
+from stacks import engines, images, naming
+from stacks.engines.nixl import NixlSettings
 
-NEURON_DLC = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.9.1-neuronx-py310-sdk2.25.1-ubuntu22.04"
-# The Neuron base DLAMI for Ubuntu 22.04 matches the 0.9.1 DLC's SDK (2.25); newer parameters carry
-# drivers the 0.9.1 runtime was not released against.
+# The default worker image: the default engine's newest catalog image (stacks/images.py).
+NEURON_DLC = engines.get(engines.DEFAULT).default_image
+# The Neuron base DLAMI of the default image's Ubuntu (24.04). Workers get the one matching their image's Ubuntu:
+# 24.04 for the nixl images; 22.04 for the legacy 0.9.1 ones, a parameter Neuron froze at its last 22.04 build
+# when it stopped publishing 22.04 DLAMIs at 2.30.0 (aws-neuron-sdk release-notes/components/dlamis.rst L72-78).
+# That build carries a newer driver than the 0.9.1 images' SDK 2.25 was released against; the legacy engine runs
+# on it as far as Neuron's driver/runtime compatibility holds (UNVERIFIED on hardware).
 # https://awsdocs-neuron.readthedocs-hosted.com/en/latest/deploy/environments/dlami.html
-NEURON_BASE_DLAMI_PARAMETER = "/aws/service/neuron/dlami/base/ubuntu-22.04/latest/image_id"
+NEURON_BASE_DLAMI_PARAMETER = images.dlami_parameter(images.ubuntu_of(NEURON_DLC) or "24.04")
 AL2023_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 
 # CloudWatch Logs accepts only these retention periods.
@@ -70,6 +75,22 @@ class AmiConfig(_Model):
         return self.image_id or f"resolve:ssm:{self.ssm_parameter}"
 
 
+class WorkerAmiConfig(AmiConfig):
+    """Workers: by default the Neuron base DLAMI of the image's Ubuntu (filled in by DeploymentConfig)."""
+
+    ssm_parameter: str | None = Field(
+        default=None, pattern=SSM_PARAMETER_PATTERN,
+        description="Public or own SSM parameter holding an AMI ID; EC2 resolves it at each launch. Default: "
+                    "/aws/service/neuron/dlami/base/ubuntu-<the image's Ubuntu>/latest/image_id.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WorkerAmiConfig:
+        # No source at all is the image's unknown Ubuntu, which rules.py reports with its fix.
+        if self.image_id and self.ssm_parameter:
+            raise ValueError("set either image_id (pinned) or ssm_parameter, not both")
+        return self
+
+
 class ControlAmiConfig(AmiConfig):
     """Amazon Linux 2023 by default for the control host."""
 
@@ -115,7 +136,8 @@ class ModelConfig(_Model):
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     max_model_len: int = Field(default=8192, ge=128, le=131072)
     max_num_seqs: int = Field(default=8, ge=1, le=1024)
-    kv_buffer_size: float = Field(default=2e11, gt=0, description="NeuronConnector kv_buffer_size, bytes.")
+    kv_buffer_size: float = Field(default=2e11, gt=0,
+                                  description="NeuronConnector kv_buffer_size, bytes (engine neuron-connector only).")
 
 
 class EndpointConfig(_Model):
@@ -123,7 +145,7 @@ class EndpointConfig(_Model):
 
     role: Literal["prefill", "decode"] | None = Field(default=None, description="Only in colocated fleets.")
     cores: str | None = Field(default=None, pattern=r"^\d+(-\d+)?$",
-                              description="NEURON_RT_VISIBLE_CORES range, e.g. 0-31. Default: the next TP cores.")
+                              description="Logical NeuronCore range, e.g. 0-31. Default: the next TP cores.")
     port: int | None = Field(default=None, ge=1024, le=65535, description="Default: 8000 + endpoint index.")
 
 
@@ -232,33 +254,71 @@ class DeploymentConfig(_Model):
     region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
     account: str | None = Field(default=None, pattern=r"^\d{12}$")
     availability_zone: str = Field(description="One AZ for all workers (EFA traffic cannot leave a subnet).")
-    engine: Literal["neuron-connector"] = "neuron-connector"
+    engine: Literal[engines.NAMES] = Field(  # type: ignore[valid-type]
+        default=engines.DEFAULT,
+        description="KV-transfer engine. nixl: the vLLM Neuron plugin over NIXL/EFA (supported, Trn2/Trn3); "
+                    "neuron-connector: the legacy tutorial's NeuronConnector + etcd (0.9.1 images).")
     mode: Literal["disaggregated", "standard"] = "disaggregated"
     proxy: Literal["neuron", "distack"] = Field(
-        default="neuron", description="neuron: the DLC's neuron-proxy-server (the default in disaggregated mode); "
-                                      "distack: DiStack's own proxy (the default, and the only one, in standard mode).")
+        default="distack", description="distack: DiStack's own proxy (the default, and the only one with engine nixl "
+                                       "or in standard mode); neuron: the 0.9.1 image's neuron-proxy-server (the "
+                                       "default with engine neuron-connector in disaggregated mode).")
     proxy_api_key_secret: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9/_+=.@-]{1,512}$",
         description="Secrets Manager secret *name* holding the key clients send as `Authorization: Bearer KEY` "
                     "(proxy: distack). Empty: no key.")
-    image: str = Field(default=NEURON_DLC, pattern=r"^[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+:[A-Za-z0-9._-]+$")
+    image: str = Field(default=NEURON_DLC, pattern=r"^[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+:[A-Za-z0-9._-]+$",
+                       description="Worker container image. Default: the engine's newest image in stacks/images.py.")
+    image_unlisted: bool = Field(
+        default=False,
+        description="Accept an image the catalog (stacks/images.py) does not list: synth then warns, the engine's "
+                    "image check is skipped, and the worker AMI follows the tag's -ubuntuXX.YY suffix (or set "
+                    "worker_ami).")
     network: NetworkConfig = NetworkConfig()
     model: ModelConfig
     fleets: dict[str, FleetConfig] = Field(min_length=1)
-    worker_ami: AmiConfig = AmiConfig()
+    worker_ami: WorkerAmiConfig = WorkerAmiConfig()
     control_host: ControlHostConfig = ControlHostConfig()
     placement_group: bool | None = Field(
         default=None, description="Cluster placement group; default on unless a fleet targets a reservation.")
     log_retention_days: int = 30
     bootstrap: BootstrapConfig = BootstrapConfig()
+    # One section per engine with settings (stacks/engines/<name>.py); rules.py refuses a section of another engine.
+    nixl: NixlSettings = Field(default_factory=NixlSettings, description="Settings of engine nixl.")
 
     @model_validator(mode="before")
     @classmethod
-    def _proxy_follows_mode(cls, data: Any) -> Any:
-        """neuron-proxy-server only pairs prefill with decode workers; standard endpoints need DiStack's proxy."""
-        if isinstance(data, dict) and data.get("mode") == "standard" and "proxy" not in data:
-            return {**data, "proxy": "distack"}
+    def _engine_defaults(cls, data: Any) -> Any:
+        """Defaults that follow the engine and image: the engine's image, its proxy, the DLAMI of the image's Ubuntu.
+
+        neuron-proxy-server only pairs prefill with decode workers, so standard mode defaults to DiStack's proxy.
+        """
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        name = data.get("engine", engines.DEFAULT)
+        engine = engines.ENGINES.get(name) if isinstance(name, str) else None
+        if engine is None:
+            return data  # pydantic reports the unknown engine
+        data.setdefault("image", engine.default_image)
+        if "proxy" not in data:
+            data["proxy"] = "distack" if data.get("mode") == "standard" else engine.proxies[0]
+        ami = data.get("worker_ami")
+        if ami is None or (isinstance(ami, dict) and not ami.get("image_id") and not ami.get("ssm_parameter")):
+            ubuntu = images.ubuntu_of(data["image"]) if isinstance(data["image"], str) else None
+            if ubuntu is not None:
+                data["worker_ami"] = {**(ami or {}), "ssm_parameter": images.dlami_parameter(ubuntu)}
         return data
+
+    @property
+    def engine_module(self) -> engines.Engine:
+        """The engine's rules, node values and summary (stacks/engines/<engine>.py)."""
+        return engines.get(self.engine)
+
+    @property
+    def image_entry(self) -> images.Image | None:
+        """The image's catalog entry (None when unlisted)."""
+        return images.find(self.image)
 
     @property
     def uses_placement_group(self) -> bool:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 from pydantic import ValidationError
@@ -25,20 +26,28 @@ def available_environments(config_dir: Path = CONFIG_DIR) -> list[str]:
     return sorted(p.stem for p in config_dir.glob("*.yaml"))
 
 
-def load_environment(name: str, config_dir: Path = CONFIG_DIR) -> DeploymentConfig:
+def print_warning(text: str) -> None:
+    """Where warnings go by default: stderr, beside synth's summary and dictl's output."""
+    print(text, file=sys.stderr)
+
+
+def load_environment(name: str, config_dir: Path = CONFIG_DIR, *,
+                     warn: Callable[[str], None] = print_warning) -> DeploymentConfig:
     """Load and validate config/NAME.yaml."""
     path = config_dir / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(available_environments(config_dir)) or "none"
         raise ConfigError(f"{_shown(path)}: no such environment (known: {known})\n"
                           f"  fix: pick one with -c env=NAME / ENV=NAME, or create {_shown(path)}")
-    return load_config_file(path)
+    return load_config_file(path, warn=warn)
 
 
-def load_config_file(path: Path, *, check_name: bool = True) -> DeploymentConfig:
+def load_config_file(path: Path, *, check_name: bool = True,
+                     warn: Callable[[str], None] = print_warning) -> DeploymentConfig:
     """Parse and validate one file; raise ConfigError listing every problem at once.
 
     check_name: the file name must equal `name` (off only for files that are not environments).
+    warn: receives each warning (file:line, path, message, what to do) of a valid file; stderr by default.
     """
     shown = _shown(path)
     try:
@@ -68,6 +77,10 @@ def load_config_file(path: Path, *, check_name: bool = True) -> DeploymentConfig
     problems = rules.check(config, file_stem=path.stem if check_name else None)
     if problems:
         raise ConfigError(_report(shown, node, problems))
+    for warning in rules.warnings(config):
+        line = _line_of(node, warning.path)
+        warn(f"{shown}{f':{line}' if line else ''}: warning: {warning.path}: {warning.message}\n"
+             f"      do: {warning.fix}")
     return config
 
 

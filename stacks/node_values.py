@@ -72,11 +72,12 @@ def worker_values(config: DeploymentConfig, fleet_name: str, refs: DeploymentRef
         "DI_TENSOR_PARALLEL": str(fleet.tensor_parallel),
         "DI_LNC": str(fleet.lnc or itype.default_lnc),
         "DI_ENDPOINTS": endpoints,
-        "DI_KV_BUFFER_SIZE": f"{config.model.kv_buffer_size:g}",
         "DI_EXPECTED_NEURON_DEVICES": str(itype.neuron_devices),
         "DI_EXPECTED_EFA_INTERFACES": str(itype.efa_interfaces),
         "DI_MIN_DATA_GB": str(min_data_gb(config)),
         "DI_SIGNAL_RESOURCE": signal_resource,
+        # The engine's own variables (stacks/engines/<engine>.py), e.g. DI_KV_CONNECTOR or DI_KV_BUFFER_SIZE.
+        **config.engine_module.worker_values(config, fleet_name),
     }
 
 

@@ -7,26 +7,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 from typing import Iterator
 
-from stacks import catalog, naming
-from stacks.config import LOG_RETENTION_DAYS, NEURON_DLC, DeploymentConfig, FleetConfig
+from stacks import catalog, engines, images, naming
+from stacks.config import LOG_RETENTION_DAYS, DeploymentConfig, FleetConfig
+from stacks.problems import Problem
+
+__all__ = ["Problem", "check", "warnings"]
 
 FLEET_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
-# NeuronConnector (etcd discovery) exists only in the legacy vLLM fork shipped in these DLC lines.
-NEURON_CONNECTOR_DLC_TAGS = re.compile(r":(0\.9\.1|0\.7\.2)-")
-# Host memory left for the OS, Docker and weight loading when sizing the KV buffers.
-KV_HOST_MEMORY_SHARE = 0.8
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One rule violation: where, what, and how to fix it."""
-
-    path: str
-    message: str
-    fix: str
 
 
 def check(config: DeploymentConfig, *, file_stem: str | None = None) -> list[Problem]:
@@ -97,21 +86,81 @@ def _network(config: DeploymentConfig) -> Iterator[Problem]:
 
 
 def _engine(config: DeploymentConfig) -> Iterator[Problem]:
-    if config.mode == "disaggregated" and not NEURON_CONNECTOR_DLC_TAGS.search(config.image):
-        yield Problem("image", "the neuron-connector engine needs a 0.9.1 (or 0.7.2) Neuron vLLM DLC; "
-                               "later tags dropped NeuronConnector",
-                      f"use {NEURON_DLC}")
+    """Shared engine rules: its settings section, its image, its instance families; then the engine's own rules."""
+    engine = config.engine_module
+    for other in engines.ENGINES.values():
+        key = other.settings_key
+        if key and other is not engine and key in config.model_fields_set:
+            yield Problem(key, f"the {key} section configures engine {other.name}, but engine is {engine.name}",
+                          f"remove the {key} section, or set engine: {other.name}")
+    yield from _image(config, engine)
+    for name, fleet in config.fleets.items():
+        yield from _family(config, engine, name, fleet)
     model = config.model
     if model.source == "huggingface" and model.id.startswith("meta-llama/") and model.hf_token_secret is None:
         yield Problem("model.hf_token_secret", f"{model.id} is gated on Hugging Face and needs a token",
                       "store the token in Secrets Manager and set hf_token_secret to its name, "
                       "or set source: s3 and upload the weights to models/ in the artifacts bucket")
+    yield from engine.check(config)
+
+
+def _image(config: DeploymentConfig, engine: engines.Engine) -> Iterator[Problem]:
+    entry = config.image_entry
+    if entry is None and not config.image_unlisted:
+        yield Problem("image", f"'{config.image}' is not in DiStack's image catalog (stacks/images.py), so whether it "
+                               f"carries engine {engine.name} is unknown",
+                      f"use {engine.default_image}, or set image_unlisted: true to accept it (synth then warns)")
+    elif entry is not None and engine.name not in entry.engines:
+        accepted = ", ".join(image.tag for image in images.for_engine(engine.name))
+        yield Problem("image", f"engine {engine.name} cannot run {entry.tag}: {entry.refusal(engine.name)}",
+                      f"use one of its images: {accepted}" if accepted else "use another engine")
+    if config.worker_ami.image_id is None and config.worker_ami.ssm_parameter is None:
+        yield Problem("image", f"the Ubuntu release of '{config.image}' is unknown (an unlisted tag without a "
+                               "-ubuntuXX.YY suffix), so the worker AMI cannot follow it",
+                      f"set worker_ami.ssm_parameter (e.g. {images.dlami_parameter('24.04')}) or worker_ami.image_id")
+
+
+def _family(config: DeploymentConfig, engine: engines.Engine, name: str, fleet: FleetConfig) -> Iterator[Problem]:
+    itype = catalog.WORKER_TYPES.get(fleet.instance_type)
+    if itype is None or not itype.efa:
+        return  # reported by the fleet rules
+    if itype.family not in engine.instance_families:
+        others = [e.name for e in engines.ENGINES.values() if itype.family in e.instance_families]
+        yield Problem(f"fleets.{name}.instance_type",
+                      f"engine {engine.name} runs on {'/'.join(engine.instance_families)} only, not {itype.name}",
+                      "use trn2.48xlarge" + (f", or engine: {others[0]}" if others else ""))
+    elif config.image_entry is not None and itype.family not in config.image_entry.families:
+        yield Problem(f"fleets.{name}.instance_type",
+                      f"image {config.image_entry.tag} supports {'/'.join(config.image_entry.families)}, "
+                      f"not {itype.name}", "use another instance type, or an image listed for it in stacks/images.py")
+
+
+def warnings(config: DeploymentConfig) -> list[Problem]:
+    """What synth accepts but prints: an unlisted image taken on the user's word."""
+    found = []
+    if config.image_entry is None and config.image_unlisted:
+        ubuntu = images.ubuntu_of(config.image)
+        ami = config.worker_ami.image_id or config.worker_ami.ssm_parameter
+        derived = ubuntu is not None and ami == images.dlami_parameter(ubuntu)
+        source = f"Ubuntu {ubuntu} from its tag, worker AMI {ami}" if derived else f"worker AMI {ami} as set"
+        unverified = ("" if not derived or ubuntu in images.DOCUMENTED_DLAMI_UBUNTU
+                      else f"; no Neuron doc names a base DLAMI for Ubuntu {ubuntu} yet")
+        found.append(Problem("image", f"'{config.image}' is not in DiStack's image catalog; accepted because "
+                                      f"image_unlisted is true ({source}{unverified})",
+                             f"make sure it carries engine {config.engine}'s server and run `dictl preflight`; "
+                             "add it to stacks/images.py once known"))
+    return found
 
 
 def _proxy(config: DeploymentConfig) -> Iterator[Problem]:
+    engine = config.engine_module
     if config.mode == "standard" and config.proxy != "distack":
         yield Problem("proxy", "neuron-proxy-server only pairs prefill with decode workers; it cannot balance "
                                "standard endpoints", "set proxy: distack, or remove proxy (standard mode's default)")
+    elif config.proxy not in engine.proxies:
+        yield Problem("proxy", f"engine {engine.name} needs the {' or '.join(engine.proxies)} proxy: "
+                               "neuron-proxy-server exists only in the 0.9.1 images and speaks only NeuronConnector's "
+                               "protocol", f"set proxy: {engine.proxies[0]}, or remove proxy (the engine's default)")
     elif config.proxy_api_key_secret is not None and config.proxy != "distack":
         yield Problem("proxy_api_key_secret", "neuron-proxy-server checks no API key, so the key would guard nothing",
                       "set proxy: distack, or remove proxy_api_key_secret")
@@ -200,16 +249,6 @@ def _memory(config: DeploymentConfig, at: str, fleet: FleetConfig, itype: catalo
                           f"{model.id} needs {weights_gib:.0f} GiB for {model.dtype} weights but "
                           f"{fleet.tensor_parallel} cores of {itype.name} hold {hbm_gib:.0f} GiB of HBM",
                           "raise tensor_parallel (fewer endpoints per instance) or use a smaller model or dtype")
-    if config.mode == "disaggregated":
-        buffers = len(fleet.resolved_endpoints)
-        need_gib = buffers * model.kv_buffer_size / catalog.GIB
-        budget_gib = itype.memory_gib * KV_HOST_MEMORY_SHARE
-        if need_gib > budget_gib:
-            yield Problem("model.kv_buffer_size",
-                          f"{buffers} x {model.kv_buffer_size:.3g} bytes = {need_gib:.0f} GiB of KV buffers on one "
-                          f"{itype.name} in fleet {at.split('.')[-1]}, over {KV_HOST_MEMORY_SHARE:.0%} of its "
-                          f"{itype.memory_gib} GiB host memory",
-                          f"lower kv_buffer_size to at most {budget_gib / buffers * catalog.GIB:.3g}")
 
 
 def _roles(config: DeploymentConfig) -> Iterator[Problem]:
@@ -237,10 +276,6 @@ def _roles(config: DeploymentConfig) -> Iterator[Problem]:
         if not tps and not misassigned:
             yield Problem("fleets", f"disaggregated inference needs at least one {role} endpoint",
                           f"add a fleet with role: {role} (or a colocated fleet with a {role} endpoint)")
-    if roles["prefill"] and roles["decode"] and set(roles["prefill"]) | set(roles["decode"]) != {roles["prefill"][0]}:
-        yield Problem("fleets", f"prefill TP {sorted(set(roles['prefill']))} and decode TP "
-                                f"{sorted(set(roles['decode']))} differ; NeuronConnector moves KV shards rank to rank",
-                      "use the same tensor_parallel in every prefill and decode fleet")
 
 
 def _placement(config: DeploymentConfig) -> Iterator[Problem]:

@@ -1,0 +1,193 @@
+"""Engine `nixl` (the default): the vLLM Neuron plugin's `vllm serve`, KV over NIXL's LIBFABRIC backend (EFA).
+
+Sources (aws-neuron/aws-neuron-sdk at v2.32.0, `vllm-neuron/docs/`):
+- tutorials/tutorial-di-1p1d-xpyd.md: "DI is supported on Trn2 and Trn3" (L71-73); the env block with the
+  compile/ready/execute timeouts 2400/1800/1200 s (L105-114); `NeuronNixlConnector` "required for GPT-OSS because
+  the generic NixlConnector does not include Neuron's sliding-window transfer alignment" (L180-181).
+- design/vllm/disaggregated-inference.md L127-149: upstream `NixlConnector` for standard TP topologies, hybrid TP
+  (different prefill and decode TP) included; `NeuronNixlConnector` for DCP and sliding-window models.
+- model-recipes/llama-3.md, tutorials/tutorial-llama3-70b.md: the Llama 3.3 70B shapes (TP 16,
+  max-num-batched-tokens 8192, block-size 128, optimization-level 2, neuron_config buckets) and their constraints:
+  "`num_batched_tokens_buckets` ... The last entry must equal `--max-num-batched-tokens`";
+  "`kv_segment_size_buckets` must stay divisible by `block_size`"; "Neuron defaults `block_size` to 32" (L138-139).
+- guides/features-guide.md: "The worker rejects `mxfp4` on Trn2".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stacks import catalog, naming
+from stacks.engines.base import Engine
+from stacks.problems import Problem
+
+if TYPE_CHECKING:
+    from stacks.config import DeploymentConfig
+
+NIXL_CONNECTOR = "NixlConnector"
+NEURON_NIXL_CONNECTOR = "NeuronNixlConnector"
+# Sliding-window models that need NeuronNixlConnector (tutorial L180-181: GPT-OSS).
+SLIDING_WINDOW_MODELS = re.compile(r"gpt-oss", re.IGNORECASE)
+# "Neuron defaults `block_size` to 32" (tutorial-llama3-70b.md L138-139).
+NEURON_DEFAULT_BLOCK_SIZE = 32
+# The tutorial's prefill side-channel port; endpoint INDEX listens on base + INDEX (distinct when colocated).
+SIDE_CHANNEL_BASE_PORT = 5559
+
+
+class NeuronConfig(BaseModel):
+    """`--additional-config '{"neuron_config": {...}}'` of vllm-neuron. The bucket lists are checked against the
+    recipe's constraints; any other key (e.g. fp8_packed_kv, quantization) is passed through unchanged."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kv_segment_size_buckets: tuple[int, ...] | None = Field(
+        default=None, min_length=1, description="Each entry divisible by block_size (recipe constraint).")
+    num_batched_tokens_buckets: tuple[int, ...] | None = Field(
+        default=None, min_length=1, description="The last entry must equal nixl.max_num_batched_tokens.")
+    num_seqs_buckets: tuple[int, ...] | None = Field(default=None, min_length=1)
+
+    def as_json(self) -> str:
+        """Compact JSON, keys in the order written (declared keys first)."""
+        return json.dumps(self.model_dump(exclude_none=True), separators=(",", ":"))
+
+
+class NixlSettings(BaseModel):
+    """Settings of engine nixl (`vllm serve` of the vLLM Neuron plugin); empty values leave vLLM's default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kv_connector: Literal["NixlConnector", "NeuronNixlConnector"] | None = Field(
+        default=None, description="Default by model: NeuronNixlConnector for sliding-window models (gpt-oss), "
+                                  "NixlConnector for dense ones such as Llama.")
+    side_channel_base_port: int = Field(
+        default=SIDE_CHANNEL_BASE_PORT, ge=1024, le=65000,
+        description="VLLM_NIXL_SIDE_CHANNEL_PORT of endpoint 0; endpoint INDEX uses this + INDEX.")
+    max_num_batched_tokens: int | None = Field(default=None, ge=1, description="--max-num-batched-tokens.")
+    block_size: int | None = Field(default=None, ge=1, le=4096,
+                                   description="--block-size (KV cache block, tokens). Neuron's default: 32.")
+    optimization_level: Literal[0, 1, 2, 3] | None = Field(default=None, description="--optimization-level.")
+    neuron_config: NeuronConfig | None = Field(default=None, description="--additional-config's neuron_config.")
+    compile_timeout_seconds: int = Field(default=2400, ge=60, description="VLLM_NEURON_COMPILATION_TIMEOUT.")
+    ready_timeout_seconds: int = Field(default=1800, ge=60, description="VLLM_ENGINE_READY_TIMEOUT_S.")
+    execute_model_timeout_seconds: int = Field(default=1200, ge=60,
+                                               description="VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS.")
+
+
+def kv_connector(config: DeploymentConfig) -> str:
+    """The connector both roles use: as set, else by model (sliding window -> NeuronNixlConnector)."""
+    if config.nixl.kv_connector is not None:
+        return config.nixl.kv_connector
+    return NEURON_NIXL_CONNECTOR if SLIDING_WINDOW_MODELS.search(config.model.id) else NIXL_CONNECTOR
+
+
+def _optional(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+class Nixl(Engine):
+    """vLLM Neuron plugin + upstream NIXL connectors (the supported Neuron DI path)."""
+
+    name = "nixl"
+    description = ("vLLM Neuron plugin (`vllm serve`), upstream NixlConnector / NeuronNixlConnector over NIXL's "
+                   "LIBFABRIC backend (EFA); DiStack's registrar and proxy")
+    status = "supported (Neuron 2.31+)"
+    instance_families = ("trn2", "trn3")
+    proxies = ("distack",)
+    settings_key = "nixl"
+
+    def check(self, config: DeploymentConfig) -> Iterator[Problem]:
+        settings = config.nixl
+        if "kv_buffer_size" in config.model.model_fields_set:
+            yield Problem("model.kv_buffer_size", "kv_buffer_size sizes NeuronConnector's host buffer; NIXL moves KV "
+                                                  "between the engines' device memory and uses no such buffer",
+                          "remove kv_buffer_size (or set engine: neuron-connector)")
+        if SLIDING_WINDOW_MODELS.search(config.model.id) and settings.kv_connector == NIXL_CONNECTOR:
+            yield Problem("nixl.kv_connector", f"{config.model.id} uses sliding-window attention, which the generic "
+                                               "NixlConnector does not align for Neuron",
+                          f"set kv_connector: {NEURON_NIXL_CONNECTOR} or remove it (the default for this model)")
+        yield from _buckets(settings)
+        yield from _side_channel(config)
+        quantization = (settings.neuron_config.model_extra or {}).get("quantization") if settings.neuron_config else None
+        trn2 = sorted(n for n, f in config.fleets.items()
+                      if f.instance_type in catalog.WORKER_TYPES and catalog.WORKER_TYPES[f.instance_type].family == "trn2")
+        if quantization == "mxfp4" and trn2:
+            yield Problem("nixl.neuron_config.quantization", f"vllm-neuron rejects mxfp4 on Trn2 (fleet {trn2[0]})",
+                          "remove quantization (gpt-oss runs in BF16 on Trn2) or use a Trn3 instance")
+
+    def worker_values(self, config: DeploymentConfig, fleet_name: str) -> dict[str, str]:
+        settings = config.nixl
+        return {
+            "DI_KV_CONNECTOR": kv_connector(config),
+            "DI_NIXL_SIDE_CHANNEL_BASE_PORT": str(settings.side_channel_base_port),
+            "DI_MAX_NUM_BATCHED_TOKENS": _optional(settings.max_num_batched_tokens),
+            "DI_BLOCK_SIZE": _optional(settings.block_size),
+            "DI_OPTIMIZATION_LEVEL": _optional(settings.optimization_level),
+            "DI_NEURON_CONFIG": settings.neuron_config.as_json() if settings.neuron_config else "",
+            "DI_COMPILE_TIMEOUT_SECONDS": str(settings.compile_timeout_seconds),
+            "DI_READY_TIMEOUT_SECONDS": str(settings.ready_timeout_seconds),
+            "DI_EXECUTE_MODEL_TIMEOUT_SECONDS": str(settings.execute_model_timeout_seconds),
+        }
+
+    def summary(self, config: DeploymentConfig) -> list[str]:
+        settings = config.nixl
+        if config.mode == "disaggregated":
+            transfer = (f"{kv_connector(config)} over NIXL LIBFABRIC, side-channel ports "
+                        f"{settings.side_channel_base_port}+endpoint")
+        else:
+            transfer = "vllm serve without KV transfer (standard mode)"
+        shapes = "  ".join(f"{key} {value}" for key, value in (
+            ("max_num_batched_tokens", settings.max_num_batched_tokens), ("block_size", settings.block_size),
+            ("optimization_level", settings.optimization_level)) if value is not None)
+        lines = [f"  nixl: {transfer}" + (f"; {shapes}" if shapes else "")]
+        if settings.neuron_config:
+            lines.append(f"        neuron_config {settings.neuron_config.as_json()}")
+        lines.append(f"        timeouts: compile {settings.compile_timeout_seconds} s, ready "
+                     f"{settings.ready_timeout_seconds} s, execute {settings.execute_model_timeout_seconds} s")
+        return lines
+
+
+def _buckets(settings: NixlSettings) -> Iterator[Problem]:
+    neuron = settings.neuron_config
+    if neuron is None:
+        return
+    at = "nixl.neuron_config"
+    if neuron.num_batched_tokens_buckets and neuron.num_batched_tokens_buckets[-1] != settings.max_num_batched_tokens:
+        last = neuron.num_batched_tokens_buckets[-1]
+        if settings.max_num_batched_tokens is None:
+            yield Problem(f"{at}.num_batched_tokens_buckets", "the last bucket must equal max_num_batched_tokens, "
+                                                              "which is not set",
+                          f"set nixl.max_num_batched_tokens: {last}")
+        else:
+            yield Problem(f"{at}.num_batched_tokens_buckets",
+                          f"the last bucket {last} must equal max_num_batched_tokens {settings.max_num_batched_tokens}",
+                          f"end the list with {settings.max_num_batched_tokens}, or set max_num_batched_tokens: {last}")
+    block = settings.block_size or NEURON_DEFAULT_BLOCK_SIZE
+    odd = [size for size in neuron.kv_segment_size_buckets or () if size % block]
+    if odd:
+        yield Problem(f"{at}.kv_segment_size_buckets",
+                      f"{', '.join(map(str, odd))} not divisible by block_size {block}"
+                      f"{'' if settings.block_size else ' (Neuron default)'}",
+                      f"use multiples of {block}, e.g. {max(block, odd[0] // block * block)}")
+
+
+def _side_channel(config: DeploymentConfig) -> Iterator[Problem]:
+    base = config.nixl.side_channel_base_port
+    for name, fleet in config.fleets.items():
+        endpoints = fleet.resolved_endpoints
+        channel = range(base, base + len(endpoints))
+        taken = {ep.port: f"endpoint {ep.index}'s API port" for ep in endpoints}
+        taken.update({port: f"the {what} port" for port, what in naming.RESERVED_WORKER_PORTS.items()})
+        clash = next((port for port in channel if port in taken), None)
+        if clash is not None:
+            yield Problem("nixl.side_channel_base_port",
+                          f"side-channel ports {channel.start}-{channel.stop - 1} of fleet {name} include {clash}, "
+                          f"{taken[clash]}",
+                          f"move side_channel_base_port (default {SIDE_CHANNEL_BASE_PORT}) clear of the API ports")
+            return
+
+
+ENGINE = Nixl()
