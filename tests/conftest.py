@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
 
-SHIPPED_ENVS = ("dev", "prod", "xpyd", "baseline")
+# Synthesized once per session by the template, lint and user-data tests (~4 s each); every other file in config/
+# is validated by tests/test_config.py without synthesis.
+SHIPPED_ENVS = ("dev", "prod", "xpyd", "baseline", "tutorial")
 
 
 def cdk_context(**extra: str) -> dict:
