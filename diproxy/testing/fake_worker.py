@@ -1,5 +1,12 @@
-"""A fake OpenAI-compatible worker: registers in etcd like NeuronConnector, streams N tokens at a set pace,
-records each request's X-Request-Id and body, and fails on demand (HTTP 500, hang, or die mid-stream)."""
+"""A fake OpenAI-compatible worker: registers in etcd like NeuronConnector (or DiStack's registrar), streams N tokens
+at a set pace, records each request's X-Request-Id and body, and fails on demand (HTTP 500, hang, die mid-stream, an
+SSE error event after 200, or refused connections for a moment).
+
+It speaks the NIXL protocol as vLLM's NixlConnector does (vllm-project/vllm:vllm/distributed/kv_transfer/
+kv_connector/v1/nixl/scheduler.py request_finished and update_state_after_alloc): a prefill asked with
+kv_transfer_params.do_remote_decode and max_tokens 1 that stops at max_tokens returns kv_transfer_params naming its
+blocks, with remote_host its side-channel bind address "0.0.0.0"; a decode given kv_transfer_params checks them and
+answers HTTP 400 if they are not a prefill's, with remote_host rewritten to that prefill's IP."""
 
 from __future__ import annotations
 
@@ -18,7 +25,13 @@ from aiohttp import web
 from diproxy.etcd_gateway import EtcdGateway
 from diproxy.event_loop import new_event_loop
 
-FAIL_MODES = ("none", "status500", "hang", "die")
+FAIL_MODES = ("none", "status500", "hang", "die", "error_event")
+# What vLLM's prefill returns in kv_transfer_params (NixlConnectorScheduler.request_finished), and the keys its decode
+# needs (update_state_after_alloc: remote_block_ids truthy and the other four present).
+PREFILL_RETURNS = ("do_remote_prefill", "do_remote_decode", "remote_block_ids", "remote_engine_id",
+                   "remote_request_id", "remote_host", "remote_port", "tp_size")
+DECODE_NEEDS = ("remote_block_ids", "remote_engine_id", "remote_request_id", "remote_host", "remote_port")
+SIDE_CHANNEL_BIND = "0.0.0.0"
 
 
 @dataclass
@@ -39,6 +52,25 @@ class Behaviour:
     # Send a stream's status line and headers before first_token_delay instead of with the first token:
     # vLLM answers a streaming request with 200 at once and only then generates.
     headers_first: bool = False
+    # fail="error_event": the status and message of the error event sent after fail_after tokens of a 200 stream
+    # (a whole answer gets them as an HTTP error instead), as vLLM does for errors raised while generating.
+    error_status: int = 500
+    error_message: str = "injected error"
+    # Stop on EOS after this many tokens (finish_reason "stop"); None: only max_tokens or `tokens` stop.
+    eos_after: int | None = None
+
+
+@dataclass
+class KvBlocks:
+    """Blocks a fake prefill holds for a remote decode, until one reads them."""
+
+    request_id: str
+    block_ids: list[int]
+    reads: int = 0
+
+
+class KvTransferError(Exception):
+    """A decode was given kv_transfer_params that are not what a prefill returned, rewritten by the proxy."""
 
 
 class FakeWorker:
@@ -55,6 +87,10 @@ class FakeWorker:
         self.behaviour = behaviour or Behaviour()
         self.healthy = True
         self.requests: list[ReceivedRequest] = []
+        self.side_channel_port = 0  # NIXL side channel a prefill reports (VLLM_NIXL_SIDE_CHANNEL_PORT); set on start
+        self.kv_blocks: dict[str, KvBlocks] = {}  # prefill: by remote_request_id
+        self.kv_received: list[dict[str, Any]] = []  # decode: the kv_transfer_params it accepted
+        self._next_block = 0
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -63,6 +99,7 @@ class FakeWorker:
         self._open: set[web.StreamResponse] = set()
         self._hung: set[asyncio.Future] = set()
         self._transports: set[asyncio.BaseTransport] = set()
+        self._reopen: asyncio.Task | None = None
 
     @property
     def address(self) -> str:
@@ -84,9 +121,31 @@ class FakeWorker:
         self._site = web.TCPSite(self._runner, self.host, self.port)
         await self._site.start()
         self.port = self._runner.addresses[0][1]
+        self.side_channel_port = self.port + 1000
+        self.engine_id = f"fake-engine-{self.host}-{self.port}"
+        _ENGINES[self.engine_id] = self
         if self.etcd and register:
             await self.register()
         return self
+
+    async def refuse_connections(self, seconds: float) -> None:
+        """Close every connection and stop listening for `seconds` (connects are refused), then listen again."""
+        assert self._runner is not None and self._site is not None
+        await self._site.stop()
+        server = self._runner.server
+        for handler in list(getattr(server, "connections", []) if server is not None else []):
+            handler.force_close()
+            if handler.transport is not None:
+                handler.transport.close()
+        await asyncio.sleep(0)
+
+        async def reopen() -> None:
+            await asyncio.sleep(seconds)
+            if self._runner is not None:
+                self._site = web.TCPSite(self._runner, self.host, self.port)
+                await self._site.start()
+
+        self._reopen = asyncio.create_task(reopen())
 
     async def register(self) -> None:
         """What NeuronConnector does: a lease, the key under it, and keep-alives."""
@@ -130,6 +189,10 @@ class FakeWorker:
             transport.abort()
         await self._close_server()
 
+    @property
+    def kv_reads(self) -> int:
+        return sum(blocks.reads for blocks in self.kv_blocks.values())
+
     async def stop(self) -> None:
         await self.deregister()
         for waiter in list(self._hung):
@@ -137,6 +200,11 @@ class FakeWorker:
         await self._close_server()
 
     async def _close_server(self) -> None:
+        _ENGINES.pop(getattr(self, "engine_id", ""), None)
+        if self._reopen is not None:
+            self._reopen.cancel()
+            await asyncio.gather(self._reopen, return_exceptions=True)
+            self._reopen = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -182,10 +250,19 @@ class FakeWorker:
         if b.fail == "hang" and b.fail_after == 0:
             await self._hang()
         chat = request.path.endswith("/chat/completions")
+        upstream_id = f"{'chatcmpl' if chat else 'cmpl'}-{request_id or 'none'}"
+        kv_asked = body.get("kv_transfer_params")
+        if isinstance(kv_asked, dict) and kv_asked.get("do_remote_prefill"):
+            try:
+                self._read_remote_kv(kv_asked)
+            except KvTransferError as exc:
+                return web.json_response(_vllm_error(f"fake decode {self.address}: {exc}", 400), status=400)
         limit = body.get("max_completion_tokens") if chat and body.get("max_completion_tokens") else body.get("max_tokens")
         count = min(b.tokens, int(limit)) if limit else b.tokens
+        finish = "length"
+        if b.eos_after is not None and b.eos_after < count:
+            count, finish = b.eos_after, "stop"
         choices = int(body.get("n", 1) or 1)
-        upstream_id = f"{'chatcmpl' if chat else 'cmpl'}-{request_id or 'none'}"
         streaming = bool(body.get("stream"))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         if streaming and b.headers_first:
@@ -196,25 +273,69 @@ class FakeWorker:
             if b.fail == "die":
                 self._die(request)
                 return web.Response()
-            return web.json_response(self._whole(upstream_id, chat, count, choices))
+            if b.fail == "error_event":
+                return web.json_response(_vllm_error(b.error_message, b.error_status), status=b.error_status)
+            answer = self._whole(upstream_id, chat, count, choices, finish)
+            if isinstance(kv_asked, dict) and kv_asked.get("do_remote_decode") and limit == 1 and finish == "length":
+                answer["kv_transfer_params"] = self._hold_kv(f"{upstream_id}-0")
+            return web.json_response(answer)
         if not response.prepared:
             await response.prepare(request)
-        for i in range(count):
-            if i and b.token_interval:
+        for i in range(count + 1):
+            if i and i < count and b.token_interval:
                 await asyncio.sleep(b.token_interval)
-            if b.fail in ("hang", "die") and i == b.fail_after:
+            if b.fail in ("hang", "die", "error_event") and i == b.fail_after:
                 if b.fail == "die":
                     # Let the tokens already written reach the reader before the connection resets.
                     await asyncio.sleep(0.05)
                     self._die(request)
                     return response
+                if b.fail == "error_event":
+                    # vllm/entrypoints/openai/serving_completion.py: the error event, then [DONE].
+                    error = json.dumps(_vllm_error(b.error_message, b.error_status))
+                    await response.write(f"data: {error}\n\n".encode() + b"data: [DONE]\n\n")
+                    await response.write_eof()
+                    return response
                 await self._hang()
+            if i == count:
+                break
             for index in range(choices):
-                finish = "length" if i == count - 1 else None
-                await response.write(self._chunk(upstream_id, chat, i, index, finish))
+                await response.write(self._chunk(upstream_id, chat, i, index, finish if i == count - 1 else None))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    def _hold_kv(self, remote_request_id: str) -> dict[str, Any]:
+        """What vLLM's NixlConnectorScheduler.request_finished returns for a length-capped remote-decode prefill."""
+        blocks = [self._next_block, self._next_block + 1]
+        self._next_block += 2
+        self.kv_blocks[remote_request_id] = KvBlocks(remote_request_id, blocks)
+        return {"do_remote_prefill": True, "do_remote_decode": False, "remote_block_ids": blocks,
+                "remote_engine_id": self.engine_id, "remote_request_id": remote_request_id,
+                "remote_host": SIDE_CHANNEL_BIND, "remote_port": self.side_channel_port, "tp_size": 1}
+
+    def _read_remote_kv(self, params: dict[str, Any]) -> None:
+        """A decode's check of its kv_transfer_params, stricter than vLLM's (which would prefill locally): every key
+        a decode reads, pointing at a live fake prefill's side channel by its IP, and blocks that prefill holds."""
+        missing = [key for key in DECODE_NEEDS if params.get(key) in (None, "", [])]
+        if missing:
+            raise KvTransferError(f"kv_transfer_params lack {', '.join(missing)}: {params}")
+        prefill = _ENGINES.get(str(params["remote_engine_id"]))
+        if prefill is None:
+            # Another process's prefill (the benchmark's): at least the address must be routable.
+            if params["remote_host"] in (SIDE_CHANNEL_BIND, "localhost"):
+                raise KvTransferError(f"remote_host {params['remote_host']!r} is a bind address, not the prefill's IP")
+        else:
+            if params["remote_host"] != prefill.host:
+                raise KvTransferError(f"remote_host {params['remote_host']!r} is not prefill {prefill.address}'s IP")
+            if params["remote_port"] != prefill.side_channel_port:
+                raise KvTransferError(f"remote_port {params['remote_port']} is not prefill's side channel")
+            blocks = prefill.kv_blocks.get(str(params["remote_request_id"]))
+            if blocks is None or blocks.block_ids != params["remote_block_ids"]:
+                raise KvTransferError(f"prefill {prefill.address} holds no blocks {params['remote_block_ids']} "
+                                      f"for {params['remote_request_id']}")
+            blocks.reads += 1
+        self.kv_received.append(params)
 
     def _token(self, i: int) -> str:
         return f" {self.label}{i}"
@@ -233,14 +354,24 @@ class FakeWorker:
                    "choices": [choice]}
         return f"data: {json.dumps(payload)}\n\n".encode()
 
-    def _whole(self, upstream_id: str, chat: bool, count: int, choices: int) -> dict[str, Any]:
+    def _whole(self, upstream_id: str, chat: bool, count: int, choices: int, finish: str = "length") -> dict[str, Any]:
         text = "".join(self._token(i) for i in range(count))
-        items = [({"index": n, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
-                  if chat else {"index": n, "text": text, "logprobs": None, "finish_reason": "length"})
+        items = [({"index": n, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                  if chat else {"index": n, "text": text, "logprobs": None, "finish_reason": finish})
                  for n in range(choices)]
         return {"id": upstream_id, "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()), "model": "fake-model", "choices": items,
                 "usage": {"prompt_tokens": 1, "completion_tokens": count, "total_tokens": count + 1}}
+
+
+# Fake engines of this process by remote_engine_id, so a fake decode can check what a fake prefill handed out.
+_ENGINES: dict[str, FakeWorker] = {}
+
+
+def _vllm_error(message: str, status: int) -> dict[str, Any]:
+    """vLLM's error body (ErrorResponse(error=ErrorInfo(...)) in vllm/entrypoints/openai/serving_engine.py)."""
+    kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
 
 
 async def _serve(args: argparse.Namespace) -> None:
