@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-from stacks import catalog
+from stacks import catalog, images
 from stacks.config import DeploymentConfig
 
 
 def summarize(config: DeploymentConfig, template: dict) -> str:
-    """Per fleet: type x count, endpoints (role, cores, port), TP, EFA interfaces found in its launch template."""
+    """Engine and image facts, then per fleet: type x count, endpoints (role, cores, port), TP, EFA interfaces and
+    AMI found in its launch template."""
     resources = template.get("Resources", {})
-    efa_by_type = {}
+    efa_by_type, ami_by_type = {}, {}
     for resource in resources.values():
         if resource.get("Type") == "AWS::EC2::LaunchTemplate":
             data = resource["Properties"]["LaunchTemplateData"]
             nics = data.get("NetworkInterfaces", [])
             efa_by_type[data.get("InstanceType")] = sum(n.get("InterfaceType") in ("efa", "efa-only") for n in nics)
+            ami_by_type[data.get("InstanceType")] = data.get("ImageId")
     lines = [f"DiStack {config.name} (stack {config.stack_name}, {config.region}/{config.availability_zone}, "
-             f"mode {config.mode}, proxy {config.proxy})",
-             f"  model {config.model.id}  max_model_len {config.model.max_model_len}  "
-             f"max_num_seqs {config.model.max_num_seqs}"]
+             f"engine {config.engine}, mode {config.mode}, proxy {config.proxy})",
+             f"  image {config.image}",
+             f"        {_image_facts(config)}"]
+    worker_amis = sorted({str(ami_by_type.get(f.instance_type)) for f in config.fleets.values()})
+    lines.append(f"  worker AMI {', '.join(worker_amis)}{_ami_note(config)}")
+    lines += config.engine_module.summary(config)
+    lines.append(f"  model {config.model.id}  max_model_len {config.model.max_model_len}  "
+                 f"max_num_seqs {config.model.max_num_seqs}")
     for name, fleet in config.fleets.items():
         itype = catalog.WORKER_TYPES[fleet.instance_type]
         lines.append(f"  fleet {name:<10} {fleet.role:<9} {itype.name} x {fleet.count} (max {fleet.ceiling})  "
@@ -30,3 +37,21 @@ def summarize(config: DeploymentConfig, template: dict) -> str:
                  f"placement group {'on' if config.uses_placement_group else 'off'}")
     lines.append(f"  {len(resources)} resources")
     return "\n".join(lines)
+
+
+def _image_facts(config: DeploymentConfig) -> str:
+    entry = config.image_entry
+    if entry is None:
+        ubuntu = images.ubuntu_of(config.image)
+        return f"unlisted (image_unlisted: true); Ubuntu {ubuntu or 'unknown'} from the tag"
+    return (f"vLLM {entry.vllm}, Neuron SDK {entry.sdk}, Python {entry.python}, Ubuntu {entry.ubuntu}; "
+            f"{entry.status}; {'/'.join(entry.families)}")
+
+
+def _ami_note(config: DeploymentConfig) -> str:
+    ami = config.worker_ami
+    ubuntu = images.ubuntu_of(config.image)
+    if ami.image_id is None and ubuntu is not None and ami.ssm_parameter == images.dlami_parameter(ubuntu):
+        frozen = ", frozen at its last build" if ubuntu == "22.04" else ""
+        return f" (Neuron base DLAMI for the image's Ubuntu {ubuntu}{frozen})"
+    return " (as set in worker_ami)"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 from aws_cdk.assertions import Match
 
 from stacks import catalog, naming
@@ -121,7 +123,7 @@ def test_vllm_ports_open_to_workers_only_from_the_control_host(synth):
     worker = worker_group_id(template)
     rules = [v["Properties"] for v in resources(template, "AWS::EC2::SecurityGroupIngress").values()
              if v["Properties"]["GroupId"] == {"Fn::GetAtt": [worker, "GroupId"]} and v["Properties"]["IpProtocol"] != "-1"]
-    assert sorted(r["FromPort"] for r in rules) == [8000, 8001]
+    assert sorted(r["FromPort"] for r in rules) == [8000, 8001, 8002, 8003]
     assert all(r["SourceSecurityGroupId"] != {"Fn::GetAtt": [worker, "GroupId"]} for r in rules)
 
 
@@ -166,8 +168,9 @@ def test_shipped_network_has_nat_and_the_ssm_and_logs_endpoints(synth):
         name = endpoint["Properties"]["ServiceName"]
         suffix = (name if isinstance(name, str) else name["Fn::Join"][1][-1]).rsplit(".", 1)[-1]
         endpoints[suffix] = endpoint["Properties"].get("VpcEndpointType", "Gateway")
+    # dev runs DiStack's proxy (engine nixl), which publishes metrics: hence monitoring.
     assert endpoints == {"s3": "Gateway", "ssm": "Interface", "ssmmessages": "Interface",
-                         "ec2messages": "Interface", "logs": "Interface"}
+                         "ec2messages": "Interface", "logs": "Interface", "monitoring": "Interface"}
     # Workers are private: no subnet hands out public addresses.
     for subnet in resources(result.template_dict, "AWS::EC2::Subnet").values():
         assert subnet["Properties"].get("MapPublicIpOnLaunch") in (False, None)
@@ -181,12 +184,21 @@ def test_imdsv2_and_encrypted_gp3_root_on_every_launch_template(synth, env):
         assert root["Ebs"]["Encrypted"] is True and root["Ebs"]["VolumeType"] == "gp3"
 
 
+@pytest.mark.parametrize("env,ubuntu", [("prod", "24.04"), ("dev", "24.04"), ("baseline", "24.04"),
+                                        ("tutorial", "22.04")])
+def test_worker_ami_is_the_neuron_base_dlami_of_the_image_ubuntu(synth, env, ubuntu):
+    result = synth(env)
+    amis = {lt["ImageId"] for kind, lt in launch_templates(result.template_dict).items() if kind.startswith("trn")}
+    assert amis == {f"resolve:ssm:/aws/service/neuron/dlami/base/ubuntu-{ubuntu}/latest/image_id"}
+    assert result.config.image.endswith(f"-ubuntu{ubuntu}")
+
+
 def test_root_volume_size_and_ami_follow_the_config(synth, variant):
     result = synth("prod")
     data = launch_templates(result.template_dict)["trn2.48xlarge"]
     assert data["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == result.config.fleets["prefill"].root_volume_gib
     # EC2 resolves the parameter at launch: a new DLAMI never edits the template or replaces an instance.
-    assert data["ImageId"] == "resolve:ssm:/aws/service/neuron/dlami/base/ubuntu-22.04/latest/image_id"
+    assert data["ImageId"] == "resolve:ssm:/aws/service/neuron/dlami/base/ubuntu-24.04/latest/image_id"
     assert data["BlockDeviceMappings"][0]["DeviceName"] == "/dev/sda1"
     _, _, raw = variant
     assert launch_templates(raw)["trn1n.32xlarge"]["ImageId"] == "ami-0123456789abcdef0"
@@ -308,7 +320,7 @@ def test_distack_proxy_package_reaches_the_control_host_and_only_it(variant, syn
     parts = control_env_parts(raw)
     (at,) = [i for i, p in enumerate(parts) if isinstance(p, str) and p.endswith("DI_PROXY_PACKAGE_URL='")]
     assert parts[at + 1]["Fn::Sub"].startswith("s3://cdk-")
-    assert any("DI_PROXY_PACKAGE_URL=''" in p for p in control_env_parts(synth("prod").template_dict)
+    assert any("DI_PROXY_PACKAGE_URL=''" in p for p in control_env_parts(synth("tutorial").template_dict)
                if isinstance(p, str))
     asset_objects = {}
     for name, policy in resources(raw, "AWS::IAM::Policy").items():
@@ -332,8 +344,8 @@ def test_distack_proxy_metrics_may_go_to_its_own_namespace_only(variant, synth):
     assert metrics["Resource"] == "*"
     assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": naming.PROXY_METRICS_NAMESPACE}}
     assert not [s for s in _statements(raw, "WorkerRole") if "cloudwatch:PutMetricData" in json.dumps(s)]
-    # With the DLC's proxy nothing publishes metrics, so no role may.
-    assert "cloudwatch:PutMetricData" not in json.dumps(synth("prod").template_dict)
+    # With the 0.9.1 image's proxy nothing publishes metrics, so no role may.
+    assert "cloudwatch:PutMetricData" not in json.dumps(synth("tutorial").template_dict)
 
 
 def test_only_the_control_host_reads_the_proxy_api_key_and_its_node_env_names_it(variant, synth):
@@ -370,3 +382,86 @@ def test_private_subnets_reach_cloudwatch_metrics_only_when_the_distack_proxy_pu
 
     assert services("WithMetrics") - services("WithoutMetrics") == {"monitoring"}
     assert {"logs", "ssm", "ssmmessages", "ec2messages"} <= services("WithoutMetrics")
+
+
+def worker_node_envs(template: dict) -> dict[str, dict[str, str]]:
+    """fleet -> node.env of its launch template, as bash would read it (deploy-time references as <ref>)."""
+    envs = {}
+    for resource in resources(template, "AWS::EC2::LaunchTemplate").values():
+        data = resource["Properties"]["LaunchTemplateData"]
+        tags = {t["Key"]: t["Value"] for t in data["TagSpecifications"][0]["Tags"]}
+        if tags[naming.TAG_ROLE] == naming.ROLE_CONTROL:
+            continue
+        parts = data["UserData"]["Fn::Base64"]["Fn::Join"][1]
+        text = "".join(p if isinstance(p, str) else "<ref>" for p in parts)
+        (node_env,) = [f["content"] for f in yaml.safe_load(text)["write_files"] if f["path"] == naming.NODE_ENV_PATH]
+        envs[tags[naming.TAG_FLEET]] = dict(shlex.split(line)[0].split("=", 1) for line in node_env.splitlines())
+    return envs
+
+
+def test_nixl_workers_node_env_carries_the_engine_contract_with_the_recipe_values(synth):
+    envs = worker_node_envs(synth("prod").template_dict)
+    assert set(envs) == {"prefill", "decode"}
+    for fleet, env in envs.items():
+        assert {k: env[k] for k in env if k.startswith(("DI_KV_", "DI_NIXL_", "DI_MAX_", "DI_BLOCK", "DI_OPT",
+                                                         "DI_NEURON", "DI_COMPILE", "DI_READY", "DI_EXECUTE"))} == {
+            "DI_KV_CONNECTOR": "NixlConnector", "DI_NIXL_SIDE_CHANNEL_BASE_PORT": "5559",
+            "DI_MAX_MODEL_LEN": "16384", "DI_MAX_NUM_SEQS": "8", "DI_MAX_NUM_BATCHED_TOKENS": "8192",
+            "DI_BLOCK_SIZE": "128", "DI_OPTIMIZATION_LEVEL": "2",
+            "DI_NEURON_CONFIG": '{"kv_segment_size_buckets":[8192],"num_batched_tokens_buckets":[8192],'
+                                '"num_seqs_buckets":[8]}',
+            "DI_COMPILE_TIMEOUT_SECONDS": "2400", "DI_READY_TIMEOUT_SECONDS": "3600",
+            "DI_EXECUTE_MODEL_TIMEOUT_SECONDS": "1200"}, fleet
+        assert (env["DI_ENGINE"], env["DI_PROXY"], env["DI_TENSOR_PARALLEL"], env["DI_LNC"]) == (
+            "nixl", "distack", "16", "2")
+        assert env["DI_IMAGE"].endswith(":0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04")
+        assert env["DI_ENDPOINTS"] == " ".join(f"{fleet}:{c}:{p}" for c, p in (
+            ("0-15", 8000), ("16-31", 8001), ("32-47", 8002), ("48-63", 8003)))
+    legacy = worker_node_envs(synth("tutorial").template_dict)["prefill"]
+    assert (legacy["DI_ENGINE"], legacy["DI_KV_BUFFER_SIZE"], legacy["DI_ENDPOINTS"]) == (
+        "neuron-connector", "2e+11", "prefill:0-63:8000")
+    assert "DI_KV_CONNECTOR" not in legacy
+
+
+def test_summary_names_the_engine_image_and_dlami(synth):
+    from stacks.summary import summarize
+
+    prod = summarize(synth("prod").config, synth("prod").template_dict).splitlines()
+    assert prod[0] == ("DiStack prod (stack di-prod, us-east-2/us-east-2a, engine nixl, mode disaggregated, "
+                       "proxy distack)")
+    assert prod[1].endswith(":0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04")
+    assert prod[2].strip() == "vLLM 0.24.0, Neuron SDK 2.32.0, Python 3.13, Ubuntu 24.04; supported; trn2/trn3"
+    assert prod[3] == ("  worker AMI resolve:ssm:/aws/service/neuron/dlami/base/ubuntu-24.04/latest/image_id "
+                       "(Neuron base DLAMI for the image's Ubuntu 24.04)")
+    assert "  nixl: NixlConnector over NIXL LIBFABRIC" in prod[4]
+    tutorial = summarize(synth("tutorial").config, synth("tutorial").template_dict).splitlines()
+    assert "engine neuron-connector, mode disaggregated, proxy neuron" in tutorial[0]
+    assert tutorial[1].endswith(":0.9.1-neuronx-py310-sdk2.25.1-ubuntu22.04")
+    assert "Neuron SDK 2.25.1, Python 3.10, Ubuntu 22.04; legacy" in tutorial[2]
+    assert tutorial[3].endswith("ubuntu-22.04/latest/image_id (Neuron base DLAMI for the image's Ubuntu 22.04, "
+                                "frozen at its last build)")
+    assert "kv_buffer_size 2e+11 bytes per endpoint" in tutorial[4]
+
+
+def test_an_unlisted_image_with_the_override_synthesizes_with_a_warning(tmp_path):
+    import aws_cdk as cdk
+
+    from stacks import images
+    from stacks.app_builder import build_app
+    from stacks.loader import load_config_file
+
+    data = yaml.safe_load(Path(__file__).parent.parent.joinpath("config", "dev.yaml").read_text())
+    tag = "0.29.0.1.2.0-neuronx-py314-sdk2.33.0-ubuntu26.04"
+    data.update(image=f"{images.REPOSITORY}:{tag}", image_unlisted=True)
+    path = tmp_path / "dev.yaml"
+    path.write_text(yaml.safe_dump(data))
+    warnings = []
+    config = load_config_file(path, warn=warnings.append)
+    assert len(warnings) == 1 and "is not in DiStack's image catalog; accepted because image_unlisted is true" in (
+        warnings[0])
+    app = cdk.App(outdir=str(tmp_path / "out"), context=cdk_context(), builtin_cloud_formation_validation=False)
+    stack = build_app(app, config)
+    template = app.synth().get_stack_artifact(stack.artifact_id).template
+    assert launch_templates(template)["trn2.48xlarge"]["ImageId"] == (
+        "resolve:ssm:/aws/service/neuron/dlami/base/ubuntu-26.04/latest/image_id")
+    assert worker_node_envs(template)["colocated"]["DI_IMAGE"].endswith(tag)
