@@ -1,13 +1,19 @@
 """Proxy overhead on loopback, with fake workers, in a bounded run (about two minutes with the defaults).
-Two phases, each against a fresh stack of subprocesses: etcd, the proxy (`python -m diproxy`), one fake prefill
-and one fake decode worker (`python -m diproxy.testing.fake_worker`). The client runs here, on uvloop.
+Two phases, each against a fresh stack of subprocesses: etcd, one DI proxy (`python -m diproxy --engine E`) per
+engine of --engines (default both: targets `nixl` and `nc` for neuron-connector), one fake prefill and one fake decode
+worker (`python -m diproxy.testing.fake_worker`, which speaks both protocols). The client runs here, on uvloop.
+Every answer's content is checked: the fake workers' tokens, in order, each exactly once, then [DONE] (direct and
+the relays: decode's D0..; nixl: decode's whole answer D0..; nc: prefill's P0, then decode's D1..); a wrong answer
+stops the benchmark.
 
 Latency phase, realistic pacing. Each fake worker answers 200 at once, as vLLM does, waits --first-token-delay
 (default 5 ms, the prefill of a short prompt) and streams --tokens (16) tokens --token-interval (10 ms) apart. No
 measured inter-token figure for the 8B model of config/dev.yaml (Llama-3.1-8B-Instruct, TP 16 on trn1) is at hand;
 10 ms is taken as a fast decode step for it, and is the harsher choice here: a shorter interval means more chunks
 per second for the proxy to relay. A closed loop of 1, 16 and 64 concurrent streams calls the decode worker directly
-or the proxy (which sends the same request to both workers, so both paths see the same pacing). Each client starts
+or a proxy. neuron-connector sends both legs at once and relays prefill's first token; nixl waits for prefill's
+whole (one-token) answer, then streams decode's, and a fake decode handed prefill's KV skips its own first-token
+delay as a real one skips the prefill, so both protocols face the same pacing. Each client starts
 at a random point within one answer's length: equal-length streams started together would stay in lockstep, and
 every request would queue behind all the others' set-up. At --relay-levels (16) two more targets stand in front of
 the decode worker: `relay`, the proxy in standard mode, which relays the worker's bytes without parsing them (the
@@ -22,7 +28,8 @@ could flip its sign. Each phase ends with how much CPU time other processes used
 which is what moves p99 between runs on a shared host.
 
 Throughput phase. The workers stream --short-tokens (4) tokens with no pacing at all; closed loops of 16 and 64
-streams give the sustained requests/s direct and through the proxy, and the CPU each process spent per request
+streams give the sustained requests/s direct and through each proxy, targets taking turns of --slice seconds as in
+the latency phase, and the CPU each process spent per request
 (user + system, from /proc), which shows who limits the rate when all processes share this machine's cores.
 
 Client, proxy, workers and etcd share the machine, so the figures are an upper bound of the proxy's own cost."""
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import signal
@@ -143,10 +151,13 @@ def _proxy(stack: ExitStack, flags: list[str]) -> tuple[subprocess.Popen, str]:
     return process, url
 
 
+ENGINE_TARGETS = {"nixl": "nixl", "neuron-connector": "nc"}
+
+
 @contextmanager
-def running_stack(pacing: Pacing, with_relay: bool) -> Iterator[Stack]:
-    """A fresh etcd, both fake workers paced alike, the DI proxy and, if asked, a standard-mode relay in front of
-    the decode worker; all ready to serve, all stopped on exit."""
+def running_stack(pacing: Pacing, engines: list[str], with_relay: bool) -> Iterator[Stack]:
+    """A fresh etcd, both fake workers paced alike, one DI proxy per engine and, if asked, a standard-mode relay and
+    a TCP relay in front of the decode worker; all ready to serve, all stopped on exit."""
     with ExitStack() as stack:
         etcd = stack.enter_context(EtcdServer())
         assert etcd.process is not None
@@ -155,16 +166,52 @@ def running_stack(pacing: Pacing, with_relay: bool) -> Iterator[Stack]:
             workers[role] = stack.enter_context(_process(["-m", "diproxy.testing.fake_worker", "--role", role,
                                                           "--etcd", etcd.address, *pacing.flags()]))
             addresses[role] = _ready_address(workers[role], f"fake {role} worker")
-        proxy, proxy_url = _proxy(stack, ["--etcd", etcd.address])
-        pids = {"client": os.getpid(), "proxy": proxy.pid, "prefill": workers["prefill"].pid,
-                "decode": workers["decode"].pid, "etcd": etcd.process.pid}
-        urls = {"direct": f"http://{addresses['decode']}/v1/completions", "proxy": f"{proxy_url}/v1/completions"}
+        pids = {"client": os.getpid(), "prefill": workers["prefill"].pid, "decode": workers["decode"].pid,
+                "etcd": etcd.process.pid}
+        urls = {"direct": f"http://{addresses['decode']}/v1/completions"}
+        for engine in engines:
+            proxy, proxy_url = _proxy(stack, ["--engine", engine, "--etcd", etcd.address])
+            target = ENGINE_TARGETS[engine]
+            pids[target], urls[target] = proxy.pid, f"{proxy_url}/v1/completions"
         if with_relay:
             relay, relay_url = _proxy(stack, ["--mode", "standard", "--endpoint", addresses["decode"]])
             pids["relay"], urls["relay"] = relay.pid, f"{relay_url}/v1/completions"
             tcp = stack.enter_context(_process([str(Path(__file__).with_name("tcp_relay.py")), addresses["decode"]]))
             pids["tcp"], urls["tcp"] = tcp.pid, f"http://{_ready_address(tcp, 'TCP relay')}/v1/completions"
         yield Stack(urls, pids)
+
+
+# -- checking answers ---------------------------------------------------------------------------------------------
+class WrongAnswer(RuntimeError):
+    """An answer that is not the fake workers' tokens, in order, each once, ending with [DONE]."""
+
+
+def expected_texts(target: str, tokens: int) -> list[str]:
+    """The texts a streamed answer of `tokens` tokens carries at target (fake worker labels P and D)."""
+    if target == "nc":  # NeuronConnector: prefill's first token, then decode's from the second on
+        return [" P0", *(f" D{i}" for i in range(1, tokens))]
+    return [f" D{i}" for i in range(tokens)]
+
+
+def check_answer(raw: bytes, expected: list[str]) -> None:
+    texts, done = [], False
+    for block in raw.split(b"\n\n"):
+        if not block.startswith(b"data: "):
+            continue
+        data = block[len(b"data: "):]
+        if data == b"[DONE]":
+            if done:
+                raise WrongAnswer("[DONE] twice")
+            done = True
+            continue
+        if done:
+            raise WrongAnswer(f"data after [DONE]: {data[:100]!r}")
+        payload = json.loads(data)
+        if "error" in payload:
+            raise WrongAnswer(f"error event: {payload['error']}")
+        texts += [choice.get("text") for choice in payload.get("choices") or []]
+    if texts != expected or not done:
+        raise WrongAnswer(f"expected {expected} and [DONE], got {texts}{' and [DONE]' if done else ' without [DONE]'}")
 
 
 # -- measuring ----------------------------------------------------------------------------------------------------
@@ -239,21 +286,27 @@ class Load:
     body: dict
     concurrency: int
     stagger: float  # clients start at random points within this many seconds
+    expected: dict[str, list[str]]  # target -> the texts each answer must carry
 
 
-async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> Sample:
+async def _one(session: aiohttp.ClientSession, url: str, body: dict, expected: list[str]) -> Sample:
     started = time.perf_counter()
     ttft = 0.0
+    chunks = []
     async with session.post(url, json=body) as reply:
         if reply.status != 200:
             raise RuntimeError(f"HTTP {reply.status}: {(await reply.text())[:200]}")
-        async for _ in reply.content.iter_any():
+        async for chunk in reply.content.iter_any():
             if not ttft:
                 ttft = time.perf_counter() - started
-    return Sample(ttft, time.perf_counter() - started)
+            chunks.append(chunk)
+    finished = time.perf_counter() - started
+    check_answer(b"".join(chunks), expected)  # after the clock stopped: checking is the client's cost, not the target's
+    return Sample(ttft, finished)
 
 
-async def _closed_loop(session: aiohttp.ClientSession, url: str, load: Load, seconds: float) -> list[Sample]:
+async def _closed_loop(session: aiohttp.ClientSession, url: str, target: str, load: Load,
+                       seconds: float) -> list[Sample]:
     """load.concurrency clients, each sending its next request as soon as its last one ended, for seconds.
     Requests started before the end are waited for, so every sample is a whole request."""
     samples: list[Sample] = []
@@ -262,17 +315,17 @@ async def _closed_loop(session: aiohttp.ClientSession, url: str, load: Load, sec
     async def client() -> None:
         await asyncio.sleep(random.uniform(0, load.stagger))
         while time.perf_counter() < stop_at:
-            samples.append(await _one(session, url, load.body))
+            samples.append(await _one(session, url, load.body, load.expected[target]))
 
     await asyncio.gather(*(client() for _ in range(load.concurrency)))
     return samples
 
 
-async def _measured_slice(session: aiohttp.ClientSession, url: str, load: Load, seconds: float,
+async def _measured_slice(session: aiohttp.ClientSession, url: str, target: str, load: Load, seconds: float,
                           pids: dict[str, int], tally: Tally) -> None:
     cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     started = time.perf_counter()
-    samples = await asyncio.wait_for(_closed_loop(session, url, load, seconds), seconds * 10 + 30)
+    samples = await asyncio.wait_for(_closed_loop(session, url, target, load, seconds), seconds * 10 + 30)
     tally.seconds += time.perf_counter() - started
     for name, pid in pids.items():
         tally.cpu[name] = tally.cpu.get(name, 0.0) + _cpu_seconds(pid) - cpu_before[name]
@@ -298,16 +351,17 @@ async def measure_level(stack: Stack, targets: tuple[str, ...], pacing: Pacing, 
                         budget: Budget) -> dict[str, Tally]:
     """Give the targets turns (the order reversing each round) until the budget says the level is done."""
     body = {"model": "fake-model", "prompt": "bench", "max_tokens": pacing.tokens, "stream": True}
-    load = Load(body, concurrency, stagger=pacing.stream_seconds)
+    expected = {name: expected_texts(name, pacing.tokens) for name in targets}
+    load = Load(body, concurrency, stagger=pacing.stream_seconds, expected=expected)
     tallies = {name: Tally() for name in targets}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         for name in targets:
             # Open the connections and warm the code paths outside the measured time.
-            await asyncio.gather(*(_one(session, stack.urls[name], body) for _ in range(concurrency)))
+            await asyncio.gather(*(_one(session, stack.urls[name], body, expected[name]) for _ in range(concurrency)))
         round_number = 0
         while not _level_done(tallies, budget):
             for name in targets if round_number % 2 == 0 else targets[::-1]:
-                await _measured_slice(session, stack.urls[name], load, budget.slice, stack.pids, tallies[name])
+                await _measured_slice(session, stack.urls[name], name, load, budget.slice, stack.pids, tallies[name])
             round_number += 1
     return tallies
 
@@ -321,7 +375,7 @@ class Added:
     total_p99: float
 
 
-def added_latency(tallies: dict[str, Tally], target: str = "proxy") -> Added:
+def added_latency(tallies: dict[str, Tally], target: str) -> Added:
     direct, via = tallies["direct"], tallies[target]
     return Added(pct(via.ttfts(), .5) - pct(direct.ttfts(), .5), pct(via.ttfts(), .99) - pct(direct.ttfts(), .99),
                  pct(via.totals(), .5) - pct(direct.totals(), .5), pct(via.totals(), .99) - pct(direct.totals(), .99))
@@ -341,7 +395,7 @@ def print_latency_level(concurrency: int, tallies: dict[str, Tally]) -> None:
         print(f"{concurrency:>7} | {name:<11} | {len(t.samples):>5} | {_ms(pct(t.ttfts(), .5))} "
               f"{_ms(pct(t.ttfts(), .99))} | {_ms(pct(t.totals(), .5))} {_ms(pct(t.totals(), .99))} | "
               f"{t.rate:>5.0f} | {cpu:.2f}")
-    for name in (n for n in ("tcp", "relay", "proxy") if n in tallies):
+    for name in (n for n in ("tcp", "relay", *ENGINE_TARGETS.values()) if n in tallies):
         a = added_latency(tallies, name)
         per_round = [v - d for v, d in zip(tallies[name].round_ttft_p50, tallies["direct"].round_ttft_p50)]
         print(f"{concurrency:>7} | {name + ' added':<11} | {'':>5} | {_ms(a.ttft_p50, True)} {_ms(a.ttft_p99, True)} | "
@@ -364,21 +418,24 @@ def _verdict(goal: str, met: bool, figure: str) -> str:
     return f"verdict: {goal}: {'MET' if met else 'NOT MET'} ({figure})"
 
 
-def verdicts(latency: dict[int, dict[str, Tally]], throughput: dict[int, dict[str, Tally]]) -> list[str]:
+def verdicts(latency: dict[int, dict[str, Tally]], throughput: dict[int, dict[str, Tally]],
+             targets: list[str]) -> list[str]:
     lines = []
-    if GOAL_STREAMS in latency:
-        a = added_latency(latency[GOAL_STREAMS])
-        lines.append(_verdict(f"p50 added latency <= {GOAL_P50_MS:g} ms at {GOAL_STREAMS} streams",
-                              max(a.ttft_p50, a.total_p50) * 1e3 <= GOAL_P50_MS,
-                              f"TTFT {a.ttft_p50 * 1e3:+.2f} ms, total {a.total_p50 * 1e3:+.2f} ms"))
-        lines.append(_verdict(f"p99 added latency <= {GOAL_P99_MS:g} ms at {GOAL_STREAMS} streams",
-                              max(a.ttft_p99, a.total_p99) * 1e3 <= GOAL_P99_MS,
-                              f"TTFT {a.ttft_p99 * 1e3:+.2f} ms, total {a.total_p99 * 1e3:+.2f} ms"))
-    if throughput:
-        best = max(throughput, key=lambda c: throughput[c]["proxy"].rate)
-        rate, direct = throughput[best]["proxy"].rate, throughput[best]["direct"].rate
-        lines.append(_verdict(f">= {GOAL_RATE:g} short streaming requests/s through the proxy", rate >= GOAL_RATE,
-                              f"{rate:.0f} req/s at {best} streams; {direct:.0f} calling the decode worker directly"))
+    for target in targets:
+        if GOAL_STREAMS in latency:
+            a = added_latency(latency[GOAL_STREAMS], target)
+            lines.append(_verdict(f"{target}: p50 added latency <= {GOAL_P50_MS:g} ms at {GOAL_STREAMS} streams",
+                                  max(a.ttft_p50, a.total_p50) * 1e3 <= GOAL_P50_MS,
+                                  f"TTFT {a.ttft_p50 * 1e3:+.2f} ms, total {a.total_p50 * 1e3:+.2f} ms"))
+            lines.append(_verdict(f"{target}: p99 added latency <= {GOAL_P99_MS:g} ms at {GOAL_STREAMS} streams",
+                                  max(a.ttft_p99, a.total_p99) * 1e3 <= GOAL_P99_MS,
+                                  f"TTFT {a.ttft_p99 * 1e3:+.2f} ms, total {a.total_p99 * 1e3:+.2f} ms"))
+        if throughput:
+            best = max(throughput, key=lambda c: throughput[c][target].rate)
+            rate, direct = throughput[best][target].rate, throughput[best]["direct"].rate
+            lines.append(_verdict(f"{target}: >= {GOAL_RATE:g} short streaming requests/s through the proxy",
+                                  rate >= GOAL_RATE, f"{rate:.0f} req/s at {best} streams; {direct:.0f} calling the "
+                                  "decode worker directly"))
     return lines
 
 
@@ -387,8 +444,19 @@ def _levels(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _engines(text: str) -> list[str]:
+    engines = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [e for e in engines if e not in ENGINE_TARGETS]
+    if unknown or not engines:
+        raise argparse.ArgumentTypeError(f"engines are {', '.join(ENGINE_TARGETS)}; got {text!r}")
+    return engines
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", type=_engines, default=list(ENGINE_TARGETS),
+                        help="protocols to measure, comma-separated, each through its own proxy "
+                        "(default nixl,neuron-connector)")
     latency = parser.add_argument_group("latency phase")
     latency.add_argument("--levels", type=_levels, default=[1, 16, 64], help="concurrent streams (default 1,16,64)")
     latency.add_argument("--relay-levels", type=_levels, default=[GOAL_STREAMS],
@@ -423,10 +491,12 @@ async def latency_phase(args: argparse.Namespace) -> dict[int, dict[str, Tally]]
           f"targets take turns of {args.slice:g} s; n = answers per row")
     print(LATENCY_HEADER)
     results = {}
-    with running_stack(pacing, with_relay=bool(args.relay_levels)) as stack:
+    proxies = tuple(ENGINE_TARGETS[e] for e in args.engines)
+    with running_stack(pacing, args.engines, with_relay=bool(args.relay_levels)) as stack:
         machine = MachineSnapshot.take(stack.pids)
         for concurrency in args.levels:
-            targets = ("direct", "tcp", "relay", "proxy") if concurrency in args.relay_levels else ("direct", "proxy")
+            relays = ("tcp", "relay") if concurrency in args.relay_levels else ()
+            targets = ("direct", *relays, *proxies)
             results[concurrency] = await measure_level(stack, targets, pacing, concurrency, budget)
             print_latency_level(concurrency, results[concurrency])
         print(f"note: {MachineSnapshot.take(stack.pids).noise_since(machine)}")
@@ -439,16 +509,18 @@ async def latency_phase(args: argparse.Namespace) -> dict[int, dict[str, Tally]]
 
 async def throughput_phase(args: argparse.Namespace) -> dict[int, dict[str, Tally]]:
     pacing = Pacing(args.short_tokens, 0.0, 0.0)
-    # One slice per target: unpaced streams reach a steady rate within a fraction of a second.
-    budget = Budget(args.throughput_seconds, args.throughput_seconds, args.throughput_seconds, 0)
+    # Turns of --slice seconds, the order reversing every round, as in the latency phase: drifting background load
+    # then hits every target alike.
+    budget = Budget(min(args.slice, args.throughput_seconds), args.throughput_seconds, args.throughput_seconds, 0)
     print(f"throughput phase: workers stream {pacing.describe()}; closed loop, {args.throughput_seconds:g} s "
-          f"per target")
+          f"per target in turns of {budget.slice:g} s")
     print(THROUGHPUT_HEADER)
     results = {}
-    with running_stack(pacing, with_relay=False) as stack:
+    targets = ("direct", *(ENGINE_TARGETS[e] for e in args.engines))
+    with running_stack(pacing, args.engines, with_relay=False) as stack:
         machine = MachineSnapshot.take(stack.pids)
         for concurrency in args.throughput_levels:
-            results[concurrency] = await measure_level(stack, ("direct", "proxy"), pacing, concurrency, budget)
+            results[concurrency] = await measure_level(stack, targets, pacing, concurrency, budget)
             print_throughput_level(concurrency, results[concurrency])
         print(f"note: {MachineSnapshot.take(stack.pids).noise_since(machine)}")
     return results
@@ -460,7 +532,7 @@ async def run(args: argparse.Namespace) -> None:
     print()
     throughput = await throughput_phase(args) if args.throughput_levels else {}
     print()
-    for line in verdicts(latency, throughput):
+    for line in verdicts(latency, throughput, [ENGINE_TARGETS[e] for e in args.engines]):
         print(line)
     print(f"note: client, proxy, both fake workers and etcd share this machine's {os.cpu_count()} cores; "
           f"run took {time.monotonic() - started:.0f} s")

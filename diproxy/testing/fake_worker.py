@@ -252,11 +252,13 @@ class FakeWorker:
         chat = request.path.endswith("/chat/completions")
         upstream_id = f"{'chatcmpl' if chat else 'cmpl'}-{request_id or 'none'}"
         kv_asked = body.get("kv_transfer_params")
+        first_token_delay = b.first_token_delay
         if isinstance(kv_asked, dict) and kv_asked.get("do_remote_prefill"):
             try:
                 self._read_remote_kv(kv_asked)
             except KvTransferError as exc:
                 return web.json_response(_vllm_error(f"fake decode {self.address}: {exc}", 400), status=400)
+            first_token_delay = 0.0  # the prompt's KV came from prefill: nothing to prefill here
         limit = body.get("max_completion_tokens") if chat and body.get("max_completion_tokens") else body.get("max_tokens")
         count = min(b.tokens, int(limit)) if limit else b.tokens
         finish = "length"
@@ -267,8 +269,8 @@ class FakeWorker:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         if streaming and b.headers_first:
             await response.prepare(request)
-        if b.first_token_delay:
-            await asyncio.sleep(b.first_token_delay)
+        if first_token_delay:
+            await asyncio.sleep(first_token_delay)
         if not streaming:
             if b.fail == "die":
                 self._die(request)

@@ -194,7 +194,8 @@ def test_decode_dying_mid_stream_ends_with_an_error_event_not_done(etcd, prefix)
         decode = await FakeWorker("decode", etcd=etcd.address, prefix=prefix,
                                   behaviour=Behaviour(tokens=6, fail="die", fail_after=3)).start()
         try:
-            async with RunningProxy(_flags(etcd.address, prefix)) as proxy, aiohttp.ClientSession() as session:
+            async with RunningProxy(_flags(etcd.address, prefix, "--idle-timeout", "0.3")) as proxy, \
+                    aiohttp.ClientSession() as session:
                 await wait_ready(session, proxy.url)
                 result = await post_stream(session, proxy.url + "/v1/completions", {"prompt": "x"})
                 assert result.status == 200  # headers went out with the first token
