@@ -127,7 +127,8 @@ write_proxy_env() {
   local mode=di
   # Standard mode: every endpoint registered under /workers/ is a standalone one, balanced behind one URL.
   [[ $DI_MODE == standard ]] && mode=standard
-  printf '%s\n' "DIPROXY_MODE=$mode" "DIPROXY_ETCD=$DI_ETCD" "DIPROXY_PORT=$DI_PROXY_PORT" "DIPROXY_AWS_REGION=$DI_REGION" \
+  # The proxy speaks its engine's protocol (diproxy reads --engine from DIPROXY_ENGINE).
+  printf '%s\n' "DIPROXY_MODE=$mode" "DIPROXY_ENGINE=${DI_ENGINE:?}" "DIPROXY_ETCD=$DI_ETCD" "DIPROXY_PORT=$DI_PROXY_PORT" "DIPROXY_AWS_REGION=$DI_REGION" \
     "DIPROXY_CLOUDWATCH_LOG_GROUP=${DI_LOG_GROUP_CONTAINERS:?}" \
     "DIPROXY_CLOUDWATCH_LOG_STREAM=$(container_log_stream distack-proxy)" \
     "DIPROXY_CLOUDWATCH_DEPLOYMENT=$DI_DEPLOYMENT" \
@@ -191,7 +192,7 @@ control_main() {
   install_docker
   attach_interface
   attach_etcd_volume
-  # Both modes: DI workers register through NeuronConnector, standard ones through di-register.
+  # Both modes and engines: DI workers register through NeuronConnector or di-register, standard ones through di-register.
   start_etcd
   start_proxy
 }

@@ -3,6 +3,9 @@
 # Knobs are environment variables with defaults so tests can shrink waits and point at fakes.
 
 DI_NODE_ENV=${DI_NODE_ENV:-/etc/di/node.env}
+# Where the node scripts are (the engine modules live beside them, in engines/).
+DI_SCRIPTS_DIR=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+DI_DEV_ROOT=${DI_DEV_ROOT:-/dev}
 # Written by the update runbook (new image or model) and read after node.env, so it wins.
 DI_OVERRIDE_ENV=${DI_OVERRIDE_ENV:-/etc/di/override.env}
 RETRY_ATTEMPTS=${RETRY_ATTEMPTS:-5}
@@ -102,7 +105,7 @@ signal_cfn() {
 # unit_name INDEX: the systemd unit serving endpoint INDEX on a worker.
 unit_name() { printf 'di-vllm@%s.service\n' "$1"; }
 
-# registrar_unit INDEX: the unit keeping standard-mode endpoint INDEX in etcd (see di-register).
+# registrar_unit INDEX: the unit keeping endpoint INDEX in etcd when nothing else does (see di-register).
 registrar_unit() { printf 'di-register@%s.service\n' "$1"; }
 
 # make_scratch PARENT NAME: a fresh directory PARENT/NAME.XXXXXX in SCRATCH, removed when the script exits
@@ -226,6 +229,41 @@ fstab_add() {
   local fstab=${DI_FSTAB:-/etc/fstab}
   grep -q "^UUID=$1 " "$fstab" 2>/dev/null || printf 'UUID=%s %s ext4 defaults,nofail 0 2\n' "$1" "$2" >>"$fstab"
 }
+
+# uverbs_device_args: `--device /dev/infiniband/uverbsN` for every EFA device, in numeric order (uverbs2 before
+# uverbs10), for the containers that use EFA (the endpoints and the NIXL probe).
+uverbs_device_args() {
+  local dev
+  for dev in "$DI_DEV_ROOT"/infiniband/uverbs*; do
+    [[ -e $dev ]] && printf '%s\n' "${dev##*/uverbs}"
+  done | sort -n | while read -r dev; do printf '%s\n' --device "/dev/infiniband/uverbs$dev"; done
+}
+
+# lnc_applies: true on the instance families where the Logical NeuronCore config exists. "LNC applies only to
+# Trn2 and Trn3 instances": https://awsdocs-neuron.readthedocs-hosted.com/en/latest/about-neuron/arch/neuron-features/logical-neuroncore-config.html
+lnc_applies() { [[ ${DI_INSTANCE_TYPE:-} == trn2* || ${DI_INSTANCE_TYPE:-} == trn3* ]]; }
+
+# load_engine: source userdata/engines/$DI_ENGINE.sh, which defines what differs per KV-transfer engine:
+#   engine_entrypoint          the container's entrypoint (replaces the DLC's non-forwarding wrapper)
+#   engine_env ROLE CORES INDEX   the container's `-e` arguments, one word per line
+#   engine_server_args ROLE PORT  the server's arguments after the entrypoint, one word per line
+#   engine_self_registers      true when the server registers its DI endpoints in etcd by itself
+#   engine_preflight           boot-time check after the image pull (fail REASON when it fails)
+#   engine_prepare INDEX       before every start of endpoint INDEX
+# Adding an engine means adding a file there; nothing else branches on DI_ENGINE.
+load_engine() {
+  local file="$DI_SCRIPTS_DIR/engines/${DI_ENGINE:-}.sh" known
+  if [[ -z ${DI_ENGINE:-} || ! -r $file ]]; then
+    known=$(cd "$DI_SCRIPTS_DIR/engines" && printf '%s ' *.sh)
+    die "DI_ENGINE='${DI_ENGINE:-}' in $DI_NODE_ENV has no module $file; known: ${known//.sh/}(set engine: in config/NAME.yaml)"
+  fi
+  # shellcheck source=/dev/null
+  . "$file"
+}
+
+# registrar_wanted ROLE: true when endpoints of ROLE need di-register to appear in etcd: standard endpoints
+# always, DI endpoints unless the engine registers them itself (NeuronConnector does; vLLM's NixlConnector not).
+registrar_wanted() { [[ $1 == standard ]] || ! engine_self_registers; }
 
 # install_unit FILE: copy a unit into the systemd directory.
 install_unit() { install -m 0644 "$1" "$DI_SYSTEMD_DIR/${1##*/}"; }

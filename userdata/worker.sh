@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# Worker bootstrap (Ubuntu Neuron DLAMI): Docker, preflight, image, model and compiled artifacts on local
-# NVMe, then one di-vllm@INDEX unit per endpoint (standard mode: each with a di-register@INDEX unit that lists it
-# in etcd). Sourced by di-bootstrap; runnable alone for a re-run.
+# Worker bootstrap (Ubuntu Neuron DLAMI): Docker, preflight, image (and the engine's own check of it), model and
+# compiled artifacts on local NVMe, then one di-vllm@INDEX unit per endpoint, each with a di-register@INDEX unit
+# that lists it in etcd unless the engine registers it itself. Sourced by di-bootstrap; runnable alone for a re-run.
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
-DI_DEV_ROOT=${DI_DEV_ROOT:-/dev}
 DI_MIN_DATA_GB=${DI_MIN_DATA_GB:-300}
 DI_NVME_GLOB=${DI_NVME_GLOB:-/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_*}
 DI_RAID_DEVICE=${DI_RAID_DEVICE:-/dev/md/di-data}
@@ -42,25 +41,51 @@ check_efa() {
   log "EFA interfaces: $count, uverbs devices: ${#uverbs[@]}"
 }
 
+# instance_store_disks: the instance-store NVMe disks, one device path each. Newer udev adds a namespace-suffixed
+# link (…_AWS123-ns-1) next to …_AWS123 for the same disk, so links are resolved and each disk counted once.
+instance_store_disks() {
+  local link
+  for link in $DI_NVME_GLOB; do
+    [[ -e $link && $link != *-part* ]] || continue
+    readlink -f "$link"
+  done | sort -u
+}
+
+# make_data_array DISK...: RAID 0 over the disks (or the single disk), formatted and mounted on DI_DATA_DIR.
+make_data_array() {
+  local target=$1
+  if (($# > 1)); then
+    mdadm --create "$DI_RAID_DEVICE" --run --level=0 --raid-devices="$#" "$@" ||
+      fail "cannot build RAID 0 over $# NVMe devices ($*)"
+    target=$DI_RAID_DEVICE
+  fi
+  mkfs.ext4 -q -F -E nodiscard "$target" || fail "cannot format $target"
+  mount "$target" "$DI_DATA_DIR" || fail "cannot mount $target on $DI_DATA_DIR"
+  # Instance store survives a reboot (not a stop): remount it then, before the units start.
+  fstab_add "$(blkid -o value -s UUID "$target")" "$DI_DATA_DIR"
+}
+
 # prepare_data_dir: local NVMe instance store at DI_DATA_DIR (RAID 0 over all of them), or what is mounted there.
+# A disk something else (the AMI) already mounted is never formatted: it is left alone, and when no free disk
+# remains the boot fails naming where they are mounted.
 prepare_data_dir() {
   mkdir -p "$DI_DATA_DIR"
   if ! findmnt -n "$DI_DATA_DIR" >/dev/null; then
-    local devices=() dev target
-    for dev in $DI_NVME_GLOB; do
-      [[ -e $dev && $dev != *-ns-* && $dev != *-part* ]] && devices+=("$dev")
+    local disks=() free=() busy=() disk where
+    mapfile -t disks < <(instance_store_disks)
+    ((${#disks[@]} > 0)) ||
+      fail "no instance-store NVMe found ($DI_NVME_GLOB) for models and compiled artifacts: use an instance type with local NVMe"
+    for disk in "${disks[@]}"; do
+      if where=$(findmnt -rn -o TARGET -S "$disk"); then
+        log "leaving $disk alone: already mounted on ${where//$'\n'/ }"
+        busy+=("$disk on ${where//$'\n'/ }")
+      else
+        free+=("$disk")
+      fi
     done
-    ((${#devices[@]} > 0)) || fail "no NVMe instance store found ($DI_NVME_GLOB) for models and compiled artifacts"
-    target=${devices[0]}
-    if ((${#devices[@]} > 1)); then
-      mdadm --create "$DI_RAID_DEVICE" --run --level=0 --raid-devices="${#devices[@]}" "${devices[@]}" ||
-        fail "cannot build RAID 0 over ${#devices[@]} NVMe devices"
-      target=$DI_RAID_DEVICE
-    fi
-    mkfs.ext4 -q -F -E nodiscard "$target" || fail "cannot format $target"
-    mount "$target" "$DI_DATA_DIR" || fail "cannot mount $target on $DI_DATA_DIR"
-    # Instance store survives a reboot (not a stop): remount it then, before the units start.
-    fstab_add "$(blkid -o value -s UUID "$target")" "$DI_DATA_DIR"
+    ((${#free[@]} > 0)) ||
+      fail "instance-store NVMe already mounted elsewhere (${busy[*]}), none left for $DI_DATA_DIR: unmount it in the AMI or mount it on $DI_DATA_DIR"
+    make_data_array "${free[@]}"
   fi
   local avail
   avail=$(df -P -BG "$DI_DATA_DIR" | awk 'NR == 2 { sub("G", "", $4); print $4 }')
@@ -121,24 +146,32 @@ stage_compiled() {
 
 pull_image() { retry docker pull "$DI_IMAGE" || fail "cannot pull $DI_IMAGE (egress to public.ecr.aws?)"; }
 
-# start_registrar INDEX: plain vLLM has no NeuronConnector to register the endpoint, so the proxy would never
-# find it. The registrar waits for /health and for etcd by itself, so the boot does not wait for either.
+# start_registrar INDEX: an endpoint nothing else lists in etcd (standard mode, or an engine whose server does not
+# register itself) gets di-register, or the proxy would never find it. It waits for /health and for etcd by itself,
+# so the boot does not wait for either.
 start_registrar() {
   local unit
   unit=$(registrar_unit "$1")
   systemctl enable --now "$unit" || fail "$unit did not start"
 }
 
+# any_registrar: true when some endpoint of this node needs di-register.
+any_registrar() {
+  local role
+  while read -r _ role _; do registrar_wanted "$role" && return 0; done < <(endpoints)
+  return 1
+}
+
 start_endpoints() {
   local index role cores port unit
   install_unit "$DI_HOME/units/di-vllm@.service"
-  [[ $DI_MODE != standard ]] || install_unit "$DI_HOME/units/di-register@.service"
+  if any_registrar; then install_unit "$DI_HOME/units/di-register@.service"; fi
   systemctl daemon-reload
   while read -r index role cores port; do
     unit=$(unit_name "$index")
     log "starting $unit ($role, cores $cores, port $port)"
     systemctl enable --now "$unit" || fail "$unit did not start"
-    [[ $DI_MODE != standard ]] || start_registrar "$index"
+    if registrar_wanted "$role"; then start_registrar "$index"; fi
   done < <(endpoints)
   sleep "$DI_SETTLE_SECONDS"
   while read -r index _; do
@@ -148,14 +181,17 @@ start_endpoints() {
 }
 
 worker_main() {
+  load_engine
   install_docker
   check_neuron
   check_efa
   prepare_data_dir
   pull_image
+  engine_preflight
   stage_model
   stage_compiled
-  if [[ $DI_MODE == disaggregated ]]; then
+  # NeuronConnector needs etcd when vLLM starts; di-register (standard mode, nixl) waits for it by itself.
+  if engine_self_registers && [[ $DI_MODE == disaggregated ]]; then
     wait_for_etcd || fail "etcd at $DI_ETCD unreachable: is the control host up? (dictl status)"
   fi
   start_endpoints

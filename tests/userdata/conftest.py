@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,9 +60,10 @@ class Node:
         (self.state / name).write_text(value)
 
     def override(self, **values: str) -> None:
-        """Values the update runbook's override.env would carry (read after node.env)."""
+        """Values the update runbook's override.env would carry (read after node.env); `values` follows them."""
         with open(self.env["DI_OVERRIDE_ENV"], "a", encoding="utf-8") as out:
-            out.writelines(f"{k}={v}\n" for k, v in values.items())
+            out.writelines(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
+        self.values.update(values)
 
     def run(self, script: str, *args: str, check: bool = True, **extra: str) -> subprocess.CompletedProcess:
         proc = subprocess.run(["bash", str(SCRIPTS / script), *args], env={**self.env, **extra},
@@ -82,6 +84,51 @@ class Node:
 
     def signals(self) -> list[list[str]]:
         return [argv for argv in self.calls("aws") if argv[:2] == ["cloudformation", "signal-resource"]]
+
+
+SEED_IMAGE = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.9.1-neuronx-py310-sdk2.25.1-ubuntu22.04"
+
+# What a nixl worker's node.env carries beyond the common values (engine-contract.md), as the DI tutorial's
+# Llama-style settings; used where a test needs a nixl worker whatever engine the shipped configs pick.
+NIXL_VALUES = {
+    "DI_ENGINE": "nixl",
+    "DI_IMAGE": "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04",
+    "DI_KV_CONNECTOR": "NixlConnector", "DI_NIXL_SIDE_CHANNEL_BASE_PORT": "5559", "DI_MAX_NUM_BATCHED_TOKENS": "8192",
+    "DI_BLOCK_SIZE": "", "DI_OPTIMIZATION_LEVEL": "", "DI_NEURON_CONFIG": "", "DI_COMPILE_TIMEOUT_SECONDS": "2400",
+    "DI_READY_TIMEOUT_SECONDS": "1800", "DI_EXECUTE_MODEL_TIMEOUT_SECONDS": "1200",
+}
+
+
+def shipped_envs() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "config").glob("*.yaml"))
+
+
+def find_fleet(*, engine: str | None = None, role: str, instance: str = "") -> tuple[str, str] | None:
+    """(env, fleet) of the first shipped config with a fleet of ROLE (on an instance type starting with INSTANCE)
+    whose engine is ENGINE (any engine when None)."""
+    for env in shipped_envs():
+        config = load_environment(env)
+        if engine is not None and config.engine != engine:
+            continue
+        for name, fleet in config.fleets.items():
+            if fleet.role == role and fleet.instance_type.startswith(instance):
+                return env, name
+    return None
+
+
+def engine_node(make, engine: str, role: str, *, instance: str = "", **kw) -> "Node":
+    """A worker of ROLE running ENGINE: a shipped config's when one exists, else another config's worker of that
+    role switched to ENGINE through override.env (the values the renderer would add for it)."""
+    found = find_fleet(engine=engine, role=role, instance=instance)
+    if found:
+        return make(*found, **kw)
+    env, fleet = find_fleet(role=role, instance=instance)
+    n = make(env, fleet, **kw)
+    if engine == "nixl":
+        n.override(**NIXL_VALUES)
+    else:
+        n.override(DI_ENGINE=engine, DI_IMAGE=SEED_IMAGE, DI_KV_BUFFER_SIZE=n.values.get("DI_KV_BUFFER_SIZE") or "2e+11")
+    return n
 
 
 def make_node(tmp_path: Path, env: str, fleet: str | None, *, fakes: list[str] | None = None,

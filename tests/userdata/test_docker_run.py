@@ -1,42 +1,48 @@
-"""The exact `docker run` each unit executes, per role, against the Neuron tutorials' commands."""
+"""The exact `docker run` each unit executes, per engine and role, against the Neuron tutorials' commands."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shlex
-import subprocess
 
 import pytest
 
-from tests.userdata.conftest import FAKES, INSTANCE_ID
+from tests.userdata.conftest import INSTANCE_ID, SEED_IMAGE, engine_node, find_fleet
 
-IMAGE = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.9.1-neuronx-py310-sdk2.25.1-ubuntu22.04"
+IMAGE = SEED_IMAGE
 
 
-def compiled_key(model: str, tp: int, batch: int, seq: int) -> str:
-    digest = hashlib.sha256(f"{model}|{IMAGE}|{tp}|{batch}|{seq}".encode()).hexdigest()[:12]
+def compiled_key(values) -> str:
+    model, image, tp = values["DI_MODEL_ID"], values["DI_IMAGE"], values["DI_TENSOR_PARALLEL"]
+    batch, seq = values["DI_MAX_NUM_SEQS"], values["DI_MAX_MODEL_LEN"]
+    digest = hashlib.sha256(f"{model}|{image}|{tp}|{batch}|{seq}".encode()).hexdigest()[:12]
     return f"{model.split('/')[-1]}-tp{tp}-b{batch}-s{seq}-{digest}"
 
 
-def expected_docker(node, *, index, fleet, cores, env_extra=(), uverbs=2):
-    model, tp = node.values["DI_MODEL_ID"], int(node.values["DI_TENSOR_PARALLEL"])
-    batch, seq = int(node.values["DI_MAX_NUM_SEQS"]), int(node.values["DI_MAX_MODEL_LEN"])
+def docker_head(node, *, index, uverbs):
+    """What every endpoint container gets: --init so tini forwards SIGTERM, host network, EFA devices, logs, data."""
     devices = [w for i in range(uverbs) for w in ("--device", f"/dev/infiniband/uverbs{i}")]
-    return ["run", "--rm", "--name", f"di-vllm-{index}", "--network", "host", "--privileged", *devices,
-            "--shm-size=10g",
+    return ["run", "--rm", "--init", "--no-healthcheck", "--name", f"di-vllm-{index}", "--network", "host",
+            "--privileged", *devices, "--shm-size=10g",
             "--log-driver", "awslogs", "--log-opt", "awslogs-region=us-east-2",
             "--log-opt", "awslogs-group=/distack/test/containers",
-            "--log-opt", f"awslogs-stream={fleet}/{INSTANCE_ID}/vllm-{index}",
-            "-v", f"{node.root / 'data'}:/data",
+            "--log-opt", f"awslogs-stream={node.values['DI_FLEET']}/{INSTANCE_ID}/vllm-{index}",
+            "-v", f"{node.root / 'data'}:/data"]
+
+
+def legacy_expected(node, *, index, cores, env_extra=(), uverbs=2):
+    """Seed 000's container, with the server as the entrypoint instead of `bash -c "exec python3 ..."`."""
+    return [*docker_head(node, index=index, uverbs=uverbs),
             "-e", f"NEURON_RT_VISIBLE_CORES={cores}",
-            "-e", f"NEURON_COMPILED_ARTIFACTS=/data/compiled/{compiled_key(model, tp, batch, seq)}",
-            *env_extra, IMAGE, "bash", "-c"]
+            "-e", f"NEURON_COMPILED_ARTIFACTS=/data/compiled/{compiled_key(node.values)}",
+            *env_extra, "--entrypoint", "python3", IMAGE]
 
 
 def server_args(*, model, tp, batch, seq, port, kv=None):
-    """The tutorial's `python3 -m vllm.entrypoints.openai.api_server` words, model staged locally."""
-    args = ["exec", "python3", "-m", "vllm.entrypoints.openai.api_server", "--model", f"/data/models/{model}",
+    """The tutorial's `python3 -m vllm.entrypoints.openai.api_server` words (seed 000 L124-133), model staged
+    locally, after the entrypoint `python3`."""
+    args = ["-m", "vllm.entrypoints.openai.api_server", "--model", f"/data/models/{model}",
             "--served-model-name", model, "--max-num-seqs", str(batch), "--max-model-len", str(seq),
             "--tensor-parallel-size", str(tp), "--device", "neuron"]
     if kv is not None:
@@ -50,60 +56,256 @@ def server_args(*, model, tp, batch, seq, port, kv=None):
 def run_endpoint(node, index):
     node.run("di-run", "run", "vllm", str(index))
     (argv,) = node.docker_runs()
-    return argv[:-1], argv[-1]
+    image = argv.index(node.values["DI_IMAGE"])
+    return argv[:image + 1], argv[image + 1:]
 
 
-@pytest.mark.parametrize("index,role,cores,port,kv_role", [
-    (0, "prefill", "0-15", 8000, "kv_producer"),
-    (1, "decode", "16-31", 8001, "kv_consumer"),
+# ---------------------------------------------------------------------------------------------- neuron-connector
+
+
+@pytest.mark.parametrize("index,cores,port,kv_role", [
+    (0, "0-15", 8000, "kv_producer"),
+    (1, "16-31", 8001, "kv_consumer"),
 ])
-def test_colocated_1p1d_endpoints_of_dev(node, index, role, cores, port, kv_role):
-    n = node("dev", "colocated")
-    head, command = run_endpoint(n, index)
-    assert head == expected_docker(n, index=index, fleet="colocated", cores=cores)
-    words = shlex.split(command)
+def test_legacy_colocated_1p1d_endpoints_on_trn1(node, index, cores, port, kv_role):
+    n = engine_node(node, "neuron-connector", "colocated", instance="trn1")
+    head, words = run_endpoint(n, index)
+    # trn1 has no LNC: neither LNC variable is set.
+    assert head == legacy_expected(n, index=index, cores=cores)
     kv = words[words.index("--kv-transfer-config") + 1]
     assert json.loads(kv) == {"kv_connector": "NeuronConnector", "kv_role": kv_role, "kv_buffer_size": 1e11,
                               "etcd": "10.42.0.10:8989"}
     assert words == server_args(model="meta-llama/Llama-3.1-8B-Instruct", tp=16, batch=8, seq=8192, port=port, kv=kv)
 
 
-@pytest.mark.parametrize("fleet,kv_role", [("prefill", "kv_producer"), ("decode", "kv_consumer")])
-def test_prod_prefill_and_decode_workers_match_the_di_tutorial(node, fleet, kv_role):
-    n = node("prod", fleet, uverbs=16)
-    head, command = run_endpoint(n, 0)
-    assert head == expected_docker(n, index=0, fleet=fleet, cores="0-63", uverbs=16,
-                                   env_extra=("-e", "NEURON_RT_VIRTUAL_CORE_SIZE=2"))
+@pytest.mark.parametrize("role,kv_role", [("prefill", "kv_producer"), ("decode", "kv_consumer")])
+def test_legacy_prefill_and_decode_workers_match_the_di_tutorial(node, role, kv_role):
+    # Seed 000 L112-133 (prefill) and L155-176 (decode): TP 64, batch 8, 8192, kv_buffer_size 2e11, etcd on :8989.
+    n = engine_node(node, "neuron-connector", role, instance="trn2", uverbs=16)
+    head, words = run_endpoint(n, 0)
+    # LNC on trn2: what the NxDI tutorials set and what runtime and compiler read (logical-neuroncore-config.rst).
+    assert head == legacy_expected(n, index=0, cores="0-63", uverbs=16,
+                                   env_extra=("-e", "NEURON_RT_VIRTUAL_CORE_SIZE=2", "-e", "NEURON_LOGICAL_NC_CONFIG=2"))
     kv = json.dumps({"kv_connector": "NeuronConnector", "kv_role": kv_role, "kv_buffer_size": 2e11,
                      "etcd": "10.42.0.10:8989"}, separators=(",", ":")).replace("200000000000.0", "2e+11")
-    assert shlex.split(command) == server_args(model="meta-llama/Llama-3.3-70B-Instruct", tp=64, batch=8,
-                                               seq=8192, port=8000, kv=kv)
+    assert words == server_args(model="meta-llama/Llama-3.3-70B-Instruct", tp=64, batch=8, seq=8192, port=8000, kv=kv)
+    # The seed's own words, after its shell expanded them: the same server arguments, the model id for --model.
+    seed = shlex.split("""python3 -m vllm.entrypoints.openai.api_server --model meta-llama/Llama-3.3-70B-Instruct
+        --max-num-seqs 8 --max-model-len 8192 --tensor-parallel-size 64 --device neuron
+        --speculative-max-model-len 8192 --override-neuron-config '{}'
+        --kv-transfer-config '{"kv_connector":"NeuronConnector","kv_role":"%s","kv_buffer_size":2e11,"etcd":"10.42.0.10:8989"}'
+        --port 8000""" % kv_role)
+    ours = ["python3", *words]
+    del ours[ours.index("--served-model-name"):ours.index("--served-model-name") + 2]
+    ours[ours.index("--model") + 1] = "meta-llama/Llama-3.3-70B-Instruct"
+    assert [w for w in ours if w != kv] == [w for w in seed if not w.startswith('{"kv_connector"')]
+    assert json.loads(kv) == json.loads(seed[seed.index("--kv-transfer-config") + 1])
 
 
-@pytest.mark.parametrize("index,cores,port", [(0, "0-31", 8000), (1, "32-63", 8001)])
-def test_standard_mode_runs_the_two_data_parallel_endpoints_without_kv_transfer(node, index, cores, port):
-    n = node("baseline", "standard")
-    head, command = run_endpoint(n, index)
-    assert head == expected_docker(n, index=index, fleet="standard", cores=cores,
-                                   env_extra=("-e", "NEURON_RT_VIRTUAL_CORE_SIZE=2"))
-    assert shlex.split(command) == server_args(model="meta-llama/Llama-3.3-70B-Instruct", tp=32, batch=4,
-                                               seq=8192, port=port)
+@pytest.mark.parametrize("lnc_env", [True, False])
+def test_legacy_standard_mode_is_the_tutorials_baseline_server(node, lnc_env):
+    # baseline_server.sh (seed 000 L257-302): `export NEURON_RT_ASYNC_EXEC_MAX_INFLIGHT_REQUESTS=2`, no KV connector.
+    n = engine_node(node, "neuron-connector", "standard")
+    if not lnc_env:
+        n.override(DI_INSTANCE_TYPE="trn1.32xlarge")
+    cores, port = n.values["DI_ENDPOINTS"].split()[1].split(":")[1:]
+    head, words = run_endpoint(n, 1)
+    lnc = ("-e", "NEURON_RT_VIRTUAL_CORE_SIZE=2", "-e", "NEURON_LOGICAL_NC_CONFIG=2") if lnc_env else ()
+    assert head == legacy_expected(n, index=1, cores=cores,
+                                   env_extra=(*lnc, "-e", "NEURON_RT_ASYNC_EXEC_MAX_INFLIGHT_REQUESTS=2"))
+    v = n.values
+    assert words == server_args(model=v["DI_MODEL_ID"], tp=v["DI_TENSOR_PARALLEL"], batch=v["DI_MAX_NUM_SEQS"],
+                                seq=v["DI_MAX_MODEL_LEN"], port=port)
 
 
-def test_container_shell_hands_python_exactly_these_words(node, tmp_path):
-    """What the container's bash does with the command string: a fake python3 records the argv it receives."""
-    n = node("dev", "colocated")
-    _, command = run_endpoint(n, 0)
-    fake_bin = tmp_path / "container-bin"
-    fake_bin.mkdir()
-    (fake_bin / "python3").symlink_to(FAKES / "python3")
-    subprocess.run(["/bin/bash", "-c", command], check=True,
-                   env={"PATH": f"{fake_bin}:/usr/bin:/bin", "FAKE_STATE": str(n.state)})
-    received = n.calls("python3")[-1]
-    assert received[:3] == ["-m", "vllm.entrypoints.openai.api_server", "--model"]
-    kv = received[received.index("--kv-transfer-config") + 1]
-    assert json.loads(kv)["kv_role"] == "kv_producer"
-    assert received[received.index("--override-neuron-config") + 1] == "{}"
+# ---------------------------------------------------------------------------------------------------------- nixl
+
+# vllm-neuron/docs/tutorials/tutorial-di-1p1d-xpyd.md (aws-neuron-sdk 81ce03ae), verbatim. Prefill L141-169:
+TUTORIAL_PREFILL = """NEURON_VISIBLE_DEVICES=0-3 VLLM_NIXL_SIDE_CHANNEL_PORT=5559 vllm serve "$MODEL" \
+    --port 8100 \
+    --tensor-parallel-size 4 \
+    --data-parallel-size 1 \
+    --enable-expert-parallel \
+    --dtype bfloat16 \
+    --max-num-seqs 1 \
+    --max-model-len 16384 \
+    --max-num-batched-tokens 8192 \
+    --no-disable-hybrid-kv-cache-manager \
+    --hf-overrides '{"quantization_config": {}}' \
+    --kv-transfer-config '{"kv_connector": "NeuronNixlConnector", "kv_role": "kv_producer", "kv_buffer_device": "cuda", "kv_connector_extra_config": {"backends": ["LIBFABRIC"]}}' \
+    --additional-config '{
+        "neuron_config": {
+            "quantization": "mxfp4",
+            "ep_degree": 2,
+            "kv_segment_size_buckets": [8192],
+            "num_batched_tokens_buckets": [8192],
+            "num_seqs_buckets": [1]
+        }
+    }'"""
+# Decode L196-221:
+TUTORIAL_DECODE = """NEURON_VISIBLE_DEVICES=32-63 VLLM_NIXL_SIDE_CHANNEL_PORT=5659 vllm serve "$MODEL" \
+    --port 8200 \
+    --tensor-parallel-size 8 \
+    --data-parallel-size 4 \
+    --enable-expert-parallel \
+    --optimization-level 2 \
+    --dtype bfloat16 \
+    --max-num-seqs 4 \
+    --max-model-len 16384 \
+    --max-num-batched-tokens 8192 \
+    --max-logprobs 0 \
+    --no-disable-hybrid-kv-cache-manager \
+    --hf-overrides '{"quantization_config": {}}' \
+    --kv-transfer-config '{"kv_connector": "NeuronNixlConnector", "kv_role": "kv_consumer", "kv_buffer_device": "cuda", "kv_connector_extra_config": {"backends": ["LIBFABRIC"]}}' \
+    --additional-config '{
+        "neuron_config": {
+            "quantization": "mxfp4",
+            "embedding_dp_size": 4,
+            "lm_head_dp_size": 4,
+            "kv_segment_size_buckets": [8192],
+            "num_batched_tokens_buckets": [8192],
+            "num_seqs_buckets": [4]
+        }
+    }'"""
+# The tutorial's GPT-OSS MoE flags, which a dense model's server leaves out ("--data-parallel-size /
+# --enable-expert-parallel are only needed for DP+EP (MoE) decode; a basic decode server omits them", design
+# doc L263-264; --dtype/--hf-overrides/--no-disable-hybrid-kv-cache-manager/--max-logprobs are GPT-OSS settings).
+MOE_ONLY = {"--data-parallel-size", "--enable-expert-parallel", "--dtype", "--no-disable-hybrid-kv-cache-manager",
+            "--hf-overrides", "--max-logprobs"}
+VALUELESS = {"--enable-expert-parallel", "--no-disable-hybrid-kv-cache-manager"}
+
+
+def parse_tutorial(command):
+    """(env, {flag: value}) of a tutorial `VAR=... vllm serve "$MODEL" --flag value ...` command."""
+    words = shlex.split(command.replace("\\\n", " "))
+    env = dict(w.split("=", 1) for w in words[:words.index("vllm")])
+    flags, rest = {}, words[words.index("serve") + 2:]
+    while rest:
+        flag = rest.pop(0)
+        flags[flag] = None if flag in VALUELESS else rest.pop(0)
+    return env, flags
+
+
+def parse_ours(words):
+    env = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "-e")
+    return env
+
+
+@pytest.mark.parametrize("role,tutorial,index,tp,seqs", [
+    ("prefill", TUTORIAL_PREFILL, 0, "4", "1"),
+    ("decode", TUTORIAL_DECODE, 1, "8", "4"),
+])
+def test_nixl_colocated_endpoints_match_the_di_tutorial(node, role, tutorial, index, tp, seqs):
+    """The tutorial's single-node 1P1D servers, given the tutorial's own values through node.env."""
+    t_env, t_flags = parse_tutorial(tutorial)
+    n = engine_node(node, "nixl", "colocated", uverbs=16)
+    port, cores = t_flags["--port"], t_env["NEURON_VISIBLE_DEVICES"]
+    neuron_config = json.loads(t_flags["--additional-config"])["neuron_config"]
+    endpoints = ["prefill:0-3:8100", "decode:32-63:8200"]
+    # The tutorial's side-channel ports 5559/5659 are base + 0 and base + 100; DiStack uses base + endpoint index.
+    n.override(DI_ENDPOINTS=" ".join(endpoints), DI_TENSOR_PARALLEL=tp, DI_MAX_NUM_SEQS=seqs,
+               DI_MAX_MODEL_LEN=t_flags["--max-model-len"], DI_MAX_NUM_BATCHED_TOKENS=t_flags["--max-num-batched-tokens"],
+               DI_KV_CONNECTOR="NeuronNixlConnector", DI_NIXL_SIDE_CHANNEL_BASE_PORT=str(5559 + 99 * index),
+               DI_BLOCK_SIZE="", DI_OPTIMIZATION_LEVEL=t_flags.get("--optimization-level", ""),
+               DI_NEURON_CONFIG=json.dumps(neuron_config, separators=(",", ":")),
+               DI_COMPILE_TIMEOUT_SECONDS="2400", DI_READY_TIMEOUT_SECONDS="1800",
+               DI_EXECUTE_MODEL_TIMEOUT_SECONDS="1200")
+    head, words = run_endpoint(n, index)
+    env = parse_ours(head)
+    # Same cores and side-channel port as the tutorial; host = this node's private IP (the tutorial's 0.0.0.0 would
+    # reach the proxy as remote_host); the environment of tutorial L105-114.
+    assert env == {"NEURON_VISIBLE_DEVICES": cores,
+                   "VLLM_NIXL_SIDE_CHANNEL_HOST": "10.42.1.5",
+                   "VLLM_NIXL_SIDE_CHANNEL_PORT": t_env["VLLM_NIXL_SIDE_CHANNEL_PORT"],
+                   "FI_EFA_ENABLE_SHM_TRANSFER": "0",
+                   "VLLM_NEURON_COMPILATION_TIMEOUT": "2400", "VLLM_ENGINE_READY_TIMEOUT_S": "1800",
+                   "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "1200",
+                   "NEURON_LOGICAL_NC_CONFIG": "2",
+                   "VLLM_CACHE_ROOT": f"/data/compiled/{compiled_key(n.values)}"}
+    assert head[-3:] == ["--entrypoint", "vllm", n.values["DI_IMAGE"]]
+    model = n.values["DI_MODEL_ID"]
+    assert words[:4] == ["serve", f"/data/models/{model}", "--served-model-name", model]
+    ours = dict(zip(words[4::2], words[5::2]))
+    # Every flag we pass is the tutorial's, with the tutorial's value (JSON compared as JSON) ...
+    for flag, value in ours.items():
+        if flag in ("--kv-transfer-config", "--additional-config"):
+            assert json.loads(value) == json.loads(t_flags[flag]), flag
+        else:
+            assert value == t_flags[flag], flag
+    assert ours["--kv-transfer-config"] == t_flags["--kv-transfer-config"]  # byte for byte, as in the tutorial
+    # ... and every tutorial flag we leave out is a GPT-OSS MoE one.
+    assert set(t_flags) - set(ours) == MOE_ONLY & set(t_flags)
+
+
+def test_nixl_prod_prefill_endpoint_exact_vector(node):
+    """One whole vector as it runs on a prod-style prefill worker (four TP-16 endpoints on a trn2.48xlarge)."""
+    n = engine_node(node, "nixl", "prefill", instance="trn2", uverbs=16)
+    v = n.values
+    cores, port = v["DI_ENDPOINTS"].split()[2].split(":")[1:]
+    head, words = run_endpoint(n, 2)
+    optional = {"DI_COMPILE_TIMEOUT_SECONDS": "VLLM_NEURON_COMPILATION_TIMEOUT",
+                "DI_READY_TIMEOUT_SECONDS": "VLLM_ENGINE_READY_TIMEOUT_S",
+                "DI_EXECUTE_MODEL_TIMEOUT_SECONDS": "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"}
+    assert head == [*docker_head(n, index=2, uverbs=16),
+                    "-e", f"NEURON_VISIBLE_DEVICES={cores}", "-e", "VLLM_NIXL_SIDE_CHANNEL_HOST=10.42.1.5",
+                    "-e", f"VLLM_NIXL_SIDE_CHANNEL_PORT={int(v['DI_NIXL_SIDE_CHANNEL_BASE_PORT']) + 2}",
+                    "-e", "FI_EFA_ENABLE_SHM_TRANSFER=0",
+                    *[w for k, name in optional.items() if v[k] for w in ("-e", f"{name}={v[k]}")],
+                    "-e", f"NEURON_LOGICAL_NC_CONFIG={v['DI_LNC']}",
+                    "-e", f"VLLM_CACHE_ROOT=/data/compiled/{compiled_key(v)}",
+                    "--entrypoint", "vllm", v["DI_IMAGE"]]
+    expected = ["serve", f"/data/models/{v['DI_MODEL_ID']}", "--served-model-name", v["DI_MODEL_ID"],
+                "--port", port, "--tensor-parallel-size", v["DI_TENSOR_PARALLEL"],
+                "--max-model-len", v["DI_MAX_MODEL_LEN"], "--max-num-seqs", v["DI_MAX_NUM_SEQS"],
+                "--max-num-batched-tokens", v["DI_MAX_NUM_BATCHED_TOKENS"]]
+    if v["DI_BLOCK_SIZE"]:
+        expected += ["--block-size", v["DI_BLOCK_SIZE"]]
+    if v["DI_OPTIMIZATION_LEVEL"]:
+        expected += ["--optimization-level", v["DI_OPTIMIZATION_LEVEL"]]
+    if v["DI_NEURON_CONFIG"]:
+        expected += ["--additional-config", '{"neuron_config": %s}' % v["DI_NEURON_CONFIG"]]
+    # The design doc's generic TP server (disaggregated-inference.md L248-278), kv_role per the endpoint's role.
+    expected += ["--kv-transfer-config",
+                 '{"kv_connector": "%s", "kv_role": "kv_producer", "kv_buffer_device": "cuda", '
+                 '"kv_connector_extra_config": {"backends": ["LIBFABRIC"]}}' % v["DI_KV_CONNECTOR"]]
+    assert words == expected
+
+
+def test_nixl_empty_optional_values_leave_vllm_defaults(node):
+    n = engine_node(node, "nixl", "prefill", instance="trn2", uverbs=16)
+    n.override(DI_BLOCK_SIZE="", DI_OPTIMIZATION_LEVEL="", DI_NEURON_CONFIG="", DI_COMPILE_TIMEOUT_SECONDS="",
+               DI_READY_TIMEOUT_SECONDS="", DI_EXECUTE_MODEL_TIMEOUT_SECONDS="")
+    head, words = run_endpoint(n, 0)
+    assert not {"--block-size", "--optimization-level", "--additional-config"} & set(words)
+    assert not [w for w in head if "TIMEOUT" in w]
+
+
+def test_nixl_standard_mode_serves_without_kv_transfer(node):
+    n = engine_node(node, "nixl", "standard", uverbs=16)
+    head, words = run_endpoint(n, 1)
+    assert "--kv-transfer-config" not in words and words[0] == "serve"
+    env = parse_ours(head)
+    assert env["VLLM_NIXL_SIDE_CHANNEL_PORT"] == str(int(n.values["DI_NIXL_SIDE_CHANNEL_BASE_PORT"]) + 1)
+    assert "NEURON_RT_ASYNC_EXEC_MAX_INFLIGHT_REQUESTS" not in env
+
+
+def test_colocated_nixl_endpoints_get_distinct_side_channel_ports(node):
+    n = engine_node(node, "nixl", "colocated", uverbs=16)
+    ports = []
+    for index in (0, 1):
+        n.run("di-run", "run", "vllm", str(index))
+        ports.append(parse_ours(n.docker_runs()[-1])["VLLM_NIXL_SIDE_CHANNEL_PORT"])
+    base = int(n.values["DI_NIXL_SIDE_CHANNEL_BASE_PORT"])
+    assert ports == [str(base), str(base + 1)]
+
+
+def test_an_unknown_engine_names_the_known_ones(node):
+    n = engine_node(node, "nixl", "colocated")
+    n.override(DI_ENGINE="vllm-gpu")
+    proc = n.run("di-run", "run", "vllm", "0", check=False)
+    assert proc.returncode != 0
+    assert "DI_ENGINE='vllm-gpu'" in proc.stderr and "known: neuron-connector nixl" in proc.stderr
+    assert n.docker_runs() == []
 
 
 def test_control_host_etcd_uses_the_tutorial_flags_on_the_fixed_address(node):
@@ -125,7 +327,7 @@ def test_control_host_etcd_uses_the_tutorial_flags_on_the_fixed_address(node):
 
 
 def test_control_host_proxy_is_the_dlc_neuron_proxy_server(node):
-    n = node("prod")
+    n = node(find_fleet(engine="neuron-connector", role="prefill")[0])
     n.run("di-run", "run", "proxy")
     (argv,) = n.docker_runs()
     assert argv == ["run", "--rm", "--name", "di-proxy", "--network", "host", "--shm-size=10g", "--privileged",

@@ -38,6 +38,14 @@ def docker(argv):
     if argv[:1] == ["ps"]:
         print(flag("docker-ps") or "", end="")
         return 0
+    if argv[:1] == ["run"] and option(argv, "--entrypoint") == "python" and "-c" in argv:
+        # The NIXL backend probe of the setup guide; "nixl-probe-fails" plays an image without the libcuda stub.
+        if flag("nixl-probe-fails"):
+            print("E nixl_agent.cpp createBackend: unsupported backend 'LIBFABRIC'\n"
+                  "nixl._bindings.nixlNotFoundError: NIXL_ERR_NOT_FOUND", file=sys.stderr)
+            return 1
+        print("NIXL INFO Backend LIBFABRIC was instantiated\nLIBFABRIC OK")
+        return 0
     if argv[:1] == ["run"] and flag("docker-run-fails"):
         return 125
     return 0
@@ -156,6 +164,13 @@ def mkfs(argv):
 
 
 def findmnt(argv):
+    """`findmnt -n TARGET`: is TARGET a mount point ("mounted" list or "all-mounted").
+    `findmnt -rn -o TARGET -S DEVICE`: where DEVICE is mounted, from "mounts" lines "DEVICE TARGET"."""
+    if "-S" in argv:
+        device = option(argv, "-S")
+        targets = [line.split()[1] for line in (flag("mounts") or "").splitlines() if line.split()[:1] == [device]]
+        print("\n".join(targets), end="\n" if targets else "")
+        return 0 if targets else 1
     mounted = (flag("mounted") or "").split()
     return 0 if argv[-1] in mounted or flag("all-mounted") else 1
 

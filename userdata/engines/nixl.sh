@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Engine `nixl` (default): `vllm serve` from the vLLM Neuron plugin with vLLM's NixlConnector (or the plugin's
+# NeuronNixlConnector) over NIXL's LIBFABRIC backend on EFA. Sourced by load_engine (lib.sh); engine_* only.
+# Sources (aws-neuron/aws-neuron-sdk): vllm-neuron/docs/tutorials/tutorial-di-1p1d-xpyd.md (environment L105-123,
+# prefill L141-169, decode L196-221), vllm-neuron/docs/design/vllm/disaggregated-inference.md (generic TP
+# L248-278), vllm-neuron/docs/getting-started/setup-guide.md (DI dependencies and the backend probe L93-219).
+
+# The DLC's ENTRYPOINT `python /usr/local/bin/vllm_entrypoint.py` runs the command with subprocess.check_call
+# and forwards no signal (aws-neuron/deep-learning-containers common/vllm_entrypoint.py): `vllm` is the
+# entrypoint instead, under docker's --init, whose tini forwards SIGTERM to it.
+engine_entrypoint() { printf '%s\n' vllm; }
+
+engine_kv_role() {
+  case $1 in
+    prefill) echo kv_producer ;;
+    decode) echo kv_consumer ;;
+    *) die "endpoint role '$1' has no KV role" ;;
+  esac
+}
+
+# env_if NAME VALUE: `-e NAME=VALUE` unless VALUE is empty (empty in node.env = vLLM's own default).
+env_if() { [[ -z $2 ]] || printf '%s\n' -e "$1=$2"; }
+
+engine_env() {
+  local role=$1 cores=$2 index=$3 ip
+  ip=$(local_ip) || die "cannot read this node's private IP from instance metadata ($DI_IMDS_URL)"
+  # NeuronCore range: the plugin reads NEURON_VISIBLE_DEVICES ("exposes exactly four host-level NeuronCores to the
+  # TP4 prefill process", tutorial L173; design doc L304 "Core partitioning for single-node DI").
+  # NIXL handshake: the decode side connects to the address prefill reports as remote_host, so this node's
+  # routable address rather than the tutorial's 0.0.0.0 (L106); one port per colocated endpoint (tutorial
+  # troubleshooting: "use different VLLM_NIXL_SIDE_CHANNEL_PORT values"). A data-parallel server adds its DP rank.
+  # FI_EFA_ENABLE_SHM_TRANSFER=0: "required for single-node DI ... Without it, both servers can start
+  # successfully but requests can produce inaccurate output" (L120-123), and set on both servers multi-node (L404-406).
+  printf '%s\n' -e "NEURON_VISIBLE_DEVICES=$cores" \
+    -e "VLLM_NIXL_SIDE_CHANNEL_HOST=$ip" \
+    -e "VLLM_NIXL_SIDE_CHANNEL_PORT=$((${DI_NIXL_SIDE_CHANNEL_BASE_PORT:?} + index))" \
+    -e FI_EFA_ENABLE_SHM_TRANSFER=0
+  # Compilation and start-up can exceed vLLM's defaults (tutorial L109-113).
+  env_if VLLM_NEURON_COMPILATION_TIMEOUT "${DI_COMPILE_TIMEOUT_SECONDS:-}"
+  env_if VLLM_ENGINE_READY_TIMEOUT_S "${DI_READY_TIMEOUT_SECONDS:-}"
+  env_if VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS "${DI_EXECUTE_MODEL_TIMEOUT_SECONDS:-}"
+  # The runtime reads NEURON_LOGICAL_NC_CONFIG and the compiler must match it
+  # (about-neuron/arch/neuron-features/logical-neuroncore-config.rst); say it so core ranges mean what the config says.
+  if lnc_applies; then printf '%s\n' -e "NEURON_LOGICAL_NC_CONFIG=$DI_LNC"; fi
+  # Compile cache on the NVMe array, under the key S3 syncs (the cache lives at $VLLM_CACHE_ROOT/neuron/compile_cache,
+  # design/compilation/compilation_cache.md L149; "Set to local NVMe for best performance", setup guide).
+  # Its entries are keyed by graph hash, so settings outside compiled_key cannot load a wrong NEFF.
+  printf '%s\n' -e "VLLM_CACHE_ROOT=/data/compiled/$(compiled_key)"
+}
+
+# engine_server_args ROLE PORT: `vllm serve` as in the DI tutorial, model staged locally and served under its id.
+# The tutorial's GPT-OSS MoE flags (--data-parallel-size, --enable-expert-parallel, --dtype, --hf-overrides,
+# --no-disable-hybrid-kv-cache-manager, --max-logprobs) are model-specific; a basic server omits them (design L263-264).
+engine_server_args() {
+  local role=$1 port=$2
+  printf '%s\n' serve "/data/models/$DI_MODEL_ID" \
+    --served-model-name "$DI_MODEL_ID" \
+    --port "$port" \
+    --tensor-parallel-size "$DI_TENSOR_PARALLEL" \
+    --max-model-len "$DI_MAX_MODEL_LEN" \
+    --max-num-seqs "$DI_MAX_NUM_SEQS" \
+    --max-num-batched-tokens "${DI_MAX_NUM_BATCHED_TOKENS:?}"
+  [[ -z ${DI_BLOCK_SIZE:-} ]] || printf '%s\n' --block-size "$DI_BLOCK_SIZE"
+  [[ -z ${DI_OPTIMIZATION_LEVEL:-} ]] || printf '%s\n' --optimization-level "$DI_OPTIMIZATION_LEVEL"
+  # `--override-neuron-config` is gone; the plugin takes --additional-config '{"neuron_config": {...}}'.
+  [[ -z ${DI_NEURON_CONFIG:-} ]] || printf '%s\n' --additional-config "{\"neuron_config\": $DI_NEURON_CONFIG}"
+  [[ $role == standard ]] && return 0
+  # kv_buffer_device is literally "cuda" on Neuron in every Neuron example (the plugin accepts only that value).
+  printf '%s\n' --kv-transfer-config "$(printf '{"kv_connector": "%s", "kv_role": "%s", "kv_buffer_device": "cuda", "kv_connector_extra_config": {"backends": ["LIBFABRIC"]}}' \
+    "${DI_KV_CONNECTOR:?}" "$(engine_kv_role "$role")")"
+}
+
+# vLLM registers nothing: di-register keeps /workers/{prefill|decode}/IP/PORT in etcd while /health answers.
+engine_self_registers() { false; }
+
+# The setup guide's backend probe (L93-219): NIXL dlopens libfabric.so.1 and the libcuda.so.1 stub; when either is
+# missing "NIXL reports `createBackend: unsupported backend 'LIBFABRIC'` ... and every server worker exits".
+NIXL_PROBE="from nixl._api import nixl_agent, nixl_agent_config; nixl_agent('probe', nixl_agent_config(backends=['LIBFABRIC'])); print('LIBFABRIC OK')"
+
+# engine_preflight: run the probe in the pulled image with the EFA devices, before any endpoint starts.
+engine_preflight() {
+  local out words devices=()
+  words=$(uverbs_device_args)
+  [[ -z $words ]] || mapfile -t devices <<<"$words"
+  out=$(docker run --rm --privileged "${devices[@]}" --entrypoint python "$DI_IMAGE" -c "$NIXL_PROBE" 2>&1) &&
+    [[ $out == *"LIBFABRIC OK"* ]] ||
+    fail "NIXL LIBFABRIC backend unavailable in image $DI_IMAGE (libfabric.so.1 or the libcuda.so.1 stub missing?): $(tail -n 2 <<<"$out" | tr '\n' ' ')"
+  log "NIXL LIBFABRIC backend loads in $DI_IMAGE"
+}
+
+engine_prepare() { mkdir -p "$DI_DATA_DIR/compiled/$(compiled_key)"; }
