@@ -1,60 +1,114 @@
-"""Rehearsal on loopback: etcd, the proxy, two fake prefill workers and one fake decode worker; one streaming
-completion goes through and the flow (chosen pair, request ids, chunks) is printed. Everything stops at the end."""
+"""Rehearsal on loopback, once per engine protocol: etcd, a proxy with --engine ENGINE, two fake prefill workers and
+one fake decode worker; one streaming completion goes through and its flow is printed (neuron-connector: the pair
+and its request ids; nixl: prefill's request with kv_transfer_params asked, what prefill returned, what decode got,
+the streamed answer). Everything stops at the end."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
+from typing import Any
 
 import aiohttp
 
+from diproxy.protocols import ENGINES
 from diproxy.testing.etcd_server import EtcdMissing, EtcdServer, etcd_binary
 from diproxy.testing.fake_worker import Behaviour, FakeWorker
 from diproxy.testing.harness import RunningProxy
 
 DEADLINE_SECONDS = 30.0
+# The order the flows are shown in: the legacy protocol first, the default one last, nearest the prompt.
+ORDER = ("neuron-connector", "nixl")
+BODY = {"model": "fake-model", "prompt": "Hello", "max_tokens": 6, "stream": True}
 
 
-async def _rehearse(etcd: EtcdServer) -> int:
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+async def _ask(session: aiohttp.ClientSession, url: str) -> tuple[int, list[str]]:
+    """Wait for the proxy to be ready, send one streaming completion; the status and the answer's lines."""
+    for _ in range(100):
+        async with session.get(url + "/ready") as reply:
+            if reply.status == 200:
+                break
+        await asyncio.sleep(0.05)
+    async with session.post(url + "/v1/completions", json=BODY) as reply:
+        lines = [f"client  <- HTTP {reply.status}, X-Request-Id {reply.headers.get('X-Request-Id')}"]
+        lines += [f"client  <- {line.decode().rstrip()}" async for line in reply.content if line.strip()]
+        return reply.status, lines
+
+
+def _neuron_connector_flow(workers: list[FakeWorker]) -> list[str]:
+    lines = []
+    for worker in workers:
+        for received in worker.requests:
+            lines.append(f"{worker.role:<8}{worker.address} got X-Request-Id {received.request_id} "
+                         f"max_tokens={received.body.get('max_tokens')} stream={received.body.get('stream')}")
+    picked = [w for w in workers if w.requests]
+    lines.append(f"pair    prefill {next(w.address for w in picked if w.role == 'prefill')} -> "
+                 f"decode {next(w.address for w in picked if w.role == 'decode')}")
+    return lines
+
+
+def _nixl_flow(workers: list[FakeWorker]) -> list[str]:
+    prefill = next(w for w in workers if w.role == "prefill" and w.requests)
+    decode = next(w for w in workers if w.role == "decode")
+    asked, got = prefill.requests[-1], decode.requests[-1]
+    shown = {k: asked.body[k] for k in ("max_tokens", "stream") if k in asked.body}
+    return [
+        f"1 prefill {prefill.address} got X-Request-Id {asked.request_id} {_compact(shown)}",
+        f"          kv_transfer_params {_compact(asked.body.get('kv_transfer_params'))}",
+        f"2 prefill {prefill.address} returned kv_transfer_params {_compact(prefill.kv_returned[-1])}",
+        f"3 decode  {decode.address} got X-Request-Id {got.request_id} "
+        f"{_compact({k: got.body[k] for k in ('max_tokens', 'stream')})}",
+        f"          kv_transfer_params {_compact(got.body.get('kv_transfer_params'))}",
+        f"          (remote_host rewritten to the prefill worker's IP; decode read its blocks: "
+        f"{prefill.kv_reads} read{'s' if prefill.kv_reads != 1 else ''})",
+        "4 decode's stream, ids rewritten, to the client:",
+    ]
+
+
+async def _rehearse(etcd: EtcdServer, engine: str) -> int:
     behaviour = Behaviour(tokens=6, token_interval=0.02)
-    workers = [FakeWorker("prefill", label="P1-", etcd=etcd.address, behaviour=behaviour),
-               FakeWorker("prefill", label="P2-", etcd=etcd.address, behaviour=behaviour),
-               FakeWorker("decode", label="D-", etcd=etcd.address, behaviour=behaviour)]
-    proxy = RunningProxy(["--etcd", etcd.address, "--health-interval", "0.2", "--pair-wait-timeout", "5"])
+    prefix = f"/rehearse-{engine}/workers/"
+    workers = [FakeWorker("prefill", label="P1-", etcd=etcd.address, prefix=prefix, behaviour=behaviour),
+               FakeWorker("prefill", label="P2-", etcd=etcd.address, prefix=prefix, behaviour=behaviour),
+               FakeWorker("decode", label="D-", etcd=etcd.address, prefix=prefix, behaviour=behaviour)]
+    proxy = RunningProxy(["--engine", engine, "--etcd", etcd.address, "--etcd-prefix", prefix,
+                          "--health-interval", "0.2", "--pair-wait-timeout", "5"])
+    print(f"== engine {engine}: {ENGINES[engine].summary}")
     try:
         for worker in workers:
             await worker.start()
             print(f"worker  {worker.role:<8} {worker.address}  etcd key {worker.etcd_key}")
         await proxy.start()
-        print(f"proxy   {proxy.url}  (etcd {etcd.address})")
+        print(f"proxy   {proxy.url}  --engine {engine}  (etcd {etcd.address})")
+        print(f"client  POST /v1/completions {_compact(BODY)}")
         async with aiohttp.ClientSession() as session:
-            for _ in range(100):
-                async with session.get(proxy.url + "/ready") as reply:
-                    if reply.status == 200:
-                        print(f"ready   {await reply.text()}")
-                        break
-                await asyncio.sleep(0.05)
-            body = {"model": "fake-model", "prompt": "Hello", "max_tokens": 6, "stream": True}
-            print(f"\nclient  POST /v1/completions {body}")
-            async with session.post(proxy.url + "/v1/completions", json=body) as reply:
-                print(f"client  <- HTTP {reply.status}, X-Request-Id {reply.headers.get('X-Request-Id')}")
-                async for line in reply.content:
-                    if line.strip():
-                        print(f"client  <- {line.decode().rstrip()}")
-                status = reply.status
-        print()
-        for worker in workers:
-            for received in worker.requests:
-                print(f"{worker.role:<8}{worker.address} got X-Request-Id {received.request_id} "
-                      f"max_tokens={received.body.get('max_tokens')}")
-        picked = [w for w in workers if w.requests]
-        print(f"\npair    prefill {next(w.address for w in picked if w.role == 'prefill')} -> "
-              f"decode {next(w.address for w in picked if w.role == 'decode')}")
-        return 0 if status == 200 else 1
+            status, answer = await _ask(session, proxy.url)
+        if status != 200:
+            print("\n".join(answer))
+            return 1
+        if engine == "nixl":
+            print("\n".join([*_nixl_flow(workers), *answer]))
+        else:
+            print("\n".join([*answer, *_neuron_connector_flow(workers)]))
+        return 0
     finally:
         await proxy.stop()
         for worker in workers:
             await worker.stop()
+
+
+async def _rehearse_all(etcd: EtcdServer) -> int:
+    failed = 0
+    for number, engine in enumerate(ORDER):
+        if number:
+            print()
+        failed |= await _rehearse(etcd, engine)
+    return failed
 
 
 def main() -> int:
@@ -65,7 +119,7 @@ def main() -> int:
         return 2
     with EtcdServer() as etcd:
         try:
-            return asyncio.run(asyncio.wait_for(_rehearse(etcd), DEADLINE_SECONDS))
+            return asyncio.run(asyncio.wait_for(_rehearse_all(etcd), DEADLINE_SECONDS))
         except asyncio.TimeoutError:
             print(f"rehearsal did not finish within {DEADLINE_SECONDS}s", file=sys.stderr)
             return 1

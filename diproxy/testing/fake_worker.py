@@ -90,6 +90,7 @@ class FakeWorker:
         self.side_channel_port = 0  # NIXL side channel a prefill reports (VLLM_NIXL_SIDE_CHANNEL_PORT); set on start
         self.kv_blocks: dict[str, KvBlocks] = {}  # prefill: by remote_request_id
         self.kv_received: list[dict[str, Any]] = []  # decode: the kv_transfer_params it accepted
+        self.kv_returned: list[dict[str, Any]] = []  # prefill: the kv_transfer_params it answered with
         self._next_block = 0
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -312,9 +313,11 @@ class FakeWorker:
         blocks = [self._next_block, self._next_block + 1]
         self._next_block += 2
         self.kv_blocks[remote_request_id] = KvBlocks(remote_request_id, blocks)
-        return {"do_remote_prefill": True, "do_remote_decode": False, "remote_block_ids": blocks,
-                "remote_engine_id": self.engine_id, "remote_request_id": remote_request_id,
-                "remote_host": SIDE_CHANNEL_BIND, "remote_port": self.side_channel_port, "tp_size": 1}
+        params = {"do_remote_prefill": True, "do_remote_decode": False, "remote_block_ids": blocks,
+                  "remote_engine_id": self.engine_id, "remote_request_id": remote_request_id,
+                  "remote_host": SIDE_CHANNEL_BIND, "remote_port": self.side_channel_port, "tp_size": 1}
+        self.kv_returned.append(params)
+        return dict(params)
 
     def _read_remote_kv(self, params: dict[str, Any]) -> None:
         """A decode's check of its kv_transfer_params, stricter than vLLM's (which would prefill locally): every key

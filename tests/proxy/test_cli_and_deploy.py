@@ -88,16 +88,50 @@ def _ready(url: str) -> bool:
         return False
 
 
-def test_rehearsal_shows_the_protocol_flow_and_cleans_up() -> None:
+def test_rehearsal_shows_each_protocols_flow_and_cleans_up() -> None:
     done = subprocess.run([sys.executable, "-m", "diproxy.rehearse"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout + done.stderr
-    lines = done.stdout.splitlines()
+    legacy, _, nixl = done.stdout.partition("== engine nixl")
+    assert legacy.startswith("== engine neuron-connector")
+    lines = legacy.splitlines()
     prefill_line = next(line for line in lines if line.startswith("prefill ") and "got X-Request-Id" in line)
     decode_line = next(line for line in lines if line.startswith("decode ") and "got X-Request-Id" in line)
     assert "max_tokens=1" in prefill_line and "max_tokens=6" in decode_line
     assert sum(1 for line in lines if line.startswith("client  <- data: {")) == 6
-    assert lines[-1].startswith("pair    prefill 127.0.0.1:")
+    assert lines[-2].startswith("pair    prefill 127.0.0.1:")  # then the blank line between engines
+
+    lines = nixl.splitlines()
+    asked = json.loads(lines[lines.index(next(x for x in lines if x.startswith("1 prefill"))) + 1].split(None, 1)[1])
+    assert asked == {"do_remote_decode": True, "do_remote_prefill": False, "remote_engine_id": None,
+                     "remote_block_ids": None, "remote_host": None, "remote_port": None}
+    returned = json.loads(next(x for x in lines if x.startswith("2 prefill")).split("kv_transfer_params ", 1)[1])
+    decode_at = lines.index(next(x for x in lines if x.startswith("3 decode")))
+    handed = json.loads(lines[decode_at + 1].split(None, 1)[1])
+    assert returned["remote_host"] == "0.0.0.0" and handed == {**returned, "remote_host": "127.0.0.1"}
+    answer = [json.loads(x.split("data: ", 1)[1]) for x in lines if x.startswith("client  <- data: {")]
+    assert [a["choices"][0]["text"] for a in answer] == [f" D-{i}" for i in range(6)]
+    assert lines[-1] == "client  <- data: [DONE]"
+
+
+def test_engine_flag_and_variable_choose_the_protocol_and_unknown_ones_are_refused(capsys) -> None:
+    from diproxy.config import build_parser, parse_settings
+
+    assert parse_settings(["--etcd", "h:1"], env={}).engine == "nixl"
+    assert parse_settings(["--etcd", "h:1"], env={"DIPROXY_ENGINE": "neuron-connector"}).engine == "neuron-connector"
+    assert parse_settings(["--etcd", "h:1", "--engine", "nixl"], env={"DIPROXY_ENGINE": "neuron-connector"}).engine \
+        == "nixl"
+    for argv, env, message in ((["--engine", "gpu"], {}, "argument --engine: invalid choice: 'gpu'"),
+                               ([], {"DIPROXY_ENGINE": "gpu"}, "unknown engine 'gpu' (from DIPROXY_ENGINE); "
+                                                               "choose one of: nixl, neuron-connector")):
+        with pytest.raises(SystemExit) as exited:
+            parse_settings(["--etcd", "h:1", *argv], env=env)
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    help_text = " ".join(build_parser({}).format_help().split())
+    assert "--engine {nixl,neuron-connector}" in help_text and "(default: nixl)" in help_text
+    assert "prefill first with kv_transfer_params" in help_text
 
 
 def test_rehearsal_without_etcd_names_the_package_to_install(monkeypatch, capsys) -> None:
