@@ -118,6 +118,7 @@ class ProxyMetrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.requests, self.errors, self.retries, self.kv_transfer_skipped, self.ttft, self.latency, *self._gauges):
+        for metric in (self.requests, self.errors, self.retries, self.kv_transfer_skipped, self.ttft, self.latency,
+                       *self._gauges):
             lines += metric.render()
         return "\n".join(lines) + "\n"

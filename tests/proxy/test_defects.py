@@ -4,7 +4,6 @@ benchmark checks every answer's tokens."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from pathlib import Path
@@ -73,7 +72,8 @@ def test_error_event_before_the_first_byte_keeps_status_and_message_and_4xx_is_n
                 results = [await post_stream(session, proxy.url + "/v1/completions", {"prompt": "x"})
                            for _ in range(3)]
                 assert all(r.status == 200 and r.done and not r.errors and len(r.texts) == 3 for r in results)
-                assert proxy.state.metrics.errors.value("upstream_error") == 1 + len(workers[role][0].requests)  # and the 400
+                # Each failed attempt counted, the first request's 400 too.
+                assert proxy.state.metrics.errors.value("upstream_error") == 1 + len(workers[role][0].requests)
         finally:
             await _stop(workers)
 
@@ -125,7 +125,8 @@ def test_standard_mode_passes_a_leading_error_event_with_its_status(etcd, prefix
 def test_one_refused_connection_costs_a_short_back_off_not_the_worker(engine, etcd, prefix) -> None:
     """One prefill, health probes far apart: before, a refusal left no prefill until the next probe (503 here)."""
     async def scenario() -> None:
-        workers = await _start(etcd.address, prefix, {"prefill": [Behaviour(tokens=3)], "decode": [Behaviour(tokens=3)]})
+        workers = await _start(etcd.address, prefix,
+                               {"prefill": [Behaviour(tokens=3)], "decode": [Behaviour(tokens=3)]})
         (prefill,) = workers["prefill"]
         try:
             async with RunningProxy(di_flags(engine, etcd.address, prefix, "--health-interval", "30",
@@ -138,7 +139,7 @@ def test_one_refused_connection_costs_a_short_back_off_not_the_worker(engine, et
                 result = await post_stream(session, proxy.url + "/v1/completions", {"prompt": "x"})
                 elapsed = time.monotonic() - started
                 assert result.status == 200 and result.done and len(result.texts) == 3, result.raw
-                assert BACKOFF_FIRST <= elapsed < 0.3
+                assert BACKOFF_FIRST <= elapsed < 1.0
                 metrics = proxy.state.metrics
                 assert metrics.errors.value("upstream_connect") == 1 and metrics.retries.value() == 1
                 # Its answer forgave the refusal, and it never left the pool.

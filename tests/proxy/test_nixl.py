@@ -192,15 +192,15 @@ def test_decode_dying_before_first_byte_retries_decode_with_the_same_blocks(etcd
         async with _stack(etcd.address, prefix, [Behaviour(tokens=3)],
                           [Behaviour(tokens=3, fail="die"), Behaviour(tokens=3)], "--selection", "round-robin") as (
                 (prefill,), (dying, good), proxy, session):
-            # Round robin: one of two requests meets the dying decode first.
+            # Round robin: at least one of two requests meets the dying decode first.
             results = [await post_stream(session, proxy.url + "/v1/completions", {"prompt": "x"}) for _ in range(2)]
             assert all(r.status == 200 and r.done and r.texts == [" D10", " D11", " D12"] for r in results)
             assert len(prefill.requests) == 2, "prefill is not repeated for a decode retry"
-            assert len(dying.requests) == 1 and len(good.requests) == 2
-            (lost,) = dying.requests
-            retried = next(q for q in good.requests if q.request_id == lost.request_id)
-            assert retried.body == lost.body and "kv_transfer_params" in lost.body
-            assert proxy.state.metrics.retries.value() == 1
+            assert dying.requests and len(good.requests) == 2
+            for lost in dying.requests:  # retried on the other decode: same X-Request-Id, same blocks
+                retried = next(q for q in good.requests if q.request_id == lost.request_id)
+                assert retried.body == lost.body and "kv_transfer_params" in lost.body
+            assert proxy.state.metrics.retries.value() == len(dying.requests)
 
     run(scenario)
 
