@@ -84,7 +84,7 @@ prepare_data_dir() {
       fi
     done
     ((${#free[@]} > 0)) ||
-      fail "instance-store NVMe already mounted elsewhere (${busy[*]}), none left for $DI_DATA_DIR: unmount it in the AMI or mount it on $DI_DATA_DIR"
+      fail "instance-store NVMe all mounted elsewhere (${busy[*]}), none left for $DI_DATA_DIR: unmount it in the AMI or mount it on $DI_DATA_DIR"
     make_data_array "${free[@]}"
   fi
   local avail

@@ -8,7 +8,11 @@ import subprocess
 
 import pytest
 
-from tests.userdata.conftest import INSTANCE_ID
+from tests.userdata.conftest import INSTANCE_ID, engine_node, find_fleet
+
+# Shipped configs by engine: the legacy engine's cheap trn1 colocated example and its tutorial reproduction.
+LEGACY_COLOCATED = find_fleet(engine="neuron-connector", role="colocated")
+LEGACY_DECODE = find_fleet(engine="neuron-connector", role="decode")
 
 
 def signal_of(node):
@@ -20,8 +24,12 @@ def started_units(node):
     return [argv[-1] for argv in node.calls("systemctl") if argv[:2] == ["enable", "--now"]]
 
 
+def downloads(node):
+    return [a for a in node.docker_runs() if a[a.index("--entrypoint") + 1:][:1] == ["huggingface-cli"]]
+
+
 def test_colocated_worker_boots_both_endpoints_and_signals_success(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     n.run("di-bootstrap")
     assert started_units(n) == ["docker", "di-vllm@0.service", "di-vllm@1.service"]
     assert (n.root / "systemd" / "di-vllm@.service").is_file()
@@ -39,7 +47,7 @@ def test_colocated_worker_boots_both_endpoints_and_signals_success(node):
 
 
 def test_the_token_never_reaches_a_command_line_or_a_log(node, tmp_path):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     n.set("secret", "hf_SuperSecretValue123")
     proc = n.run("di-bootstrap")
     everything = (n.state / "calls.jsonl").read_text() + proc.stderr + proc.stdout
@@ -47,7 +55,7 @@ def test_the_token_never_reaches_a_command_line_or_a_log(node, tmp_path):
 
 
 def test_env_file_for_the_download_is_root_only(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     n.set("secret", '{"HF_TOKEN": "hf_fromjson"}')
     # The function alone, to look at the file it writes (the bootstrap removes it after the download).
     subprocess.run(["bash", "-c", f". {n.env['DI_HOME']}/worker.sh && load_node_env && write_hf_env"],
@@ -59,20 +67,23 @@ def test_env_file_for_the_download_is_root_only(node):
 
 def test_model_and_compiled_artifacts_come_from_the_bucket_when_cached(node):
     n = node("prod", "prefill", uverbs=16)
+    v = n.values
     n.run("worker.sh")
     syncs = [a for a in n.calls("aws") if a[:2] == ["s3", "sync"]]
     assert syncs == []  # nothing cached yet: nothing synced
-    n.set("s3-prefixes", "models/meta-llama/Llama-3.3-70B-Instruct/ compiled/")
-    (n.root / "data" / "models" / "meta-llama/Llama-3.3-70B-Instruct" / ".complete").unlink()
+    model = v["DI_MODEL_ID"]
+    n.set("s3-prefixes", f"models/{model}/ compiled/")
+    (n.root / "data" / "models" / model / ".complete").unlink()
     n.run("worker.sh")
     sources = [a[-2] for a in n.calls("aws") if a[:2] == ["s3", "sync"]]
-    assert sources[0] == "s3://di-test-artifactsbucket-abc123/models/meta-llama/Llama-3.3-70B-Instruct/"
-    assert sources[1].startswith("s3://di-test-artifactsbucket-abc123/compiled/Llama-3.3-70B-Instruct-tp64-b8-s8192-")
-    assert not [a for a in n.docker_runs() if "--entrypoint" in a][1:]  # no second Hugging Face download
+    assert sources[0] == f"s3://di-test-artifactsbucket-abc123/models/{model}/"
+    assert sources[1].startswith(f"s3://di-test-artifactsbucket-abc123/compiled/{model.split('/')[-1]}-"
+                                 f"tp{v['DI_TENSOR_PARALLEL']}-b{v['DI_MAX_NUM_SEQS']}-s{v['DI_MAX_MODEL_LEN']}-")
+    assert len(downloads(n)) == 1  # no second Hugging Face download
 
 
 def test_image_pull_is_retried_until_it_succeeds(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     n.set("docker-pull-fails", "2")
     n.run("di-bootstrap")
     pulls = [a for a in n.calls("docker") if a[:1] == ["pull"]]
@@ -81,7 +92,7 @@ def test_image_pull_is_retried_until_it_succeeds(node):
 
 
 def test_image_pull_that_never_succeeds_fails_the_node(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     n.set("docker-pull-fails", "99")
     proc = n.run("di-bootstrap", check=False, RETRY_ATTEMPTS="3")
     assert proc.returncode != 0
@@ -91,7 +102,7 @@ def test_image_pull_that_never_succeeds_fails_the_node(node):
 
 
 def test_missing_efa_fails_loudly_with_the_reason_in_the_signal(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     n.set("efa-count", "0")
     proc = n.run("di-bootstrap", check=False)
     assert proc.returncode != 0
@@ -115,7 +126,7 @@ def test_wrong_efa_count_names_both_numbers(node):
 
 
 def test_missing_neuron_devices_fail_the_preflight(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     for dev in (n.root / "dev").glob("neuron1*"):
         dev.unlink()
     proc = n.run("di-bootstrap", check=False)
@@ -124,46 +135,117 @@ def test_missing_neuron_devices_fail_the_preflight(node):
 
 
 def test_too_little_nvme_fails_the_preflight(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     n.override(DI_MIN_DATA_GB="999999")
     proc = n.run("di-bootstrap", check=False)
     assert "GB free" in proc.stderr and "need 999999 GB" in proc.stderr
     assert signal_of(n)[0] == "FAILURE"
 
 
+def instance_store(node, *disks, ns_links=False):
+    """By-id links to fake NVMe devices, as udev makes them (newer udev adds an -ns-1 link per disk)."""
+    node.state.joinpath("all-mounted").unlink(missing_ok=True)
+    for serial, disk in enumerate(disks):
+        device = node.root / "dev" / disk
+        device.touch()
+        link = node.root / "by-id" / f"nvme-Amazon_EC2_NVMe_Instance_Storage_AWS{serial}"
+        link.symlink_to(device)
+        if ns_links:
+            link.with_name(link.name + "-ns-1").symlink_to(device)
+        link.with_name(link.name + "-part1").symlink_to(device)  # a partition link is never a disk of its own
+    return [str(node.root / "dev" / d) for d in disks]
+
+
 def test_unmounted_nvme_is_assembled_into_raid0_and_mounted(node):
-    n = node("dev", "colocated")
-    (n.state / "all-mounted").unlink()
-    for i in range(4):
-        (n.root / "by-id" / f"nvme-Amazon_EC2_NVMe_Instance_Storage_AWS{i}").touch()
-    (n.root / "by-id" / "nvme-Amazon_EC2_NVMe_Instance_Storage_AWS0-ns-1").touch()
+    n = node(*LEGACY_COLOCATED)
+    devices = instance_store(n, "nvme1n1", "nvme2n1", "nvme3n1", "nvme4n1")
     n.run("worker.sh")
     (mdadm,) = n.calls("mdadm")
-    assert "--level=0" in mdadm and "--raid-devices=4" in mdadm
+    assert mdadm == ["--create", "/dev/md/di-data", "--run", "--level=0", "--raid-devices=4", *devices]
+    assert n.calls("mkfs.ext4") == [["-q", "-F", "-E", "nodiscard", "/dev/md/di-data"]]
     assert n.calls("mount") == [["/dev/md/di-data", str(n.root / "data")]]
     assert (n.root / "etc" / "fstab").read_text() == f"UUID=1111-2222-uuid {n.root / 'data'} ext4 defaults,nofail 0 2\n"
 
 
+def test_namespace_suffixed_links_of_the_same_disks_count_once(node):
+    # Newer udev: nvme-Amazon_EC2_NVMe_Instance_Storage_AWS0 and …_AWS0-ns-1 both point at the same disk.
+    n = node(*LEGACY_COLOCATED)
+    devices = instance_store(n, "nvme1n1", "nvme2n1", ns_links=True)
+    n.run("worker.sh")
+    (mdadm,) = n.calls("mdadm")
+    assert mdadm[4:] == ["--raid-devices=2", *devices]
+
+
+def test_a_single_disk_is_formatted_and_mounted_without_raid(node):
+    n = node(*LEGACY_COLOCATED)
+    (device,) = instance_store(n, "nvme1n1", ns_links=True)
+    n.run("worker.sh")
+    assert n.calls("mdadm") == []
+    assert n.calls("mkfs.ext4") == [["-q", "-F", "-E", "nodiscard", device]]
+    assert n.calls("mount") == [[device, str(n.root / "data")]]
+
+
+def test_disks_the_ami_already_mounted_are_left_alone(node):
+    n = node(*LEGACY_COLOCATED)
+    first, second, third = instance_store(n, "nvme1n1", "nvme2n1", "nvme3n1")
+    n.set("mounts", f"{first} /opt/dlami/nvme\n")
+    proc = n.run("worker.sh")
+    assert f"leaving {first} alone: already mounted on /opt/dlami/nvme" in proc.stderr
+    (mdadm,) = n.calls("mdadm")
+    assert mdadm[4:] == ["--raid-devices=2", second, third]
+    assert first not in [w for call in n.calls("mkfs.ext4") for w in call]
+
+
+def test_disks_all_mounted_elsewhere_fail_clearly_and_format_nothing(node):
+    n = node(*LEGACY_COLOCATED)
+    first, second = instance_store(n, "nvme1n1", "nvme2n1")
+    n.set("mounts", f"{first} /opt/dlami/nvme\n{second} /scratch\n")
+    proc = n.run("di-bootstrap", check=False)
+    assert proc.returncode != 0
+    assert "instance-store NVMe all mounted elsewhere" in proc.stderr and "/opt/dlami/nvme" in proc.stderr
+    assert n.calls("mdadm") == [] and n.calls("mkfs.ext4") == [] and n.calls("mount") == []
+    assert signal_of(n)[1].startswith(f"{INSTANCE_ID}:instance-store-NVMe-all-mounted-elsewhere")
+
+
+def test_data_dir_already_mounted_is_used_as_it_is(node):
+    n = node(*LEGACY_COLOCATED)
+    instance_store(n, "nvme1n1", "nvme2n1")
+    n.set("mounted", str(n.root / "data"))
+    n.run("worker.sh")
+    assert n.calls("mdadm") == [] and n.calls("mkfs.ext4") == [] and n.calls("mount") == []
+
+
+def test_no_instance_store_fails_with_a_clear_reason(node):
+    n = node(*LEGACY_COLOCATED)
+    instance_store(n)
+    proc = n.run("di-bootstrap", check=False)
+    assert "no instance-store NVMe found" in proc.stderr
+    status, unique = signal_of(n)
+    assert status == "FAILURE" and unique.startswith(f"{INSTANCE_ID}:no-instance-store-NVMe-found")
+    assert n.docker_runs() == [] and started_units(n) == ["docker"]
+
+
 def test_efa_devices_listed_under_two_fabrics_count_once(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     n.set("efa-direct")
     n.run("di-bootstrap")
-    assert json.loads(n.run("di-status").stdout)["efa"]["interfaces"] == 8
+    assert json.loads(n.run("di-status").stdout)["efa"]["interfaces"] == int(n.values["DI_EXPECTED_EFA_INTERFACES"])
 
 
 def test_secret_fetch_failure_is_clear_and_starts_nothing(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     n.set("secret-fails")
     proc = n.run("di-bootstrap", check=False)
     assert proc.returncode != 0
     assert "cannot read secret 'distack/hf-token' from Secrets Manager" in proc.stderr
-    assert n.docker_runs() == []
+    assert downloads(n) == []
     assert started_units(n) == ["docker"]
     assert signal_of(n)[0] == "FAILURE"
 
 
-def test_disaggregated_worker_waits_for_etcd_and_fails_when_it_never_answers(node):
-    n = node("prod", "decode", uverbs=16)
+def test_legacy_disaggregated_worker_waits_for_etcd_and_fails_when_it_never_answers(node):
+    # NeuronConnector needs etcd as vLLM starts.
+    n = node(*LEGACY_DECODE, uverbs=16)
     n.set("etcd-down")
     proc = n.run("di-bootstrap", check=False)
     assert "etcd at 10.42.0.10:8989 unreachable" in proc.stderr
@@ -171,17 +253,22 @@ def test_disaggregated_worker_waits_for_etcd_and_fails_when_it_never_answers(nod
     assert signal_of(n)[0] == "FAILURE"
 
 
-def test_standard_mode_does_not_need_etcd(node):
-    n = node("baseline", "standard")
+def endpoint_units(node, registrars):
+    indexes = range(len(node.values["DI_ENDPOINTS"].split()))
+    return [u for i in indexes for u in (f"di-vllm@{i}.service", *([f"di-register@{i}.service"] if registrars else []))]
+
+
+@pytest.mark.parametrize("engine", ["nixl", "neuron-connector"])
+def test_standard_mode_does_not_need_etcd(node, engine):
+    n = engine_node(node, engine, "standard", uverbs=16)
     n.set("etcd-down")
     n.run("di-bootstrap")
-    assert started_units(n) == ["docker", "di-vllm@0.service", "di-register@0.service",
-                                "di-vllm@1.service", "di-register@1.service"]
+    assert started_units(n) == ["docker", *endpoint_units(n, registrars=True)]
     assert signal_of(n)[0] == "SUCCESS"
 
 
 def test_standard_mode_enables_a_registrar_after_each_endpoint(node):
-    n = node("baseline", "standard")
+    n = engine_node(node, "nixl", "standard", uverbs=16)
     n.run("di-bootstrap")
     calls = n.calls("systemctl")
     reload = calls.index(["daemon-reload"])
@@ -192,18 +279,65 @@ def test_standard_mode_enables_a_registrar_after_each_endpoint(node):
     assert (n.root / "systemd" / "di-register@.service").is_file()
 
 
-@pytest.mark.parametrize("env, fleet, uverbs", [("dev", "colocated", 2), ("prod", "prefill", 16)])
-def test_disaggregated_workers_get_no_registrar(node, env, fleet, uverbs):
+@pytest.mark.parametrize("found", [LEGACY_COLOCATED, LEGACY_DECODE], ids=lambda f: "-".join(f))
+def test_legacy_disaggregated_workers_get_no_registrar(node, found):
     # NeuronConnector registers DI endpoints itself.
-    n = node(env, fleet, uverbs=uverbs)
+    n = node(*found, uverbs=16)
     n.run("worker.sh")
     assert [u for u in started_units(n) if u.startswith("di-vllm@")]
     assert not [u for u in started_units(n) if u.startswith("di-register@")]
     assert not (n.root / "systemd" / "di-register@.service").exists()
 
 
+@pytest.mark.parametrize("role", ["colocated", "prefill", "decode"])
+def test_nixl_disaggregated_workers_get_a_registrar_per_endpoint_and_do_not_wait_for_etcd(node, role):
+    # vLLM's NixlConnector registers nothing: di-register keeps each endpoint in etcd, and waits for etcd itself.
+    n = engine_node(node, "nixl", role, uverbs=16)
+    n.set("etcd-down")
+    n.run("di-bootstrap")
+    assert started_units(n) == ["docker", *endpoint_units(n, registrars=True)]
+    assert (n.root / "systemd" / "di-register@.service").is_file()
+    assert signal_of(n) == ("SUCCESS", INSTANCE_ID)
+
+
+def test_nixl_worker_probes_the_libfabric_backend_in_the_pulled_image_before_any_unit(node):
+    n = engine_node(node, "nixl", "colocated", uverbs=16)
+    n.run("di-bootstrap")
+    docker = n.calls("docker")
+    pull = docker.index(["pull", n.values["DI_IMAGE"]])
+    probe = next(i for i, a in enumerate(docker) if a[:1] == ["run"] and "nixl_agent" in " ".join(a))
+    assert pull < probe
+    devices = [w for i in range(16) for w in ("--device", f"/dev/infiniband/uverbs{i}")]
+    # The setup guide's probe (vllm-neuron/docs/getting-started/setup-guide.md), with the EFA devices.
+    assert docker[probe] == ["run", "--rm", "--privileged", *devices, "--entrypoint", "python", n.values["DI_IMAGE"],
+                             "-c", "from nixl._api import nixl_agent, nixl_agent_config; nixl_agent('probe', "
+                             "nixl_agent_config(backends=['LIBFABRIC'])); print('LIBFABRIC OK')"]
+    calls = n.calls()
+    probe_at = next(i for i, c in enumerate(calls) if c[0] == "docker" and "nixl_agent" in " ".join(c))
+    first_unit = next(i for i, c in enumerate(calls) if c[:3] == ["systemctl", "enable", "--now"] and "di-vllm" in c[-1])
+    assert probe_at < first_unit
+
+
+def test_an_image_without_the_nixl_libfabric_backend_fails_the_boot_before_any_unit(node):
+    n = engine_node(node, "nixl", "prefill", uverbs=16)
+    n.set("nixl-probe-fails")
+    proc = n.run("di-bootstrap", check=False)
+    assert proc.returncode != 0
+    assert "createBackend: unsupported backend 'LIBFABRIC'" in proc.stderr or "NIXL_ERR_NOT_FOUND" in proc.stderr
+    status, unique = signal_of(n)
+    assert status == "FAILURE" and unique.startswith(f"{INSTANCE_ID}:NIXL-LIBFABRIC-backend-unavailable-in-image")
+    assert started_units(n) == ["docker"] and downloads(n) == []
+
+
+def test_the_legacy_engine_runs_no_nixl_probe(node):
+    n = node(*LEGACY_COLOCATED)
+    n.set("nixl-probe-fails")
+    n.run("di-bootstrap")
+    assert not [a for a in n.docker_runs() if "nixl_agent" in " ".join(a)]
+
+
 def test_a_unit_that_dies_at_start_fails_the_node(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     n.set("units-failed", "di-vllm@1.service")
     proc = n.run("di-bootstrap", check=False)
     assert "di-vllm@1.service is not running" in proc.stderr
@@ -211,13 +345,13 @@ def test_a_unit_that_dies_at_start_fails_the_node(node):
 
 
 def test_a_late_signal_the_stack_no_longer_waits_for_is_not_a_failure(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     n.set("signal-fails")
     n.run("di-bootstrap")
 
 
 def test_docker_is_installed_with_apt_when_missing(node):
-    n = node("dev", "colocated", fakes=["apt-get", "systemctl"])
+    n = node(*LEGACY_COLOCATED, fakes=["apt-get", "systemctl"])
     subprocess.run(["bash", "-c", f". {n.env['DI_HOME']}/worker.sh && install_docker"], env=n.env, check=True)
     assert n.calls("apt-get")[-1] == ["install", "-y", "-q", "docker.io"]
     assert n.calls("systemctl") == [["enable", "--now", "docker"]]
