@@ -71,13 +71,13 @@ def _nixl_flow(workers: list[FakeWorker]) -> list[str]:
 
 
 async def _rehearse(etcd: EtcdServer, engine: str) -> int:
-    behaviour = Behaviour(tokens=6, token_interval=0.02)
+    behaviour = Behaviour(tokens=6, token_interval=0.01)
     prefix = f"/rehearse-{engine}/workers/"
     workers = [FakeWorker("prefill", label="P1-", etcd=etcd.address, prefix=prefix, behaviour=behaviour),
                FakeWorker("prefill", label="P2-", etcd=etcd.address, prefix=prefix, behaviour=behaviour),
                FakeWorker("decode", label="D-", etcd=etcd.address, prefix=prefix, behaviour=behaviour)]
     proxy = RunningProxy(["--engine", engine, "--etcd", etcd.address, "--etcd-prefix", prefix,
-                          "--health-interval", "0.2", "--pair-wait-timeout", "5"])
+                          "--health-interval", "0.1", "--pair-wait-timeout", "5"])
     print(f"== engine {engine}: {ENGINES[engine].summary}")
     try:
         for worker in workers:
