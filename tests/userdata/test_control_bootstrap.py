@@ -6,7 +6,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.userdata.conftest import INSTANCE_ID, ROOT
+from tests.userdata.conftest import INSTANCE_ID, ROOT, find_fleet
+
+# The shipped config that reproduces the tutorial: legacy engine, its neuron-proxy-server on the control host.
+LEGACY = find_fleet(engine="neuron-connector", role="prefill")[0]
 
 
 def boot(n, **extra):
@@ -22,7 +25,7 @@ def prepare_volume_link(n):
 
 
 def test_control_host_takes_over_interface_and_volume_then_starts_etcd_and_proxy(node):
-    n = node("prod")
+    n = node(LEGACY)
     prepare_volume_link(n)
     proc = boot(n)
     assert proc.returncode == 0, proc.stderr
@@ -48,7 +51,7 @@ def test_control_host_takes_over_interface_and_volume_then_starts_etcd_and_proxy
 
 
 def test_a_volume_with_a_filesystem_is_never_reformatted_and_fstab_not_duplicated(node):
-    n = node("prod")
+    n = node(LEGACY)
     prepare_volume_link(n)
     n.set("volume-formatted")
     (n.root / "etc" / "fstab").write_text(f"UUID=1111-2222-uuid {n.root / 'etcd'} ext4 defaults,nofail 0 2\n")
@@ -58,7 +61,7 @@ def test_a_volume_with_a_filesystem_is_never_reformatted_and_fstab_not_duplicate
 
 
 def test_unmounted_volume_is_mounted_by_uuid(node):
-    n = node("prod")
+    n = node(LEGACY)
     prepare_volume_link(n)
     (n.state / "all-mounted").unlink()
     subprocess.run(["bash", "-c", f". {n.env['DI_HOME']}/control.sh && load_node_env && attach_etcd_volume"],
@@ -67,7 +70,7 @@ def test_unmounted_volume_is_mounted_by_uuid(node):
 
 
 def test_interface_held_by_the_old_host_fails_with_a_reason_after_the_wait(node):
-    n = node("prod")
+    n = node(LEGACY)
     prepare_volume_link(n)
     n.set("eni-elsewhere", "i-0oldhost")
     proc = boot(n, ATTACH_WAIT_SECONDS="1")
@@ -79,7 +82,7 @@ def test_interface_held_by_the_old_host_fails_with_a_reason_after_the_wait(node)
 
 
 def test_distack_proxy_without_its_package_fails_loudly(node):
-    n = node("prod")
+    n = node(LEGACY)
     prepare_volume_link(n)
     n.override(DI_PROXY="distack")
     proc = boot(n)
@@ -122,7 +125,7 @@ def test_distack_proxy_is_installed_from_its_package_and_started(node, tmp_path)
     assert installer.with_name("install.sh.calls").read_text().splitlines() == [
         str(source), "PROXY_PYTHON=python3", "PROXY_START=no", f"PROXY_ENV_FILE={proxy_env}"]
     assert proxy_env.read_text().splitlines() == [
-        "DIPROXY_MODE=di", "DIPROXY_ETCD=10.42.0.10:8989", "DIPROXY_PORT=8000", "DIPROXY_AWS_REGION=us-east-2",
+        "DIPROXY_MODE=di", "DIPROXY_ENGINE=nixl", "DIPROXY_ETCD=10.42.0.10:8989", "DIPROXY_PORT=8000", "DIPROXY_AWS_REGION=us-east-2",
         "DIPROXY_CLOUDWATCH_LOG_GROUP=/distack/test/containers",
         f"DIPROXY_CLOUDWATCH_LOG_STREAM=control/{INSTANCE_ID}/distack-proxy",
         "DIPROXY_CLOUDWATCH_DEPLOYMENT=prod", "DIPROXY_CLOUDWATCH_NAMESPACE=DiStack/Proxy"]
@@ -165,6 +168,6 @@ def test_standard_mode_control_host_balances_registered_endpoints_with_the_dista
 
 
 def test_docker_is_installed_with_dnf_when_missing(node):
-    n = node("prod", fakes=["dnf", "systemctl"])
+    n = node(LEGACY, fakes=["dnf", "systemctl"])
     subprocess.run(["bash", "-c", f". {n.env['DI_HOME']}/control.sh && install_docker"], env=n.env, check=True)
     assert n.calls("dnf") == [["install", "-y", "-q", "docker"]]

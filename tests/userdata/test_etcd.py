@@ -12,7 +12,7 @@ import pytest
 
 from diproxy.testing.etcd_server import EtcdServer, free_port
 from tests.tools import needs
-from tests.userdata.conftest import FAKE_COMMANDS, INSTANCE_ID
+from tests.userdata.conftest import FAKE_COMMANDS, INSTANCE_ID, find_fleet
 
 pytestmark = needs("etcd")
 
@@ -58,7 +58,7 @@ def test_wait_for_etcd_gives_up_after_its_bound(node, etcd):
 
 
 def test_registration_check_sees_exactly_the_registered_worker(node, etcd):
-    n = real_curl_node(node, "dev", "colocated")
+    n = real_curl_node(node, *find_fleet(engine="neuron-connector", role="colocated"))
     n.override(DI_ETCD=etcd)
     assert lib_call(n, "etcd_registered prefill 10.42.1.5 8000").returncode == 1
     register(etcd, "/workers/prefill/10.42.1.5/8000")
@@ -69,8 +69,8 @@ def test_registration_check_sees_exactly_the_registered_worker(node, etcd):
     assert [(e["role"], e["registered"]) for e in status["endpoints"]] == [("prefill", True), ("decode", False)]
 
 
-def test_worker_bootstrap_against_real_etcd(node, etcd):
-    n = real_curl_node(node, "prod", "decode")
+def test_legacy_worker_bootstrap_against_real_etcd(node, etcd):
+    n = real_curl_node(node, *find_fleet(engine="neuron-connector", role="decode"))
     n.override(DI_ETCD=etcd)
     proc = n.run("di-bootstrap", check=False)
     assert proc.returncode == 0, proc.stderr

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 
-from tests.userdata.conftest import SCRIPTS
+import pytest
+
+from tests.userdata.conftest import SCRIPTS, find_fleet
+
+LEGACY = find_fleet(engine="neuron-connector", role="prefill")[0]
+LEGACY_COLOCATED = find_fleet(engine="neuron-connector", role="colocated")
 
 
 def test_ready_only_when_every_endpoint_answers_200(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     n.set("health-8001", "503")
     proc = n.run("di-ready", check=False)
     assert proc.returncode == 1
@@ -25,11 +30,12 @@ def test_ready_reports_an_endpoint_that_is_not_listening(node):
     n.set("health-8000", "000")
     proc = n.run("di-ready", check=False)
     assert proc.returncode == 1
-    assert "endpoint 0 standard cores 0-31 port 8000: NOT READY (/health 000)" in proc.stdout
+    cores = n.values["DI_ENDPOINTS"].split()[0].split(":")[1]
+    assert f"endpoint 0 standard cores {cores} port 8000: NOT READY (/health 000)" in proc.stdout
 
 
 def test_control_ready_needs_etcd_and_proxy(node):
-    n = node("prod")
+    n = node(LEGACY)
     assert n.run("di-ready").stdout.splitlines() == ["etcd 10.42.0.10:8989: ready", "proxy :8000: ready (200)"]
     n.set("etcd-down")
     proc = n.run("di-ready", check=False)
@@ -37,7 +43,7 @@ def test_control_ready_needs_etcd_and_proxy(node):
 
 
 def test_status_is_one_json_object_describing_the_worker(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     n.set("health-8001", "503")
     n.set("units-failed", "di-vllm@1.service")
     n.set("docker-ps", "di-vllm-0\tUp 5 minutes\ndi-vllm-1\tExited (1) 2 seconds ago\n")
@@ -59,12 +65,31 @@ def test_status_is_one_json_object_describing_the_worker(node):
     assert len(ranges) == 2 and all(e["registered"] is True for e in status["endpoints"])
 
 
-def test_status_of_a_standard_worker_lists_each_registrar_and_its_etcd_registration(node):
-    n = node("baseline", "standard")
+@pytest.mark.parametrize("env,fleet", [("baseline", "standard"), ("dev", "colocated"), ("prod", "decode")])
+def test_status_of_a_worker_with_registrars_lists_each_and_its_etcd_registration(node, env, fleet):
+    # Standard endpoints and nixl DI endpoints: di-register keeps each in etcd, and di-status looks it up there.
+    n = node(env, fleet)
+    n.set("etcd-down")
     status = json.loads(n.run("di-status").stdout)
-    assert [u["name"] for u in status["units"]] == ["di-vllm@0.service", "di-register@0.service",
-                                                    "di-vllm@1.service", "di-register@1.service"]
-    assert [(e["role"], e["registered"]) for e in status["endpoints"]] == [("standard", True), ("standard", True)]
+    count = len(n.values["DI_ENDPOINTS"].split())
+    assert [u["name"] for u in status["units"]] == [
+        u for i in range(count) for u in (f"di-vllm@{i}.service", f"di-register@{i}.service")]
+    assert [e["registered"] for e in status["endpoints"]] == [False] * count
+    n.set("etcd-down", "")
+    (n.state / "etcd-down").unlink()
+    status = json.loads(n.run("di-status").stdout)
+    roles = [spec.split(":")[0] for spec in n.values["DI_ENDPOINTS"].split()]
+    assert [(e["role"], e["registered"]) for e in status["endpoints"]] == [(r, True) for r in roles]
+
+
+def test_ready_on_a_nixl_worker_follows_each_endpoints_health(node):
+    n = node("dev", "colocated")
+    n.set("health-8000", "503")
+    proc = n.run("di-ready", check=False)
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[0].startswith("endpoint 0 prefill") and "NOT READY (/health 503)" in proc.stdout
+    (n.state / "health-8000").unlink()
+    assert n.run("di-ready").stdout.count(": ready") == 2
 
 
 def test_standard_mode_control_host_is_ready_only_with_etcd_and_its_proxy(node):
@@ -76,14 +101,14 @@ def test_standard_mode_control_host_is_ready_only_with_etcd_and_its_proxy(node):
 
 
 def test_status_of_the_control_host(node):
-    n = node("prod")
+    n = node(LEGACY)
     status = json.loads(n.run("di-status").stdout)
     assert status["role"] == "control" and status["etcd_healthy"] is True and status["address"] == "10.42.0.10"
     assert [u["name"] for u in status["units"]] == ["di-etcd.service", "di-proxy.service"]
 
 
 def test_status_of_a_control_host_with_the_distack_proxy_shows_its_shipper(node):
-    n = node("prod")
+    n = node(LEGACY)
     n.override(DI_PROXY="distack")
     n.set("units-failed", "distack-proxy-shipper.service")
     status = json.loads(n.run("di-status").stdout)
@@ -92,7 +117,7 @@ def test_status_of_a_control_host_with_the_distack_proxy_shows_its_shipper(node)
 
 
 def test_restart_one_endpoint_or_all(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     n.run("di-restart", "1")
     n.run("di-restart")
     assert n.calls("systemctl") == [["restart", "di-vllm@1.service"],
@@ -100,7 +125,7 @@ def test_restart_one_endpoint_or_all(node):
 
 
 def test_restart_with_clear_kv_lock_stops_then_removes_the_lock_then_starts(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     lock = n.root / "nrt_kv_store_server.lock"
     lock.write_text("")
     n.run("di-restart", "--clear-kv-lock", "all")
@@ -110,14 +135,14 @@ def test_restart_with_clear_kv_lock_stops_then_removes_the_lock_then_starts(node
 
 
 def test_restart_of_an_unknown_endpoint_changes_nothing(node):
-    n = node("dev", "colocated")
+    n = node(*LEGACY_COLOCATED)
     proc = n.run("di-restart", "5", check=False)
     assert proc.returncode != 0 and "no endpoint '5'" in proc.stderr
     assert n.calls("systemctl") == []
 
 
 def test_restart_on_the_control_host_names_its_services(node):
-    n = node("prod")
+    n = node(LEGACY)
     n.run("di-restart", "proxy")
     n.run("di-restart", "all")
     assert n.calls("systemctl") == [["restart", "di-proxy.service"],

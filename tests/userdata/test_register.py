@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.userdata.conftest import SCRIPTS
+from tests.userdata.conftest import SCRIPTS, find_fleet
 from diproxy.testing.etcd_server import EtcdServer as HarnessEtcd
 from tests.tools import needs
 from tests.userdata.test_etcd import real_curl_node
@@ -128,13 +128,15 @@ class Registrar:
 
 @pytest.fixture
 def registrar(node, tmp_path):
-    """`registrar(etcd_address, health_port)` -> Registrar for endpoint 0 of a standard worker."""
+    """`registrar(etcd_address, health_port[, env, fleet, role])` -> Registrar for endpoint 0 of a worker
+    (a standard one unless told)."""
     started = []
 
-    def start(etcd_address: str, port: int) -> Registrar:
-        n = real_curl_node(node, "baseline", "standard")
-        n.override(DI_ETCD=etcd_address, DI_ENDPOINTS=f"standard:0-31:{port}")
-        reg = Registrar(n, "0", f"/workers/standard/{LOCAL_IP}/{port}", tmp_path / "di-register.log")
+    def start(etcd_address: str, port: int, env: str = "baseline", fleet: str = "standard",
+              role: str = "standard") -> Registrar:
+        n = real_curl_node(node, env, fleet)
+        n.override(DI_ETCD=etcd_address, DI_ENDPOINTS=f"{role}:0-15:{port}")
+        reg = Registrar(n, "0", f"/workers/{role}/{LOCAL_IP}/{port}", tmp_path / "di-register.log")
         started.append(reg)
         return reg
 
@@ -225,6 +227,24 @@ def test_etcd_down_at_start_is_waited_for(tmp_path, health, registrar):
         server.close()
 
 
+@requires_etcd
+@pytest.mark.parametrize("role", ["prefill", "decode"])
+def test_a_nixl_di_endpoint_is_kept_under_its_role_while_healthy(etcd_server, health, registrar, role):
+    # vLLM's NixlConnector registers nothing: the registrar writes the key NeuronConnector would, for the proxy.
+    env, fleet = find_fleet(engine="nixl", role=role)
+    reg = registrar(etcd_server.address, health.port, env, fleet, role)
+    assert reg.key == f"/workers/{role}/{LOCAL_IP}/{health.port}"
+    entry = wait_until(lambda: etcd_server.entry(reg.key), PROMPTLY, "registered")
+    assert entry["value"] == {"role": role, "port": health.port}
+    assert 0 < int(etcd_server.call("/v3/lease/timetolive", {"ID": entry["lease"]})["TTL"]) <= int(TTL_SECONDS)
+    health.code = 503
+    wait_until(lambda: etcd_server.entry(reg.key) is None, PROMPTLY, "deregistered when /health fails")
+    health.code = 200
+    wait_until(lambda: etcd_server.entry(reg.key), PROMPTLY, "registered again")
+    assert reg.stop() == 0
+    assert etcd_server.entry(reg.key) is None
+
+
 def run_register(n, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPTS / "di-register"), *args], env=n.env, capture_output=True, text=True,
                           timeout=30)
@@ -234,14 +254,16 @@ def test_unknown_index_names_the_endpoints(node):
     n = real_curl_node(node, "baseline", "standard")
     proc = run_register(n, "7")
     assert proc.returncode != 0
-    assert "no endpoint '7'" in proc.stderr and "DI_ENDPOINTS='standard:0-31:8000 standard:32-63:8001'" in proc.stderr
+    assert "no endpoint '7'" in proc.stderr and f"DI_ENDPOINTS='{n.values['DI_ENDPOINTS']}'" in proc.stderr
 
 
-def test_a_di_endpoint_is_refused(node):
-    n = real_curl_node(node, "dev", "colocated")
+def test_a_neuron_connector_di_endpoint_is_refused(node):
+    # NeuronConnector registers its DI endpoints itself: a second registration would outlive a dead vLLM.
+    n = real_curl_node(node, *find_fleet(engine="neuron-connector", role="colocated"))
     proc = run_register(n, "0")
     assert proc.returncode != 0
     assert "endpoint 0 is a prefill endpoint" in proc.stderr and "DI_ENDPOINTS=" in proc.stderr
+    assert "engine neuron-connector registers those itself" in proc.stderr
 
 
 def test_usage_without_an_index(node):
