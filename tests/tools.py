@@ -45,3 +45,31 @@ def needs(*tools: str) -> pytest.MarkDecorator:
     unknown = [t for t in tools if t not in DEBIAN_PACKAGE]
     assert not unknown, f"add {unknown} to DEBIAN_PACKAGE"
     return pytest.mark.needs_tools(*tools)
+
+
+class _SearchPaths(list):
+    """boto3 appends its data directory to the loader's search path in every Session: keep one copy."""
+
+    def append(self, path: str) -> None:
+        if path not in self:
+            super().append(path)
+
+
+_LOADER = None
+
+
+def share_botocore_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every botocore Session the test makes shares one model loader, so the service models (EC2's JSON
+    alone is megabytes) are parsed once per process instead of once per Session: that parsing, not moto, was
+    most of each moto test's time. Within one Session botocore already shares the loader among its clients
+    (botocore/session.py `_register_data_loader`); this widens the sharing to the whole test process."""
+    global _LOADER
+    import botocore.loaders
+    import botocore.session
+
+    if _LOADER is None:
+        _LOADER = botocore.loaders.create_loader()
+        _LOADER._search_paths = _SearchPaths(_LOADER.search_paths)
+    loader = _LOADER
+    monkeypatch.setattr(botocore.session.Session, "_register_data_loader",
+                        lambda self: self._components.lazy_register_component("data_loader", lambda: loader))

@@ -7,6 +7,7 @@ import io
 import json
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import boto3
@@ -16,9 +17,14 @@ from moto import mock_aws
 from ops.aws import Clients
 from ops.cli import main
 from stacks import naming
+from tests.tools import share_botocore_models
 
 REGION = "us-east-2"
 BUCKET = "di-prod-artifacts"
+# moto's EC2 starts with its whole public AMI catalogue; serializing it for one DescribeImages took 10+ s per
+# test. The tests launch from one image, so moto gets a one-image catalogue (MOTO_AMIS_PATH, see
+# https://docs.getmoto.org/en/latest/docs/services/ec2.html).
+AMIS = Path(__file__).parent / "fakes" / "amis.json"
 Outcome = Callable[[str, dict[str, Any]], tuple[str, str]]
 
 
@@ -158,6 +164,34 @@ def make_stack(session: Any, env: str, *, groups: dict[str, str] | None = None, 
     session.client("s3").create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
 
 
+class FakeTime:
+    """A clock that moves only when slept on: dictl's polls (ops.commands.wait, ops.verbs.wait_ready) take
+    their clock and sleep as keyword defaults, so every dictl run in these tests polls without real waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
+    from ops import commands, verbs
+
+    fake = FakeTime()
+    for function in (commands.wait, verbs.wait_ready):
+        assert {"clock", "sleep"} <= set(function.__kwdefaults__), f"{function.__qualname__} lost its clock/sleep"
+        monkeypatch.setitem(function.__kwdefaults__, "clock", fake.clock)
+        monkeypatch.setitem(function.__kwdefaults__, "sleep", fake.sleep)
+    return fake
+
+
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Credentials that can only ever reach moto."""
@@ -165,6 +199,16 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+    one_image(monkeypatch)
+    share_botocore_models(monkeypatch)
+
+
+def one_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's EC2 backend with only the image in fakes/amis.json (read when the backend is created)."""
+    from moto.ec2.models import amis
+
+    monkeypatch.setenv("MOTO_AMIS_PATH", str(AMIS))  # also skips the per-region "latest" AMI files
+    monkeypatch.setattr(amis, "AMIS", json.loads(AMIS.read_text()))
 
 
 @pytest.fixture

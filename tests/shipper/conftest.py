@@ -12,6 +12,7 @@ import pytest
 from moto import mock_aws
 
 from diproxy.shipper.settings import parse_settings
+from tests.tools import share_botocore_models
 
 FAKES = Path(__file__).parent / "fakes"
 REGION = "us-east-2"
@@ -60,6 +61,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.setenv(name, "testing")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+    share_botocore_models(monkeypatch)
     with mock_aws():
         logs = boto3.client("logs", region_name=REGION)
         logs.create_log_group(logGroupName=LOG_GROUP)
