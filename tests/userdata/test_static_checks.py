@@ -15,6 +15,10 @@ from tests.userdata.conftest import SCRIPTS
 SHELLCHECK = Path(sys.executable).parent / "shellcheck"
 # userdata/ops/ belongs to the runbooks and is checked with them.
 OWNED = sorted(p for p in SCRIPTS.iterdir() if p.is_file() and (p.suffix == ".sh" or not p.suffix))
+# The engine modules, sourced by load_engine (lib.sh): engine_* functions only.
+ENGINES = sorted((SCRIPTS / "engines").glob("*.sh"))
+ENGINE_FUNCTIONS = {"engine_entrypoint", "engine_env", "engine_server_args", "engine_self_registers",
+                    "engine_preflight", "engine_prepare"}
 UNITS = sorted((SCRIPTS / "units").glob("*.service"))
 
 
@@ -23,7 +27,23 @@ def test_the_node_scripts_are_all_found():
                                         "di-ready", "di-status", "di-restart", "di-register"}
 
 
-@pytest.mark.parametrize("script", OWNED, ids=lambda p: p.name)
+def test_every_engine_module_defines_the_whole_interface_and_runs_nothing(tmp_path):
+    assert {p.stem for p in ENGINES} == {"nixl", "neuron-connector"}
+    for module in ENGINES:
+        proc = subprocess.run(["bash", "-c", f'. "{module}"; declare -F | cut -d" " -f3'], capture_output=True,
+                              text=True, env={"PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        assert ENGINE_FUNCTIONS <= set(proc.stdout.split()), module.name
+
+
+def test_no_engine_branches_outside_the_modules():
+    # A new engine is a new file in engines/: no script names an engine (nixl, neuron-connector) itself.
+    for script in OWNED:
+        code = "\n".join(line for line in script.read_text().splitlines() if not line.lstrip().startswith("#"))
+        assert "nixl" not in code.lower() and "neuron-connector" not in code, script.name
+
+
+@pytest.mark.parametrize("script", OWNED + ENGINES, ids=lambda p: p.name)
 def test_shellcheck_clean(script):
     proc = subprocess.run([str(SHELLCHECK), "-x", "-P", "SCRIPTDIR", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
