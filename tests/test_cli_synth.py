@@ -31,22 +31,25 @@ def test_cdk_cli_synthesizes_the_named_stack(tmp_path):
     assert manifest["artifacts"]["DiStack"]["properties"]["stackName"] == "di-baseline"
     assert (tmp_path / "DiStack.template.json").exists()
     # The human summary, read back from the synthesized template.
-    assert "fleet standard   standard  trn2.48xlarge x 1 (max 1)  TP 32  EFA interfaces 16/instance" in run.stderr
-    assert "endpoint 1: standard cores 32-63   port 8001" in run.stderr
+    assert "fleet standard   standard  trn2.48xlarge x 1 (max 1)  TP 16  EFA interfaces 16/instance" in run.stderr
+    assert "endpoint 3: standard cores 48-63   port 8003" in run.stderr
     assert f"template: {(tmp_path / 'DiStack.template.json').resolve()}" in run.stderr
 
 
 def test_cdk_cli_rejects_a_wrong_config_with_its_message_and_exit_1(tmp_path):
     config_dir = tmp_path / "config"
     config_dir.mkdir()
-    text = (ROOT / "config" / "dev.yaml").read_text().replace("tensor_parallel: 16", "tensor_parallel: 24")
-    (config_dir / "dev.yaml").write_text(text)
+    text = (ROOT / "config" / "dev.yaml").read_text()
+    assert "    tensor_parallel: 8\n" in text, "the test breaks config/dev.yaml's TP 8 endpoints (cores 0-7, 8-15)"
+    (config_dir / "dev.yaml").write_text(text.replace("    tensor_parallel: 8\n", "    tensor_parallel: 24\n"))
     run = cdk("synth", "DiStack", "-c", "env=dev", "--quiet", "-o", str(tmp_path / "out"),
               env={"DISTACK_CONFIG_DIR": str(config_dir)})
     assert run.returncode == 1
-    assert (f"{config_dir / 'dev.yaml'}:19: fleets.colocated.tensor_parallel: 2 endpoint(s) x TP 24 = 48 "
-            "NeuronCores, but trn1.32xlarge has 32") in run.stderr
-    assert "fix: lower tensor_parallel to 16" in run.stderr
+    # Every problem at once, each with its file:line, dotted path and fix.
+    assert f"{config_dir / 'dev.yaml'}: 2 problems" in run.stderr
+    assert (f"{config_dir / 'dev.yaml'}:34: fleets.colocated.endpoints[0].cores: range 0-7 holds 8 cores but "
+            "tensor_parallel is 24") in run.stderr
+    assert "fix: give it exactly 24 cores, e.g. 8-31" in run.stderr
     assert "Traceback" not in run.stderr + run.stdout
     assert not (tmp_path / "out" / "DiStack.template.json").exists()
 
@@ -54,5 +57,6 @@ def test_cdk_cli_rejects_a_wrong_config_with_its_message_and_exit_1(tmp_path):
 def test_unknown_environment_is_rejected_before_synthesis(tmp_path):
     run = cdk("synth", "DiStack", "-c", "env=staging", "--quiet", "-o", str(tmp_path))
     assert run.returncode == 1
-    assert "config/staging.yaml: no such environment (known: baseline, dev, prod, xpyd)" in run.stderr
+    known = ", ".join(sorted(p.stem for p in (ROOT / "config").glob("*.yaml")))
+    assert f"config/staging.yaml: no such environment (known: {known})" in run.stderr
     assert "Traceback" not in run.stderr
