@@ -225,7 +225,7 @@ def test_logs_compile_smoke_bench_drain_send_their_documents(world) -> None:
     assert world.dictl("compile", "--env", "prod", "--force", "--quiet")[0] == 0
     compile_cmd = _sent(world)
     assert compile_cmd["DocumentName"] == "di-prod-Compile"
-    # prefill and decode share TP 64: one compile, on one prefill instance
+    # prefill and decode share their shapes (TP 16, config/prod.yaml): one compile, on one prefill instance
     assert len([c for c in world.commands() if c["DocumentName"] == "di-prod-Compile"]) == 1
     assert compile_cmd["InstanceIds"][0] in prefill
 
@@ -234,7 +234,8 @@ def test_logs_compile_smoke_bench_drain_send_their_documents(world) -> None:
 
     code, _, err = world.dictl("bench", "--env", "prod", "--run-id", "di-1", "--quiet")
     assert code == 0
-    assert _sent(world)["Parameters"]["concurrency"] == ["8"]  # max_num_seqs 8 x one decode endpoint
+    # config/prod.yaml: max_num_seqs 8 x four TP-16 decode endpoints on its one decode instance
+    assert _sent(world)["Parameters"]["concurrency"] == ["32"]
     assert f"s3://{BUCKET}/bench/di-1/" in err
 
     assert world.dictl("drain", "--env", "prod", "--instance-id", prefill[0], "--quiet")[0] == 0

@@ -58,7 +58,7 @@ def test_prod_passes_with_quotas_as_a_warning_when_the_service_is_unavailable(re
 
 
 def test_a_zone_without_the_type_is_an_error_with_the_fix(world) -> None:
-    code, out, err = world.dictl("preflight", "--env", "dev")
+    code, out, err = world.dictl("preflight", "--env", "legacy-trn1")  # moto offers no trn1 in us-east-2a
     assert code == 1
     assert "ERROR    trn1.32xlarge: not offered in us-east-2a" in out
     assert "describe-instance-type-offerings" in out and "error(s)" in err
