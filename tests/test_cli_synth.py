@@ -55,8 +55,15 @@ def test_cdk_cli_rejects_a_wrong_config_with_its_message_and_exit_1(tmp_path):
 
 
 def test_unknown_environment_is_rejected_before_synthesis(tmp_path):
-    run = cdk("synth", "DiStack", "-c", "env=staging", "--quiet", "-o", str(tmp_path))
+    # cdk.json's app command run as the CLI runs it: context in CDK_CONTEXT_JSON, output dir in CDK_OUTDIR
+    # (aws/aws-cdk packages/aws-cdk-lib/cx-api/lib/cxapi.ts: CONTEXT_ENV, OUTDIR_ENV). The test above already
+    # shows the CLI passing the app's exit status and stderr on, so this one skips the CLI's own ~2 s start.
+    app = json.loads((ROOT / "cdk.json").read_text())["app"].split()
+    run = subprocess.run([str(ROOT / app[0]), *app[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "CDK_CONTEXT_JSON": json.dumps({"env": "staging"}),
+                              "CDK_OUTDIR": str(tmp_path)}, check=False)
     assert run.returncode == 1
     known = ", ".join(sorted(p.stem for p in (ROOT / "config").glob("*.yaml")))
     assert f"config/staging.yaml: no such environment (known: {known})" in run.stderr
     assert "Traceback" not in run.stderr
+    assert list(tmp_path.iterdir()) == []
