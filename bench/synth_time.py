@@ -1,7 +1,8 @@
-"""Time `make synth` per environment against an empty CDK app on this machine, and `make test`.
+"""Time `make synth` per environment against an empty CDK app on this machine (set-up already done).
 
-Prints wall times, the ratio to the empty app (goal: at most 1.5x), and the test suite's wall time.
-Run: `make bench` (or `.venv/bin/python bench/synth_time.py [--no-test] [--runs N]`).
+Prints wall times and the ratio to the empty app (goal: at most 1.5x). The fresh-clone figures (set-up
+included, .venv sizes, `make test`) are bench/fresh_setup.py's (`make bench`).
+Run: `make bench-synth` (or `.venv/bin/python bench/synth_time.py [--runs N] [--env NAME ...]`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENVS = ("dev", "prod", "xpyd", "baseline")
+ENVS = sorted(p.stem for p in (ROOT / "config").glob("*.yaml"))
 # Same App settings as app.py (no built-in CloudFormation Validate engine), so the ratio measures DiStack itself.
 EMPTY_APP = """
 import aws_cdk as cdk
@@ -39,7 +40,7 @@ def median_of(runs: int, command: list[str], cwd: Path, env: dict[str, str]) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median reported)")
-    parser.add_argument("--no-test", action="store_true", help="skip timing `make test`")
+    parser.add_argument("--env", nargs="+", default=ENVS, help="environments (default: every config/*.yaml)")
     args = parser.parse_args()
     env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     cdk = str(ROOT / "node_modules" / ".bin" / "cdk")
@@ -50,15 +51,12 @@ def main() -> int:
         baseline = median_of(args.runs, [cdk, "synth", "--quiet", "--no-notices"], Path(empty), env)
     print(f"{'empty CDK app':<22} {baseline:6.2f} s")
 
-    for name in ENVS:
+    for name in args.env:
         seconds = median_of(args.runs, ["make", "--no-print-directory", "synth", f"ENV={name}"], ROOT, env)
         ratio = seconds / baseline
         print(f"{'make synth ENV=' + name:<22} {seconds:6.2f} s  {ratio:4.2f}x empty  "
               f"({'within' if ratio <= 1.5 else 'over'} the 1.5x goal)")
 
-    if not args.no_test:
-        seconds = timed(["make", "--no-print-directory", "test"], ROOT, env)
-        print(f"{'make test':<22} {seconds:6.2f} s")
     print(f"machine: {os.cpu_count()} CPUs; medians of {args.runs} runs")
     return 0
 
