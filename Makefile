@@ -32,9 +32,11 @@ help:
 
 # Three layers, each installed only when a target needs it: synth (the CDK app's runtime set and Node.js),
 # ops (adds boto3 and `dictl`), test (adds the test and lint set, etcd included).
+# The synth set skips pip's byte-compiling: pip compiles all of aws-cdk-lib (~230 MB of .pyc, ~45 s on 2 cores)
+# though a synth imports a small part, which Python compiles on first import (~5 s, once).
 $(VENV)/.synth-deps: requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install $(PIP_QUIET) -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -m pip install $(PIP_QUIET) --no-compile -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
 	@$(BIN)/python -c "import aws_cdk, pydantic, cdk_nag" && touch $@
 
 $(VENV)/.ops-deps: $(VENV)/.synth-deps requirements-ops.txt pyproject.toml
@@ -43,6 +45,9 @@ $(VENV)/.ops-deps: $(VENV)/.synth-deps requirements-ops.txt pyproject.toml
 
 $(VENV)/.deps: $(VENV)/.ops-deps requirements-dev.txt diproxy/requirements.txt
 	@$(BIN)/python -m pip install $(PIP_QUIET) -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
+	@# Tests import aws_cdk in many processes, also where PYTHONDONTWRITEBYTECODE keeps imports from caching .pyc:
+	@# compile the synth set now, on every core (compileall -j 0).
+	@$(BIN)/python -m compileall -qq -j 0 "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
 	@$(BIN)/python -c "import pytest, moto, aiohttp" && touch $@
 
 node_modules/.deps: package.json package-lock.json $(VENV)/.synth-deps
