@@ -19,13 +19,17 @@ IMAGE = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.9.1-neuronx-py31
 NEW_IMAGE = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.9.2"
 MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 
-WORKER = {"DI_DEPLOYMENT": "prod", "DI_ROLE": "prefill", "DI_FLEET": "prefill", "DI_MODE": "disaggregated",
+WORKER = {"DI_DEPLOYMENT": "prod", "DI_ENGINE": "neuron-connector", "DI_ROLE": "prefill", "DI_FLEET": "prefill",
+          "DI_MODE": "disaggregated",
           "DI_PROXY": "neuron", "DI_PROXY_PORT": "8000", "DI_IMAGE": IMAGE, "DI_MODEL_ID": MODEL,
           "DI_MODEL_SOURCE": "huggingface", "DI_HF_TOKEN_SECRET": "distack/hf-token", "DI_MAX_MODEL_LEN": "8192",
           "DI_MAX_NUM_SEQS": "8", "DI_BUCKET": "di-prod-artifacts", "DI_REGION": "us-east-2",
           "DI_ETCD": "10.42.0.10:8989", "DI_TENSOR_PARALLEL": "64", "DI_LNC": "2",
           "DI_ENDPOINTS": "prefill:0-63:8000", "DI_INSTANCE_TYPE": "trn2.48xlarge",
           "DI_LOG_GROUP_CONTAINERS": "/distack/prod/containers"}
+NIXL_IMAGE = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04"
+NIXL_WORKER = {**WORKER, "DI_ENGINE": "nixl", "DI_PROXY": "distack", "DI_IMAGE": NIXL_IMAGE, "DI_TENSOR_PARALLEL": "16",
+               "DI_ENDPOINTS": "prefill:0-15:8000 prefill:16-31:8001", "DI_READY_TIMEOUT_SECONDS": "3600"}
 CONTROL = {**{k: v for k, v in WORKER.items() if k not in ("DI_ENDPOINTS", "DI_TENSOR_PARALLEL", "DI_LNC")},
            "DI_ROLE": "control", "DI_FLEET": "control"}
 
@@ -74,6 +78,15 @@ def make_node(tmp_path: Path, values: dict[str, str]) -> Node:
 @pytest.fixture
 def worker(tmp_path: Path) -> Node:
     node = make_node(tmp_path, WORKER)
+    staged = tmp_path / "data" / "models" / MODEL
+    staged.mkdir(parents=True)
+    (staged / ".complete").touch()
+    return node
+
+
+@pytest.fixture
+def nixl_worker(tmp_path: Path) -> Node:
+    node = make_node(tmp_path, NIXL_WORKER)
     staged = tmp_path / "data" / "models" / MODEL
     staged.mkdir(parents=True)
     (staged / ".complete").touch()
@@ -174,6 +187,35 @@ def test_compile_fails_loudly_when_nothing_was_written(worker: Node) -> None:
     result = worker.run("compile.sh", "--force")
     assert result.returncode == 1 and "wrote nothing" in result.stderr
     assert not worker.called("aws s3 sync")
+
+
+def test_compile_on_nixl_uploads_the_cache_its_serving_endpoints_compiled(nixl_worker: Node) -> None:
+    # The plugin compiles when its server starts, into VLLM_CACHE_ROOT=/data/compiled/KEY; no inference_demo.
+    cache = nixl_worker.root / "data" / "compiled" / nixl_worker.compiled_key() / "neuron" / "compile_cache"
+    cache.mkdir(parents=True)
+    (cache / "graph.neff").touch()
+    result = nixl_worker.run("compile.sh", "--force", FAKE_SYSTEMCTL_ACTIVE="active", COMPILE_POLL_SECONDS="0")
+    assert result.returncode == 0, result.stderr
+    assert not nixl_worker.called("docker run")
+    assert len([c for c in nixl_worker.called("curl") if "127.0.0.1:8000/health" in c]) == 1
+    assert len([c for c in nixl_worker.called("curl") if "127.0.0.1:8001/health" in c]) == 1
+    assert nixl_worker.called(f"aws s3 sync --only-show-errors --region us-east-2 {cache.parent.parent} "
+                              f"s3://di-prod-artifacts/compiled/{nixl_worker.compiled_key()}/")
+
+
+def test_compile_on_nixl_waits_for_every_endpoint_and_gives_up_at_its_bound(nixl_worker: Node) -> None:
+    result = nixl_worker.run("compile.sh", "--force", FAKE_SYSTEMCTL_ACTIVE="active", FAKE_CURL_CODE="503",
+                             COMPILE_POLL_SECONDS="0", COMPILE_WAIT_SECONDS="0")
+    assert result.returncode == 1
+    assert "still compiling or failing after 0s: 0:prefill:8000 1:prefill:8001" in result.stderr
+    assert not nixl_worker.called("aws s3 sync")
+
+
+def test_compile_on_nixl_needs_its_endpoints_running(nixl_worker: Node) -> None:
+    result = nixl_worker.run("compile.sh", "--force", COMPILE_POLL_SECONDS="0")
+    assert result.returncode == 1
+    assert "endpoint 0 (di-vllm@0.service) is not running; start it with /opt/di/di-restart 0" in result.stderr
+    assert not nixl_worker.called("aws s3 sync")
 
 
 def test_smoke_sends_the_tutorial_request_through_the_proxy(control: Node) -> None:

@@ -64,3 +64,35 @@ engine_preflight() { :; }
 
 # Nothing engine-specific before a start (the stale runtime lock is removed for every engine by di-run).
 engine_prepare() { :; }
+
+COMPILE_PROMPT=${COMPILE_PROMPT:-What is annapurna labs?}
+
+# inference_demo_args KEY: the data-parallel tutorial's compile flags with this deployment's shapes (seed 001).
+inference_demo_args() {
+  local key=$1
+  printf '%s\n' --model-type llama --task-type causal-lm run \
+    --model-path "/data/models/$DI_MODEL_ID" \
+    --compiled-model-path "/data/compiled/$key" \
+    --torch-dtype bfloat16 \
+    --start_rank_id 0 \
+    --local_ranks_size "$DI_TENSOR_PARALLEL" \
+    --tp-degree "$DI_TENSOR_PARALLEL" \
+    --batch-size "$DI_MAX_NUM_SEQS" \
+    --max-context-length "$DI_MAX_MODEL_LEN" \
+    --seq-len "$DI_MAX_MODEL_LEN" \
+    --on-device-sampling --top-k 1 --do-sample --fused-qkv --qkv-kernel-enabled --attn-kernel-enabled \
+    --mlp-kernel-enabled --pad-token-id 2 --compile-only \
+    --prompt "$COMPILE_PROMPT"
+}
+
+# engine_compile KEY: NxDI's `inference_demo --compile-only` inside the image writes the NEFFs to
+# /data/compiled/KEY (NEURON_COMPILED_ARTIFACTS of every endpoint), as in the data-parallel tutorial.
+engine_compile() {
+  local key=$1 args
+  mapfile -t args < <(inference_demo_args "$key")
+  log "compiling $DI_MODEL_ID: tp $DI_TENSOR_PARALLEL, batch $DI_MAX_NUM_SEQS, sequence $DI_MAX_MODEL_LEN"
+  docker run --rm --privileged --network host -v "$DI_DATA_DIR:/data" \
+    -e "NEURON_RT_VIRTUAL_CORE_SIZE=${DI_LNC:-1}" \
+    -e NEURON_RT_EXEC_TIMEOUT=600 -e XLA_DENSE_GATHER_FACTOR=0 -e NEURON_RT_INSPECT_ENABLE=0 \
+    --entrypoint inference_demo "$DI_IMAGE" "${args[@]}" || die "inference_demo failed (docker logs above)"
+}

@@ -89,3 +89,29 @@ engine_preflight() {
 }
 
 engine_prepare() { mkdir -p "$DI_DATA_DIR/compiled/$(compiled_key)"; }
+
+COMPILE_WAIT_SECONDS=${COMPILE_WAIT_SECONDS:-${DI_READY_TIMEOUT_SECONDS:-3600}}
+COMPILE_POLL_SECONDS=${COMPILE_POLL_SECONDS:-15}
+
+# engine_compile KEY: the plugin has no separate compile step (NxDI's inference_demo is not in its images): a
+# server compiles its graphs when it starts and keeps them in $VLLM_CACHE_ROOT/neuron/compile_cache, here
+# /data/compiled/KEY. So this node's endpoints serving once is the compilation; wait for them, then the caller
+# uploads the cache for every later worker.
+engine_compile() {
+  local deadline=$((SECONDS + COMPILE_WAIT_SECONDS)) index role port waiting
+  while read -r index _ _ _; do
+    systemctl is-active --quiet "$(unit_name "$index")" ||
+      die "endpoint $index ($(unit_name "$index")) is not running; start it with /opt/di/di-restart $index, then compile again"
+  done < <(endpoints)
+  while true; do
+    waiting=()
+    while read -r index role _ port; do
+      [[ $(health_code "$port") == 200 ]] || waiting+=("$index:$role:$port")
+    done < <(endpoints)
+    ((${#waiting[@]})) || break
+    ((SECONDS < deadline)) || die "endpoints still compiling or failing after ${COMPILE_WAIT_SECONDS}s: ${waiting[*]} (journalctl -u di-vllm@INDEX)"
+    log "waiting for ${waiting[*]} to finish compiling and answer /health"
+    sleep "$COMPILE_POLL_SECONDS"
+  done
+  log "every endpoint serves: its compile cache is complete"
+}
