@@ -75,22 +75,23 @@ def make_node(tmp_path: Path, values: dict[str, str]) -> Node:
     return Node(tmp_path, env)
 
 
-@pytest.fixture
-def worker(tmp_path: Path) -> Node:
-    node = make_node(tmp_path, WORKER)
+def staged_worker(tmp_path: Path, values: dict[str, str]) -> Node:
+    """A worker whose bootstrap has staged the model."""
+    node = make_node(tmp_path, values)
     staged = tmp_path / "data" / "models" / MODEL
     staged.mkdir(parents=True)
     (staged / ".complete").touch()
     return node
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Node:
+    return staged_worker(tmp_path, WORKER)
 
 
 @pytest.fixture
 def nixl_worker(tmp_path: Path) -> Node:
-    node = make_node(tmp_path, NIXL_WORKER)
-    staged = tmp_path / "data" / "models" / MODEL
-    staged.mkdir(parents=True)
-    (staged / ".complete").touch()
-    return node
+    return staged_worker(tmp_path, NIXL_WORKER)
 
 
 @pytest.fixture
