@@ -29,11 +29,11 @@ def _compact(value: Any) -> str:
 
 async def _ask(session: aiohttp.ClientSession, url: str) -> tuple[int, list[str]]:
     """Wait for the proxy to be ready, send one streaming completion; the status and the answer's lines."""
-    for _ in range(100):
+    for _ in range(500):
         async with session.get(url + "/ready") as reply:
             if reply.status == 200:
                 break
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)
     async with session.post(url + "/v1/completions", json=BODY) as reply:
         lines = [f"client  <- HTTP {reply.status}, X-Request-Id {reply.headers.get('X-Request-Id')}"]
         lines += [f"client  <- {line.decode().rstrip()}" async for line in reply.content if line.strip()]

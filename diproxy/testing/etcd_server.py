@@ -69,7 +69,11 @@ class EtcdServer:
             [etcd_binary(), "--name", "diproxy-test", "--data-dir", str(self.data_dir / "data"),
              "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
              "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-             "--initial-cluster", f"diproxy-test={peer_url}", "--log-level", "error"],
+             "--initial-cluster", f"diproxy-test={peer_url}", "--log-level", "error",
+             # Raft ticks of 10 ms (defaults: 100 ms, election 1 s): the lone member elects itself within
+             # milliseconds on a restart instead of 1-2 s, and etcd's shortest lease (1.5 election timeouts,
+             # rounded up to whole seconds) is 1 s, not 2 s, so a killed worker's TTL-1 lease ends in ~1 s.
+             "--heartbeat-interval", "10", "--election-timeout", "100"],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + ready_timeout
@@ -82,7 +86,7 @@ class EtcdServer:
                         return
             except OSError:
                 pass
-            time.sleep(0.05)
+            time.sleep(0.01)
         self.stop()
         raise RuntimeError(f"etcd did not become healthy within {ready_timeout}s")
 

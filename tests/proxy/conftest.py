@@ -117,4 +117,4 @@ async def wait_ready(session: aiohttp.ClientSession, proxy_url: str, timeout: fl
                 return
         if loop.time() > deadline:
             raise AssertionError("proxy never became ready")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)

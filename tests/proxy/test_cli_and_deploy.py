@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import shutil
 import signal
 import subprocess
@@ -57,16 +58,20 @@ def _stop(process: subprocess.Popen) -> int:
 
 
 def test_module_runs_from_environment_settings_and_stops_on_sigterm() -> None:
-    worker = _start_python(["-m", "diproxy.testing.fake_worker", "--role", "standalone", "--tokens", "3"], {})
+    # Both processes start at once (the worker on a port chosen here); the proxy's probes find the worker when it
+    # listens, so neither interpreter start waits for the other.
+    worker_address = f"127.0.0.1:{free_port()}"
+    worker = _start_python(["-m", "diproxy.testing.fake_worker", "--role", "standalone", "--tokens", "3",
+                            "--port", worker_address.rsplit(":", 1)[1]], {})
     proxy = None
     try:
-        assert worker.stdout is not None
-        ready_line = worker.stdout.readline().split()
-        assert ready_line[0] == "READY", ready_line
         port = free_port()
         proxy = _start_python(["-m", "diproxy"], {
-            "DIPROXY_MODE": "standard", "DIPROXY_ENDPOINTS": ready_line[1], "DIPROXY_HOST": "127.0.0.1",
-            "DIPROXY_PORT": str(port), "DIPROXY_HEALTH_INTERVAL": "0.1"})
+            "DIPROXY_MODE": "standard", "DIPROXY_ENDPOINTS": worker_address, "DIPROXY_HOST": "127.0.0.1",
+            "DIPROXY_PORT": str(port), "DIPROXY_HEALTH_INTERVAL": "0.05"})
+        assert worker.stdout is not None
+        ready_line = worker.stdout.readline().split()
+        assert ready_line == ["READY", worker_address], ready_line
         url = f"http://127.0.0.1:{port}"
         _wait_for(lambda: _ready(url), 10, "proxy readiness")
         request = urllib.request.Request(url + "/v1/completions", data=json.dumps({"prompt": "x"}).encode(),
@@ -88,11 +93,14 @@ def _ready(url: str) -> bool:
         return False
 
 
-def test_rehearsal_shows_each_protocols_flow_and_cleans_up() -> None:
-    done = subprocess.run([sys.executable, "-m", "diproxy.rehearse"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 0, done.stdout + done.stderr
-    legacy, _, nixl = done.stdout.partition("== engine nixl")
+def test_rehearsal_shows_each_protocols_flow_and_cleans_up(capsys) -> None:
+    # In this process (`make rehearse` is `python -m diproxy.rehearse`, which only calls main): no interpreter start.
+    from diproxy import rehearse
+
+    returncode = rehearse.main()
+    out, err = capsys.readouterr()
+    assert returncode == 0, out + err
+    legacy, _, nixl = out.partition("== engine nixl")
     assert legacy.startswith("== engine neuron-connector")
     lines = legacy.splitlines()
     prefill_line = next(line for line in lines if line.startswith("prefill ") and "got X-Request-Id" in line)
@@ -164,16 +172,25 @@ def test_api_key_comes_from_secrets_manager_as_text_or_json(monkeypatch) -> None
 
 
 @pytest.mark.parametrize("content", [None, "  \n"], ids=["missing", "empty"])
-def test_proxy_refuses_to_start_without_the_key_it_is_told_to_require(tmp_path, content) -> None:
+def test_proxy_refuses_to_start_without_the_key_it_is_told_to_require(tmp_path, content, monkeypatch, capsys) -> None:
+    # `python -m diproxy` run in this process (runpy, as -m does): its exit status and stderr, without the cost of
+    # an interpreter start; the module's real start and SIGTERM stop are covered above.
     key_file = tmp_path / "key"
     if content is not None:
         key_file.write_text(content)
-    done = subprocess.run([sys.executable, "-m", "diproxy", "--etcd", "127.0.0.1:1", "--api-key-file", str(key_file)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 2
-    assert done.stderr.startswith("diproxy: ") and str(key_file) in done.stderr
-    assert "Traceback" not in done.stderr
+    monkeypatch.setattr(sys, "argv", ["diproxy", "--etcd", "127.0.0.1:1", "--api-key-file", str(key_file)])
+    from diproxy import cli
+
+    def serving(*args, **kwargs) -> None:  # a regression would serve forever here instead of refusing
+        raise AssertionError("the proxy started serving without the API key it was told to require")
+
+    monkeypatch.setattr(cli.web, "run_app", serving)
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("diproxy", run_name="__main__", alter_sys=True)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diproxy: ") and str(key_file) in err
+    assert "Traceback" not in err
 
 
 def _verify_unit(name: str, unit_text: str, root: Path) -> list[str]:

@@ -25,7 +25,7 @@ async def _usable(proxy: RunningProxy, role: str, count: int, timeout: float = 5
 
 def test_zero_workers_gives_timely_503_without_stalling_others(etcd, prefix) -> None:
     async def scenario() -> None:
-        async with RunningProxy(_flags(etcd.address, prefix, "--pair-wait-timeout", "0.6")) as proxy, \
+        async with RunningProxy(_flags(etcd.address, prefix, "--pair-wait-timeout", "0.4")) as proxy, \
                 aiohttp.ClientSession() as session:
             async def completion() -> tuple[int, dict, dict, float]:
                 started = time.monotonic()
@@ -33,18 +33,19 @@ def test_zero_workers_gives_timely_503_without_stalling_others(etcd, prefix) -> 
                     return r.status, dict(r.headers), await r.json(), time.monotonic() - started
 
             waiting = [asyncio.create_task(completion()) for _ in range(5)]
-            await asyncio.sleep(0.1)
+            await wait_until(lambda: proxy.state.metrics.in_flight == 5, what="five requests waiting for a pair")
             started = time.monotonic()
             async with session.get(proxy.url + "/health") as r:
                 assert r.status == 200
             async with session.get(proxy.url + "/ready") as r:
                 assert r.status == 503
+            assert proxy.state.metrics.in_flight == 5, "the probes ran while every request was still waiting"
             assert time.monotonic() - started < 0.3, "probes waited behind requests with no worker"
             for status, headers, body, elapsed in await asyncio.gather(*waiting):
                 assert status == 503
                 assert headers["Retry-After"].isdigit()
                 assert body["error"]["code"] == "no_worker_available" and body["error"]["message"]
-                assert 0.5 <= elapsed < 2.0
+                assert 0.35 <= elapsed < 2.0
 
     run(scenario)
 
@@ -54,7 +55,7 @@ def test_request_waits_for_a_pair_that_registers_meanwhile(etcd, prefix) -> None
         async with RunningProxy(_flags(etcd.address, prefix, "--pair-wait-timeout", "5")) as proxy, \
                 aiohttp.ClientSession() as session:
             pending = asyncio.create_task(post_stream(session, proxy.url + "/v1/completions", {"prompt": "x"}))
-            await asyncio.sleep(0.2)
+            await wait_until(lambda: proxy.state.metrics.in_flight == 1, what="the request waiting for a pair")
             workers = [await FakeWorker(role, etcd=etcd.address, prefix=prefix,
                                         behaviour=Behaviour(tokens=3)).start() for role in ("prefill", "decode")]
             try:
@@ -94,7 +95,8 @@ def test_workers_join_and_leave_while_serving(etcd, prefix) -> None:
                 await first.stop()  # clean shutdown: lease revoked, key deleted
                 await _usable(proxy, "prefill", 1)
                 served_by_first = len(first.requests)
-                await asyncio.sleep(0.2)
+                answered = len(results)
+                await wait_until(lambda: len(results) >= answered + 10, what="traffic after the worker left")
                 stop.set()
                 await load
                 assert len(first.requests) == served_by_first
@@ -140,7 +142,7 @@ def test_failures_without_alternative_end_in_502_or_504_json(etcd, prefix) -> No
                                    behaviour=Behaviour(fail="status500")).start()
         decode = await FakeWorker("decode", etcd=etcd.address, prefix=prefix, behaviour=Behaviour(tokens=3)).start()
         try:
-            async with RunningProxy(_flags(etcd.address, prefix, "--first-token-timeout", "0.4")) as proxy, \
+            async with RunningProxy(_flags(etcd.address, prefix, "--first-token-timeout", "0.2")) as proxy, \
                     aiohttp.ClientSession() as session:
                 await wait_ready(session, proxy.url)
                 for stream in (True, False):
@@ -172,7 +174,7 @@ def test_hanging_prefill_is_abandoned_for_another_pair(etcd, prefix) -> None:
         decode = await FakeWorker("decode", etcd=etcd.address, prefix=prefix, behaviour=Behaviour(tokens=3)).start()
         try:
             async with RunningProxy(_flags(etcd.address, prefix, "--selection", "round-robin",
-                                           "--first-token-timeout", "0.3")) as proxy, \
+                                           "--first-token-timeout", "0.2")) as proxy, \
                     aiohttp.ClientSession() as session:
                 await _usable(proxy, "prefill", 2)
                 results = [await post_stream(session, proxy.url + "/v1/completions", {"prompt": "x"})
@@ -194,7 +196,7 @@ def test_decode_dying_mid_stream_ends_with_an_error_event_not_done(etcd, prefix)
         decode = await FakeWorker("decode", etcd=etcd.address, prefix=prefix,
                                   behaviour=Behaviour(tokens=6, fail="die", fail_after=3)).start()
         try:
-            async with RunningProxy(_flags(etcd.address, prefix, "--idle-timeout", "0.3")) as proxy, \
+            async with RunningProxy(_flags(etcd.address, prefix, "--idle-timeout", "0.2")) as proxy, \
                     aiohttp.ClientSession() as session:
                 await wait_ready(session, proxy.url)
                 result = await post_stream(session, proxy.url + "/v1/completions", {"prompt": "x"})
@@ -255,7 +257,7 @@ def test_unhealthy_worker_leaves_the_pool_and_returns(etcd, prefix) -> None:
         prefill = await FakeWorker("prefill", etcd=etcd.address, prefix=prefix, behaviour=Behaviour(tokens=2)).start()
         decode = await FakeWorker("decode", etcd=etcd.address, prefix=prefix, behaviour=Behaviour(tokens=2)).start()
         try:
-            async with RunningProxy(_flags(etcd.address, prefix, "--pair-wait-timeout", "0.3")) as proxy, \
+            async with RunningProxy(_flags(etcd.address, prefix, "--pair-wait-timeout", "0.1")) as proxy, \
                     aiohttp.ClientSession() as session:
                 await wait_ready(session, proxy.url)
                 decode.healthy = False

@@ -207,7 +207,7 @@ def test_decode_dying_before_first_byte_retries_decode_with_the_same_blocks(etcd
 
 def test_no_decode_worker_gives_503_without_starting_a_prefill(etcd, prefix) -> None:
     async def scenario() -> None:
-        async with _stack(etcd.address, prefix, [Behaviour()], [], "--pair-wait-timeout", "0.3") as (
+        async with _stack(etcd.address, prefix, [Behaviour()], [], "--pair-wait-timeout", "0.1") as (
                 (prefill,), _, proxy, session):
             registry = proxy.state.registry
             assert registry is not None

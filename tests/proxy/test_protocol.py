@@ -129,7 +129,7 @@ def test_least_in_flight_and_round_robin_spread_over_prefill_workers(etcd, prefi
         prefills = [await FakeWorker("prefill", etcd=etcd.address, prefix=prefix, label=f"P{i}",
                                      behaviour=Behaviour(tokens=3)).start() for i in range(2)]
         decode = await FakeWorker("decode", etcd=etcd.address, prefix=prefix,
-                                  behaviour=Behaviour(tokens=3, token_interval=0.02)).start()
+                                  behaviour=Behaviour(tokens=3, token_interval=0.005)).start()
         try:
             for policy in ("round-robin", "least-in-flight"):
                 async with RunningProxy(di_flags("neuron-connector", etcd.address, prefix, "--selection",
