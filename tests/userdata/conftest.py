@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -30,6 +31,11 @@ REFS = node_values.DeploymentRefs(
 
 def rendered_values(env: str, fleet: str | None) -> dict[str, str]:
     """node.env values for one node of a shipped config, exactly as the renderer produces them."""
+    return dict(_rendered_values(env, fleet))
+
+
+@functools.cache
+def _rendered_values(env: str, fleet: str | None) -> dict[str, str]:
     config = load_environment(env)
     if fleet is None:
         return node_values.control_values(config, REFS, network_interface_id="eni-0aaaabbbbccccdddd",
@@ -37,6 +43,7 @@ def rendered_values(env: str, fleet: str | None) -> dict[str, str]:
     return node_values.worker_values(config, fleet, REFS, signal_resource=f"{fleet.title()}FleetGroup")
 
 
+@functools.cache  # rendered once per node of a config and session: many tests boot the same node
 def node_env_text(env: str, fleet: str | None) -> str:
     """The node.env file as the node receives it: taken back out of the rendered cloud-config."""
     document = yaml.safe_load(userdata.render(rendered_values(env, fleet)))
@@ -56,7 +63,7 @@ class Node:
         return self.root / "fake-state"
 
     def set(self, name: str, value: str = "1") -> None:
-        """Switch a fake behaviour on (see tests/userdata/fakes/_fake.py)."""
+        """Switch a fake behaviour on (see tests/userdata/fakes/_fake)."""
         (self.state / name).write_text(value)
 
     def override(self, **values: str) -> None:
@@ -172,7 +179,8 @@ def make_node(tmp_path: Path, env: str, fleet: str | None, *, fakes: list[str] |
         "ATTACH_WAIT_SLEEP": "0",
         "ATTACH_WAIT_SECONDS": "3",
         "ETCD_WAIT_SLEEP": "0",
-        "ETCD_WAIT_SECONDS": "2",
+        # A fake etcd answers the same on every poll: one look decides (a test wanting a real wait sets its own).
+        "ETCD_WAIT_SECONDS": "0",
         "DI_SETTLE_SECONDS": "0",
     })
     # The temp filesystem is far smaller than a real NVMe array.

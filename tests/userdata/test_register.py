@@ -25,7 +25,9 @@ requires_etcd = needs("etcd")
 
 # A TTL far above the polling bounds below: a key gone within PROMPTLY was revoked, not left to expire.
 TTL_SECONDS = "10"
-INTERVAL_SECONDS = "0.2"
+INTERVAL_SECONDS = "0.05"
+# A few registrar intervals, for the checks that something did not happen meanwhile.
+FEW_INTERVALS = 0.25
 PROMPTLY = 3.0
 LOCAL_IP = "10.42.1.5"  # what real_curl_node sets DI_LOCAL_IP to
 
@@ -37,7 +39,7 @@ def wait_until(predicate, timeout: float, what: str):
         if value:
             return value
         assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 class EtcdServer(HarnessEtcd):
@@ -77,7 +79,8 @@ class Health:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll interval: shutdown() waits for the serving loop's next poll.
+        threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
@@ -150,7 +153,7 @@ def test_the_key_follows_health_with_a_lease(etcd_server, health, registrar):
     health.code = 503
     reg = registrar(etcd_server.address, health.port)
     reg.logged("keeping")
-    time.sleep(0.5)  # a few intervals with /health failing
+    time.sleep(FEW_INTERVALS)  # a few intervals with /health failing
     assert etcd_server.entry(reg.key) is None
 
     health.code = 200
@@ -169,7 +172,7 @@ def test_the_key_follows_health_with_a_lease(etcd_server, health, registrar):
     back = wait_until(lambda: etcd_server.entry(reg.key), PROMPTLY, "registered again once healthy")
     assert back["lease"] != entry["lease"]
     wait_until(lambda: reg.log().count("] registered /workers/") == 2, PROMPTLY, "second registration logged")
-    time.sleep(0.5)  # a few more healthy intervals
+    time.sleep(FEW_INTERVALS)  # a few more healthy intervals
     # State changes only: two registrations and one deregistration, not a line per interval.
     assert reg.log().count("] registered /workers/") == 2 and reg.log().count("] deregistered") == 1
     assert reg.proc.poll() is None
@@ -203,7 +206,7 @@ def test_etcd_outage_and_wiped_restart_are_survived(etcd_server, health, registr
     wait_until(lambda: etcd_server.entry(reg.key), PROMPTLY, "registered")
     etcd_server.stop()
     reg.logged("unreachable")
-    time.sleep(1)  # several intervals of outage: still running, logged once
+    time.sleep(FEW_INTERVALS)  # several intervals of outage: still running, logged once
     assert reg.proc.poll() is None
     assert reg.log().count("unreachable") == 1
 

@@ -16,6 +16,8 @@ from tests.userdata.conftest import SCRIPTS, engine_node
 CONTAINER = Path(__file__).resolve().parent / "container"
 # One `docker stop -t` second lasts this long in the fake, so the SIGKILL case costs a fraction of a second.
 SECOND = "0.05"
+# Where the stop timeout always runs out (the server never sees SIGTERM), a shorter second still.
+SHORT_SECOND = "0.01"
 
 
 def wait_for(path: Path, timeout: float = 10) -> None:
@@ -73,6 +75,7 @@ def test_with_the_dlc_entrypoint_wrapper_the_server_never_sees_sigterm(node, eng
     n = engine_node(node, engine, "prefill", instance="trn2")
     env = container_env(n)
     argv = dlc_wrapped(docker_words(n, env))
+    env["FAKE_DOCKER_SECOND"] = SHORT_SECOND
     unit = subprocess.Popen(["docker", *argv], env=env)
     try:
         code = stop_endpoint(n, env, unit)
