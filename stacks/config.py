@@ -245,6 +245,27 @@ class BootstrapConfig(_Model):
     timeout_minutes: int = Field(default=60, ge=5, le=720)
 
 
+class MonitoringConfig(_Model):
+    """The deployment's CloudWatch dashboard and alarms (stacks/components/monitoring.py): where alarms go and
+    when they fire. The proxy-metric alarms (no usable pair, 5xx rate, TTFT) exist only with proxy: distack."""
+
+    alarm_email: str | None = Field(
+        default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+        description="Subscribe this address to the deployment's alarm topic (SNS sends a confirmation mail first). "
+                    "Empty: the topic has no subscription; subscribe anything to its ARN (output AlarmTopicArn).")
+    ttft_p99_slo_ms: float = Field(
+        default=2000, gt=0, le=600_000,
+        description="Alarm when the proxy's time-to-first-token p99 stays above this many milliseconds for three "
+                    "5-minute periods in a row.")
+    no_pair_minutes: int = Field(
+        default=5, ge=1, le=1440,
+        description="Alarm when the proxy has had no healthy prefill or decode worker (standard mode: no healthy "
+                    "endpoint), or /metrics has not answered, for this many minutes in a row.")
+    server_error_percent: float = Field(
+        default=5, gt=0, le=100,
+        description="Alarm when more than this share of the proxy's answers in 5 minutes are 5xx.")
+
+
 class DeploymentConfig(_Model):
     """One environment: everything `cdk deploy DiStack -c env=NAME` builds."""
 
@@ -283,6 +304,8 @@ class DeploymentConfig(_Model):
         default=None, description="Cluster placement group; default on unless a fleet targets a reservation.")
     log_retention_days: int = 30
     bootstrap: BootstrapConfig = BootstrapConfig()
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig,
+                                         description="Dashboard and alarms: alarm email, TTFT SLO, thresholds.")
     # One section per engine with settings (stacks/engines/<name>.py); rules.py refuses a section of another engine.
     nixl: NixlSettings = Field(default_factory=NixlSettings, description="Settings of engine nixl.")
 

@@ -11,6 +11,7 @@ from constructs import Construct
 from stacks import naming, node_values, userdata
 from stacks.components.artifacts import Artifacts
 from stacks.components.control_host import ControlHost, ControlState
+from stacks.components.monitoring import Monitoring
 from stacks.components.network import Network
 from stacks.components.node_role import NodeRole
 from stacks.components.ops_documents import OpsDocuments
@@ -44,7 +45,7 @@ WRITE_PREFIXES = {
 class DiStack(cdk.Stack):
     """Disaggregated inference on Trainium: network, security, workers, control host, artifacts, runbooks.
 
-    Exposes ``deployment``, ``fleets`` (name -> WorkerFleet), ``control_host``, ``artifacts``.
+    Exposes ``deployment``, ``fleets`` (name -> WorkerFleet), ``control_host``, ``artifacts``, ``monitoring``.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, config: DeploymentConfig, **kwargs: Any) -> None:
@@ -124,6 +125,11 @@ class DiStack(cdk.Stack):
             cdk.Tags.of(self.control_host.auto_scaling_group).add(key, value)
 
         OpsDocuments(self, "OpsDocuments", env_name=config.name)
+        self.monitoring = Monitoring(
+            self, "Monitoring", config=config, control_group_name=self.control_host.auto_scaling_group.ref,
+            fleet_group_names={name: fleet.auto_scaling_group.ref for name, fleet in self.fleets.items()},
+            node_log_group=groups["nodes"],
+            pool_alarms_after=[fleet.auto_scaling_group for fleet in self.fleets.values()])
         self._outputs(config, state.address)
 
     def _role_tags(self, role: str, fleet: str) -> dict[str, str]:
@@ -139,6 +145,8 @@ class DiStack(cdk.Stack):
             naming.OUTPUT_CONTAINER_LOG_GROUP: (groups["containers"].log_group_name, "vLLM, proxy and etcd logs"),
             naming.OUTPUT_SSM_LOG_GROUP: (groups["commands"].log_group_name, "dictl command output"),
             naming.OUTPUT_CONTROL_INSTANCE_GROUP: (self.control_host.auto_scaling_group.ref, "Control host group"),
+            naming.OUTPUT_DASHBOARD_URL: (self.monitoring.dashboard_url, "CloudWatch dashboard of this deployment"),
+            naming.OUTPUT_ALARM_TOPIC: (self.monitoring.topic.topic_arn, "SNS topic every alarm notifies"),
         }
         for name, fleet in self.fleets.items():
             outputs[naming.fleet_output(name)] = (fleet.auto_scaling_group.ref, f"Auto Scaling group of {name}")

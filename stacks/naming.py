@@ -66,6 +66,8 @@ OUTPUT_NODE_LOG_GROUP = "NodeLogGroup"
 OUTPUT_CONTAINER_LOG_GROUP = "ContainerLogGroup"
 OUTPUT_SSM_LOG_GROUP = "CommandLogGroup"
 OUTPUT_CONTROL_INSTANCE_GROUP = "ControlAutoScalingGroup"
+OUTPUT_DASHBOARD_URL = "DashboardUrl"
+OUTPUT_ALARM_TOPIC = "AlarmTopicArn"
 
 
 def fleet_output(fleet: str) -> str:

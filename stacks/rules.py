@@ -28,6 +28,7 @@ def check(config: DeploymentConfig, *, file_stem: str | None = None) -> list[Pro
     problems += _network(config)
     problems += _engine(config)
     problems += _proxy(config)
+    problems += _monitoring(config)
     for fleet_name, fleet in config.fleets.items():
         problems += _fleet(config, fleet_name, fleet)
     problems += _roles(config)
@@ -164,6 +165,19 @@ def _proxy(config: DeploymentConfig) -> Iterator[Problem]:
     elif config.proxy_api_key_secret is not None and config.proxy != "distack":
         yield Problem("proxy_api_key_secret", "neuron-proxy-server checks no API key, so the key would guard nothing",
                       "set proxy: distack, or remove proxy_api_key_secret")
+
+
+# Thresholds of alarms on the DiStack proxy's metrics; neuron-proxy-server publishes none.
+PROXY_ALARM_KEYS = ("ttft_p99_slo_ms", "no_pair_minutes", "server_error_percent")
+
+
+def _monitoring(config: DeploymentConfig) -> Iterator[Problem]:
+    if config.proxy == "distack":
+        return
+    for key in PROXY_ALARM_KEYS:
+        if key in config.monitoring.model_fields_set:
+            yield Problem(f"monitoring.{key}", "neuron-proxy-server publishes no metrics, so this alarm would "
+                                               "never see data", "remove it, or set proxy: distack")
 
 
 def _fleet(config: DeploymentConfig, fleet_name: str, fleet: FleetConfig) -> Iterator[Problem]:

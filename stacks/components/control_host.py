@@ -12,6 +12,7 @@ from constructs import Construct
 
 from stacks import naming
 from stacks.components import launch_template as lt
+from stacks.components.monitoring import group_metrics_collection
 from stacks.components.node_role import NodeRole
 from stacks.config import ControlHostConfig
 
@@ -74,6 +75,7 @@ class ControlHost(Construct):
                 launch_template_id=self.launch_template.ref,
                 version=self.launch_template.attr_latest_version_number),
             health_check_type="EC2", health_check_grace_period=300,
+            metrics_collection=group_metrics_collection(),
         )
         self._allow_takeover(state, node_role.role, tags)
 

@@ -13,6 +13,7 @@ from constructs import Construct
 
 from stacks import catalog
 from stacks.components import launch_template as lt
+from stacks.components.monitoring import group_metrics_collection
 from stacks.config import AmiConfig, FleetConfig
 
 
@@ -71,6 +72,7 @@ class WorkerFleet(Construct):
             termination_policies=["NewestInstance"],
             health_check_type="EC2",
             health_check_grace_period=300,
+            metrics_collection=group_metrics_collection(),
         )
 
 
