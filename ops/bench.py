@@ -28,6 +28,16 @@ METRICS: tuple[tuple[str, str, float, str, bool], ...] = (
     ("errors", "results_number_errors", 1.0, "", False),
 )
 SUMMARY_SUFFIX = "_summary.json"
+# The workload LLMPerf records in every summary (token_benchmark_ray.py's metadata); two runs compare only if
+# these match. A key missing from either file is not compared (older or hand-made summaries).
+WORKLOAD: tuple[tuple[str, str], ...] = (
+    ("model", "model"),
+    ("mean_input_tokens", "mean input tokens"),
+    ("stddev_input_tokens", "stddev input tokens"),
+    ("mean_output_tokens", "mean output tokens"),
+    ("stddev_output_tokens", "stddev output tokens"),
+    ("num_concurrent_requests", "concurrency"),
+)
 
 
 def load_summary(location: str, s3: Callable[[], Any]) -> dict[str, Any]:
@@ -79,6 +89,19 @@ def compare(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[dict[st
         rows.append({"metric": label, "unit": unit, "first": None if a is None else a * scale,
                      "second": None if b is None else b * scale, "change_percent": change, "first_better": better})
     return rows
+
+
+def workload_differences(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Workload fields both summaries record with different values."""
+    return [{"field": key, "label": label, "first": first[key], "second": second[key]}
+            for key, label in WORKLOAD
+            if key in first and key in second and str(first[key]) != str(second[key])]
+
+
+def render_differences(differences: list[dict[str, Any]], first_name: str, second_name: str) -> str:
+    """One indented line per differing workload field."""
+    return "\n".join(f"  {d['label']}: {d['first']} ({first_name}) vs {d['second']} ({second_name})"
+                     for d in differences)
 
 
 def render(rows: list[dict[str, Any]], first_name: str, second_name: str) -> str:

@@ -1,6 +1,8 @@
 """`dictl`: argument parsing and dispatch only; the work lives in ops.verbs, ops.fleets, ops.preflight, ops.bench.
 
-Exit status: 0 every target succeeded, 1 something failed (named on stderr), 2 bad arguments or configuration.
+Exit status: 0 every target succeeded; 1 the operation failed (named on stderr); 2 bad arguments or configuration
+(including missing credentials, an unknown --profile, a missing local tool), with the fix; 3 partially applied:
+a verb that changes instances (rollout, restart, drain) changed some and failed on, or never reached, others.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from ops import verbs
 from ops.errors import UsageError
-from ops.output import Progress
+from ops.progress import Progress
 from ops.targets import Selection
 
 # SendCommand's own patterns, checked here so a typo fails before any AWS call:
@@ -26,6 +28,10 @@ IMAGE = re.compile(r"^[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+:[A-Za-z0-9._-]+$")
 MODEL = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ROLES = ("prefill", "decode", "control", "colocated", "standard")
+ENV_VARIABLE = "DISTACK_ENV"
+# Verbs that take --role/--fleet/--instance-id; the others act on fleets (rollout, compile, scale --fleet) or on
+# the control host (smoke, bench, tunnel), or on no instance at all.
+SELECTING = ("status", "wait-ready", "restart", "logs", "drain")
 
 ClientsFactory = Callable[[str, "str | None"], Any]
 
@@ -48,35 +54,84 @@ def _positive(value: str) -> int:
     return number
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a fix appended when a selection flag is given to a verb that does not select instances."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        if "unrecognized arguments" in message and any(f in message for f in ("--role", "--instance-id")):
+            message += (f"\n  fix: --role/--fleet/--instance-id select instances for {', '.join(SELECTING)}; "
+                        "rollout and compile take --fleet, scale takes one --fleet, smoke/bench/tunnel run on "
+                        "the control host")
+        return super().error(message)
+
+
+class _Version(argparse.Action):
+    """`--version`: the installed package's version, read only when asked (keeps `dictl --help` fast)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print dictl's version (the distack package) and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"dictl {package_version()}")
+        parser.exit(0)
+
+
+def package_version() -> str:
+    """Version from the installed package metadata (pyproject.toml's project.version)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("distack")
+    except PackageNotFoundError:
+        return "unknown (distack is not installed; pip install -e .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (no AWS access needed to build or show it)."""
-    parser = argparse.ArgumentParser(prog="dictl", description="Operate a DiStack deployment through SSM Run Command.")
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+    parser = Parser(prog="dictl", description="Operate a DiStack deployment through SSM Run Command. Exit "
+                    "status: 0 ok, 1 failed, 2 usage or configuration, 3 partially applied.")
+    parser.add_argument("--version", action=_Version)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND", parser_class=Parser)
 
-    def command(name: str, help_text: str, *, env: bool = True) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, *, env: bool = True, json_help: str = "machine-readable output on "
+                "stdout", quiet_help: str = "no progress lines on stderr (results and errors still print)"
+                ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if env:
-            p.add_argument("--env", required=True, help="environment name (config/NAME.yaml, stack di-NAME)")
-            p.add_argument("--region", help="override the config's region")
-            p.add_argument("--profile", default=os.environ.get("AWS_PROFILE"), help="AWS profile")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+            p.add_argument("--env", default=os.environ.get(ENV_VARIABLE) or None,
+                           help="environment name: config/NAME.yaml, stack di-NAME "
+                                f"(default: ${ENV_VARIABLE}; one of the two is required)")
+            p.add_argument("--region", help="AWS region (default: the config's region)")
+        p.add_argument("--profile", default=os.environ.get("AWS_PROFILE"),
+                       help="AWS profile from ~/.aws/config (default: $AWS_PROFILE, else boto3's default chain)")
+        p.add_argument("--json", action="store_true", help=json_help)
+        p.add_argument("--quiet", action="store_true", help=quiet_help)
         return p
 
     def targets(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--role", choices=ROLES, help="instances with this di:role")
-        p.add_argument("--fleet", help="instances with this di:fleet (a fleet name from the config, or control)")
+        p.add_argument("--role", choices=ROLES, help="instances with this di:role (default: every role)")
+        p.add_argument("--fleet", help="instances with this di:fleet, a fleet name from the config or control "
+                                       "(default: every fleet)")
         p.add_argument("--instance-id", dest="instance_ids", action="append", default=[], metavar="ID",
-                       help="one instance (repeat for more)")
+                       help="one instance, repeat for more; not with --role/--fleet (default: select by tags)")
 
-    def rolling(p: argparse.ArgumentParser, batch: str, errors: str, timeout: int) -> None:
+    def rolling(p: argparse.ArgumentParser, batch: str, errors: str, timeout: int | None, ready: int = 3600) -> None:
         # argparse %-formats help text, so a literal percent sign must be doubled.
         shown_batch, shown_errors = batch.replace("%", "%%"), errors.replace("%", "%%")
         p.add_argument("--batch-size", default=batch, type=_pattern(CONCURRENCY, "MaxConcurrency"),
-                       help=f"instances at once: a number or a percentage (default {shown_batch})")
+                       help=f"instances at once: a number or a percentage (default: {shown_batch})")
         p.add_argument("--max-errors", default=errors, type=_pattern(ERRORS, "MaxErrors"),
-                       help=f"failures before SSM stops sending (default {shown_errors})")
-        p.add_argument("--timeout", default=timeout, type=_positive, help=f"seconds to wait (default {timeout})")
+                       help=f"failures before SSM stops sending (default: {shown_errors})")
+        if timeout is None:  # health-gated verbs: one wait per instance, one deadline for the whole command
+            p.add_argument("--ready-timeout", default=ready, type=_positive,
+                           help=f"seconds each instance may take to pass di-ready (default: {ready})")
+            p.add_argument("--timeout", default=0, type=_positive,
+                           help="seconds for the whole command (default: batches x (ready timeout + the "
+                                "document's margin), printed at the start)")
+        else:
+            p.add_argument("--timeout", default=timeout, type=_positive,
+                           help=f"seconds to wait (default: {timeout})")
 
     p = command("status", "di-status of every selected instance")
     targets(p)
@@ -86,52 +141,74 @@ def build_parser() -> argparse.ArgumentParser:
     rolling(p, "50", "100%", 3600)
     p = command("restart", "restart endpoints batch by batch, each gated by di-ready")
     targets(p)
-    rolling(p, "1", "0", 3600)
-    p.add_argument("--endpoint", default="all", type=_pattern(ENDPOINT, "endpoint (all or an index)"))
+    rolling(p, "1", "0", None)
+    p.add_argument("--endpoint", default="all", type=_pattern(ENDPOINT, "endpoint (all or an index)"),
+                   help="endpoint index on each instance, or all (default: all)")
     p.add_argument("--clear-kv-lock", action="store_true", help="remove the stale KV store lock file first")
     p = command("rollout", "new image and/or model, fleet after fleet, batch by batch, health-gated")
-    p.add_argument("--image", type=_pattern(IMAGE, "image reference (registry/repo:tag)"))
-    p.add_argument("--model", type=_pattern(MODEL, "model id (org/name)"))
+    p.add_argument("--image", type=_pattern(IMAGE, "image reference (registry/repo:tag)"),
+                   help="container image registry/repo:tag (default: unchanged; --image and/or --model required)")
+    p.add_argument("--model", type=_pattern(MODEL, "model id (org/name)"),
+                   help="Hugging Face model id org/name (default: unchanged)")
     p.add_argument("--fleet", dest="fleets", action="append", default=[], metavar="FLEET",
-                   help="fleets in order (default: every worker fleet in config order); `control` for the proxy")
-    rolling(p, "1", "0", 7200)
-    p = command("scale", "change a fleet's desired capacity within its bounds")
-    p.add_argument("--fleet", required=True)
-    p.add_argument("--count", required=True, type=_positive)
+                   help="fleets in order, repeatable; control for the proxy (default: every worker fleet in config "
+                        "order)")
+    rolling(p, "1", "0", None, ready=7200)
+    p = command("scale", "change a fleet's desired capacity within its bounds",
+                quiet_help="accepted for symmetry; scale prints its result on stdout and no progress")
+    p.add_argument("--fleet", required=True, help="worker fleet from the config (required)")
+    p.add_argument("--count", required=True, type=_positive,
+                   help="desired instances, within the group's min and max (required)")
     p = command("logs", "journal and container logs to s3://BUCKET/logs/<instance>/<time>/")
     targets(p)
     rolling(p, "50", "100%", 900)
-    p.add_argument("--hours", default=6, type=_positive, help="how far back (default 6)")
+    p.add_argument("--hours", default=6, type=_positive, help="how far back (default: 6)")
     p = command("compile", "compile the model once per TP degree and upload to s3://BUCKET/compiled/")
-    p.add_argument("--fleet", dest="fleets", action="append", default=[], metavar="FLEET")
+    p.add_argument("--fleet", dest="fleets", action="append", default=[], metavar="FLEET",
+                   help="fleets whose TP degrees to compile, repeatable (default: every worker fleet)")
     p.add_argument("--force", action="store_true", help="compile even if the artifacts are in S3")
     rolling(p, "1", "0", 7200)
     p = command("smoke", "one completion through the proxy, from the control host")
-    p.add_argument("--max-tokens", default=10, type=_positive)
+    p.add_argument("--max-tokens", default=10, type=_positive, help="tokens to generate (default: 10)")
     rolling(p, "1", "0", 300)
     p = command("bench", "LLMPerf against the proxy from the control host; results to s3://BUCKET/bench/")
-    p.add_argument("--run-id", type=_pattern(RUN_ID, "run id ([A-Za-z0-9._-], 1-64)"))
-    p.add_argument("--mean-input-tokens", default=1024, type=_positive)
-    p.add_argument("--stddev-input-tokens", default=0, type=_positive)
-    p.add_argument("--mean-output-tokens", default=100, type=_positive)
-    p.add_argument("--stddev-output-tokens", default=10, type=_positive)
-    p.add_argument("--concurrency", default=0, type=_positive, help="default: max_num_seqs x token-producing endpoints")
-    p.add_argument("--max-requests", default=200, type=_positive)
+    p.add_argument("--run-id", type=_pattern(RUN_ID, "run id ([A-Za-z0-9._-], 1-64)"),
+                   help="name of the results prefix bench/RUN-ID/ (default: ENV-<UTC time>)")
+    p.add_argument("--mean-input-tokens", default=1024, type=_positive, help="mean prompt length (default: 1024)")
+    p.add_argument("--stddev-input-tokens", default=0, type=_positive,
+                   help="prompt length standard deviation (default: 0)")
+    p.add_argument("--mean-output-tokens", default=100, type=_positive,
+                   help="mean completion length (default: 100)")
+    p.add_argument("--stddev-output-tokens", default=10, type=_positive,
+                   help="completion length standard deviation (default: 10)")
+    p.add_argument("--concurrency", default=0, type=_positive,
+                   help="concurrent requests (default: max_num_seqs x token-producing endpoints)")
+    p.add_argument("--max-requests", default=200, type=_positive, help="requests in the run (default: 200)")
     rolling(p, "1", "0", 21600)
     p = command("drain", "stop endpoints so they leave etcd after in-flight requests finish")
     targets(p)
     rolling(p, "1", "0", 900)
-    p.add_argument("--endpoint", default="all", type=_pattern(ENDPOINT, "endpoint (all or an index)"))
-    p = command("compare", "two LLMPerf summaries side by side (DI vs baseline)", env=False)
+    p.add_argument("--endpoint", default="all", type=_pattern(ENDPOINT, "endpoint (all or an index)"),
+                   help="endpoint index on each instance, or all (default: all)")
+    p = command("compare", "two LLMPerf summaries side by side (DI vs baseline); refuses different workloads",
+                env=False, quiet_help="accepted for symmetry; compare prints nothing on stderr unless it fails")
     p.add_argument("first", help="summary JSON, results directory, or s3:// URI (e.g. the DI run)")
     p.add_argument("second", help="the same for the run to compare with (e.g. the baseline)")
-    p.add_argument("--names", nargs=2, default=["DI", "baseline"], metavar=("FIRST", "SECOND"))
-    p.add_argument("--region", help="region of the bucket for s3:// URIs")
-    p.add_argument("--profile", default=os.environ.get("AWS_PROFILE"))
-    p = command("tunnel", "forward a local port to the proxy through Session Manager")
-    p.add_argument("--local-port", default=8000, type=_positive)
+    p.add_argument("--names", nargs=2, default=["DI", "baseline"], metavar=("FIRST", "SECOND"),
+                   help="column names (default: DI baseline)")
+    p.add_argument("--region", help="region of the bucket for s3:// URIs (default: us-east-1)")
+    p.add_argument("--force", action="store_true",
+                   help="compare even if the workloads differ (the differences are printed first)")
+    p = command("tunnel", "forward a local port to the proxy through Session Manager",
+                json_help="print the session (instance, local URL, command) as JSON on stdout, then run it",
+                quiet_help="no banner on stderr")
+    p.add_argument("--local-port", default=8000, type=_positive, help="port on this machine (default: 8000)")
     p.add_argument("--print", dest="print_only", action="store_true", help="print the command, do not run it")
-    p = command("preflight", "AWS-side checks before a deploy: offerings, EFA, reservation, AMI, quotas")
+    p = command("preflight", "AWS-side checks before a deploy: offerings, EFA, reservation, AMI, quotas",
+                quiet_help="no summary line on stderr")
+    p = command("outputs", "the stack outputs: proxy URL, artifacts bucket, Auto Scaling groups, log groups",
+                quiet_help="accepted for symmetry; outputs prints no progress")
+    p.add_argument("--key", help="print only this output's value, for shell use (default: every output)")
     return parser
 
 
@@ -157,8 +234,11 @@ def main(argv: Sequence[str] | None = None, *, clients_factory: ClientsFactory |
         print(f"dictl {args.verb}: interrupted; commands already sent keep running in SSM", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - AWS failures end with one clear line, not a traceback
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, ProfileNotFound
 
+        if isinstance(err, ProfileNotFound):
+            print(f"dictl {args.verb}: error: {err}\n  fix: {_profiles_hint()}", file=sys.stderr)
+            return 2
         if isinstance(err, (NoCredentialsError, NoRegionError)):
             print(f"dictl {args.verb}: error: {err}\n  fix: configure AWS credentials (aws configure, "
                   "AWS_PROFILE or --profile)", file=sys.stderr)
@@ -169,6 +249,18 @@ def main(argv: Sequence[str] | None = None, *, clients_factory: ClientsFactory |
         raise
 
 
+def _profiles_hint() -> str:
+    """The profiles this machine has, and how to make one."""
+    try:
+        import botocore.session
+
+        known = botocore.session.Session().available_profiles
+    except Exception:  # noqa: BLE001 - a broken config file must not hide the real message
+        known = []
+    have = f"profiles here: {', '.join(sorted(known))}; " if known else "no profiles are configured; "
+    return have + "create one with `aws configure --profile NAME` (or `aws configure sso`), or drop --profile"
+
+
 def dispatch(args: argparse.Namespace, clients_factory: ClientsFactory) -> int:
     """Load the environment, make the clients, run the verb."""
     if args.verb == "compare":
@@ -176,18 +268,22 @@ def dispatch(args: argparse.Namespace, clients_factory: ClientsFactory) -> int:
     from ops.targets import Deployment
     from stacks.loader import ConfigError, load_environment
 
+    if not args.env:
+        raise UsageError(f"no environment given\n  fix: pass --env NAME (config/NAME.yaml) or set {ENV_VARIABLE}=NAME")
     try:
         config = load_environment(args.env)
     except ConfigError as err:
         raise UsageError(str(err)) from None
     clients = clients_factory(args.region or config.region, args.profile)
     if args.verb == "preflight":
-        return _preflight(config, clients, args.json)
+        return _preflight(config, clients, args.json, args.quiet)
     deployment = Deployment(config, clients)
+    if args.verb == "outputs":
+        return _outputs(deployment, args)
     if args.verb == "scale":
         from ops.fleets import scale
 
-        return scale(deployment, args.fleet, args.count)
+        return scale(deployment, args.fleet, args.count, as_json=args.json)
     if args.verb == "tunnel":
         return _tunnel(deployment, args)
     return _run_verb(deployment, args)
@@ -210,11 +306,11 @@ def _run_verb(deployment: Any, args: argparse.Namespace) -> int:
         return verbs.wait_ready(deployment, selection, timeout=float(args.timeout), **common)
     if args.verb == "restart":
         return verbs.restart(deployment, selection, endpoint=args.endpoint, clear_kv_lock=args.clear_kv_lock,
-                             ready_timeout=args.timeout, **common)
+                             ready_timeout=args.ready_timeout, timeout=args.timeout, **common)
     if args.verb == "rollout":
         return verbs.rollout(deployment, image=args.image or "", model=args.model or "",
-                             fleets=verbs.worker_fleets(deployment, args.fleets), ready_timeout=args.timeout,
-                             **common)
+                             fleets=verbs.worker_fleets(deployment, args.fleets), ready_timeout=args.ready_timeout,
+                             timeout=args.timeout, **common)
     if args.verb == "logs":
         return verbs.logs(deployment, selection, hours=args.hours, **common)
     if args.verb == "compile":
@@ -249,35 +345,86 @@ def _compare(args: argparse.Namespace, clients_factory: ClientsFactory) -> int:
     if not rows:
         raise UsageError("neither file holds LLMPerf summary metrics (results_ttft_s_mean, ...)\n"
                          "  fix: pass the *_summary.json files LLMPerf wrote")
+    differences = bench.workload_differences(first, second)
+    if differences and not args.force:
+        raise UsageError("the two runs had different workloads, so their numbers do not compare:\n"
+                         + bench.render_differences(differences, *args.names)
+                         + "\n  fix: bench both with the same --mean/--stddev-input/output-tokens, --concurrency "
+                           "and model, or pass --force to compare anyway")
     if args.json:
-        print(json.dumps({"first": args.names[0], "second": args.names[1], "metrics": rows}, indent=2))
+        print(json.dumps({"first": args.names[0], "second": args.names[1],
+                          "workload_differences": differences, "metrics": rows}, indent=2))
     else:
+        if differences:
+            print("WORKLOADS DIFFER (--force): the changes below mix workload and deployment effects\n"
+                  + bench.render_differences(differences, *args.names) + "\n")
         print(bench.render(rows, *args.names))
     return 0
 
 
-def _preflight(config: Any, clients: Any, as_json: bool) -> int:
-    from ops.preflight import ERROR, Preflight, as_dicts, render
+def _preflight(config: Any, clients: Any, as_json: bool, quiet: bool) -> int:
+    from ops.preflight import CREDENTIALS, ERROR, Preflight, as_dicts, render
 
-    findings = Preflight(config, clients).run()
+    preflight = Preflight(config, clients)
+    findings = preflight.run()
     print(json.dumps(as_dicts(findings), indent=2) if as_json else render(findings))
+    if preflight.blocked:
+        reason = "no usable AWS credentials" if preflight.blocked == CREDENTIALS else "AWS could not be reached"
+        print(f"preflight: could not run: {reason}; nothing was checked", file=sys.stderr)
+        return 2 if preflight.blocked == CREDENTIALS else 1
     errors = [f for f in findings if f.level == ERROR]
     if errors:
-        print(f"preflight: {len(errors)} error(s); fix them before `make deploy ENV={config.name}`", file=sys.stderr)
+        if not quiet:
+            print(f"preflight: {len(errors)} error(s); fix them before `make deploy ENV={config.name}`",
+                  file=sys.stderr)
         return 1
+    return 0
+
+
+def _outputs(deployment: Any, args: argparse.Namespace) -> int:
+    from ops.output import table
+    from stacks import naming
+
+    outputs = deployment.outputs
+    if args.key:
+        if args.key not in outputs:
+            raise UsageError(f"stack {naming.stack_name(deployment.name)} has no output {args.key}\n"
+                             f"  fix: use one of {', '.join(sorted(outputs))}")
+        print(outputs[args.key])
+        return 0
+    if args.json:
+        print(json.dumps({"stack": naming.stack_name(deployment.name), "region": deployment.clients.region,
+                          "outputs": outputs}, indent=2))
+        return 0
+    print(table(("OUTPUT", "VALUE"), sorted(outputs.items())))
     return 0
 
 
 def _tunnel(deployment: Any, args: argparse.Namespace) -> int:
     from ops import tunnel
 
-    argv = tunnel.command(tunnel.control_instance(deployment), region=deployment.clients.region,
-                          local_port=args.local_port, profile=args.profile)
-    print(tunnel.shell_line(argv), file=sys.stdout if args.print_only else sys.stderr)
+    instance = tunnel.control_instance(deployment)
+    argv = tunnel.command(instance, region=deployment.clients.region, local_port=args.local_port,
+                          profile=args.profile)
+    url = f"http://localhost:{args.local_port}/v1"
+    if args.json:
+        print(json.dumps({"instance_id": instance, "local_url": url, "command": argv,
+                          "shell": tunnel.shell_line(argv), "runs": not args.print_only}, indent=2), flush=True)
+    elif args.print_only:
+        print(tunnel.shell_line(argv))
+    elif not args.quiet:
+        print(tunnel.shell_line(argv), file=sys.stderr)
     if args.print_only:
         return 0
-    print(f"proxy at http://localhost:{args.local_port}/v1 while this runs (Ctrl-C ends it)", file=sys.stderr)
-    os.execvp(argv[0], argv)
+    tunnel.check_tools()
+    if not args.quiet:
+        print(f"proxy at {url} while this runs (Ctrl-C ends it)", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except FileNotFoundError:
+        tunnel.check_tools()  # names the tool with its install page
+        raise
     return 0  # not reached: execvp replaces this process
 
 

@@ -7,14 +7,15 @@ output cut at SSM's inline limit is read back from the artifacts bucket under `c
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 
 from ops.aws import Clients, pages
-from ops.output import Progress
+from ops.progress import Progress
+from ops.results import InstanceResult, RunResult
 from ops.targets import Deployment, Instance, Selection
 from stacks import naming
 
@@ -29,47 +30,6 @@ DONE_INVOCATION_STATES = {"Success", "Failed", "TimedOut", "Cancelled", "Undeliv
 # Status given to an instance dictl stopped waiting for, and to one that never received the command.
 WAIT_TIMED_OUT = "WaitTimedOut"
 NOT_DELIVERED = "NoInvocation"
-
-
-@dataclass
-class InstanceResult:
-    """How one instance ran the command."""
-
-    instance_id: str
-    status: str
-    output: str = ""
-    role: str = "?"
-    fleet: str = "?"
-    command_id: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """Only a clean Success counts."""
-        return self.status == "Success"
-
-
-@dataclass
-class RunResult:
-    """Every instance's result of one operation (possibly several commands, e.g. one per fleet)."""
-
-    document: str
-    results: list[InstanceResult] = field(default_factory=list)
-    command_ids: list[str] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[InstanceResult]:
-        """Instances that did not succeed."""
-        return [r for r in self.results if not r.ok]
-
-    @property
-    def ok(self) -> bool:
-        """True only if there were targets and every one succeeded."""
-        return bool(self.results) and not self.failed
-
-    def extend(self, other: RunResult) -> None:
-        """Merge another batch's results into this one."""
-        self.results.extend(other.results)
-        self.command_ids.extend(other.command_ids)
 
 
 @dataclass

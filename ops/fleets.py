@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import TextIO
 
@@ -9,7 +10,8 @@ from ops.errors import UsageError
 from ops.targets import Deployment
 
 
-def scale(deployment: Deployment, fleet: str, count: int, *, out: TextIO | None = None) -> int:
+def scale(deployment: Deployment, fleet: str, count: int, *, as_json: bool = False,
+          out: TextIO | None = None) -> int:
     """Set DesiredCapacity and print the config line that keeps it (a deploy resets the group to `count`)."""
     out = out or sys.stdout
     if fleet not in deployment.config.fleets:
@@ -32,6 +34,12 @@ def scale(deployment: Deployment, fleet: str, count: int, *, out: TextIO | None 
                          f"deploy (make deploy ENV={deployment.name}), then scale")
     deployment.clients.autoscaling.update_auto_scaling_group(AutoScalingGroupName=group_name,
                                                             DesiredCapacity=count)
+    if as_json:
+        print(json.dumps({"fleet": fleet, "group": group_name, "desired_before": before, "desired": count,
+                          "min": low, "max": high, "config": {"file": f"config/{deployment.name}.yaml",
+                                                              "key": f"fleets.{fleet}.count", "value": count}},
+                         indent=2), file=out)
+        return 0
     print(f"fleet {fleet} ({group_name}): desired capacity {before} -> {count}", file=out)
     if count < before:
         print(f"  scale-in picks instances itself; to choose, drain first: "

@@ -1,36 +1,15 @@
-"""How `dictl` shows things: progress lines on stderr, results as a per-instance table or JSON on stdout."""
+"""How `dictl` shows results: a per-instance table or JSON on stdout (progress lines live in ops.progress)."""
 
 from __future__ import annotations
 
 import json
 import sys
-import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
-if TYPE_CHECKING:
-    from ops.commands import InstanceResult, RunResult
+from ops.progress import Progress
+from ops.results import InstanceResult, RunResult
 
-
-class Progress:
-    """Prints a line to stderr only when the state changes, so long waits stay readable in CI logs too."""
-
-    def __init__(self, stream: TextIO | None = None, quiet: bool = False) -> None:
-        self.stream = stream
-        self.quiet = quiet
-        self._last = ""
-        self._start = time.monotonic()
-
-    def update(self, text: str) -> None:
-        """Report the current state (repeats are dropped)."""
-        if self.quiet or text == self._last:
-            return
-        self._last = text
-        elapsed = int(time.monotonic() - self._start)
-        print(f"[{elapsed:>4}s] {text}", file=self.stream or sys.stderr, flush=True)
-
-    def done(self) -> None:
-        """Forget the last line so the next wait reports from scratch."""
-        self._last = ""
+__all__ = ["Progress", "last_line", "print_run", "table"]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -46,9 +25,17 @@ def last_line(text: str) -> str:
     return lines[-1][:120] if lines else ""
 
 
+# Exit status of a command that changed some instances and failed on (or never reached) others.
+PARTIAL = 3
+
+
 def print_run(run: RunResult, *, as_json: bool, summarize: Callable[[InstanceResult], str] = lambda r: "",
-              out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Print a run's per-instance results; return the exit status (0 all succeeded, 1 otherwise)."""
+              out: TextIO | None = None, err: TextIO | None = None, changes: bool = False) -> int:
+    """Print a run's per-instance results; return the exit status.
+
+    0 all succeeded; 1 something failed; 3 (`changes`: the verb alters instances) some succeeded, some failed,
+    so the deployment is partially changed.
+    """
     out, err = out or sys.stdout, err or sys.stderr
     if as_json:
         payload = {"document": run.document, "commands": run.command_ids, "ok": run.ok,
@@ -65,6 +52,10 @@ def print_run(run: RunResult, *, as_json: bool, summarize: Callable[[InstanceRes
     if run.failed:
         names = ", ".join(f"{r.instance_id} ({r.status})" for r in run.failed)
         print(f"{run.document}: {len(run.failed)} of {len(run.results)} failed: {names}", file=err)
+        done = len(run.results) - len(run.failed)
+        if changes and done:
+            print(f"{run.document}: partially applied: {done} of {len(run.results)} instance(s) changed", file=err)
+            return PARTIAL
         return 1
     return 0
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, NoCredentialsError,
+                                 PartialCredentialsError, ProfileNotFound, ReadTimeoutError)
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from ops.aws import Clients
 from stacks import catalog
@@ -18,6 +20,35 @@ ERROR, WARNING, INFO = "ERROR", "WARNING", "INFO"
 VCPU_QUOTAS = {"trn": ("L-2C3B7624", "Running On-Demand Trn instances"),
                "standard": ("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances")}
 CONTROL_VCPUS = {"m5.large": 2, "m5.xlarge": 4, "m5.2xlarge": 8, "m5.4xlarge": 16}
+# Why a check could not run. CREDENTIALS and NETWORK stop every later check the same way, so preflight stops at
+# the first and reports it once; DENIED is collected across checks and reported as one finding.
+CREDENTIALS, NETWORK, DENIED = "credentials", "network", "denied"
+CREDENTIAL_CODES = {"InvalidClientTokenId", "UnrecognizedClientException", "ExpiredToken", "ExpiredTokenException",
+                    "AuthFailure", "SignatureDoesNotMatch", "RequestExpired", "InvalidAccessKeyId"}
+DENIED_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedException"}
+
+
+def cause_of(err: BaseException) -> str | None:
+    """CREDENTIALS, NETWORK or DENIED when `err` means a check could not run at all; None otherwise."""
+    if isinstance(err, (NoCredentialsError, PartialCredentialsError, ProfileNotFound)):
+        return CREDENTIALS
+    if isinstance(err, (BotoConnectionError, ReadTimeoutError, ConnectionClosedError)):
+        return NETWORK
+    if isinstance(err, ClientError):
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in CREDENTIAL_CODES:
+            return CREDENTIALS
+        if code in DENIED_CODES:
+            return DENIED
+    return None
+
+
+class Blocked(Exception):
+    """No check can run (no credentials, no network): preflight stops and says so once."""
+
+    def __init__(self, kind: str, err: BaseException) -> None:
+        super().__init__(str(err))
+        self.kind, self.err = kind, err
 
 
 @dataclass(frozen=True)
@@ -37,9 +68,33 @@ class Preflight:
         self.config = config
         self.clients = clients
         self.findings: list[Finding] = []
+        # Set when a check could not run for a reason every check shares (CREDENTIALS or NETWORK).
+        self.blocked: str | None = None
+        self._denied: list[str] = []
 
     def run(self) -> list[Finding]:
-        """All checks, in the order an operator fixes them."""
+        """All checks, in the order an operator fixes them; one ERROR names why checks could not run."""
+        try:
+            self._checks()
+        except Blocked as stop:
+            self.blocked = stop.kind
+            region = self.config.region
+            if stop.kind == CREDENTIALS:
+                self.add(ERROR, "AWS credentials", f"no usable credentials, so nothing was checked: {stop.err}",
+                         "configure credentials (aws configure, aws sso login, AWS_PROFILE or --profile), "
+                         f"then check them with `aws sts get-caller-identity --region {region}`")
+            else:
+                self.add(ERROR, "AWS endpoint", f"cannot reach AWS, so nothing was checked: {stop.err}",
+                         f"check the network, any proxy settings (HTTPS_PROXY) and the region ({region})")
+            return self.findings
+        if self._denied:
+            self.add(ERROR, "permissions", f"access denied, so {len(self._denied)} check(s) did not run: "
+                     + "; ".join(self._denied),
+                     "run preflight with a role allowed to read EC2, SSM parameters, Service Quotas and Secrets "
+                     "Manager (e.g. the ReadOnlyAccess managed policy)")
+        return self.findings
+
+    def _checks(self) -> None:
         types = {f.instance_type for f in self.config.fleets.values()}
         for instance_type in sorted(types | {self.config.control_host.instance_type}):
             self._guard(f"offering {instance_type}", lambda t=instance_type: self.offering(t))
@@ -53,19 +108,29 @@ class Preflight:
         self.quotas()
         if self.config.model.hf_token_secret:
             self._guard("token secret", self.secret)
-        return self.findings
 
     def add(self, level: str, subject: str, message: str, fix: str = "") -> None:
         """Record one finding."""
         self.findings.append(Finding(level, subject, message, fix))
 
     def _guard(self, subject: str, check: Callable[[], None]) -> None:
-        """A check the caller may not be allowed to make becomes a WARNING, not a crash."""
+        """A check that fails for its own reason becomes a WARNING; one that could not run is sorted by cause."""
         try:
             check()
         except (ClientError, BotoCoreError) as err:
-            self.add(WARNING, subject, f"could not check: {err}",
-                     "run with credentials allowed to call it, or check by hand in the console")
+            if not self._not_run(subject, err):
+                self.add(WARNING, subject, f"could not check: {err}",
+                         "run with credentials allowed to call it, or check by hand in the console")
+
+    def _not_run(self, subject: str, err: BaseException) -> bool:
+        """Raise Blocked for a cause every check shares; remember a denied call (True); False for anything else."""
+        kind = cause_of(err)
+        if kind in (CREDENTIALS, NETWORK):
+            raise Blocked(kind, err) from err
+        if kind == DENIED:
+            self._denied.append(f"{subject} ({getattr(err, 'operation_name', '') or 'denied'})")
+            return True
+        return False
 
     def offering(self, instance_type: str) -> None:
         """The AZ must offer the type (Trainium is in few zones)."""
@@ -198,7 +263,9 @@ class Preflight:
         try:
             value = self.clients.service_quotas.get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"]
         except (ClientError, BotoCoreError, NotImplementedError) as err:
-            # Unknown to the endpoint (e.g. an emulator) or not allowed: the deploy can still work.
+            if not isinstance(err, NotImplementedError) and self._not_run(subject, err):
+                return
+            # Unknown to the endpoint (e.g. an emulator): the deploy can still work.
             self.add(WARNING, subject, f"could not read '{name}': {err}",
                      "check it in the Service Quotas console before deploying")
             return

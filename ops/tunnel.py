@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
+from typing import Callable
 
 from ops.errors import UsageError
 from ops.targets import Deployment, Selection
 from stacks import naming
 
 PORT_FORWARDING_DOCUMENT = "AWS-StartPortForwardingSession"
+# What `aws ssm start-session` needs on this machine, with where to get it.
+TOOLS = (
+    ("aws", "the AWS CLI v2",
+     "https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html"),
+    ("session-manager-plugin", "the Session Manager plugin for the AWS CLI",
+     "https://docs.aws.amazon.com/systems-manager/latest/userguide/session-manager-working-with-install-plugin.html"),
+)
+
+
+def check_tools(which: Callable[[str], str | None] | None = None) -> None:
+    """Name every missing local tool with its install page (a UsageError, exit 2), before anything runs."""
+    which = which or shutil.which
+    missing = [(name, what, url) for name, what, url in TOOLS if not which(name)]
+    if missing:
+        lines = [f"`{name}` not found on PATH: dictl tunnel needs {what}" for name, what, _ in missing]
+        fixes = [f"install {what}: {url}" for _, what, url in missing]
+        raise UsageError("\n".join(lines) + "\n" + "\n".join(f"  fix: {fix}" for fix in fixes)
+                         + "\n  (or run `dictl tunnel --print` and start the session elsewhere)")
 
 
 def control_instance(deployment: Deployment) -> str:

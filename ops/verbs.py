@@ -51,40 +51,98 @@ def status(deployment: Deployment, selection: Selection, *, options: SendOptions
     return print_run(run, as_json=as_json, summarize=status_summary, out=out)
 
 
+# Seconds an instance may take beyond its readiness wait: the Update document pulls and stages the image first,
+# Restart only stops and starts units. The same margins are the documents' executionTimeout.
+RESTART_MARGIN = 300
+ROLLOUT_MARGIN = 1800
+
+
+def batch_count(instances: int, batch_size: str) -> int:
+    """How many batches SSM needs for `instances` targets at MaxConcurrency `batch_size` (a number or N%)."""
+    if instances <= 0:
+        return 0
+    if batch_size.endswith("%"):
+        per_batch = max(1, instances * int(batch_size[:-1]) // 100)
+    else:
+        per_batch = max(1, int(batch_size))
+    return -(-instances // per_batch)
+
+
+def _deadline_note(verb: str, batches: int, instances: int, ready_timeout: int, margin: int, timeout: int,
+                   progress: Progress, err: TextIO) -> int:
+    """The whole command's deadline: `timeout` if given, else batches x (ready timeout + margin); printed."""
+    per_batch = ready_timeout + margin
+    whole = timeout or batches * per_batch
+    if not progress.quiet:
+        how = "--timeout" if timeout else (f"{batches} batch(es) x ({ready_timeout} s ready + {margin} s), "
+                                           "change with --timeout")
+        print(f"{verb}: {instances} instance(s) in {batches} batch(es); each must be ready within "
+              f"{ready_timeout} s (--ready-timeout); the whole command stops after {whole} s ({how})", file=err)
+    return whole
+
+
 def restart(deployment: Deployment, selection: Selection, *, endpoint: str, clear_kv_lock: bool,
-            ready_timeout: int, options: SendOptions, progress: Progress, as_json: bool,
-            out: TextIO | None = None) -> int:
-    """Restart endpoints batch by batch; each instance must pass di-ready before the next batch starts."""
+            ready_timeout: int, timeout: int = 0, options: SendOptions, progress: Progress, as_json: bool,
+            out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Restart endpoints batch by batch; each instance must pass di-ready before the next batch starts.
+
+    `ready_timeout` bounds each instance, `timeout` (0: batches x per-instance limit) the whole command.
+    """
+    err = err or sys.stderr
     parameters = {"endpoint": endpoint, "flags": "--clear-kv-lock" if clear_kv_lock else "",
-                  "readyTimeout": str(ready_timeout), "executionTimeout": str(ready_timeout + 300)}
-    run = commands.run(deployment, "restart", selection, parameters=parameters, options=options, progress=progress)
-    return print_run(run, as_json=as_json, out=out)
+                  "readyTimeout": str(ready_timeout), "executionTimeout": str(ready_timeout + RESTART_MARGIN)}
+    _ = deployment.bucket  # first, so a missing stack is reported before anything else
+    expected = deployment.instances(selection)
+    whole = _deadline_note("restart", batch_count(len(expected), options.concurrency), len(expected),
+                           ready_timeout, RESTART_MARGIN, timeout, progress, err)
+    run = commands.run(deployment, "restart", selection, parameters=parameters,
+                       options=replace(options, timeout=float(whole)), progress=progress, expected=expected)
+    return print_run(run, as_json=as_json, out=out, err=err, changes=True)
 
 
 def rollout(deployment: Deployment, *, image: str, model: str, fleets: list[str], ready_timeout: int,
-            options: SendOptions, progress: Progress, as_json: bool, out: TextIO | None = None,
-            err: TextIO | None = None) -> int:
-    """Update fleet after fleet (batches of `concurrency`, health-gated); the first failing fleet stops it."""
+            timeout: int = 0, options: SendOptions, progress: Progress, as_json: bool, out: TextIO | None = None,
+            err: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> int:
+    """Update fleet after fleet (batches of `concurrency`, health-gated); the first failing fleet stops it.
+
+    `ready_timeout` bounds each instance; `timeout` (0: all fleets' batches x per-instance limit) the whole
+    command. Exit 3 when some instances were updated and others failed or were not reached.
+    """
     err = err or sys.stderr
     if not image and not model:
         raise UsageError("rollout needs --image and/or --model\n  fix: e.g. dictl rollout --env "
                          f"{deployment.name} --image public.ecr.aws/neuron/...:TAG")
     parameters = {"image": image, "model": model, "readyTimeout": str(ready_timeout),
-                  "executionTimeout": str(ready_timeout + 1800)}
+                  "executionTimeout": str(ready_timeout + ROLLOUT_MARGIN)}
+    _ = deployment.bucket  # first, so a missing stack is reported before anything else
+    members = {fleet: deployment.instances(Selection(fleet=fleet)) for fleet in fleets}
+    batches = sum(batch_count(len(found), options.concurrency) for found in members.values())
+    whole = _deadline_note("rollout", batches, sum(len(f) for f in members.values()), ready_timeout,
+                           ROLLOUT_MARGIN, timeout, progress, err)
+    deadline = clock() + whole
     total = RunResult(deployment.document("update"))
+    not_updated: list[str] = []
     for index, fleet in enumerate(fleets):
-        progress.update(f"rollout: fleet {fleet} ({index + 1}/{len(fleets)})")
-        run = commands.run(deployment, "update", Selection(fleet=fleet), parameters=parameters,
-                           options=options, progress=progress)
-        if not run.results:
+        if not members[fleet]:
             print(f"rollout: fleet {fleet} has no instances; skipped", file=err)
             continue
+        remaining = deadline - clock()
+        if remaining <= 0:
+            not_updated = fleets[index:]
+            print(f"rollout stopped: the whole-command timeout ({whole} s) passed before fleet {fleet}; "
+                  f"not updated: {', '.join(not_updated)}", file=err)
+            break
+        progress.update(f"rollout: fleet {fleet} ({index + 1}/{len(fleets)})")
+        run = commands.run(deployment, "update", Selection(fleet=fleet), parameters=parameters,
+                           options=replace(options, timeout=remaining), progress=progress, expected=members[fleet])
         total.extend(run)
         if not run.ok:
-            rest = ", ".join(fleets[index + 1:]) or "none"
-            print(f"rollout stopped at fleet {fleet}; not updated: {rest}", file=err)
+            not_updated = fleets[index + 1:]
+            print(f"rollout stopped at fleet {fleet}; not updated: {', '.join(not_updated) or 'none'}", file=err)
             break
-    status_code = print_run(total, as_json=as_json, out=out, err=err)
+    status_code = print_run(total, as_json=as_json, out=out, err=err, changes=True)
+    if status_code == 0 and not_updated:
+        status_code = 3 if total.results else 1
     if status_code == 0:
         keep = [f"image: {image}" if image else "", f"model.id: {model}" if model else ""]
         print(f"to keep this across the next deploy, set in config/{deployment.name}.yaml: "
@@ -199,7 +257,7 @@ def drain(deployment: Deployment, selection: Selection, *, endpoint: str, timeou
     parameters = {"endpoint": endpoint, "timeout": str(timeout), "executionTimeout": str(timeout + 120)}
     run = commands.run(deployment, "drain", selection, parameters=parameters,
                        options=replace(options, timeout=float(timeout) + 300), progress=progress)
-    return print_run(run, as_json=as_json, out=out)
+    return print_run(run, as_json=as_json, out=out, changes=True)
 
 
 def worker_fleets(deployment: Deployment, wanted: list[str] | None, *, allow_control: bool = True) -> list[str]:

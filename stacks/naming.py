@@ -5,8 +5,6 @@ Imported by `ops/`, so it must never import aws_cdk (that costs seconds and need
 
 from __future__ import annotations
 
-from diproxy.shipper.settings import DEFAULT_NAMESPACE
-
 TAG_DEPLOYMENT = "di:deployment"
 TAG_ROLE = "di:role"
 TAG_FLEET = "di:fleet"
@@ -28,8 +26,10 @@ KV_SIGNAL_PORT = 14579
 KV_BOOTSTRAP_PORT = 45645
 RESERVED_WORKER_PORTS = {ETCD_CLIENT_PORT: "etcd", KV_SIGNAL_PORT: "KV signal", KV_BOOTSTRAP_PORT: "KV bootstrap"}
 
-# CloudWatch namespace of the DiStack proxy's metrics; the control role may write to this one only.
-PROXY_METRICS_NAMESPACE = DEFAULT_NAMESPACE
+# CloudWatch namespace of the DiStack proxy's metrics; the control role may write to this one only. The control
+# host hands it to the proxy's shipper (DIPROXY_CLOUDWATCH_NAMESPACE in node.env); the shipper's own default,
+# diproxy/shipper/settings.py DEFAULT_NAMESPACE, is the same value (tests/ops/test_layering.py checks it).
+PROXY_METRICS_NAMESPACE = "DiStack/Proxy"
 
 NODE_ENV_PATH = "/etc/di/node.env"
 NODE_SCRIPTS_DIR = "/opt/di"

@@ -117,12 +117,20 @@ class World:
     ssm: FakeSsm
     env: str = "prod"
     groups: dict[str, str] = field(default_factory=dict)
+    # Clients made for one dictl run serve the next ones too: building a botocore client (EC2's above all) costs
+    # more than the moto calls a run makes, and every run talks to the same mocked account.
+    made: dict[str, Any] = field(default_factory=dict)
 
     def client(self, service: str) -> Any:
-        return self.session.client(service)
+        if service not in self.made:
+            self.made[service] = self.session.client(service)
+        return self.made[service]
 
     def clients(self, region: str = REGION, profile: str | None = None) -> Clients:
-        return Clients(self.session, overrides={"ssm": self.ssm})
+        clients = Clients(self.session)
+        self.made["ssm"] = self.ssm
+        clients._clients = self.made  # shared, so the clients this run makes are there for the next
+        return clients
 
     def launch(self, count: int, role: str, fleet: str, env: str | None = None) -> list[str]:
         """Tagged instances as the stack would create them."""
@@ -165,8 +173,8 @@ def make_stack(session: Any, env: str, *, groups: dict[str, str] | None = None, 
 
 
 class FakeTime:
-    """A clock that moves only when slept on: dictl's polls (ops.commands.wait, ops.verbs.wait_ready) take
-    their clock and sleep as keyword defaults, so every dictl run in these tests polls without real waiting."""
+    """A clock that moves only when slept on: dictl's polls (ops.commands.wait, ops.verbs.wait_ready) and the
+    rollout's whole-command deadline (ops.verbs.rollout) take their clock and sleep as keyword defaults, so every dictl run in these tests polls without real waiting."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -189,6 +197,8 @@ def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
         assert {"clock", "sleep"} <= set(function.__kwdefaults__), f"{function.__qualname__} lost its clock/sleep"
         monkeypatch.setitem(function.__kwdefaults__, "clock", fake.clock)
         monkeypatch.setitem(function.__kwdefaults__, "sleep", fake.sleep)
+    assert "clock" in verbs.rollout.__kwdefaults__, "verbs.rollout lost its clock"
+    monkeypatch.setitem(verbs.rollout.__kwdefaults__, "clock", fake.clock)
     return fake
 
 

@@ -50,11 +50,11 @@ def _deployment(world) -> Deployment:
     return Deployment(load_environment("prod"), world.clients())
 
 
-def test_120_instances_take_one_send_and_three_result_pages(world) -> None:
-    world.launch(120, "prefill", "prefill")
+def test_101_instances_take_one_send_and_three_result_pages(world) -> None:
+    world.launch(101, "prefill", "prefill")  # 50 + 50 + 1: the smallest count that needs a third page
     run = commands.run(_deployment(world), "status", Selection(), options=SendOptions(poll_seconds=0),
                        progress=Progress(quiet=True))
-    assert run.ok and len(run.results) == 120
+    assert run.ok and len(run.results) == 101
     assert world.ssm.calls["send_command"] == 1
     assert world.ssm.calls["list_command_invocations"] == 3
     sent = world.commands()[0]

@@ -66,3 +66,34 @@ def test_compare_without_llmperf_metrics_exits_2(world, tmp_path) -> None:
 def test_compare_missing_s3_object_exits_2(world) -> None:
     code, _, err = world.dictl("compare", f"s3://{BUCKET}/bench/none/", f"s3://{BUCKET}/bench/none/")
     assert code == 2 and "no *_summary.json" in err
+
+
+WORKLOAD = {"model": "meta-llama/Llama-3.3-70B-Instruct", "mean_input_tokens": 1024, "stddev_input_tokens": 0,
+            "mean_output_tokens": 100, "stddev_output_tokens": 10, "num_concurrent_requests": 8}
+
+
+def _dictl(capsys, *argv: str) -> tuple[int, str, str]:
+    """dictl in-process without AWS (local files only)."""
+    from ops.cli import main
+
+    code = main(list(argv), clients_factory=lambda region, profile: None)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_compare_refuses_runs_with_different_workloads_unless_forced(capsys, tmp_path) -> None:
+    di = _write(tmp_path / "di_summary.json", {**DI, **WORKLOAD})
+    long = _write(tmp_path / "base_summary.json", {**BASELINE, **WORKLOAD, "mean_input_tokens": 7936,
+                                                   "num_concurrent_requests": 16})
+    code, out, err = _dictl(capsys, "compare", str(di), str(long))
+    assert code == 2 and not out
+    assert "mean input tokens: 1024 (DI) vs 7936 (baseline)" in err and "concurrency: 8 (DI) vs 16 (baseline)" in err
+    assert "--force" in err and "model:" not in err
+    code, out, _ = _dictl(capsys, "compare", str(di), str(long), "--force")
+    assert code == 0
+    assert out.startswith("WORKLOADS DIFFER") and out.index("mean input tokens") < out.index("METRIC")
+    code, out, _ = _dictl(capsys, "compare", str(di), str(long), "--force", "--json")
+    assert [d["field"] for d in json.loads(out)["workload_differences"]] == ["mean_input_tokens",
+                                                                              "num_concurrent_requests"]
+    same = _write(tmp_path / "same_summary.json", {**BASELINE, **WORKLOAD})
+    assert _dictl(capsys, "compare", str(di), str(same))[0] == 0

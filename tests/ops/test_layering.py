@@ -1,0 +1,34 @@
+"""Import layering: ops.commands and ops.output share ops.results and ops.progress instead of importing each
+other, and stacks.naming (infrastructure) does not depend on the proxy's runtime package."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _imports(relative: str) -> set[str]:
+    tree = ast.parse((ROOT / relative).read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_commands_and_output_do_not_import_each_other() -> None:
+    assert "ops.output" not in _imports("ops/commands.py")
+    assert "ops.commands" not in _imports("ops/output.py")
+
+
+def test_naming_does_not_import_the_proxy_and_keeps_its_namespace() -> None:
+    from diproxy.shipper.settings import DEFAULT_NAMESPACE
+    from stacks import naming
+
+    assert not {m for m in _imports("stacks/naming.py") if m.split(".")[0] == "diproxy"}
+    # The stack grants and hands this namespace to the shipper; the shipper's default must stay the same.
+    assert naming.PROXY_METRICS_NAMESPACE == DEFAULT_NAMESPACE == "DiStack/Proxy"
