@@ -50,9 +50,10 @@ def acknowledge_control_role(role: IConstruct, *, publishes_metrics: bool) -> No
 def acknowledge_scaling_groups(stack: IConstruct) -> None:
     """AS3 asks for SNS notifications on every Auto Scaling group."""
     acknowledge(stack, "AS3", "Launch failures (for example InsufficientInstanceCapacity) and replacements are "
-                              "shown by `dictl status` from the scaling activities and by CloudFormation events; "
-                              "an SNS topic would need a customer-managed KMS key trusting the Auto Scaling "
-                              "service-linked role, which DiStack does not create by default.")
+                              "shown by `dictl status` from the scaling activities, by CloudFormation events, and "
+                              "by the dashboard's desired/in-service panels and the control-host alarm; the alarm "
+                              "topic's KMS key trusts CloudWatch only, and scaling notifications would need it to "
+                              "trust the Auto Scaling service-linked role as well.")
 
 
 def acknowledge_bucket(bucket: IConstruct) -> None:
