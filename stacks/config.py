@@ -344,6 +344,16 @@ class DeploymentConfig(_Model):
         return images.find(self.image)
 
     @property
+    def dlami_ubuntu(self) -> str | None:
+        """The Ubuntu release whose Neuron base DLAMI the workers boot when worker_ami follows the image (the
+        default); None when worker_ami names another AMI."""
+        ubuntu = images.ubuntu_of(self.image)
+        ami = self.worker_ami
+        if ami.image_id is None and ubuntu is not None and ami.ssm_parameter == images.dlami_parameter(ubuntu):
+            return ubuntu
+        return None
+
+    @property
     def uses_placement_group(self) -> bool:
         """Capacity Blocks and targeted reservations fix placement themselves, so they go without one."""
         if self.placement_group is not None:

@@ -140,11 +140,10 @@ def warnings(config: DeploymentConfig) -> list[Problem]:
     """What synth accepts but prints: an unlisted image taken on the user's word."""
     found = []
     if config.image_entry is None and config.image_unlisted:
-        ubuntu = images.ubuntu_of(config.image)
+        ubuntu = config.dlami_ubuntu
         ami = config.worker_ami.image_id or config.worker_ami.ssm_parameter
-        derived = ubuntu is not None and ami == images.dlami_parameter(ubuntu)
-        source = f"Ubuntu {ubuntu} from its tag, worker AMI {ami}" if derived else f"worker AMI {ami} as set"
-        unverified = ("" if not derived or ubuntu in images.DOCUMENTED_DLAMI_UBUNTU
+        source = f"Ubuntu {ubuntu} from its tag, worker AMI {ami}" if ubuntu else f"worker AMI {ami} as set"
+        unverified = ("" if ubuntu is None or ubuntu in images.DOCUMENTED_DLAMI_UBUNTU
                       else f"; no Neuron doc names a base DLAMI for Ubuntu {ubuntu} yet")
         found.append(Problem("image", f"'{config.image}' is not in DiStack's image catalog; accepted because "
                                       f"image_unlisted is true ({source}{unverified})",

@@ -49,9 +49,8 @@ def _image_facts(config: DeploymentConfig) -> str:
 
 
 def _ami_note(config: DeploymentConfig) -> str:
-    ami = config.worker_ami
-    ubuntu = images.ubuntu_of(config.image)
-    if ami.image_id is None and ubuntu is not None and ami.ssm_parameter == images.dlami_parameter(ubuntu):
+    ubuntu = config.dlami_ubuntu
+    if ubuntu is not None:
         frozen = ", frozen at its last build" if ubuntu == "22.04" else ""
         return f" (Neuron base DLAMI for the image's Ubuntu {ubuntu}{frozen})"
     return " (as set in worker_ami)"
