@@ -250,6 +250,7 @@ lnc_applies() { [[ ${DI_INSTANCE_TYPE:-} == trn2* || ${DI_INSTANCE_TYPE:-} == tr
 #   engine_self_registers      true when the server registers its DI endpoints in etcd by itself
 #   engine_preflight           boot-time check after the image pull (fail REASON when it fails)
 #   engine_prepare INDEX       before every start of endpoint INDEX
+#   engine_compile KEY         fill /data/compiled/KEY the engine's way (ops/compile.sh uploads it)
 # Adding an engine means adding a file there; nothing else branches on DI_ENGINE.
 load_engine() {
   local file="$DI_SCRIPTS_DIR/engines/${DI_ENGINE:-}.sh" known
@@ -259,6 +260,15 @@ load_engine() {
   fi
   # shellcheck source=/dev/null
   . "$file"
+}
+
+# kv_role ROLE: the kv_role a DI endpoint's --kv-transfer-config gives vLLM, whichever the connector.
+kv_role() {
+  case $1 in
+    prefill) echo kv_producer ;;
+    decode) echo kv_consumer ;;
+    *) die "endpoint role '$1' has no KV role" ;;
+  esac
 }
 
 # registrar_wanted ROLE: true when endpoints of ROLE need di-register to appear in etcd: standard endpoints

@@ -18,7 +18,7 @@ OWNED = sorted(p for p in SCRIPTS.iterdir() if p.is_file() and (p.suffix == ".sh
 # The engine modules, sourced by load_engine (lib.sh): engine_* functions only.
 ENGINES = sorted((SCRIPTS / "engines").glob("*.sh"))
 ENGINE_FUNCTIONS = {"engine_entrypoint", "engine_env", "engine_server_args", "engine_self_registers",
-                    "engine_preflight", "engine_prepare"}
+                    "engine_preflight", "engine_prepare", "engine_compile"}
 UNITS = sorted((SCRIPTS / "units").glob("*.service"))
 
 

@@ -10,15 +10,6 @@
 # under docker's --init (tini forwards SIGTERM to it).
 engine_entrypoint() { printf '%s\n' python3; }
 
-# kv_role ROLE: NeuronConnector's role for a worker role.
-engine_kv_role() {
-  case $1 in
-    prefill) echo kv_producer ;;
-    decode) echo kv_consumer ;;
-    *) die "endpoint role '$1' has no KV role" ;;
-  esac
-}
-
 engine_env() {
   local role=$1 cores=$2
   printf '%s\n' -e "NEURON_RT_VISIBLE_CORES=$cores" -e "NEURON_COMPILED_ARTIFACTS=/data/compiled/$(compiled_key)"
@@ -49,7 +40,7 @@ engine_server_args() {
   if [[ $role != standard ]]; then
     printf '%s\n' --speculative-max-model-len "$DI_MAX_MODEL_LEN" --override-neuron-config '{}' --kv-transfer-config \
       "$(printf '{"kv_connector":"NeuronConnector","kv_role":"%s","kv_buffer_size":%s,"etcd":"%s"}' \
-        "$(engine_kv_role "$role")" "${DI_KV_BUFFER_SIZE:?}" "$DI_ETCD")"
+        "$(kv_role "$role")" "${DI_KV_BUFFER_SIZE:?}" "$DI_ETCD")"
   else
     printf '%s\n' --override-neuron-config '{}'
   fi
