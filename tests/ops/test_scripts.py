@@ -195,7 +195,7 @@ def test_compile_on_nixl_uploads_the_cache_its_serving_endpoints_compiled(nixl_w
     cache = nixl_worker.root / "data" / "compiled" / nixl_worker.compiled_key() / "neuron" / "compile_cache"
     cache.mkdir(parents=True)
     (cache / "graph.neff").touch()
-    result = nixl_worker.run("compile.sh", "--force", FAKE_SYSTEMCTL_ACTIVE="active", COMPILE_POLL_SECONDS="0")
+    result = nixl_worker.run("compile.sh", "--force", FAKE_SYSTEMCTL_ACTIVE="active")
     assert result.returncode == 0, result.stderr
     assert not nixl_worker.called("docker run")
     assert len([c for c in nixl_worker.called("curl") if "127.0.0.1:8000/health" in c]) == 1
@@ -206,14 +206,16 @@ def test_compile_on_nixl_uploads_the_cache_its_serving_endpoints_compiled(nixl_w
 
 def test_compile_on_nixl_waits_for_every_endpoint_and_gives_up_at_its_bound(nixl_worker: Node) -> None:
     result = nixl_worker.run("compile.sh", "--force", FAKE_SYSTEMCTL_ACTIVE="active", FAKE_CURL_CODE="503",
-                             COMPILE_POLL_SECONDS="0", COMPILE_WAIT_SECONDS="0")
+                             COMPILE_WAIT_SECONDS="0")
     assert result.returncode == 1
-    assert "still compiling or failing after 0s: 0:prefill:8000 1:prefill:8001" in result.stderr
+    assert "endpoint 0 prefill cores 0-15 port 8000: NOT READY (/health 503)" in result.stdout
+    assert "endpoint 1 prefill cores 16-31 port 8001: NOT READY (/health 503)" in result.stdout
+    assert "still compiling or failing after 0s" in result.stderr
     assert not nixl_worker.called("aws s3 sync")
 
 
 def test_compile_on_nixl_needs_its_endpoints_running(nixl_worker: Node) -> None:
-    result = nixl_worker.run("compile.sh", "--force", COMPILE_POLL_SECONDS="0")
+    result = nixl_worker.run("compile.sh", "--force")
     assert result.returncode == 1
     assert "endpoint 0 (di-vllm@0.service) is not running; start it with /opt/di/di-restart 0" in result.stderr
     assert not nixl_worker.called("aws s3 sync")

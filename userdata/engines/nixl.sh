@@ -10,14 +10,6 @@
 # entrypoint instead, under docker's --init, whose tini forwards SIGTERM to it.
 engine_entrypoint() { printf '%s\n' vllm; }
 
-engine_kv_role() {
-  case $1 in
-    prefill) echo kv_producer ;;
-    decode) echo kv_consumer ;;
-    *) die "endpoint role '$1' has no KV role" ;;
-  esac
-}
-
 # env_if NAME VALUE: `-e NAME=VALUE` unless VALUE is empty (empty in node.env = vLLM's own default).
 env_if() { [[ -z $2 ]] || printf '%s\n' -e "$1=$2"; }
 
@@ -67,7 +59,7 @@ engine_server_args() {
   [[ $role == standard ]] && return 0
   # kv_buffer_device is literally "cuda" on Neuron in every Neuron example (the plugin accepts only that value).
   printf '%s\n' --kv-transfer-config "$(printf '{"kv_connector": "%s", "kv_role": "%s", "kv_buffer_device": "cuda", "kv_connector_extra_config": {"backends": ["LIBFABRIC"]}}' \
-    "${DI_KV_CONNECTOR:?}" "$(engine_kv_role "$role")")"
+    "${DI_KV_CONNECTOR:?}" "$(kv_role "$role")")"
 }
 
 # vLLM registers nothing: di-register keeps /workers/{prefill|decode}/IP/PORT in etcd while /health answers.
@@ -91,27 +83,18 @@ engine_preflight() {
 engine_prepare() { mkdir -p "$DI_DATA_DIR/compiled/$(compiled_key)"; }
 
 COMPILE_WAIT_SECONDS=${COMPILE_WAIT_SECONDS:-${DI_READY_TIMEOUT_SECONDS:-3600}}
-COMPILE_POLL_SECONDS=${COMPILE_POLL_SECONDS:-15}
 
 # engine_compile KEY: the plugin has no separate compile step (NxDI's inference_demo is not in its images): a
 # server compiles its graphs when it starts and keeps them in $VLLM_CACHE_ROOT/neuron/compile_cache, here
-# /data/compiled/KEY. So this node's endpoints serving once is the compilation; wait for them, then the caller
-# uploads the cache for every later worker.
+# /data/compiled/KEY. So this node's endpoints serving once is the compilation: wait for them as wait-ready.sh
+# does (di-ready polled every READY_POLL_SECONDS), then the caller uploads the cache for every later worker.
 engine_compile() {
-  local deadline=$((SECONDS + COMPILE_WAIT_SECONDS)) index role port waiting
-  while read -r index _ _ _; do
+  local index
+  while read -r index _; do
     systemctl is-active --quiet "$(unit_name "$index")" ||
       die "endpoint $index ($(unit_name "$index")) is not running; start it with /opt/di/di-restart $index, then compile again"
   done < <(endpoints)
-  while true; do
-    waiting=()
-    while read -r index role _ port; do
-      [[ $(health_code "$port") == 200 ]] || waiting+=("$index:$role:$port")
-    done < <(endpoints)
-    ((${#waiting[@]})) || break
-    ((SECONDS < deadline)) || die "endpoints still compiling or failing after ${COMPILE_WAIT_SECONDS}s: ${waiting[*]} (journalctl -u di-vllm@INDEX)"
-    log "waiting for ${waiting[*]} to finish compiling and answer /health"
-    sleep "$COMPILE_POLL_SECONDS"
-  done
+  "$DI_HOME/ops/wait-ready.sh" "$COMPILE_WAIT_SECONDS" ||
+    die "endpoints still compiling or failing after ${COMPILE_WAIT_SECONDS}s (journalctl -u di-vllm@INDEX)"
   log "every endpoint serves: its compile cache is complete"
 }
