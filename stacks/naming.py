@@ -30,6 +30,17 @@ RESERVED_WORKER_PORTS = {ETCD_CLIENT_PORT: "etcd", KV_SIGNAL_PORT: "KV signal", 
 # host hands it to the proxy's shipper (DIPROXY_CLOUDWATCH_NAMESPACE in node.env); the shipper's own default,
 # diproxy/shipper/settings.py DEFAULT_NAMESPACE, is the same value (tests/ops/test_layering.py checks it).
 PROXY_METRICS_NAMESPACE = "DiStack/Proxy"
+# Per-role load signals the proxy publishes in that namespace (dimensions Deployment and Role), which each fleet's
+# target-tracking policy follows: requests waiting for or in prefill per healthy prefill endpoint, and streams in
+# flight per healthy decode endpoint (compared with max_num_seqs by the config rules).
+PROXY_METRIC_PREFILL_LOAD = "PrefillRequestsPerEndpoint"
+PROXY_METRIC_DECODE_LOAD = "DecodeStreamsPerEndpoint"
+METRIC_DIMENSION_DEPLOYMENT = "Deployment"
+METRIC_DIMENSION_ROLE = "Role"
+
+# Auto Scaling lifecycle hooks every worker group has; the node completes them itself (userdata/di-lifecycle).
+LAUNCH_HOOK = "di-launch"
+TERMINATION_HOOK = "di-termination"
 
 NODE_ENV_PATH = "/etc/di/node.env"
 NODE_SCRIPTS_DIR = "/opt/di"
