@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("outputs", "the stack outputs: proxy URL, artifacts bucket, Auto Scaling groups, log groups",
                 quiet_help="accepted for symmetry; outputs prints no progress")
     p.add_argument("--key", help="print only this output's value, for shell use (default: every output)")
+    command("cost", "cost per hour at on-demand list prices (AWS Price List API), at deploy size and at max_count",
+            quiet_help="accepted for symmetry; cost prints no progress")
     return parser
 
 
@@ -275,6 +277,10 @@ def dispatch(args: argparse.Namespace, clients_factory: ClientsFactory) -> int:
     except ConfigError as err:
         raise UsageError(str(err)) from None
     clients = clients_factory(args.region or config.region, args.profile)
+    if args.verb == "cost":
+        from ops import cost
+
+        return cost.run(config, cost.pricing_client(clients), as_json=args.json)
     if args.verb == "preflight":
         return _preflight(config, clients, args.json, args.quiet)
     deployment = Deployment(config, clients)
