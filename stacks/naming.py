@@ -89,3 +89,21 @@ def fleet_output(fleet: str) -> str:
 def pascal(text: str) -> str:
     """`prefill-a` -> `PrefillA`: construct ids and output keys from config names."""
     return "".join(part[:1].upper() + part[1:] for part in text.replace("_", "-").split("-") if part)
+
+
+# The CloudWatch agent on every node (stacks/observability/agent_config.py generates its configuration at synth,
+# userdata/metrics-agent.sh starts it). It sends Embedded Metric Format records to the `metrics` log group; CloudWatch
+# extracts the metrics into these namespaces (dimensions Deployment, Fleet, Role, InstanceId and, per endpoint, Port).
+WORKER_METRICS_NAMESPACE = "DiStack/Workers"
+CONTROL_METRICS_NAMESPACE = "DiStack/Control"
+METRICS_LOG_KIND = "metrics"
+# neuron-monitor's Prometheus exporter on each worker; its own default, 8000, is the first vLLM endpoint's port
+# (aws-neuron-sdk tools/neuron-sys-tools/neuron-monitor-user-guide.rst: "The default value for --port is 8000").
+NEURON_MONITOR_PORT = 9010
+RESERVED_WORKER_PORTS[NEURON_MONITOR_PORT] = "neuron-monitor exporter"
+
+
+def metrics_agent_parameter(env: str, fleet: str, part: str) -> str:
+    """SSM parameter holding one node kind's agent configuration: part `agent` (the agent's JSON, read with
+    `-c ssm:NAME`) or `scrape` (the Prometheus scrape configuration the JSON points at)."""
+    return f"/distack/{env}/metrics-agent/{fleet}/{part}"
