@@ -89,6 +89,19 @@ def goal_line(configs: dict[str, DeploymentConfig], layout: serving_time.Layout)
             f"({clock(worst.total_seconds)}, fleet {worst.fleet}; longest step: {top.name}, {clock(top.seconds)})")
 
 
+def from_s3_line(config: DeploymentConfig, layout: serving_time.Layout) -> str | None:
+    """What a cold start costs once the weights are mirrored into the artifacts bucket (model.source: s3)."""
+    if config.model.source == "s3":
+        return None
+    mirrored = config.model_copy(update={"model": config.model.model_copy(update={"source": "s3"})})
+    fleet = next(iter(config.fleets))
+    before = serving_time.estimate(config, fleet, warm=False, layout=layout).total_seconds
+    after = serving_time.estimate(mirrored, fleet, warm=False, layout=layout).total_seconds
+    gain = f"{clock(after)} instead of {clock(before)}" if after < before else "no faster under this layout"
+    return (f"A cold {config.name} worker with the weights in the artifacts bucket (model.source: s3) instead of "
+            f"{config.model.source}: {gain}")
+
+
 def tradeoff(config: DeploymentConfig) -> list[list[str]]:
     fleet = next(iter(config.fleets))
     return [[option, clock(seconds), basis]
@@ -164,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     render_tables(tables, args.plain)
     goal = goal_line(configs, layout)
     if goal:
-        print(goal + "\n")
+        print(goal)
+    mirrored = from_s3_line(configs[GOAL_ENV], layout) if GOAL_ENV in configs else None
+    if mirrored:
+        print(mirrored)
+    print()
     if GOAL_ENV in configs:
         render_tables([(f"Where a warm {GOAL_ENV} worker's weights wait: time until they are on the Neuron cores",
                         ["option", "seconds", "basis"], tradeoff(configs[GOAL_ENV]))], args.plain)

@@ -144,10 +144,13 @@ PULL_WARM = Fact(5, "estimated: the layers are on the root volume since the firs
                     f"{STOP_API}); `docker pull` only compares the manifest", "estimated")
 
 # S3 and Hugging Face ----------------------------------------------------------------------------------------
-# The CLI's `auto` resolves to the CRT client only on these types; elsewhere (trn2) it stays `classic`.
+# The CLI's documented `auto` list. The v2 CLI really asks its bundled awscrt (awscrt.s3.is_optimized_for_system(),
+# aws-cli awscli/customizations/s3/factory.py), whose aws-c-s3 table has trn2.48xlarge at 065fe3d but which build the
+# DLAMI's CLI carries is unknown: the model takes the documented list, so `auto` is classic on trn2.
 CLI_AUTO_CRT_TYPES = frozenset({"p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge", "trn1n.32xlarge", "trn1.32xlarge"})
-CLI_AUTO_SOURCE = (f"cited: {CLI_S3_CONFIG}: preferred_transfer_client 'auto' resolves to crt only on p4d.24xlarge, "
-                   "p4de.24xlarge, p5.48xlarge, trn1n.32xlarge, trn1.32xlarge; 'Otherwise, it resolves to classic'")
+CLI_AUTO_SOURCE = (f"cited: {CLI_S3_CONFIG}: preferred_transfer_client 'auto' resolves to crt on p4d.24xlarge, "
+                   "p4de.24xlarge, p5.48xlarge, trn1n.32xlarge, trn1.32xlarge; 'Otherwise, it resolves to classic' "
+                   "(the CLI asks its bundled awscrt, whose newer builds also list trn2.48xlarge: unknown on the DLAMI)")
 # The CRT client's target per instance type ("not all of the advertised ... bandwidth can be hit from the cpu").
 CRT_TARGET_GBPS = {"trn2.48xlarge": 400, "trn2u.48xlarge": 400, "trn1.32xlarge": 600, "trn1n.32xlarge": 800}
 CRT_TARGET_SOURCE = (f"cited: {CRT_PLATFORMS}: max_throughput_gbps 400 for trn2.48xlarge, 600 for trn1.32xlarge; "
