@@ -195,6 +195,7 @@ control_main() {
   # Both modes and engines: DI workers register through NeuronConnector or di-register, standard ones through di-register.
   start_etcd
   start_proxy
+  "$DI_SCRIPTS_DIR/metrics-agent.sh" || log "metrics agent not started: this node's metrics stay empty (see metrics-agent.sh)"
 }
 
 main() {
