@@ -19,6 +19,7 @@ from stacks.components.placement import ClusterPlacement
 from stacks.components.security import Security
 from stacks.components.worker_fleet import FleetPlacement, WorkerFleet
 from stacks.config import DeploymentConfig
+from stacks.observability.node_metrics import NodeMetrics
 from stacks import nag
 
 
@@ -77,6 +78,9 @@ class DiStack(cdk.Stack):
         scripts = userdata.scripts_asset(self, "NodeScripts")
         for role in roles.values():
             role.allow_bootstrap(scripts)
+        node_metrics = NodeMetrics(self, "NodeMetrics", config=config, retention=retention)
+        worker_role.allow_metrics_agent(node_metrics.worker_parameters(), node_metrics.log_group)
+        control_role.allow_metrics_agent(node_metrics.control_parameters(), node_metrics.log_group)
 
         state = ControlState(self, "ControlState", control=config.control_host, subnet=network.subnet,
                              security_group=security.control_group)

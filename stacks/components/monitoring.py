@@ -1,10 +1,11 @@
 """One CloudWatch dashboard and one alarm topic per deployment, from the metrics that exist today.
 
-What feeds it: the DiStack proxy's shipper (namespace DiStack/Proxy, dimension Deployment, README "The proxy"), Auto
-Scaling group metrics (enabled on every group with `group_metrics_collection`), and a metric filter counting the
-"bootstrap failed: REASON" event that userdata/di-bootstrap writes to the nodes log group. neuron-proxy-server
-publishes nothing, so with proxy: neuron the proxy panels and alarms are left out and the dashboard says so.
-vLLM and Neuron metrics (queue, KV cache, ITL, NeuronCore utilization, HBM, runtime errors) are not collected yet.
+What feeds it: the DiStack proxy's shipper (namespace DiStack/Proxy, dimension Deployment, README "The proxy"), the
+CloudWatch agent on every node (vLLM, neuron-monitor and etcd series in DiStack/Workers and DiStack/Control, as
+stacks/observability/agent_config.py configures it), Auto Scaling group metrics (enabled on every group with
+`group_metrics_collection`), and metric filters counting the "bootstrap failed: REASON" and "metrics agent failed:
+REASON" events the node scripts write to the nodes log group. neuron-proxy-server publishes nothing, so with
+proxy: neuron the proxy panels and alarms are left out and the dashboard says which; the worker panels stay.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from constructs import Construct, IConstruct
 
 from stacks import naming
 from stacks.config import DeploymentConfig, MonitoringConfig
+from stacks.observability import agent_config as agent
 
 # What the proxy's shipper publishes (diproxy/shipper/metric_data.py; the stack does not import the proxy's package,
 # tests/test_monitoring.py checks these names against it).
@@ -37,6 +39,15 @@ GROUP_METRICS = ("GroupDesiredCapacity", "GroupInServiceInstances", "GroupPendin
 # What userdata/di-bootstrap's EXIT handler sends to the nodes log group (report_to_cloudwatch "bootstrap failed: ...").
 BOOTSTRAP_FAILURE_PATTERN = '"bootstrap failed"'
 BOOTSTRAP_FAILURES = "BootstrapFailures"
+# What userdata/metrics-agent.sh sends when the agent or the Neuron exporter could not be set up.
+METRICS_AGENT_FAILURE_PATTERN = '"metrics agent failed"'
+METRICS_AGENT_FAILURES = "MetricsAgentFailures"
+# The proxy's inter-token latency distribution (diproxy/shipper/metric_data.py RULES): vLLM's own ITL histogram does
+# not reach CloudWatch, the agent drops histograms (stacks/observability/agent_config.py).
+INTER_TOKEN_LATENCY = "InterTokenLatency"
+# Neuron runtime execution errors (neuron-monitor's error counters) a fleet may have in 5 minutes before the alarm.
+NEURON_ERRORS_PERIOD_MINUTES = 5
+NEURON_ERRORS_THRESHOLD = 1
 # The proxy's pool roles: prefill/decode workers, or standard mode's standalone endpoints (diproxy/workers.py).
 DI_POOL_ROLES = ("prefill", "decode")
 STANDARD_POOL_ROLES = ("standalone",)
@@ -129,8 +140,16 @@ class Monitoring(Construct):
             metric_namespace=node_metrics_namespace(env), metric_name=BOOTSTRAP_FAILURES, metric_value="1",
         ).metric(statistic="Sum", period=cdk.Duration.minutes(1))
 
+        self.metrics_agent_failures = logs.MetricFilter(
+            self, "MetricsAgentFailureFilter", log_group=node_log_group,
+            filter_pattern=logs.FilterPattern.literal(METRICS_AGENT_FAILURE_PATTERN),
+            metric_namespace=node_metrics_namespace(env), metric_name=METRICS_AGENT_FAILURES, metric_value="1",
+        ).metric(statistic="Sum", period=cdk.Duration.minutes(1))
+        self.fleets = {name: fleet.role for name, fleet in config.fleets.items()}
+
         self._control_alarm(control_group_name)
         self._bootstrap_alarm()
+        self._neuron_error_alarms()
         if self.proxy_metrics:
             self._pair_alarm()
             self._error_rate_alarm()
@@ -147,6 +166,21 @@ class Monitoring(Construct):
         return cw.Metric(namespace=naming.PROXY_METRICS_NAMESPACE, metric_name=name, statistic=statistic,
                          period=cdk.Duration.minutes(minutes), label=label,
                          dimensions_map={DEPLOYMENT_DIMENSION: self.env_name, **dimensions})
+
+    def worker(self, name: str, statistic: str, *, label: str | None = None, minutes: int = 1,
+               **dimensions: str) -> cw.Metric:
+        """One metric the workers' CloudWatch agents publish (stacks/observability/agent_config.py)."""
+        return cw.Metric(namespace=naming.WORKER_METRICS_NAMESPACE, metric_name=name, statistic=statistic,
+                         period=cdk.Duration.minutes(minutes), label=label,
+                         dimensions_map={agent.DEPLOYMENT: self.env_name, **dimensions})
+
+    def per_endpoint(self, name: str, statistic: str, role: str) -> cw.MathExpression:
+        """Every endpoint of ROLE, one line each: endpoints come and go with instances, so a search finds them."""
+        dims = ",".join(agent.PER_ENDPOINT)
+        return cw.MathExpression(
+            expression=f"SEARCH('{{{naming.WORKER_METRICS_NAMESPACE},{dims}}} MetricName=\"{name}\" "
+                       f"{agent.DEPLOYMENT}=\"{self.env_name}\" {agent.ROLE}=\"{role}\"', '{statistic}', 60)",
+            label="", period=cdk.Duration.minutes(1))
 
     @staticmethod
     def group(group_name: str, metric: str, label: str | None = None) -> cw.Metric:
@@ -209,6 +243,20 @@ class Monitoring(Construct):
                         f"dictl status --env {env}, then dictl logs --env {env} --instance-id ID.")
         self._notify("bootstrap-failed", alarm)
 
+    def _neuron_error_alarms(self) -> None:
+        env, minutes = self.env_name, NEURON_ERRORS_PERIOD_MINUTES
+        for fleet in self.fleets:
+            alarm = self._metric_alarm(
+                f"NeuronErrors{naming.pascal(fleet)}", f"neuron-errors-{fleet}",
+                self.worker(agent.EXECUTION_ERRORS, "Sum", minutes=minutes, Fleet=fleet),
+                threshold=NEURON_ERRORS_THRESHOLD, comparison=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                periods=1, missing=cw.TreatMissingData.NOT_BREACHING,
+                description=f"The Neuron runtime on fleet {fleet} of {env} reported execution errors in the last "
+                            f"{minutes} minutes (neuron-monitor's error counters: numerical, transient, model, "
+                            f"runtime, hardware). Run first: dictl status --env {env} --fleet {fleet}, then "
+                            f"dictl logs --env {env} --fleet {fleet} (the vLLM containers' Neuron runtime log).")
+            self._notify(f"neuron-errors-{fleet}", alarm)
+
     def _pair_alarm(self) -> None:
         env, minutes = self.env_name, self.settings.no_pair_minutes
         first = f"Run first: dictl status --env {env}"
@@ -270,11 +318,12 @@ class Monitoring(Construct):
     def _widgets(self, config: DeploymentConfig, groups: Mapping[str, str], node_log_group: logs.ILogGroup) -> None:
         env = self.env_name
         header = (f"# DiStack {env}\nengine {config.engine}, mode {config.mode}, proxy {config.proxy}. "
-                  f"Alarms go to SNS topic distack-{env}-alarms. First look: `dictl status --env {env}`.")
+                  f"Alarms go to SNS topic distack-{env}-alarms. First look: `dictl status --env {env}`; "
+                  f"live per endpoint: `dictl top --env {env}`.")
         if not self.proxy_metrics:
-            header += ("\n\n**proxy: neuron** — neuron-proxy-server publishes no metrics, so requests, errors, "
-                       "TTFT, in-flight and pool panels and their alarms are absent. Fleet sizes and bootstrap "
-                       "failures below still work.")
+            header += ("\n\n**proxy: neuron** — neuron-proxy-server publishes no metrics, so " +
+                       ", ".join(PROXY_ONLY_PANELS) + " and their alarms are absent. The vLLM, Neuron, fleet "
+                       "and bootstrap panels below come from the nodes and still work.")
         board = self.dashboard
         board.add_widgets(cw.TextWidget(markdown=header, width=24, height=3))
         if self.proxy_metrics:
@@ -288,27 +337,29 @@ class Monitoring(Construct):
                     self.proxy("TimeToFirstToken", "p99", label="p99")],
                     left_annotations=[cw.HorizontalAnnotation(value=self.settings.ttft_p99_slo_ms,
                                                               label="p99 SLO")]),
+                cw.GraphWidget(title="Inter-token latency (ms)", width=8, left=[
+                    self.proxy(INTER_TOKEN_LATENCY, "p50", label="p50"),
+                    self.proxy(INTER_TOKEN_LATENCY, "p99", label="p99")]),
+            )
+        self._engine_widgets(config)
+        if self.proxy_metrics:
+            pool = []
+            for role in self.roles:
+                pool += [self.proxy("HealthyWorkers", "Minimum", label=f"{role} healthy", Role=role),
+                         self.proxy("UnhealthyWorkers", "Maximum", label=f"{role} unhealthy", Role=role)]
+            board.add_widgets(
+                cw.GraphWidget(title="Proxy pool: workers per role (usable pairs need both roles healthy)",
+                               width=10, left=pool, right=[self.proxy(PROXY_UP, "Minimum", label="proxy up")],
+                               left_y_axis=cw.YAxisProps(min=0), right_y_axis=cw.YAxisProps(min=0, max=1)),
+                cw.GraphWidget(title="In-flight requests (proxy)", width=6, left=[
+                    self.proxy("InFlightRequests", "Maximum", label="max"),
+                    self.proxy("InFlightRequests", "Average", label="average")]),
                 cw.GraphWidget(title="Errors by kind, retries (per minute)", width=8, left=[
                     cw.MathExpression(
                         expression=f"SEARCH('{{{naming.PROXY_METRICS_NAMESPACE},{DEPLOYMENT_DIMENSION},Kind}} "
                                    f"MetricName=\"Errors\" {DEPLOYMENT_DIMENSION}=\"{env}\"', 'Sum', 60)",
                         label="", period=cdk.Duration.minutes(1)),
                     self.proxy("Retries", "Sum", label="retries")]),
-            )
-            pool = []
-            for role in self.roles:
-                pool += [self.proxy("HealthyWorkers", "Minimum", label=f"{role} healthy", Role=role),
-                         self.proxy("UnhealthyWorkers", "Maximum", label=f"{role} unhealthy", Role=role)]
-            board.add_widgets(
-                cw.GraphWidget(title="In-flight requests (proxy)", width=8, left=[
-                    self.proxy("InFlightRequests", "Maximum", label="max"),
-                    self.proxy("InFlightRequests", "Average", label="average")]),
-                cw.GraphWidget(title="Proxy pool: workers per role (usable pairs need both roles healthy)",
-                               width=10, left=pool, right=[self.proxy(PROXY_UP, "Minimum", label="proxy up")],
-                               left_y_axis=cw.YAxisProps(min=0), right_y_axis=cw.YAxisProps(min=0, max=1)),
-                cw.GraphWidget(title="Request duration (ms)", width=6, left=[
-                    self.proxy("RequestDuration", "p50", label="p50"),
-                    self.proxy("RequestDuration", "p99", label="p99")]),
             )
         sizes = []
         for name, group_name in groups.items():
@@ -317,15 +368,61 @@ class Monitoring(Construct):
         board.add_widgets(
             cw.GraphWidget(title="Fleet sizes (Auto Scaling groups)", width=12, left=sizes,
                            left_y_axis=cw.YAxisProps(min=0)),
-            cw.GraphWidget(title="Node bootstrap failures", width=12,
-                           left=[self.bootstrap_failures.with_(label="bootstrap failures")],
+            cw.GraphWidget(title="Node bootstrap and metrics-agent failures", width=12,
+                           left=[self.bootstrap_failures.with_(label="bootstrap failures"),
+                                 self.metrics_agent_failures.with_(label="metrics agent failures")],
                            left_y_axis=cw.YAxisProps(min=0)),
         )
+        etcd = [cw.Metric(namespace=naming.CONTROL_METRICS_NAMESPACE, metric_name=name, statistic=statistic,
+                          period=cdk.Duration.minutes(1), label=label, dimensions_map={agent.DEPLOYMENT: env})
+                for name, statistic, label in (("etcd_server_has_leader", "Minimum", "has leader"),
+                                               ("etcd_server_leader_changes_seen_total", "Sum", "leader changes"))]
+        lower = [cw.GraphWidget(title="etcd on the control host (registry)", width=8, left=etcd,
+                                left_y_axis=cw.YAxisProps(min=0))]
+        if self.proxy_metrics:
+            lower.append(cw.GraphWidget(title="Request duration (ms)", width=8, left=[
+                self.proxy("RequestDuration", "p50", label="p50"),
+                self.proxy("RequestDuration", "p99", label="p99")]))
+        board.add_widgets(*lower)
         board.add_widgets(
-            cw.LogQueryWidget(title="Bootstrap outcomes (nodes log group)", width=12, height=6,
+            cw.LogQueryWidget(title="Bootstrap and metrics-agent outcomes (nodes log group)", width=12, height=6,
                               log_group_names=[node_log_group.log_group_name],
                               query_lines=["fields @timestamp, @logStream, @message",
-                                           "filter @message like /^bootstrap (failed|complete)/",
+                                           "filter @message like /^(bootstrap (failed|complete)|metrics agent failed)/",
                                            "sort @timestamp desc", "limit 50"]),
             cw.AlarmStatusWidget(title="Alarms", width=12, height=6, alarms=list(self.alarms.values())),
         )
+
+    def _engine_widgets(self, config: DeploymentConfig) -> None:
+        """What the workers' agents collect: vLLM queues per role and KV cache per decoding endpoint, Neuron per
+        fleet. A role's Sum is the total over its endpoints (one sample per endpoint and minute)."""
+        roles = sorted({ep.role for fleet in config.fleets.values() for ep in fleet.resolved_endpoints})
+        decoding = [r for r in roles if r in ("decode", "standard")]
+        kv = agent.kv_cache_metric(config)
+        self.dashboard.add_widgets(
+            cw.GraphWidget(title="Queued requests per role (vLLM waiting)", width=8, left_y_axis=cw.YAxisProps(min=0),
+                           left=[self.worker(agent.WAITING, "Sum", label=r, Role=r) for r in roles]),
+            cw.GraphWidget(title="In-flight requests per role (vLLM running)", width=8,
+                           left_y_axis=cw.YAxisProps(min=0),
+                           left=[self.worker(agent.RUNNING, "Sum", label=r, Role=r) for r in roles]),
+            cw.GraphWidget(title="KV-cache usage per decode endpoint (1 = full)", width=8,
+                           left_y_axis=cw.YAxisProps(min=0, max=1),
+                           left=[self.per_endpoint(kv, "Maximum", r) for r in decoding]),
+        )
+        self.dashboard.add_widgets(
+            cw.GraphWidget(title="NeuronCore utilization per fleet (1 = busy)", width=8,
+                           left_y_axis=cw.YAxisProps(min=0, max=1),
+                           left=[self.worker(agent.NEURONCORE_UTILIZATION, "Average", label=f, Fleet=f)
+                                 for f in self.fleets]),
+            cw.GraphWidget(title="Device memory (HBM) used per fleet, largest runtime (bytes)", width=8,
+                           left_y_axis=cw.YAxisProps(min=0),
+                           left=[self.worker(agent.DEVICE_MEMORY, "Maximum", label=f, Fleet=f) for f in self.fleets]),
+            cw.GraphWidget(title="Neuron runtime execution errors per fleet (per minute)", width=8,
+                           left_y_axis=cw.YAxisProps(min=0),
+                           left=[self.worker(agent.EXECUTION_ERRORS, "Sum", label=f, Fleet=f) for f in self.fleets]),
+        )
+
+
+# The panels that need the DiStack proxy's shipper (README text and the proxy: neuron header name them).
+PROXY_ONLY_PANELS = ("requests/4xx/5xx", "time to first token", "inter-token latency", "the proxy pool",
+                     "proxy in-flight", "errors by kind", "request duration")

@@ -10,6 +10,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 
@@ -74,3 +75,15 @@ class NodeRole(Construct):
             resources=[cdk.Stack.of(self).format_arn(service="s3", region="", account="",
                                                       resource=asset.s3_bucket_name,
                                                       resource_name=asset.s3_object_key)]))
+
+    def allow_metrics_agent(self, parameters: Sequence[ssm.IStringParameter], log_group: logs.ILogGroup) -> None:
+        """The CloudWatch agent: read its own node kind's configuration parameters (exactly those, not a path) and
+        write Embedded Metric Format records to the deployment's metrics log group, from which CloudWatch extracts
+        the metrics (so no cloudwatch:PutMetricData). The agent creates its log streams itself.
+        https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/create-iam-roles-for-cloudwatch-agent.html
+        """
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["ssm:GetParameter"], resources=[p.parameter_arn for p in parameters]))
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+            resources=[log_group.log_group_arn]))
