@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stacks import engines, images, naming
 from stacks.engines.nixl import NixlSettings
+from stacks.scaling_config import DrainConfig, ScalingConfig, ScheduledActionConfig, WarmPoolConfig
 
 # The default worker image: the default engine's newest catalog image (stacks/images.py).
 NEURON_DLC = engines.get(engines.DEFAULT).default_image
@@ -197,6 +198,37 @@ class FleetConfig(_Model):
     )
     root_volume_gib: int = Field(default=512, ge=100, le=16384)
     capacity: CapacityConfig = CapacityConfig()
+    # Elasticity (stacks/scaling_config.py; rules in stacks/scaling_rules.py).
+    min_count: int | None = Field(
+        default=None, ge=0, le=256,
+        description="Fewest instances the group keeps (its MinSize); dictl scale and the scaling policy stay at or "
+                    "above it. Default: count.")
+    scaling: ScalingConfig | None = Field(
+        default=None, description="Target tracking on the role's proxy signal (prefill, decode and standard "
+                                  "fleets). An autoscaled group starts at min_count, and a deploy never resets it.")
+    schedule: tuple[ScheduledActionConfig, ...] = Field(
+        default=(), description="Scheduled actions that set the group's min/max/desired size, e.g. zero at night; "
+                                "a Capacity Block fleet needs one that empties it before the block ends.")
+    warm_pool: WarmPoolConfig | None = Field(
+        default=None, description="Stopped, already booted instances for a faster scale-out (not with Capacity "
+                                  "Blocks).")
+
+    @property
+    def floor(self) -> int:
+        """MinSize of the Auto Scaling group."""
+        return self.count if self.min_count is None else self.min_count
+
+    @property
+    def elastic(self) -> bool:
+        """Something other than a deploy sizes the group (a policy or a schedule): the template then leaves
+        DesiredCapacity out, so a deploy never resets it."""
+        return self.scaling is not None or bool(self.schedule)
+
+    @property
+    def initial_size(self) -> int:
+        """Instances at creation: count, or min_count for an autoscaled group (which CloudFormation creates at its
+        minimum when DesiredCapacity is absent)."""
+        return self.floor if self.elastic else self.count
 
     @property
     def ceiling(self) -> int:
@@ -302,6 +334,13 @@ class DeploymentConfig(_Model):
     control_host: ControlHostConfig = ControlHostConfig()
     placement_group: bool | None = Field(
         default=None, description="Cluster placement group; default on unless a fleet targets a reservation.")
+    placement_group_name: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:+=@-]{0,254}$",
+        description="An existing cluster placement group to launch into instead of a new one, e.g. the one an "
+                    "On-Demand Capacity Reservation was created in. Capacity Block fleets never use a placement "
+                    "group.")
+    drain: DrainConfig = Field(default_factory=DrainConfig,
+                               description="How long a leaving worker waits for its in-flight requests.")
     log_retention_days: int = 30
     bootstrap: BootstrapConfig = BootstrapConfig()
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig,
@@ -355,10 +394,21 @@ class DeploymentConfig(_Model):
 
     @property
     def uses_placement_group(self) -> bool:
-        """Capacity Blocks and targeted reservations fix placement themselves, so they go without one."""
+        """Capacity Blocks and targeted reservations fix placement themselves, so they go without one, unless the
+        reservation was created in a cluster placement group that the config names."""
         if self.placement_group is not None:
             return self.placement_group
+        if self.placement_group_name is not None:
+            return True
         return not any(f.capacity.targeted for f in self.fleets.values())
+
+    def fleet_placement_group(self, fleet_name: str) -> str | None:
+        """Which group a fleet launches into: "new" (the stack's own), the named existing one, or None. Capacity
+        Blocks need none: "there is no need to use a cluster placement group with a Capacity Block"
+        (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/capacity-blocks-using.html)."""
+        if not self.uses_placement_group or self.fleets[fleet_name].capacity.type == "capacity-block":
+            return None
+        return self.placement_group_name or "new"
 
     @property
     def stack_name(self) -> str:
