@@ -167,13 +167,18 @@ def main(argv: list[str] | None = None) -> int:
 
     sources = Sources()
     tables = []
+    summary = []
     for config in configs.values():
         for names, cold, warm in groups(config, layout):
             tables.append((heading(config, names), ["step", "cold", "warm", "basis", "sources"],
                            rows(cold, warm, sources)))
+            summary.append([config.name, ", ".join(names), clock(cold.total_seconds), clock(warm.total_seconds),
+                            cold.dominant().name, warm.dominant().name])
     print(f"Time to serving, launch to /health (layout {layout.name}: {layout.summary}).")
     print("Compiled artifacts are assumed in S3 (dictl compile); without them the first start also compiles "
           f"(70B: {serving_time.COMPILE_70B.source}).\n")
+    render_tables([("Summary", ["environment", "fleets", "cold", "warm", "longest cold step", "longest warm step"],
+                    summary)], args.plain)
     render_tables(tables, args.plain)
     goal = goal_line(configs, layout)
     if goal:

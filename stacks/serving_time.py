@@ -90,6 +90,17 @@ class Layout:
     s3_client: Literal["auto", "crt"]
     summary: str
 
+    def __post_init__(self) -> None:
+        # gp3's own limits: EC2 refuses a volume outside them at launch, so the model refuses them first.
+        if not GP3_DEFAULT.value <= self.ebs_throughput_mibps <= GP3_MAX.value:
+            raise ValueError(f"layout {self.name}: gp3 throughput {self.ebs_throughput_mibps} MiB/s outside "
+                             f"{GP3_DEFAULT.value:g}-{GP3_MAX.value:g}")
+        if self.ebs_throughput_mibps > GP3_DEFAULT.value and \
+                self.ebs_throughput_mibps > self.ebs_iops * GP3_MIBPS_PER_IOPS.value:
+            raise ValueError(f"layout {self.name}: {self.ebs_throughput_mibps} MiB/s needs at least "
+                             f"{self.ebs_throughput_mibps / GP3_MIBPS_PER_IOPS.value:.0f} IOPS "
+                             f"({GP3_MIBPS_PER_IOPS.source})")
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Sources. Each URL or repo:path@commit was read for this model; the quote is in the Fact's source.
@@ -248,7 +259,8 @@ def _ebs_fact(layout: Layout) -> Fact:
     if layout.ebs_throughput_mibps == GP3_DEFAULT.value:
         return GP3_DEFAULT
     return Fact(layout.ebs_throughput_mibps,
-                f"cited: gp3 provisioned at {layout.ebs_throughput_mibps} MiB/s ({GP3_MAX.source})", "cited")
+                f"cited: gp3 provisioned at {layout.ebs_throughput_mibps} MiB/s and {layout.ebs_iops} IOPS ("
+                f"{GP3_MAX.source}; {GP3_MIBPS_PER_IOPS.source})", "cited")
 
 
 def s3_rate(fleet: FleetConfig, layout: Layout) -> tuple[float, list[Fact]]:

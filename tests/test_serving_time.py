@@ -59,6 +59,9 @@ def test_warm_pool_keeps_only_what_lives_on_ebs(configs):
     slow = dataclasses.replace(serving_time.TARGET, ebs_throughput_mibps=125, ebs_iops=3000)
     slow_load = serving_time.estimate(prod, "decode", warm=True, layout=slow).steps[-1].seconds
     assert slow_load > target["load and warm-up"].seconds + 600
+    # A layout EC2 would refuse at launch (gp3 gives at most 0.25 MiB/s per provisioned IOPS) is refused here.
+    with pytest.raises(ValueError, match="1000 MiB/s needs at least 4000 IOPS"):
+        dataclasses.replace(serving_time.TARGET, ebs_iops=3000)
 
 
 def test_prod_goal_needs_the_target_layout(configs):
