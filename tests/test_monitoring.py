@@ -4,19 +4,24 @@ the nodes' bootstrap really emit, with this deployment's dimensions; every alarm
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 from aws_cdk.assertions import Capture, Match
 
 from diproxy.shipper import metric_data
 from diproxy.shipper.metric_data import PROXY_UP, RULES
-from stacks import naming
+from stacks import engines, naming
 from stacks.components import monitoring
+from stacks.observability import agent_config, layout, upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 DISTACK_ENVS = ("dev", "prod", "xpyd", "baseline")
 PROXY_METRICS = {rule.metric for rule in RULES} | {PROXY_UP}
+AGENT_SCHEMA = ROOT / "stacks" / "observability" / "cloudwatch-agent-schema.json"
 
 
 def test_the_stack_spells_the_shippers_names():
@@ -91,16 +96,19 @@ def test_dashboard_draws_fleet_sizes_and_bootstrap_failures_that_are_collected(s
             assert metric in collected[0]["Metrics"]
             assert any(ns == "AWS/AutoScaling" and name == metric and dims == {"AutoScalingGroupName": f"<Ref:{logical}>"}
                        for ns, name, dims, _ in lines)
-    (metric_filter,) = resources(template, "AWS::Logs::MetricFilter").values()
-    transform = metric_filter["Properties"]["MetricTransformations"][0]
-    assert (f"DiStack/Nodes/{env}", "BootstrapFailures", {}) in [(ns, name, dims) for ns, name, dims, _ in lines]
-    assert transform == {"MetricNamespace": f"DiStack/Nodes/{env}", "MetricName": "BootstrapFailures", "MetricValue": "1"}
-    nodes = template["Resources"][metric_filter["Properties"]["LogGroupName"]["Ref"]]
-    assert nodes["Properties"]["LogGroupName"] == naming.log_group(env, "nodes")
+    filters = {f["Properties"]["FilterPattern"]: f for f in resources(template, "AWS::Logs::MetricFilter").values()}
+    assert set(filters) == {'"bootstrap failed"', '"metrics agent failed"'}
+    for pattern, name in (('"bootstrap failed"', "BootstrapFailures"), ('"metrics agent failed"', "MetricsAgentFailures")):
+        transform = filters[pattern]["Properties"]["MetricTransformations"][0]
+        assert (f"DiStack/Nodes/{env}", name, {}) in [(ns, name, dims) for ns, name, dims, _ in lines]
+        assert transform == {"MetricNamespace": f"DiStack/Nodes/{env}", "MetricName": name, "MetricValue": "1"}
+        nodes = template["Resources"][filters[pattern]["Properties"]["LogGroupName"]["Ref"]]
+        assert nodes["Properties"]["LogGroupName"] == naming.log_group(env, "nodes")
 
 
 def test_bootstrap_filter_matches_the_event_the_bootstrap_writes(synth):
-    # di-bootstrap's EXIT handler: report_to_cloudwatch "bootstrap failed: $reason" into the nodes log group.
+    # di-bootstrap's EXIT handler: report_to_cloudwatch "bootstrap failed: $reason" into the nodes log group;
+    # metrics-agent.sh's failures are sent the same way (tests/test_metrics_agent.py runs that path).
     assert 'report_to_cloudwatch "bootstrap failed: $reason"' in (ROOT / "userdata" / "di-bootstrap").read_text()
     synth("prod").template.has_resource_properties("AWS::Logs::MetricFilter", {"FilterPattern": '"bootstrap failed"'})
 
@@ -113,7 +121,12 @@ def test_proxy_neuron_dashboard_says_what_is_absent_and_has_no_proxy_metrics(syn
     alarms = resources(template, "AWS::CloudWatch::Alarm") | resources(template, "AWS::CloudWatch::CompositeAlarm")
     assert sorted(a["Properties"]["AlarmName"] for a in alarms.values()) == [
         "distack-tutorial-bootstrap-failed", "distack-tutorial-control-host-unhealthy",
-        "distack-tutorial-control-not-in-service"]
+        "distack-tutorial-control-not-in-service", "distack-tutorial-neuron-errors-decode",
+        "distack-tutorial-neuron-errors-prefill"]
+    # The workers' panels stay: their metrics come from the nodes' agents, whatever the proxy.
+    assert {name for ns, name, _, _ in metric_lines(body) if ns == naming.WORKER_METRICS_NAMESPACE} >= {
+        "vllm:num_requests_waiting", "vllm:num_requests_running", "neuroncore_utilization_ratio",
+        "neuron_runtime_memory_used_bytes", "execution_errors_total"}
     assert "DiStack/Proxy" not in json.dumps(alarms)
 
 
@@ -246,3 +259,125 @@ def test_configured_email_subscribes_to_the_topic():
     assert resource.topic_arn == alarms.topic.topic_arn
     quiet = AlarmTopic(stack, "Quiet", env_name="quiet", email=None)
     assert not [c for c in quiet.topic.node.children if isinstance(c, sns.Subscription)]
+
+
+# The collectors and what each emits: (namespace, metric, dimension names). A panel or alarm reading anything else
+# would stay empty in CloudWatch.
+SEARCH = re.compile(r"SEARCH\('\{([^}]*)\} MetricName=\\?\"([^\"\\]+)\\?\"")
+
+
+def collected(config, template: dict) -> set[tuple[str, str, frozenset[str]]]:
+    proxy = {(naming.PROXY_METRICS_NAMESPACE, rule.metric,
+              frozenset({"Deployment", *(d[:1].upper() + d[1:] for d in rule.dimensions)})) for rule in RULES}
+    proxy.add((naming.PROXY_METRICS_NAMESPACE, PROXY_UP, frozenset({"Deployment"})))
+    groups = {(("AWS/AutoScaling", m, frozenset({"AutoScalingGroupName"})))
+              for g in resources(template, "AWS::AutoScaling::AutoScalingGroup").values()
+              for m in g["Properties"]["MetricsCollection"][0]["Metrics"]}
+    filters = {(t["MetricNamespace"], t["MetricName"], frozenset())
+               for f in resources(template, "AWS::Logs::MetricFilter").values()
+               for t in f["Properties"]["MetricTransformations"]}
+    return agent_config.published(config) | proxy | groups | filters
+
+
+def drawn(template: dict) -> list[tuple[str, str, frozenset[str]]]:
+    """Every metric the dashboard and the alarms read: plain metric lines, SEARCH expressions, alarm metrics."""
+    body = dashboard(template)
+    found = [(ns, name, frozenset(dims)) for ns, name, dims, _ in metric_lines(body)]
+    text = json.dumps(body)
+    for space_dims, name in SEARCH.findall(text):
+        namespace, *dims = space_dims.split(",")
+        found.append((namespace, name, frozenset(dims)))
+    for res in resources(template, "AWS::CloudWatch::Alarm").values():
+        props = res["Properties"]
+        stats = [m["MetricStat"]["Metric"] for m in props.get("Metrics", []) if "MetricStat" in m]
+        if "MetricName" in props:
+            stats.append(props)
+        found += [(m["Namespace"], m["MetricName"], frozenset(d["Name"] for d in m.get("Dimensions", [])))
+                  for m in stats]
+    return found
+
+
+@pytest.mark.parametrize("env", ("prod", "tutorial", "baseline", "dev"))
+def test_every_panel_and_alarm_reads_a_metric_some_collector_emits(synth, env):
+    result = synth(env)
+    emitted = collected(result.config, result.template_dict)
+    read = drawn(result.template_dict)
+    assert not [m for m in read if m not in emitted]
+    namespaces = {ns for ns, _, _ in read}
+    assert naming.WORKER_METRICS_NAMESPACE in namespaces and naming.CONTROL_METRICS_NAMESPACE in namespaces
+    # The KV panel reads the gauge this engine's vLLM exports (stacks/observability/upstream.py).
+    kv = agent_config.kv_cache_metric(result.config)
+    assert kv in {name for _, name, _ in read} and kv in (upstream.VLLM_V1 if result.config.engine == "nixl"
+                                                          else upstream.VLLM_V0)
+
+
+@pytest.mark.parametrize("env", sorted(p.stem for p in (ROOT / "config").glob("*.yaml")))
+def test_agent_configuration_is_valid_for_the_agent_consistent_and_fits_a_parameter(env):
+    from stacks.loader import load_environment
+
+    config = load_environment(env)
+    validator = jsonschema.Draft4Validator(json.loads(AGENT_SCHEMA.read_text()))
+    for kind, files in agent_config.node_kinds(config).items():
+        errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(files.agent)]
+        assert not errors, (kind, errors)
+        assert len(files.agent_text.encode()) <= 4096 and len(files.scrape.encode()) <= 4096
+        prometheus = files.agent["logs"]["metrics_collected"]["prometheus"]
+        assert prometheus["log_group_name"] == f"/distack/{env}/metrics"
+        scrape = yaml.safe_load(files.scrape)
+        for job in scrape["scrape_configs"]:
+            (keep,) = job["metric_relabel_configs"]
+            kept = set(keep["regex"].split("|"))
+            # Each series the scrape keeps is declared for EMF under this job; a declaration the agent would skip
+            # (no source_labels or no metric_selectors) keeps nothing.
+            declared = {sel.strip("^$") for d in prometheus["emf_processor"]["metric_declaration"]
+                        if d["source_labels"] and d["metric_selectors"] and d["label_matcher"].startswith(
+                            f"^{job['job_name']}") for sel in d["metric_selectors"]}
+            assert kept == declared, (kind, job["job_name"])
+            for target in job["static_configs"]:
+                assert target["labels"]["InstanceId"] == agent_config.INSTANCE_PLACEHOLDER
+                assert target["labels"]["Deployment"] == env
+        if kind != naming.ROLE_CONTROL:
+            ports = {t["labels"].get("Port") for j in scrape["scrape_configs"] for t in j["static_configs"]} - {None}
+            assert ports == {str(ep.port) for ep in config.fleets[kind].resolved_endpoints}
+
+
+def test_every_kept_name_is_one_its_source_defines():
+    assert set(agent_config.KV_CACHE_METRIC) == set(engines.NAMES)
+    by_job = {agent_config.JOB_VLLM: upstream.VLLM_V0 | upstream.VLLM_V1,
+              agent_config.JOB_NEURON: upstream.NEURON_MONITOR, agent_config.JOB_ETCD: upstream.ETCD}
+    for kept in agent_config.WORKER_KEPT + agent_config.CONTROL_KEPT:
+        assert kept.name in by_job[kept.job], kept.name
+    # Queue and in-flight exist under the same name in both vLLM generations.
+    assert {agent_config.RUNNING, agent_config.WAITING} <= upstream.VLLM_V0 & upstream.VLLM_V1
+
+
+def test_nodes_read_exactly_their_own_agent_parameters_which_hold_the_generated_configuration(synth):
+    result = synth("prod")
+    template = result.template_dict
+    params = {r["Properties"]["Name"]: (logical, r["Properties"]["Value"])
+              for logical, r in resources(template, "AWS::SSM::Parameter").items()}
+    for kind, files in agent_config.node_kinds(result.config).items():
+        assert params[naming.metrics_agent_parameter("prod", kind, "agent")][1] == files.agent_text
+        assert params[naming.metrics_agent_parameter("prod", kind, "scrape")][1] == files.scrape
+    policies = {p["Properties"]["Roles"][0]["Ref"]: json.dumps(p["Properties"]["PolicyDocument"])
+                for p in resources(template, "AWS::IAM::Policy").values()}
+    for role, kinds in (("WorkerRole", ("prefill", "decode")), ("ControlRole", ("control",))):
+        (policy,) = [text for ref, text in policies.items() if ref.startswith(role)]
+        mine = {params[naming.metrics_agent_parameter("prod", k, part)][0] for k in kinds for part in ("agent", "scrape")}
+        readable = {logical for logical, _ in params.values() if f'"{logical}"' in policy}
+        assert readable == mine, role
+    (metrics_group,) = [k for k, r in resources(template, "AWS::Logs::LogGroup").items()
+                        if r["Properties"].get("LogGroupName") == "/distack/prod/metrics"]
+    assert all(metrics_group in text for text in policies.values() if '"ssm:GetParameter"' in text)
+
+
+def test_layout_picture_has_every_widget_at_its_place(synth):
+    widgets = layout.dashboard_widgets(synth("prod").template_dict)
+    picture = layout.ascii_layout(widgets)
+    lines = picture.splitlines()
+    assert max(len(line) for line in lines) == 24 * layout.COLUMN_CHARS + 1
+    for w in widgets:
+        first_word = layout.title_of(w).split()[0]
+        row = w["y"] * 2 // 3 + 1
+        col = w["x"] * layout.COLUMN_CHARS + 2
+        assert lines[row][col:col + len(first_word)] == first_word
