@@ -40,7 +40,7 @@ class ProxyState:
         self.router: Router | None = None
         self.protocol = protocol_for(settings.mode, settings.engine)
         self.metrics = ProxyMetrics(self._pool_sizes, self._worker_in_flight, self._worker_backoff,
-                                    self.protocol.name)
+                                    self.protocol.name, tuple(self.protocol.phases))
         self.tasks: list[asyncio.Task] = []
 
     def _pool_sizes(self) -> dict[tuple[str, ...], float]:
@@ -50,6 +50,12 @@ class ProxyState:
                 state = "healthy" if worker.healthy else "unhealthy"
                 sizes[(worker.role, state)] = sizes.get((worker.role, state), 0) + 1
         return sizes
+
+    def _pools_changed(self) -> None:
+        """A worker joined the usable pool or left it: the per-role load's endpoint counts follow."""
+        assert self.registry is not None
+        self.metrics.load.set_endpoints({phase: len(self.registry.usable(role))
+                                         for phase, role in self.protocol.phases.items()})
 
     def _worker_in_flight(self) -> dict[tuple[str, ...], float]:
         if self.registry is None:
@@ -67,7 +73,7 @@ class ProxyState:
         s = self.settings
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        self.registry = WorkerRegistry(self.session, s.health_interval, s.health_timeout)
+        self.registry = WorkerRegistry(self.session, s.health_interval, s.health_timeout, self._pools_changed)
         if s.mode == "standard":
             add_static(self.registry, ((e.host, e.port) for e in s.endpoints))
         if s.etcd is not None:

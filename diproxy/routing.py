@@ -18,7 +18,7 @@ from aiohttp import web
 from diproxy.errors import ClientFacingError, worker_error
 from diproxy.metrics import ProxyMetrics
 from diproxy.registry import WorkerRegistry
-from diproxy.sse import StreamEvent, error_event
+from diproxy.sse import DONE_EVENT, StreamEvent, error_event
 from diproxy.upstream import Leg, UpstreamFailure
 from diproxy.workers import Selector, Worker, not_backed_off, prefer_untried
 
@@ -37,6 +37,7 @@ class EventStreamResponse(web.StreamResponse):
     first token instead of costing a send of their own (aiohttp's web.Response does the same)."""
 
     _send_headers_immediately = False
+    last_write = 0.0  # monotonic time of the last chunk written, 0 before the first (for the inter-token latency)
 
 
 class ClientGone(Exception):
@@ -60,6 +61,7 @@ class Call:
     body: dict[str, Any]
     start: float
     deadline: float  # loop-independent monotonic time after which no worker is waited for
+    phase: str | None = None  # diproxy/load.py: where the request is, for the per-role load
 
     @property
     def path(self) -> str:
@@ -184,6 +186,7 @@ class Router:
     async def handle(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         start = time.monotonic()
         call = Call(request, body, start, start + self.settings.pair_wait_timeout)
+        self.enter(call, next(iter(self.protocol.phases)))
         try:
             return await self.protocol.serve(self, call)
         except UpstreamFailure as failure:
@@ -191,6 +194,14 @@ class Router:
             if isinstance(outcome, ClientFacingError):
                 raise outcome
             return outcome
+        finally:
+            self.enter(call, None)
+
+    def enter(self, call: Call, phase: str | None) -> None:
+        """The request moves to phase (one of the protocol's phases; None: it ended), for the per-role load."""
+        if call.phase != phase:
+            self.metrics.load.move(call.phase, phase)
+            call.phase = phase
 
     # -- upstream and client I/O ----------------------------------------------------------------
     def leg(self, worker: Worker, path: str, body: dict[str, Any], request_id: str) -> Leg:
@@ -200,7 +211,12 @@ class Router:
     def first_byte(self, call: Call) -> None:
         self.metrics.ttft.observe(time.monotonic() - call.start, call.path)
 
-    async def write(self, response: web.StreamResponse, data: bytes, last: bool = False) -> None:
+    async def write(self, response: EventStreamResponse, data: bytes, last: bool = False) -> None:
+        if data and data != DONE_EVENT:
+            now = time.monotonic()
+            if response.last_write:
+                self.metrics.inter_token.observe(now - response.last_write)
+            response.last_write = now
         try:
             if last:
                 await response.write_eof(data)
@@ -210,7 +226,7 @@ class Router:
             raise ClientGone() from exc
 
     async def stream(self, call: Call, client_id: str,
-                     body: Callable[[web.StreamResponse], Awaitable[None]]) -> web.StreamResponse:
+                     body: Callable[[EventStreamResponse], Awaitable[None]]) -> web.StreamResponse:
         """Answer with an event stream whose content body() writes. From here on the client has its status line:
         an upstream failure becomes an error event and the stream ends without [DONE]; no retry."""
         response = EventStreamResponse(status=200, headers={**SSE_HEADERS, "X-Request-Id": client_id})
@@ -234,7 +250,7 @@ class Router:
         except (ConnectionError, RuntimeError, aiohttp.ClientConnectionResetError):
             pass
 
-    async def relay(self, response: web.StreamResponse, leg: Leg, client_id: str,
+    async def relay(self, response: EventStreamResponse, leg: Leg, client_id: str,
                     skip: Callable[[StreamEvent], bool] | None = None) -> None:
         """Forward leg's events with their ids set to client_id, until [DONE]; whatever arrived in one upstream read
         goes out in one write. A worker's error event is forwarded as sent and ends the stream (without [DONE])."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DONE = "[DONE]"
+DONE_EVENT = b"data: [DONE]\n\n"  # how StreamEvent.encode() writes it, and vLLM too
 # A top-level "id" written as the object's first member, as vLLM does: {"id":"cmpl-...", ...
 # The string pattern is the unrolled form of ("(?:[^"\\]|\\.)*"): the same strings, five times faster to match.
 _LEADING_ID = re.compile(r'\{\s*"id"\s*:\s*("[^"\\]*(?:\\.[^"\\]*)*")')

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install the DiStack proxy into a virtualenv with its systemd units (the proxy, and the shipper that sends its
-# journal and metrics to CloudWatch); settings go to the env file.
+# Install the DiStack proxy into a virtualenv with its systemd units (the proxy, and the shipper that publishes its
+# metrics to CloudWatch); settings go to the env file.
 set -euo pipefail
 
 PROXY_SOURCE="${PROXY_SOURCE:-}"

@@ -18,6 +18,9 @@ class EngineProtocol:
     name: ClassVar[str]
     roles: ClassVar[tuple[str, ...]]
     summary: ClassVar[str]
+    # The phases a request goes through, in order (diproxy/load.py), each with the pool role whose healthy endpoints
+    # carry it. A request enters the first at arrival; serve() moves it on with router.enter().
+    phases: ClassVar[dict[str, str]]
 
     async def serve(self, router: "Router", call: "Call") -> web.StreamResponse:
         raise NotImplementedError

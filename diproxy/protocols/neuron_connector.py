@@ -12,8 +12,9 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from diproxy import load
 from diproxy.protocols.base import EngineProtocol, cap_tokens_at_one
-from diproxy.routing import Call, Router, new_uid, settle
+from diproxy.routing import Call, EventStreamResponse, Router, new_uid, settle
 from diproxy.sse import StreamEvent, clear_finish_reason, rewrite_id
 from diproxy.upstream import Leg, UpstreamFailure
 from diproxy.workers import DECODE, PREFILL, Worker
@@ -38,12 +39,14 @@ def _prefill_event(event: StreamEvent, client_id: str) -> bytes:
 class NeuronConnectorProtocol(EngineProtocol):
     name = "neuron-connector"
     roles = (PREFILL, DECODE)
+    phases = {load.PREFILL: PREFILL, load.DECODE: DECODE}
     summary = "both legs at once, peers named in X-Request-Id (NeuronConnector + etcd, legacy)"
 
     async def serve(self, router: Router, call: Call) -> web.StreamResponse:
         return await router.attempt(call, self.roles, lambda workers: self._pair(router, call, *workers))
 
     async def _pair(self, router: Router, call: Call, prefill: Worker, decode: Worker) -> web.StreamResponse:
+        router.enter(call, load.PREFILL)  # a retried pair prefills again
         uid = new_uid()
         client_id = call.client_id(uid)
         p_leg = router.leg(prefill, call.path, cap_tokens_at_one(call.body), f"cmpl-{uid}_{decode.address}")
@@ -59,7 +62,8 @@ class NeuronConnectorProtocol(EngineProtocol):
             d_leg.close()
 
     @staticmethod
-    async def _open_both(router: Router, p_leg: Leg, d_leg: Leg, p_ready: Callable[[], Awaitable[Any]]) -> Any:
+    async def _open_both(router: Router, call: Call, p_leg: Leg, d_leg: Leg,
+                         p_ready: Callable[[], Awaitable[Any]]) -> Any:
         """Open both legs at once; succeed only if prefill gives its first answer and decode accepted.
         Prefill's request is sent from this task, decode's from one that starts a loop turn later: the client waits
         for prefill's first token, so prefill's request goes on the wire before decode's is even built."""
@@ -69,6 +73,7 @@ class NeuronConnectorProtocol(EngineProtocol):
             async with asyncio.timeout(router.settings.first_token_timeout):
                 await p_leg.open()
                 first = await p_ready()
+                router.enter(call, load.DECODE)
                 waiting_on = d_leg.worker
                 await d_task
             return first
@@ -79,7 +84,7 @@ class NeuronConnectorProtocol(EngineProtocol):
 
     async def _stream(self, router: Router, call: Call, p_leg: Leg, d_leg: Leg,
                       client_id: str) -> web.StreamResponse:
-        first = await self._open_both(router, p_leg, d_leg,
+        first = await self._open_both(router, call, p_leg, d_leg,
                                       lambda: router.first_event(p_leg, StreamEvent.has_choices))
         seen_indices: set[int] = set()
 
@@ -91,7 +96,7 @@ class NeuronConnectorProtocol(EngineProtocol):
                 return True
             return False
 
-        async def body(response: web.StreamResponse) -> None:
+        async def body(response: EventStreamResponse) -> None:
             await router.write(response, _prefill_event(first, client_id))
             router.first_byte(call)
             await self._relay_prefill_rest(router, response, p_leg, client_id)
@@ -100,7 +105,7 @@ class NeuronConnectorProtocol(EngineProtocol):
         return await router.stream(call, client_id, body)
 
     @staticmethod
-    async def _relay_prefill_rest(router: Router, response: web.StreamResponse, p_leg: Leg, client_id: str) -> None:
+    async def _relay_prefill_rest(router: Router, response: EventStreamResponse, p_leg: Leg, client_id: str) -> None:
         try:
             while (events := await p_leg.next_events()) is not None:
                 # [DONE] and prefill's usage-only chunk would end or misreport the client's stream.
@@ -116,7 +121,7 @@ class NeuronConnectorProtocol(EngineProtocol):
         async def prefill_answer() -> bytes:
             return await p_leg.read_body(router.settings.first_token_timeout)
 
-        await self._open_both(router, p_leg, d_leg, prefill_answer)
+        await self._open_both(router, call, p_leg, d_leg, prefill_answer)
         payload = router.whole_answer(d_leg, await d_leg.read_body(router.settings.total_timeout))
         rewrite_id(payload, client_id)
         router.first_byte(call)

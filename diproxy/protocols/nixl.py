@@ -24,8 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
+from diproxy import load
 from diproxy.protocols.base import EngineProtocol, cap_tokens_at_one
-from diproxy.routing import Call, Router, new_uid
+from diproxy.routing import Call, EventStreamResponse, Router, new_uid
 from diproxy.sse import StreamEvent, rewrite_id
 from diproxy.upstream import UpstreamFailure
 from diproxy.workers import DECODE, PREFILL, Worker
@@ -71,10 +72,12 @@ class Handoff:
 class NixlProtocol(EngineProtocol):
     name = "nixl"
     roles = (PREFILL, DECODE)
+    phases = {load.PREFILL: PREFILL, load.DECODE: DECODE}
     summary = "prefill first with kv_transfer_params, then decode with prefill's (NixlConnector, vLLM Neuron plugin)"
 
     async def serve(self, router: Router, call: Call) -> web.StreamResponse:
         handoff = await router.attempt(call, (PREFILL,), lambda workers: self._prefill(router, call, workers[0]))
+        router.enter(call, load.DECODE)
         body = decode_request(call.body, handoff.kv_params)
         return await router.attempt(call, (DECODE,),
                                     lambda workers: self._decode(router, call, workers[0], body, handoff))
@@ -123,7 +126,7 @@ class NixlProtocol(EngineProtocol):
             except asyncio.TimeoutError as exc:
                 raise UpstreamFailure(decode, "timeout", "no first token in time") from exc
 
-            async def stream_body(response: web.StreamResponse) -> None:
+            async def stream_body(response: EventStreamResponse) -> None:
                 await router.write(response, _client_event(first, client_id))
                 router.first_byte(call)
                 if not first.is_done:

@@ -7,9 +7,10 @@ import asyncio
 
 from aiohttp import web
 
+from diproxy import load
 from diproxy.errors import worker_error
 from diproxy.protocols.base import EngineProtocol
-from diproxy.routing import Call, Router, new_uid
+from diproxy.routing import Call, EventStreamResponse, Router, new_uid
 from diproxy.sse import EventDecoder
 from diproxy.upstream import UpstreamFailure
 from diproxy.workers import STANDALONE, Worker
@@ -18,6 +19,7 @@ from diproxy.workers import STANDALONE, Worker
 class StandardProtocol(EngineProtocol):
     name = "standard"
     roles = (STANDALONE,)
+    phases = {load.STANDARD: STANDALONE}
     summary = "one standalone worker per request, bytes relayed as they come"
 
     async def serve(self, router: Router, call: Call) -> web.StreamResponse:
@@ -54,7 +56,7 @@ class StandardProtocol(EngineProtocol):
             leg.close()
             raise
 
-        async def body(response: web.StreamResponse) -> None:
+        async def body(response: EventStreamResponse) -> None:
             await router.write(response, chunk)
             router.first_byte(call)
             while data := await leg.read_chunk():

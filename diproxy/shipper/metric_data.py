@@ -1,11 +1,16 @@
-"""Turn successive scrapes of the proxy's /metrics into CloudWatch MetricDatum entries.
+"""Turn successive scrapes of the proxy's /metrics into CloudWatch MetricDatum entries: the part of the proxy's
+telemetry the CloudWatch agent cannot carry (README "Observability"; the agent ships the proxy's journal).
 
-Counters become per-interval deltas (a counter that went down, or a new proxy start time, means the proxy
-restarted, so the current value is the delta). Histograms become per-interval distributions sent as
-``Values``/``Counts``, one value per bucket, so CloudWatch percentiles and sample counts stay right to within a
-bucket's width: https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_MetricDatum.html
-Gauges are sent as read. The CloudWatch agent is not used because it drops Prometheus histograms:
-https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/ContainerInsights-Prometheus-metrics-conversion.html
+Histograms become per-interval distributions sent as ``Values``/``Counts``, one value per bucket, so CloudWatch
+percentiles and sample counts stay right to within a bucket's width
+(https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_MetricDatum.html). The agent's Prometheus input
+drops histograms: it keeps gauges, counters and summaries only (aws/amazon-cloudwatch-agent
+plugins/inputs/prometheus/metrics_filter.go@v1.300071.0, "Only Gauge, Counter and Summary are supported").
+The per-role load is a ratio of two counters' increases over the interval (request-seconds / endpoint-seconds, the
+time average, diproxy/load.py); the agent has no arithmetic across series. Counters become per-interval deltas (a
+counter that went down, or a new proxy start time, means the proxy restarted, so the current value is the delta);
+the agent would drop each counter series' first value (plugins/inputs/prometheus/delta_calculator.go: a series seen
+for the first time only sets the baseline), so the first 5xx of a status would never count. Gauges are sent as read.
 """
 
 from __future__ import annotations
@@ -20,28 +25,43 @@ from diproxy.shipper.prometheus_text import Labels, Sample, Scrape
 START_TIME = "process_start_time_seconds"
 PROXY_UP = "ProxyUp"
 DEPLOYMENT_DIMENSION = "Deployment"
+ROLE_DIMENSION = "Role"
+# The per-role load signals each fleet's target tracking follows. The stack spells the same names in stacks/naming.py
+# (PROXY_METRIC_*_LOAD; diproxy does not import stacks, tests/ops/test_layering.py checks they agree). A standard
+# endpoint serves whole requests, so its load goes under the decode name with Role=standard, as the stack reads it
+# (stacks/scaling_config.py ROLE_SIGNALS).
+PREFILL_LOAD = "PrefillRequestsPerEndpoint"
+DECODE_LOAD = "DecodeStreamsPerEndpoint"
 SeriesKey = tuple[str, Labels]
 
 
 @dataclass(frozen=True)
 class MetricRule:
-    """One CloudWatch metric: which Prometheus family feeds it, which labels stay as dimensions, which samples count."""
+    """One CloudWatch metric: which Prometheus family feeds it, which labels stay as dimensions, which samples count
+    (those carrying the `match` label values, and accepted by `keep`). A ratio divides the increase of `family` by
+    that of `per`, both summed over the interval."""
 
     metric: str
     family: str
-    kind: str  # counter | gauge | histogram
+    kind: str  # counter | gauge | histogram | ratio
     unit: str
     dimensions: tuple[str, ...] = ()
+    match: tuple[tuple[str, str], ...] = ()
     keep: Callable[[Sample], bool] = field(default=lambda sample: True, compare=False)
+    per: str = ""
     description: str = ""
+
+    def accepts(self, sample: Sample) -> bool:
+        return all(sample.label(name) == value for name, value in self.match) and self.keep(sample)
 
 
 def _status_class(first_digit: str) -> Callable[[Sample], bool]:
     return lambda sample: (sample.label("status") or "").startswith(first_digit)
 
 
-def _state_is(state: str) -> Callable[[Sample], bool]:
-    return lambda sample: sample.label("state") == state
+def _load(metric: str, role: str, description: str) -> MetricRule:
+    return MetricRule(metric, "diproxy_load_request_seconds_total", "ratio", "None", ("role",), (("role", role),),
+                      per="diproxy_load_endpoint_seconds_total", description=description)
 
 
 RULES: tuple[MetricRule, ...] = (
@@ -56,15 +76,50 @@ RULES: tuple[MetricRule, ...] = (
                description="requests re-sent to another worker pair"),
     MetricRule("TimeToFirstToken", "diproxy_time_to_first_token_seconds", "histogram", "Milliseconds",
                description="request arrival to the first byte sent to the client"),
+    MetricRule("InterTokenLatency", "diproxy_inter_token_latency_seconds", "histogram", "Milliseconds",
+               description="between successive chunks of a stream written to the client"),
     MetricRule("RequestDuration", "diproxy_request_duration_seconds", "histogram", "Milliseconds",
                description="request arrival to the end of the answer"),
     MetricRule("InFlightRequests", "diproxy_in_flight_requests", "gauge", "Count",
                description="client requests in flight"),
-    MetricRule("HealthyWorkers", "diproxy_pool_workers", "gauge", "Count", ("role",), keep=_state_is("healthy"),
+    MetricRule("HealthyWorkers", "diproxy_pool_workers", "gauge", "Count", ("role",), (("state", "healthy"),),
                description="workers answering /health, by role"),
-    MetricRule("UnhealthyWorkers", "diproxy_pool_workers", "gauge", "Count", ("role",), keep=_state_is("unhealthy"),
+    MetricRule("UnhealthyWorkers", "diproxy_pool_workers", "gauge", "Count", ("role",), (("state", "unhealthy"),),
                description="registered workers failing /health, by role"),
+    _load(PREFILL_LOAD, "prefill", "DI: requests waiting for or in prefill per healthy prefill endpoint (at least "
+          "1), averaged over the minute"),
+    _load(DECODE_LOAD, "decode", "DI: requests past prefill, streaming from decode, per healthy decode endpoint "
+          "(at least 1), averaged over the minute"),
+    _load(DECODE_LOAD, "standard", "standard mode: requests waiting for or at an endpoint per healthy endpoint "
+          "(at least 1), averaged over the minute"),
 )
+
+
+@dataclass(frozen=True)
+class PublishedMetric:
+    """One metric as CloudWatch holds it, for checks of whoever reads it (the dashboard, alarms, target tracking):
+    namespace DiStack/Proxy (settings.DEFAULT_NAMESPACE), these dimension names (Deployment first), and the values
+    some dimensions always have (the load metrics' Role). kind says which statistics make sense: histogram ->
+    percentiles and SampleCount; counter -> Sum; gauge and ratio -> Average, Minimum, Maximum."""
+
+    name: str
+    unit: str
+    kind: str
+    dimensions: tuple[str, ...]
+    fixed: tuple[tuple[str, str], ...] = ()
+    description: str = ""
+
+
+def published(rules: Iterable[MetricRule] = RULES) -> tuple[PublishedMetric, ...]:
+    """Every metric the shipper sends, ProxyUp included (1 per interval, 0 when /metrics did not answer)."""
+    found = [PublishedMetric(PROXY_UP, "Count", "gauge", (DEPLOYMENT_DIMENSION,),
+                             description="1 each interval the proxy's /metrics answered, 0 when it did not")]
+    for rule in rules:
+        dimensions = tuple(_dimension_name(label) for label in rule.dimensions)
+        fixed = tuple((_dimension_name(label), value) for label, value in rule.match if label in rule.dimensions)
+        found.append(PublishedMetric(rule.metric, rule.unit, rule.kind, (DEPLOYMENT_DIMENSION, *dimensions), fixed,
+                                     rule.description))
+    return tuple(found)
 
 
 def _dimension_name(label: str) -> str:
@@ -142,6 +197,8 @@ class MetricTranslator:
                      at: datetime) -> list[dict[str, Any]]:
         if rule.kind == "histogram":
             return self._histogram_datums(rule, scrape, deltas, at)
+        if rule.kind == "ratio":
+            return self._ratio_datums(rule, scrape, deltas, at)
         family = scrape.family(rule.family)
         # Every dimension value seen in the family gets a datum, 0 when no sample matches (e.g. no healthy
         # decode worker left), so an alarm sees a zero and not missing data.
@@ -150,12 +207,27 @@ class MetricTranslator:
         if not rule.dimensions:
             totals.setdefault((), 0.0)
         for sample in family:
-            if rule.keep(sample):
+            if rule.accepts(sample):
                 key = tuple(sample.label(d) or "" for d in rule.dimensions)
                 value = deltas.get((sample.name, sample.labels), 0.0) if rule.kind == "counter" else sample.value
                 totals[key] += value
         return [self._datum(rule.metric, tuple(zip(rule.dimensions, key)), rule.unit, at, value=total)
                 for key, total in sorted(totals.items())]
+
+    def _ratio_datums(self, rule: MetricRule, scrape: Scrape, deltas: dict[SeriesKey, float],
+                      at: datetime) -> list[dict[str, Any]]:
+        def increases(family: str) -> dict[tuple[str, ...], float]:
+            sums: dict[tuple[str, ...], float] = {}
+            for sample in scrape.family(family):
+                if rule.accepts(sample):
+                    key = tuple(sample.label(d) or "" for d in rule.dimensions)
+                    sums[key] = sums.get(key, 0.0) + deltas.get((sample.name, sample.labels), 0.0)
+            return sums
+
+        numerators, denominators = increases(rule.family), increases(rule.per)
+        return [self._datum(rule.metric, tuple(zip(rule.dimensions, key)), rule.unit, at,
+                            value=numerators.get(key, 0.0) / per)
+                for key, per in sorted(denominators.items()) if per > 0]
 
     def _histogram_datums(self, rule: MetricRule, scrape: Scrape, deltas: dict[SeriesKey, float],
                           at: datetime) -> list[dict[str, Any]]:

@@ -14,17 +14,12 @@ DEFAULT_NAMESPACE = "DiStack/Proxy"
 
 @dataclass(frozen=True)
 class ShipperSettings:
-    log_group: str
-    log_stream: str
     deployment: str
     namespace: str
     metrics_url: str
     interval: float
-    flush_interval: float
-    unit: str
     state_dir: Path
     region: str | None
-    journalctl: str
     once: bool
 
 
@@ -39,8 +34,9 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
         prog="python -m diproxy.shipper",
-        description="Ship the DiStack proxy's journal to CloudWatch Logs and its /metrics to CloudWatch metrics. "
-        f"Every flag can also be set as {ENV_PREFIX}<FLAG_NAME> (upper case, '-' as '_').")
+        description="Publish the DiStack proxy's /metrics to CloudWatch metrics (histograms as distributions, the "
+        f"per-role load as a time average). Every flag can also be set as {ENV_PREFIX}<FLAG_NAME> (upper case, "
+        "'-' as '_').")
 
     def option(flag: str, default: object = None, kind: type = str, help_text: str = "", **extra: object) -> None:
         raw = env.get(ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper())
@@ -49,25 +45,18 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         parser.add_argument(flag, type=kind, default=value, help=help_text + suffix, **extra)
 
     proxy_port = env.get("DIPROXY_PORT") or "8000"
-    option("--log-group", help_text="CloudWatch Logs group for the proxy's journal")
-    option("--log-stream", help_text="log stream in that group, e.g. control/INSTANCE-ID/distack-proxy")
     option("--deployment", help_text="value of the Deployment dimension on every metric")
     option("--namespace", DEFAULT_NAMESPACE, help_text="CloudWatch metrics namespace")
     option("--metrics-url", f"http://127.0.0.1:{proxy_port}/metrics", help_text="the proxy's Prometheus endpoint")
     option("--interval", 60.0, _positive, "seconds between metric scrapes (one CloudWatch data point each)")
-    option("--flush-interval", 5.0, _positive, "longest wait before new journal lines are sent")
-    option("--unit", "distack-proxy.service", help_text="systemd unit whose journal is shipped")
     option("--state-dir", Path(env.get("STATE_DIRECTORY") or "/var/lib/distack-proxy-shipper"), Path,
-           "where the journal cursor and metric baseline are kept (systemd sets STATE_DIRECTORY)")
-    option("--journalctl", "journalctl", help_text="journalctl program")
+           "where the metric baseline is kept (systemd sets STATE_DIRECTORY)")
     parser.add_argument("--region", default=env.get("DIPROXY_AWS_REGION") or None,
                         help="AWS region (default: DIPROXY_AWS_REGION, then the SDK's own lookup)")
     parser.add_argument("--once", action="store_true",
-                        help="ship the journal so far and one scrape (counted from the last baseline), then exit")
+                        help="publish one scrape (counted from the last baseline), then exit")
     args = parser.parse_args(argv)
-    for name in ("log_group", "log_stream", "deployment"):
-        if not getattr(args, name):
-            flag = name.replace("_", "-")
-            parser.error(f"--{flag} is required: pass it or set {ENV_PREFIX}{name.upper()} "
-                         "(the stack writes it to /etc/di/proxy.env)")
+    if not args.deployment:
+        parser.error(f"--deployment is required: pass it or set {ENV_PREFIX}DEPLOYMENT "
+                     "(the stack writes it to /etc/di/proxy.env)")
     return ShipperSettings(**vars(args))

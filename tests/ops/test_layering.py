@@ -32,3 +32,15 @@ def test_naming_does_not_import_the_proxy_and_keeps_its_namespace() -> None:
     assert not {m for m in _imports("stacks/naming.py") if m.split(".")[0] == "diproxy"}
     # The stack grants and hands this namespace to the shipper; the shipper's default must stay the same.
     assert naming.PROXY_METRICS_NAMESPACE == DEFAULT_NAMESPACE == "DiStack/Proxy"
+
+
+def test_the_load_signals_the_fleets_scale_on_are_the_ones_the_shipper_publishes() -> None:
+    from diproxy.shipper.metric_data import published
+    from stacks import naming
+    from stacks.scaling_config import ROLE_SIGNALS
+
+    sent = {(m.name, m.dimensions, m.fixed) for m in published()}
+    dimensions = (naming.METRIC_DIMENSION_DEPLOYMENT, naming.METRIC_DIMENSION_ROLE)
+    assert {naming.PROXY_METRIC_PREFILL_LOAD, naming.PROXY_METRIC_DECODE_LOAD} <= set(ROLE_SIGNALS.values())
+    for role, name in ROLE_SIGNALS.items():
+        assert (name, dimensions, ((naming.METRIC_DIMENSION_ROLE, role),)) in sent, (role, name)

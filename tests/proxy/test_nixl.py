@@ -1,6 +1,7 @@
 """The NIXL protocol through the proxy, against fake workers that speak it as vLLM's NixlConnector does: prefill
 first with kv_transfer_params asked, decode with prefill's (remote_host rewritten), retries per stage, killed
-workers, no workers, and a prefill that stops on EOS before max_tokens."""
+workers, no workers, a prefill that stops on EOS before max_tokens, and the per-role load and inter-token latency
+the proxy measures."""
 
 from __future__ import annotations
 
@@ -247,3 +248,32 @@ def test_killed_prefill_and_killed_decode_fail_no_request(etcd, prefix) -> None:
             assert len(whole) >= len(results) - 6
 
     run(scenario, deadline=30)
+
+
+def test_load_follows_requests_from_prefill_to_decode_and_chunk_gaps_feed_the_inter_token_latency(etcd,
+                                                                                                  prefix) -> None:
+    async def per_endpoint(session: aiohttp.ClientSession, proxy: RunningProxy, role: str) -> str:
+        async with session.get(proxy.url + "/metrics") as reply:
+            (line,) = [x for x in (await reply.text()).splitlines()
+                       if x.startswith(f'diproxy_load_per_endpoint{{role="{role}"}} ')]
+        return line.split()[-1]
+
+    async def scenario() -> None:
+        prefill, decode = Behaviour(tokens=4, first_token_delay=0.2), Behaviour(tokens=4, token_interval=0.07)
+        async with _stack(etcd.address, prefix, [prefill], [decode, decode]) as (p, d, proxy, session):
+            load, inter_token = proxy.state.metrics.load, proxy.state.metrics.inter_token
+            streams = [asyncio.create_task(post_stream(session, proxy.url + "/v1/completions", {"prompt": "x"}))
+                       for _ in range(3)]
+            await wait_until(lambda: load.requests["prefill"].value == 3, what="three requests in prefill")
+            assert await per_endpoint(session, proxy, "prefill") == "3"  # on one prefill endpoint
+            await wait_until(lambda: load.requests["decode"].value == 3, what="three requests streaming at decode")
+            assert load.requests["prefill"].value == 0
+            assert await per_endpoint(session, proxy, "decode") == "1.5"  # on two decode endpoints
+            assert all(result.done for result in await asyncio.gather(*streams))
+            assert (load.requests["prefill"].value, load.requests["decode"].value) == (0, 0)
+            # D0 to D3, 70 ms apart: three gaps per stream; [DONE] right after D3 is no token gap.
+            counts, total = inter_token.series[()]
+            assert sum(counts) == 9 and 0.065 <= total[0] / 9 < 0.15
+            assert sum(counts[:inter_token.buckets.index(0.06) + 1]) == 0
+
+    run(scenario)

@@ -267,6 +267,11 @@ def test_metrics_count_requests_latency_and_pools(prefix, etcd) -> None:
             assert 'diproxy_request_duration_seconds_count{endpoint="/v1/completions"} 4' in lines
             assert 'diproxy_pool_workers{role="prefill",state="healthy"} 1' in lines
             assert f'diproxy_worker_in_flight{{role="decode",worker="{decode.address}"}} 0' in lines
+            # Every request went through both phases and none is left in either.
+            seconds = {line.split('"')[1]: float(line.split()[-1]) for line in lines
+                       if line.startswith("diproxy_load_request_seconds_total{")}
+            assert sorted(seconds) == ["decode", "prefill"] and min(seconds.values()) > 0
+            assert {'diproxy_load_per_endpoint{role="prefill"} 0', 'diproxy_load_per_endpoint{role="decode"} 0'} <= lines
 
     run(scenario)
 
