@@ -209,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("outputs", "the stack outputs: proxy URL, artifacts bucket, Auto Scaling groups, log groups",
                 quiet_help="accepted for symmetry; outputs prints no progress")
     p.add_argument("--key", help="print only this output's value, for shell use (default: every output)")
+    p = command("top", "live view per endpoint from CloudWatch: in flight, queued, KV cache, NeuronCore; proxy "
+                "TTFT/ITL/5xx", json_help="one snapshot as JSON on stdout, then exit",
+                quiet_help="accepted for symmetry; top prints no progress")
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit (default: refresh until Ctrl-C)")
+    p.add_argument("--interval", default=15, type=_positive,
+                   help="seconds between refreshes, 1 or more (default: 15; CloudWatch has one point a minute)")
     command("cost", "cost per hour at on-demand list prices (AWS Price List API), at deploy size and at max_count",
             quiet_help="accepted for symmetry; cost prints no progress")
     return parser
@@ -290,6 +296,12 @@ def dispatch(args: argparse.Namespace, clients_factory: ClientsFactory) -> int:
         from ops.fleets import scale
 
         return scale(deployment, args.fleet, args.count, as_json=args.json)
+    if args.verb == "top":
+        from ops.top import run
+
+        if args.interval < 1:
+            raise UsageError("--interval 0 would query CloudWatch without pause\n  fix: --interval 1 or more")
+        return run(deployment, once=args.once, as_json=args.json, interval=float(args.interval))
     if args.verb == "tunnel":
         return _tunnel(deployment, args)
     return _run_verb(deployment, args)
