@@ -44,6 +44,16 @@ def _pattern(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
     return check
 
 
+def _size(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be more than 0")
+    return number
+
+
 def _positive(value: str) -> int:
     try:
         number = int(value)
@@ -150,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="container image registry/repo:tag (default: unchanged; --image and/or --model required)")
     p.add_argument("--model", type=_pattern(MODEL, "model id (org/name)"),
                    help="Hugging Face model id org/name (default: unchanged)")
+    p.add_argument("--parameters-billion", type=_size, metavar="N",
+                   help="the new model's size in billions of parameters, as model.parameters_billion, for the "
+                        "weights-fit check (default: the file's for the same model; required for a model DiStack "
+                        "does not know)")
+    p.add_argument("--image-unlisted", action="store_true",
+                   help="accept an image the catalog does not list, as image_unlisted: true (default: refused)")
     p.add_argument("--fleet", dest="fleets", action="append", default=[], metavar="FLEET",
                    help="fleets in order, repeatable; control for the proxy (default: every worker fleet in config "
                         "order)")
@@ -328,7 +344,8 @@ def _run_verb(deployment: Any, args: argparse.Namespace) -> int:
     if args.verb == "rollout":
         return verbs.rollout(deployment, image=args.image or "", model=args.model or "",
                              fleets=verbs.worker_fleets(deployment, args.fleets), ready_timeout=args.ready_timeout,
-                             timeout=args.timeout, **common)
+                             timeout=args.timeout, parameters_billion=args.parameters_billion,
+                             image_unlisted=args.image_unlisted, **common)
     if args.verb == "logs":
         return verbs.logs(deployment, selection, hours=args.hours, **common)
     if args.verb == "compile":

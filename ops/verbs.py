@@ -102,16 +102,20 @@ def restart(deployment: Deployment, selection: Selection, *, endpoint: str, clea
 
 def rollout(deployment: Deployment, *, image: str, model: str, fleets: list[str], ready_timeout: int,
             timeout: int = 0, options: SendOptions, progress: Progress, as_json: bool, out: TextIO | None = None,
-            err: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> int:
+            err: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
+            parameters_billion: float | None = None, image_unlisted: bool = False) -> int:
     """Update fleet after fleet (batches of `concurrency`, health-gated); the first failing fleet stops it.
 
-    `ready_timeout` bounds each instance; `timeout` (0: all fleets' batches x per-instance limit) the whole
-    command. Exit 3 when some instances were updated and others failed or were not reached.
+    First the config rules run on the config as changed (`check_rollout`); a problem ends it with exit 2 before
+    any AWS call. `ready_timeout` bounds each instance; `timeout` (0: all fleets' batches x per-instance limit) the
+    whole command. Exit 3 when some instances were updated and others failed or were not reached.
     """
     err = err or sys.stderr
     if not image and not model:
         raise UsageError("rollout needs --image and/or --model\n  fix: e.g. dictl rollout --env "
                          f"{deployment.name} --image public.ecr.aws/neuron/...:TAG")
+    check_rollout(deployment, image=image, model=model, parameters_billion=parameters_billion,
+                  image_unlisted=image_unlisted)
     parameters = {"image": image, "model": model, "readyTimeout": str(ready_timeout),
                   "executionTimeout": str(ready_timeout + ROLLOUT_MARGIN)}
     _ = deployment.bucket  # first, so a missing stack is reported before anything else
@@ -148,6 +152,30 @@ def rollout(deployment: Deployment, *, image: str, model: str, fleets: list[str]
         print(f"to keep this across the next deploy, set in config/{deployment.name}.yaml: "
               + "; ".join(k for k in keep if k), file=err)
     return status_code
+
+
+def check_rollout(deployment: Deployment, *, image: str, model: str, parameters_billion: float | None = None,
+                  image_unlisted: bool = False) -> None:
+    """The config rules on the config as the rollout changes it, which is also what the next deploy sees once the
+    printed keys are set in the file. A new model drops the file's model.parameters_billion: it gave the old
+    model's size."""
+    from stacks.loader import REMOVE, ConfigError, load_environment
+
+    changes: dict[str, tuple[object, str]] = {}
+    if image:
+        changes["image"] = (image, "--image")
+    if image_unlisted:
+        changes["image_unlisted"] = (True, "--image-unlisted")
+    if model:
+        changes["model.id"] = (model, "--model")
+        if model != deployment.config.model.id and parameters_billion is None:
+            changes["model.parameters_billion"] = (REMOVE, "--model")
+    if parameters_billion is not None:
+        changes["model.parameters_billion"] = (parameters_billion, "--parameters-billion")
+    try:
+        load_environment(deployment.name, changes=changes, warn=lambda _: None)
+    except ConfigError as problem:
+        raise UsageError(f"{problem}\n  nothing was sent: fix the flags or the file, then run the rollout again") from None
 
 
 def wait_ready(deployment: Deployment, selection: Selection, *, timeout: float, options: SendOptions,

@@ -120,6 +120,10 @@ KNOWN_MODEL_PARAMETERS_B: Mapping[str, float] = {
     "meta-llama/Llama-3.2-1B-Instruct": 1.24,
     "meta-llama/Llama-3.2-3B-Instruct": 3.21,
     "TinyLlama/TinyLlama-1.1B-Chat-v1.0": 1.10,
+    # Model card, https://huggingface.co/openai/gpt-oss-20b: "gpt-oss-120b ... (117B parameters with 5.1B active
+    # parameters)", "gpt-oss-20b ... (21B parameters with 3.6B active parameters)"; every expert is in HBM.
+    "openai/gpt-oss-20b": 21.0,
+    "openai/gpt-oss-120b": 117.0,
 }
 
 DTYPE_BYTES: Mapping[str, int] = {"bfloat16": 2, "float16": 2, "float32": 4}

@@ -95,14 +95,22 @@ class WorkerAmiConfig(AmiConfig):
 class ControlAmiConfig(AmiConfig):
     """Amazon Linux 2023 by default for the control host."""
 
-    ssm_parameter: str | None = Field(default=AL2023_PARAMETER, pattern=SSM_PARAMETER_PATTERN)
-    root_device_name: str = Field(default="/dev/xvda", pattern=ROOT_DEVICE_PATTERN)
+    ssm_parameter: str | None = Field(
+        default=AL2023_PARAMETER, pattern=SSM_PARAMETER_PATTERN,
+        description="Public or own SSM parameter holding an AMI ID; EC2 resolves it at each launch. Default: the "
+                    "latest Amazon Linux 2023.")
+    root_device_name: str = Field(
+        default="/dev/xvda", pattern=ROOT_DEVICE_PATTERN,
+        description="The AMI's root device (/dev/xvda on Amazon Linux); a wrong name adds a volume instead of sizing "
+                    "the root one.")
 
 
 class NetworkConfig(_Model):
     """A new VPC (default) or an existing VPC and subnet, named by ID so synth needs no lookup."""
 
-    vpc_id: str | None = Field(default=None, pattern=r"^vpc-[0-9a-f]{8,17}$")
+    vpc_id: str | None = Field(default=None, pattern=r"^vpc-[0-9a-f]{8,17}$",
+                               description="An existing VPC (vpc-...) to deploy into, with subnet_id. Default: a new "
+                                           "VPC.")
     subnet_id: str | None = Field(default=None, pattern=r"^subnet-[0-9a-f]{8,17}$",
                                   description="Existing private subnet for workers and the control host.")
     route_table_id: str | None = Field(default=None, pattern=r"^rtb-[0-9a-f]{8,17}$",
@@ -134,9 +142,13 @@ class ModelConfig(_Model):
                                         description="Secrets Manager secret *name* holding the Hugging Face token.")
     parameters_billion: float | None = Field(default=None, gt=0,
                                              description="Model size; known models need not set it.")
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    max_model_len: int = Field(default=8192, ge=128, le=131072)
-    max_num_seqs: int = Field(default=8, ge=1, le=1024)
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="Weight dtype for the weights-fit-HBM check: 2 bytes per parameter for "
+                                        "bfloat16 and float16, 4 for float32.")
+    max_model_len: int = Field(default=8192, ge=128, le=131072,
+                               description="vLLM --max-model-len: longest prompt plus output, in tokens.")
+    max_num_seqs: int = Field(default=8, ge=1, le=1024,
+                              description="vLLM --max-num-seqs: sequences one endpoint serves at once.")
     kv_buffer_size: float = Field(default=2e11, gt=0,
                                   description="NeuronConnector kv_buffer_size, bytes (engine neuron-connector only).")
 
@@ -173,8 +185,11 @@ class ResolvedEndpoint(_Model):
 class CapacityConfig(_Model):
     """On-Demand, a targeted On-Demand Capacity Reservation, or a Capacity Block for ML."""
 
-    type: Literal["on-demand", "reservation", "capacity-block"] = "on-demand"
-    reservation_id: str | None = Field(default=None, pattern=r"^cr-[0-9a-f]{8,17}$")
+    type: Literal["on-demand", "reservation", "capacity-block"] = Field(
+        default="on-demand", description="on-demand; reservation: a targeted On-Demand Capacity Reservation; "
+                                         "capacity-block: a Capacity Block for ML. The last two need reservation_id.")
+    reservation_id: str | None = Field(default=None, pattern=r"^cr-[0-9a-f]{8,17}$",
+                                       description="The reservation's or Capacity Block's ID, cr-...")
 
     @property
     def targeted(self) -> bool:
@@ -185,19 +200,27 @@ class CapacityConfig(_Model):
 class FleetConfig(_Model):
     """Identical worker instances: one launch template and one Auto Scaling group."""
 
-    role: Literal["prefill", "decode", "colocated", "standard"]
+    role: Literal["prefill", "decode", "colocated", "standard"] = Field(
+        description="prefill or decode (mode disaggregated); colocated: a prefill and a decode endpoint on each "
+                    "instance; standard: plain vLLM endpoints (mode standard).")
     instance_type: str = Field(description="A Trainium type with EFA, e.g. trn2.48xlarge.")
     count: int = Field(default=1, ge=1, le=64, description="Instances at deploy time.")
     max_count: int | None = Field(default=None, ge=1, le=256,
                                   description="Ceiling for `dictl scale`. Default: count.")
-    tensor_parallel: int = Field(ge=1, le=128)
+    tensor_parallel: int = Field(
+        ge=1, le=128, description="Tensor-parallel degree: logical NeuronCores per endpoint (vLLM "
+                                  "--tensor-parallel-size). Endpoints x TP fit the instance: trn2.48xlarge 64 (LNC=2), "
+                                  "trn1.32xlarge 32.")
     lnc: Literal[1, 2] | None = Field(default=None, description="Logical NeuronCore config; default per type.")
     endpoints: tuple[EndpointConfig, ...] | None = Field(
         default=None,
         description="Default: one endpoint (colocated: one prefill then one decode) on consecutive core ranges.",
     )
-    root_volume_gib: int = Field(default=512, ge=100, le=16384)
-    capacity: CapacityConfig = CapacityConfig()
+    root_volume_gib: int = Field(default=512, ge=100, le=16384,
+                                 description="Each worker's encrypted gp3 root volume, GiB.")
+    capacity: CapacityConfig = Field(default=CapacityConfig(),
+                                     description="How the instances are bought: on-demand, a reservation, a "
+                                                 "Capacity Block.")
     # Elasticity (stacks/scaling_config.py; rules in stacks/scaling_rules.py).
     min_count: int | None = Field(
         default=None, ge=0, le=256,
@@ -262,19 +285,25 @@ class FleetConfig(_Model):
 class ControlHostConfig(_Model):
     """The small host that runs etcd and the proxy."""
 
-    instance_type: str = Field(default="m5.xlarge", pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+    instance_type: str = Field(default="m5.xlarge", pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$",
+                               description="EC2 type of the control host (no Neuron needed), e.g. m5.xlarge.")
     root_volume_gib: int = Field(default=100, ge=30, le=16384,
                                  description="Holds the DLC image the proxy runs from (tens of GiB).")
-    etcd_volume_gib: int = Field(default=20, ge=1, le=16384)
+    etcd_volume_gib: int = Field(default=20, ge=1, le=16384,
+                                 description="Encrypted gp3 volume for etcd's data, GiB; retained when the stack is "
+                                             "deleted.")
     private_ip: str | None = Field(default=None, pattern=r"^\d{1,3}(\.\d{1,3}){3}$",
                                    description="Fixed address of the control host; default: chosen once by EC2.")
-    ami: ControlAmiConfig = ControlAmiConfig()
+    ami: ControlAmiConfig = Field(default=ControlAmiConfig(),
+                                  description="The control host's AMI. Default: the latest Amazon Linux 2023.")
 
 
 class BootstrapConfig(_Model):
     """How long CloudFormation waits for nodes to report their bootstrap."""
 
-    timeout_minutes: int = Field(default=60, ge=5, le=720)
+    timeout_minutes: int = Field(default=60, ge=5, le=720,
+                                 description="Minutes CloudFormation waits for each node's bootstrap signal before "
+                                             "the deploy fails.")
 
 
 class MonitoringConfig(_Model):
@@ -304,14 +333,20 @@ class DeploymentConfig(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, title="DiStack environment")
 
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,19}$", description="Must equal the file name; stack di-NAME.")
-    region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
-    account: str | None = Field(default=None, pattern=r"^\d{12}$")
+    region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$",
+                        description="AWS Region of the stack and every instance, e.g. us-east-2.")
+    account: str | None = Field(default=None, pattern=r"^\d{12}$",
+                                description="12-digit AWS account ID the stack is bound to. Default: the account "
+                                            "of the credentials that deploy.")
     availability_zone: str = Field(description="One AZ for all workers (EFA traffic cannot leave a subnet).")
     engine: Literal[engines.NAMES] = Field(  # type: ignore[valid-type]
         default=engines.DEFAULT,
         description="KV-transfer engine. nixl: the vLLM Neuron plugin over NIXL/EFA (supported, Trn2/Trn3); "
                     "neuron-connector: the legacy tutorial's NeuronConnector + etcd (0.9.1 images).")
-    mode: Literal["disaggregated", "standard"] = "disaggregated"
+    mode: Literal["disaggregated", "standard"] = Field(
+        default="disaggregated", description="disaggregated: prefill and decode endpoints with KV transfer; "
+                                             "standard: plain vLLM endpoints (role standard) behind DiStack's proxy, "
+                                             "for comparison runs.")
     proxy: Literal["neuron", "distack"] = Field(
         default="distack", description="distack: DiStack's own proxy (the default, and the only one with engine nixl "
                                        "or in standard mode); neuron: the 0.9.1 image's neuron-proxy-server (the "
@@ -327,11 +362,18 @@ class DeploymentConfig(_Model):
         description="Accept an image the catalog (stacks/images.py) does not list: synth then warns, the engine's "
                     "image check is skipped, and the worker AMI follows the tag's -ubuntuXX.YY suffix (or set "
                     "worker_ami).")
-    network: NetworkConfig = NetworkConfig()
-    model: ModelConfig
-    fleets: dict[str, FleetConfig] = Field(min_length=1)
-    worker_ami: WorkerAmiConfig = WorkerAmiConfig()
-    control_host: ControlHostConfig = ControlHostConfig()
+    network: NetworkConfig = Field(default=NetworkConfig(),
+                                   description="A new VPC (default) or an existing one, and who may call the proxy.")
+    model: ModelConfig = Field(description="The served model (Hugging Face id) and the vLLM limits every endpoint "
+                                           "shares.")
+    fleets: dict[str, FleetConfig] = Field(
+        min_length=1, description="Worker fleets by name (lowercase, e.g. prefill, decode): each one instance type, "
+                                  "count and endpoint layout, and one Auto Scaling group.")
+    worker_ami: WorkerAmiConfig = Field(
+        default=WorkerAmiConfig(), description="The workers' AMI. Default: the Neuron base DLAMI of the image's "
+                                               "Ubuntu (an SSM parameter); pin image_id in production.")
+    control_host: ControlHostConfig = Field(default=ControlHostConfig(),
+                                            description="The small host that runs etcd and the proxy.")
     placement_group: bool | None = Field(
         default=None, description="Cluster placement group; default on unless a fleet targets a reservation.")
     placement_group_name: str | None = Field(
@@ -341,8 +383,11 @@ class DeploymentConfig(_Model):
                     "group.")
     drain: DrainConfig = Field(default_factory=DrainConfig,
                                description="How long a leaving worker waits for its in-flight requests.")
-    log_retention_days: int = 30
-    bootstrap: BootstrapConfig = BootstrapConfig()
+    log_retention_days: int = Field(
+        default=30, description="Days CloudWatch keeps the deployment's log groups; one of the values CloudWatch "
+                                "accepts (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, ...).")
+    bootstrap: BootstrapConfig = Field(default=BootstrapConfig(),
+                                       description="How long CloudFormation waits for the nodes' bootstrap.")
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig,
                                          description="Dashboard and alarms: alarm email, TTFT SLO, thresholds.")
     # One section per engine with settings (stacks/engines/<name>.py); rules.py refuses a section of another engine.

@@ -1,24 +1,33 @@
-"""Read `config/NAME.yaml`, validate it, and report every problem with file, line, dotted path and fix."""
+"""Read `config/NAME.yaml`, validate it, and report every problem with file, line, dotted path and fix.
+
+Type and schema errors and the rules' findings come in one report, ordered by line: where settings fail, the rules
+still run on the rest (`stacks/partial.py`), skipping only those that read a failed setting.
+"""
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Mapping
 
-import yaml
 from pydantic import ValidationError
 
-from stacks import rules
+from stacks import partial, rules, schema_errors, yaml_reader
 from stacks.config import DeploymentConfig
+from stacks.problems import ConfigError, Problem, UnusableInput, guarding
+
+__all__ = ["CONFIG_DIR", "REMOVE", "Change", "ConfigError", "available_environments", "load_config_file",
+           "load_environment", "print_warning"]
 
 # DISTACK_CONFIG_DIR lets a team keep its environment files outside this repository.
 CONFIG_DIR = Path(os.environ.get("DISTACK_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "config")
 
-
-class ConfigError(Exception):
-    """A config file cannot be used; the message lists every problem."""
+# A Change's value that removes the key (e.g. model.parameters_billion, which described the model being replaced).
+REMOVE = object()
+# A change made on the command line instead of in the file: dotted path -> (value or REMOVE, the flag that made it).
+Change = Mapping[str, tuple[Any, str]]
 
 
 def available_environments(config_dir: Path = CONFIG_DIR) -> list[str]:
@@ -32,56 +41,78 @@ def print_warning(text: str) -> None:
 
 
 def load_environment(name: str, config_dir: Path = CONFIG_DIR, *,
-                     warn: Callable[[str], None] = print_warning) -> DeploymentConfig:
-    """Load and validate config/NAME.yaml."""
+                     warn: Callable[[str], None] = print_warning, changes: Change | None = None) -> DeploymentConfig:
+    """Load and validate config/NAME.yaml (with `changes` applied, as `dictl rollout` does before it sends)."""
     path = config_dir / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(available_environments(config_dir)) or "none"
         raise ConfigError(f"{_shown(path)}: no such environment (known: {known})\n"
                           f"  fix: pick one with -c env=NAME / ENV=NAME, or create {_shown(path)}")
-    return load_config_file(path, warn=warn)
+    return load_config_file(path, warn=warn, changes=changes)
 
 
-def load_config_file(path: Path, *, check_name: bool = True,
-                     warn: Callable[[str], None] = print_warning) -> DeploymentConfig:
-    """Parse and validate one file; raise ConfigError listing every problem at once.
+def load_config_file(path: Path, *, check_name: bool = True, warn: Callable[[str], None] = print_warning,
+                     changes: Change | None = None) -> DeploymentConfig:
+    """Parse and validate one file; raise ConfigError listing every problem at once, ordered by line.
 
     check_name: the file name must equal `name` (off only for files that are not environments).
     warn: receives each warning (file:line, path, message, what to do) of a valid file; stderr by default.
+    changes: settings replaced on the command line; their problems name the flag instead of a line.
     """
     shown = _shown(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{shown}: cannot read: {err.strerror}") from None
-    try:
-        # Parse once: the node tree gives line numbers for messages, the data comes from the same tree.
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{shown}{where}: not valid YAML: {getattr(err, 'problem', err)}\n"
-                          "  fix: check indentation and quoting on that line") from None
-    if not isinstance(data, dict):
+    document = yaml_reader.read(text, shown)
+    if not isinstance(document.data, dict):
         raise ConfigError(f"{shown}: expected a mapping of settings at the top level\n"
                           "  fix: start from config/dev.yaml")
+    data = _changed(document.data, changes or {})
+    problems = list(document.duplicates)
+    unusable = {tuple(yaml_reader.split(p.path)) for p in document.duplicates}
+    errors = []
     try:
-        config = DeploymentConfig.model_validate(data)
+        config: DeploymentConfig | None = DeploymentConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_report(shown, node, _pydantic_problems(err))) from None
-    problems = rules.check(config, file_stem=path.stem if check_name else None)
+        errors = err.errors(include_url=False)
+        found, meant = schema_errors.translate(DeploymentConfig, errors, data)
+        problems += found
+        unusable |= meant
+        config = None
+    if errors or unusable:
+        config = partial.build(DeploymentConfig, data, errors, unusable)  # type: ignore[assignment]
+    if config is not None:
+        try:
+            with guarding():
+                problems += rules.check(config, file_stem=path.stem if check_name else None)
+        except UnusableInput:
+            pass  # a rule outside skip_unusable read a failed setting: the schema errors still stand
     if problems:
-        raise ConfigError(_report(shown, node, problems))
-    for warning in rules.warnings(config):
-        line = _line_of(node, warning.path)
+        raise ConfigError(_report(shown, document.root, problems, changes or {}))
+    for warning in rules.warnings(config):  # type: ignore[arg-type]
+        line = yaml_reader.line_of(document.root, warning.path)
         warn(f"{shown}{f':{line}' if line else ''}: warning: {warning.path}: {warning.message}\n"
              f"      do: {warning.fix}")
-    return config
+    return config  # type: ignore[return-value]
+
+
+def _changed(data: dict[str, Any], changes: Change) -> dict[str, Any]:
+    if not changes:
+        return data
+    data = copy.deepcopy(data)
+    for dotted, (value, _) in changes.items():
+        *parents, key = yaml_reader.split(dotted)
+        target = data
+        for part in parents:
+            target = target.setdefault(part, {}) if isinstance(target, dict) else {}
+        if not isinstance(target, dict):
+            continue
+        if value is REMOVE:
+            target.pop(key, None)
+        else:
+            target[key] = value
+    return data
 
 
 def _shown(path: Path) -> str:
@@ -91,71 +122,20 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _pydantic_problems(err: ValidationError) -> list[rules.Problem]:
-    problems = []
-    for item in err.errors(include_url=False):
-        path = _dotted(item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        problems.append(rules.Problem(path or "<top level>", message, _fix_for(item, path)))
-    return problems
-
-
-def _dotted(loc: Iterable[Any]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _fix_for(item: Any, path: str) -> str:
-    kind = item["type"]
-    field = path.rsplit(".", 1)[-1]
-    if kind == "extra_forbidden":
-        return f"remove '{field}' or correct its spelling (config/schema.json lists every key)"
-    if kind == "missing":
-        return f"add {field} (config/schema.json describes it)"
-    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        return f"set {field} within the stated bound"
-    if kind == "string_pattern_mismatch":
-        return f"write {field} in the expected form (see its description in config/schema.json)"
-    if kind == "literal_error":
-        return f"set {field} to one of the listed values"
-    if kind.endswith("_type") or kind.endswith("_parsing"):
-        return f"give {field} a value of the stated type"
-    return "see config/schema.json for this setting"
-
-
-def _report(shown: str, root: yaml.Node | None, problems: list[rules.Problem]) -> str:
-    lines = [f"{shown}: {len(problems)} problem{'s' if len(problems) != 1 else ''}"]
+def _report(shown: str, root: Any, problems: list[Problem], changes: Change) -> str:
+    """Header, then each problem as `file:line: path: message` and its fix, in line order (file-wide ones first)."""
+    flags = sorted({flag for _, flag in changes.values()})
+    placed = []
     for problem in problems:
-        line = _line_of(root, problem.path)
-        lines.append(f"  {shown}{f':{line}' if line else ''}: {problem.path}: {problem.message}")
+        flag = next((f for p, (_, f) in changes.items() if problem.path == p or problem.path.startswith(p + ".")),
+                    None)
+        line = problem.line or (None if flag else yaml_reader.line_of(root, problem.path))
+        where = f"{shown} ({flag})" if flag else f"{shown}{f':{line}' if line else ''}"
+        placed.append((line or 0, where, problem))
+    placed.sort(key=lambda item: item[0])
+    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+    lines = [f"{shown} with {' '.join(flags)}: {count}" if flags else f"{shown}: {count}"]
+    for _, where, problem in placed:
+        lines.append(f"  {where}: {problem.path}: {problem.message}")
         lines.append(f"      fix: {problem.fix}")
     return "\n".join(lines)
-
-
-def _line_of(root: yaml.Node | None, dotted: str) -> int | None:
-    """1-based line of the deepest YAML node on the dotted path (the key itself when the value is absent)."""
-    node, line = root, None
-    for part in _split(dotted):
-        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-            match = next(((k, v) for k, v in node.value if k.value == part), None)
-            if match is None:
-                break
-            line, node = match[0].start_mark.line + 1, match[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
-def _split(dotted: str) -> list[str | int]:
-    parts: list[str | int] = []
-    for chunk in dotted.split("."):
-        name, *indices = chunk.replace("]", "").split("[")
-        if name:
-            parts.append(name)
-        parts += [int(i) for i in indices if i.isdigit()]
-    return parts

@@ -11,7 +11,7 @@ from typing import Iterator
 
 from stacks import catalog, engines, images, naming
 from stacks.config import LOG_RETENTION_DAYS, DeploymentConfig, FleetConfig
-from stacks.problems import Problem
+from stacks.problems import Problem, skip_unusable
 
 __all__ = ["Problem", "check", "warnings"]
 
@@ -19,24 +19,41 @@ FLEET_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 
 
 def check(config: DeploymentConfig, *, file_stem: str | None = None) -> list[Problem]:
-    """Every static rule violation in `config`, in file order where possible."""
+    """Every static rule violation in `config`, in file order where possible.
+
+    `config` may be partially valid (stacks/partial.py): each rule runs inside skip_unusable, so one that reads a
+    setting which failed validation stops there and the others still run.
+    """
     problems: list[Problem] = []
-    if file_stem is not None and config.name != file_stem:
-        problems.append(Problem("name", f"name is '{config.name}' but the file is {file_stem}.yaml",
-                                f"set name: {file_stem} (the file name picks the environment; the name picks the stack)"))
-    problems += _region_and_zone(config)
-    problems += _network(config)
-    problems += _engine(config)
-    problems += _proxy(config)
-    problems += _monitoring(config)
-    for fleet_name, fleet in config.fleets.items():
-        problems += _fleet(config, fleet_name, fleet)
-    problems += _roles(config)
-    problems += _placement(config)
-    if config.log_retention_days not in LOG_RETENTION_DAYS:
-        problems.append(Problem("log_retention_days", f"{config.log_retention_days} is not a CloudWatch retention",
-                                f"use one of {', '.join(map(str, LOG_RETENTION_DAYS[:12]))}, ..."))
+    problems += skip_unusable(_name(config, file_stem))
+    problems += skip_unusable(_region_and_zone(config))
+    problems += skip_unusable(_network(config))
+    problems += skip_unusable(_engine(config))
+    problems += skip_unusable(_model_size(config))
+    problems += skip_unusable(_proxy(config))
+    problems += skip_unusable(_monitoring(config))
+    problems += skip_unusable(_fleets(config))
+    problems += skip_unusable(_roles(config))
+    problems += skip_unusable(_placement(config))
+    problems += skip_unusable(_log_retention(config))
     return problems
+
+
+def _name(config: DeploymentConfig, file_stem: str | None) -> Iterator[Problem]:
+    if file_stem is not None and config.name != file_stem:
+        yield Problem("name", f"name is '{config.name}' but the file is {file_stem}.yaml",
+                      f"set name: {file_stem} (the file name picks the environment; the name picks the stack)")
+
+
+def _fleets(config: DeploymentConfig) -> Iterator[Problem]:
+    for fleet_name, fleet in config.fleets.items():
+        yield from skip_unusable(_fleet(config, fleet_name, fleet))
+
+
+def _log_retention(config: DeploymentConfig) -> Iterator[Problem]:
+    if config.log_retention_days not in LOG_RETENTION_DAYS:
+        yield Problem("log_retention_days", f"{config.log_retention_days} is not a CloudWatch retention",
+                      f"use one of {', '.join(map(str, LOG_RETENTION_DAYS[:12]))}, ...")
 
 
 def _region_and_zone(config: DeploymentConfig) -> Iterator[Problem]:
@@ -102,7 +119,7 @@ def _engine(config: DeploymentConfig) -> Iterator[Problem]:
         yield Problem("model.hf_token_secret", f"{model.id} is gated on Hugging Face and needs a token",
                       "store the token in Secrets Manager and set hf_token_secret to its name, "
                       "or set source: s3 and upload the weights to models/ in the artifacts bucket")
-    yield from engine.check(config)
+    yield from skip_unusable(engine.check(config))
 
 
 def _image(config: DeploymentConfig, engine: engines.Engine) -> Iterator[Problem]:
@@ -262,6 +279,24 @@ def _memory(config: DeploymentConfig, at: str, fleet: FleetConfig, itype: catalo
                           f"{model.id} needs {weights_gib:.0f} GiB for {model.dtype} weights but "
                           f"{fleet.tensor_parallel} cores of {itype.name} hold {hbm_gib:.0f} GiB of HBM",
                           "raise tensor_parallel (fewer endpoints per instance) or use a smaller model or dtype")
+
+
+# A size in a model's name, e.g. Llama-3.1-405B-Instruct, gpt-oss-20b; not the expert size of "8x7B".
+NAMED_SIZE = re.compile(r"(?<![\dx.])(\d+(?:\.\d+)?)[bB](?![A-Za-z])")
+
+
+def _model_size(config: DeploymentConfig) -> Iterator[Problem]:
+    """The weights-fit-HBM rule (_memory) needs the model's size: unknown, it would pass any TP in silence."""
+    model = config.model
+    if model.parameters_billion is not None or model.id in catalog.KNOWN_MODEL_PARAMETERS_B:
+        return
+    named = NAMED_SIZE.findall(model.id.rsplit("/", 1)[-1])
+    size = named[-1] if named else None
+    how = (f"set model.parameters_billion: {size} (the name says {size}B; the model card gives the exact count)"
+           if size else "set model.parameters_billion to its parameter count in billions (from the model card)")
+    yield Problem("model.id", f"the size of {model.id} is unknown, so whether its {model.dtype} weights fit the HBM "
+                              "of each endpoint's NeuronCores cannot be checked",
+                  f"{how}; with dictl rollout --model, pass --parameters-billion")
 
 
 def _roles(config: DeploymentConfig) -> Iterator[Problem]:

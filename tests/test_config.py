@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from stacks import schema
-from stacks import engines, images, node_values
+from stacks import engines, images, model_paths, node_values
+from stacks.config import DeploymentConfig
 from stacks.loader import CONFIG_DIR, ConfigError, available_environments, load_config_file, load_environment
 from tests.conftest import SHIPPED_ENVS
 
@@ -43,6 +44,79 @@ def test_each_corpus_mistake_is_reported_once_with_its_message(path):
     assert message.count("\n      fix: ") == len(expected) or "not valid YAML" in message
     # Every problem line names the file (and a line number when the key exists).
     assert message.startswith(f"{path}") or message.startswith(str(path.relative_to(Path.cwd())))
+    # Plain words, never pydantic's.
+    assert not PYDANTIC_WORDS.search(message), PYDANTIC_WORDS.search(message)
+
+
+PYDANTIC_WORDS = re.compile(r"Input should|valid (dictionary|tuple|list|integer|boolean|string)|Extra inputs|"
+                            r"Field required|String should match|Value error")
+
+
+def _problem_lines(message: str) -> list[int]:
+    return [int(m) for m in re.findall(r"^  \S+?\.yaml:(\d+): ", message, re.MULTILINE)]
+
+
+def test_schema_and_rule_problems_come_together_ordered_by_line():
+    path = Path(__file__).parent / "data" / "invalid" / "typo-zone-and-tp-together.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(path, check_name=False)
+    message = str(caught.value)
+    assert message.splitlines()[0].endswith(": 3 problems")
+    # zone (a rule), TP (a rule), the misspelt key (the schema), in the file's order
+    assert _problem_lines(message) == [7, 15, 16]
+
+
+def test_rules_that_read_a_failed_setting_are_skipped_and_the_others_still_run(tmp_path):
+    data = yaml.safe_load((CONFIG_DIR / "tutorial.yaml").read_text())
+    data["availability_zone"] = "eu-west-1a"
+    data["fleets"]["prefill"]["tensor_parallel"] = "sixty-four"
+    path = _write(tmp_path, "tutorial", data)
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(path)
+    message = str(caught.value)
+    assert "fleets.prefill.tensor_parallel: expected a whole number, got 'sixty-four'" in message
+    assert "availability_zone: 'eu-west-1a' is not a zone of region us-east-2" in message
+    # neuron-connector's "prefill TP and decode TP differ" reads the failed TP: skipped, not judged on a stand-in
+    assert "differ" not in message and message.count("\n      fix: ") == 2
+
+
+@pytest.mark.parametrize("text, where, quoted, caret, words", [
+    ("name: case\nregion: us-east-2\n  availability_zone: us-east-2a\n", "3:20",
+     "     3 |   availability_zone: us-east-2a", "       |                    ^",
+     "indented deeper than line 2, which already has a value"),
+    ("name: case\nimage: repo/x: latest\n", "2:14", "     2 | image: repo/x: latest", "       |              ^",
+     "a value that contains ': ' must be quoted"),
+    ("name: case\nfleets: [a, b\nregion: x\n", "2:9", "     2 | fleets: [a, b", "       |         ^",
+     "'[' opened here is not closed"),
+    ("name: case\n\tregion: x\n", "2:1", "     2 | \tregion: x", "       | ^", "YAML indents with spaces only"),
+])
+def test_yaml_syntax_errors_give_line_column_the_line_a_caret_and_plain_words(tmp_path, text, where, quoted, caret,
+                                                                             words):
+    path = tmp_path / "case.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(path, check_name=False)
+    lines = str(caught.value).splitlines()
+    assert lines[0].startswith(f"{path}:{where}: not valid YAML: ") and words in lines[0]
+    assert lines[1:3] == [quoted, caret]
+    assert lines[3].startswith("      fix: ")
+
+
+def test_every_field_of_the_config_model_has_a_description():
+    undescribed = [path for path, field in model_paths.fields(DeploymentConfig) if not (field.description or "").strip()]
+    assert undescribed == [], "describe these fields (config/schema.json and the fixes quote them)"
+
+
+def test_a_model_of_unknown_size_is_an_error_until_its_size_is_given(tmp_path):
+    path = Path(__file__).parent / "data" / "invalid" / "unknown-model-size.yaml"
+    with pytest.raises(ConfigError, match=re.escape("fix: set model.parameters_billion: 405 (the name says 405B")):
+        load_config_file(path, check_name=False)
+    data = yaml.safe_load(path.read_text())
+    data["model"]["parameters_billion"] = 405.85
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(_write(tmp_path, "case", data))
+    assert ("fleets.prefill.tensor_parallel: meta-llama/Llama-3.1-405B-Instruct needs 756 GiB for bfloat16 weights "
+            "but 32 cores of trn1.32xlarge hold 512 GiB of HBM") in str(caught.value)
 
 
 def test_every_problem_is_reported_at_once_with_file_line_path_and_fix(tmp_path):

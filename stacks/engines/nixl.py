@@ -48,7 +48,8 @@ class NeuronConfig(BaseModel):
         default=None, min_length=1, description="Each entry divisible by block_size (recipe constraint).")
     num_batched_tokens_buckets: tuple[int, ...] | None = Field(
         default=None, min_length=1, description="The last entry must equal nixl.max_num_batched_tokens.")
-    num_seqs_buckets: tuple[int, ...] | None = Field(default=None, min_length=1)
+    num_seqs_buckets: tuple[int, ...] | None = Field(
+        default=None, min_length=1, description="Batch-size buckets to compile, e.g. [8] with max_num_seqs 8 (recipe).")
 
     def as_json(self) -> str:
         """Compact JSON, keys in the order written (declared keys first)."""
