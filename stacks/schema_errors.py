@@ -60,13 +60,15 @@ def translate(root: type[BaseModel], errors: Sequence[ErrorDetails],
         model = steps[-1].owner if steps and steps[-1].kind == "unknown" else None
         known = list(model.model_fields) if model else []
         present = _at(data, owner)
-        unset = [f for f in known if not (isinstance(present, dict) and f in present)]
+        elsewhere = [p for p, _ in model_paths.fields(root) if p.rsplit(".", 1)[-1] == key]
         required_match = difflib.get_close_matches(key, sorted(missing.get(owner, ())), n=1, cutoff=0.6)
-        match = required_match or difflib.get_close_matches(key, unset, n=1, cutoff=0.6)
+        # A key that exists as it is written, one level off, is misplaced rather than misspelt (count at the top).
+        match = required_match or ([] if elsewhere else difflib.get_close_matches(key, known, n=1, cutoff=0.6))
         path = dotted(loc)
         if match:
             intended = owner + (match[0],)
-            meant.add(intended)
+            if not (isinstance(present, dict) and match[0] in present):
+                meant.add(intended)  # the setting it was meant to be is unset: its default is not the user's
             description = _description(model, match[0])
             if required_match:
                 renamed.add(intended)
@@ -75,7 +77,6 @@ def translate(root: type[BaseModel], errors: Sequence[ErrorDetails],
                 fix = f"rename it to {match[0]} ({description})"
             problems.append(Problem(path, f"unknown key '{key}'; did you mean '{match[0]}'?", fix))
             continue
-        elsewhere = [p for p, _ in model_paths.fields(root) if p.rsplit(".", 1)[-1] == key]
         if elsewhere:
             fix = f"move it: {key} belongs under {' or '.join(sorted(p.rsplit('.', 1)[0] for p in elsewhere))}"
         else:
@@ -108,7 +109,7 @@ def _problem(root: type[BaseModel], error: ErrorDetails) -> Problem:
     about = f" ({description})" if description else ""
     if kind == "missing":
         return Problem(path, f"required key '{field}' is missing",
-                       f"add {field}: {description}" if description else f"add {field}")
+                       f"add {field} ({description.rstrip('.')})" if description else f"add {field}")
     if kind in EXPECTED:
         return Problem(path, f"expected {EXPECTED[kind]}, got {_described(value)}",
                        f"write {field} as {EXPECTED[kind].split(' (')[0]}{about}")
@@ -130,12 +131,13 @@ def _problem(root: type[BaseModel], error: ErrorDetails) -> Problem:
                        f"give {field} {words} {limit} {noun}{about}")
     if kind == "string_pattern_mismatch":
         return Problem(path, f"{_described(value)} is not in the form {field} takes",
-                       f"write {field} as described: {description}" if description
+                       f"write it as {field} expects: {description}" if description
                        else f"write {field} to match {ctx.get('pattern')}")
     message = str(error["msg"]).removeprefix("Value error, ")
     for theirs, ours in PYDANTIC_WORDS:
         message = message.replace(theirs, ours)
-    return Problem(path, message, f"{field}: {description}" if description else "see config/schema.json")
+    return Problem(path, message, f"as the message says ({field}: {description})" if description
+                   else "as the message says (config/schema.json describes each key)")
 
 
 def _description(model: type[BaseModel] | None, name: str) -> str:
