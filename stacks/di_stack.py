@@ -8,7 +8,7 @@ import aws_cdk as cdk
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from stacks import naming, node_values, userdata
+from stacks import naming, node_values, scaling_config, serving_time, userdata
 from stacks.components.artifacts import Artifacts
 from stacks.components.control_host import ControlHost, ControlState
 from stacks.components.monitoring import Monitoring
@@ -17,7 +17,7 @@ from stacks.components.node_role import NodeRole
 from stacks.components.ops_documents import OpsDocuments
 from stacks.components.placement import ClusterPlacement
 from stacks.components.security import Security
-from stacks.components.worker_fleet import FleetPlacement, WorkerFleet
+from stacks.components.worker_fleet import FleetLifecycle, FleetPlacement, WorkerFleet
 from stacks.config import DeploymentConfig
 from stacks.observability.node_metrics import NodeMetrics
 from stacks import nag
@@ -72,6 +72,8 @@ class DiStack(cdk.Stack):
             nag.acknowledge_node_role(roles[role_id], bucket, prefixes)
         worker_role, control_role = roles["WorkerRole"], roles["ControlRole"]
         nag.acknowledge_control_role(control_role, publishes_metrics=config.proxy == "distack")
+        worker_role.allow_lifecycle(config.name)
+        nag.acknowledge_worker_lifecycle(worker_role)
         nag.acknowledge_bucket(bucket)
         nag.acknowledge_scaling_groups(self)
 
@@ -108,21 +110,29 @@ class DiStack(cdk.Stack):
             tags=control_tags)
         control_signal.bind(self.control_host.auto_scaling_group, count=1, timeout_minutes=timeout)
 
-        placement_group = ClusterPlacement(self, "PlacementGroup") if config.uses_placement_group else None
+        # The stack's own cluster placement group, unless the config names an existing one (where an On-Demand
+        # Capacity Reservation may have been created) or no fleet uses one.
+        choices = {name: config.fleet_placement_group(name) for name in config.fleets}
+        placement_group = ClusterPlacement(self, "PlacementGroup") if "new" in choices.values() else None
         self.fleets: dict[str, WorkerFleet] = {}
         for name, fleet in config.fleets.items():
             tags = self._role_tags(fleet.role, name)
             signal = userdata.SignalTarget()
+            group = placement_group.group_name if choices[name] == "new" and placement_group else choices[name]
             self.fleets[name] = WorkerFleet(
                 self, f"{naming.pascal(name)}Fleet", fleet=fleet, ami=config.worker_ami,
                 placement=FleetPlacement(subnet_id=network.subnet_id,
                                          security_group_id=security.worker_group.security_group_id,
-                                         placement_group_name=placement_group.group_name if placement_group else None),
+                                         placement_group_name=group),
                 instance_profile=worker_role.instance_profile,
                 user_data=userdata.render(node_values.worker_values(config, name, refs,
                                                                     signal_resource=signal.logical_id)),
-                tags=tags)
-            signal.bind(self.fleets[name].auto_scaling_group, count=fleet.count, timeout_minutes=timeout)
+                tags=tags, lifecycle=_lifecycle(config, name))
+            group_resource = self.fleets[name].auto_scaling_group
+            signal.bind(group_resource, count=max(fleet.initial_size, 1), timeout_minutes=timeout)
+            if fleet.initial_size == 0:
+                # A group created empty (e.g. a Capacity Block fleet before its block starts) has nothing to wait for.
+                group_resource.cfn_options.creation_policy = None
             for key, value in tags.items():
                 cdk.Tags.of(self.fleets[name].auto_scaling_group).add(key, value)
         for key, value in control_tags.items():
@@ -156,3 +166,16 @@ class DiStack(cdk.Stack):
             outputs[naming.fleet_output(name)] = (fleet.auto_scaling_group.ref, f"Auto Scaling group of {name}")
         for key, (value, description) in outputs.items():
             cdk.CfnOutput(self, key, value=value, description=description)
+
+
+def _lifecycle(config: DeploymentConfig, fleet_name: str) -> FleetLifecycle:
+    """The fleet's hook timeouts: launch from the estimated time to serving of a new (cold) worker, termination from
+    the drain wait (stacks/scaling_config.py)."""
+    try:
+        serving: float | None = serving_time.estimate(config, fleet_name, warm=False).total_seconds
+    except ValueError:
+        serving = None  # an unknown model size (the rules report it): the hook waits as long as AWS allows
+    return FleetLifecycle(
+        deployment=config.name,
+        launch_timeout_seconds=scaling_config.launch_heartbeat(serving, config.drain),
+        termination_timeout_seconds=scaling_config.termination_heartbeat(config.drain))

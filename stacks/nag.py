@@ -47,6 +47,19 @@ def acknowledge_control_role(role: IConstruct, *, publishes_metrics: bool) -> No
     acknowledge(role, "IAM5", reason, "Resource::*")
 
 
+def acknowledge_worker_lifecycle(role: IConstruct) -> None:
+    """The worker completes its own lifecycle hooks (NodeRole.allow_lifecycle)."""
+    stack = cdk.Stack.of(role)
+    acknowledge(role, "IAM5", "Auto Scaling group ARNs hold an ID and a name that CloudFormation assigns when it "
+                              "creates the groups; the autoscaling:ResourceTag/di:deployment condition limits "
+                              "CompleteLifecycleAction and RecordLifecycleActionHeartbeat to this deployment's groups.",
+                f"Resource::arn:<AWS::Partition>:autoscaling:{stack.region}:<AWS::AccountId>:autoScalingGroup:*:"
+                "autoScalingGroupName/*")
+    acknowledge(role, "IAM5", "autoscaling:DescribeAutoScalingInstances supports no resource-level permissions; the "
+                              "node calls it to learn which group it belongs to, whose name cannot be in its own "
+                              "launch template's user data.", "Resource::*")
+
+
 def acknowledge_scaling_groups(stack: IConstruct) -> None:
     """AS3 asks for SNS notifications on every Auto Scaling group."""
     acknowledge(stack, "AS3", "Launch failures (for example InsufficientInstanceCapacity) and replacements are "

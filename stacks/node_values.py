@@ -76,6 +76,10 @@ def worker_values(config: DeploymentConfig, fleet_name: str, refs: DeploymentRef
         "DI_EXPECTED_EFA_INTERFACES": str(itype.efa_interfaces),
         "DI_MIN_DATA_GB": str(min_data_gb(config)),
         "DI_SIGNAL_RESOURCE": signal_resource,
+        # The lifecycle hooks on the fleet's group (stacks/components/worker_fleet.py) and how long a drain may wait.
+        "DI_LAUNCH_HOOK": naming.LAUNCH_HOOK,
+        "DI_TERMINATION_HOOK": naming.TERMINATION_HOOK,
+        "DI_DRAIN_TIMEOUT_SECONDS": str(config.drain.timeout_seconds),
         # The engine's own variables (stacks/engines/<engine>.py), e.g. DI_KV_CONNECTOR or DI_KV_BUFFER_SIZE.
         **config.engine_module.worker_values(config, fleet_name),
     }

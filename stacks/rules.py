@@ -9,7 +9,7 @@ import ipaddress
 import re
 from typing import Iterator
 
-from stacks import catalog, engines, images, naming
+from stacks import catalog, engines, images, naming, scaling_rules
 from stacks.config import LOG_RETENTION_DAYS, DeploymentConfig, FleetConfig
 from stacks.problems import Problem, skip_unusable
 
@@ -35,6 +35,7 @@ def check(config: DeploymentConfig, *, file_stem: str | None = None) -> list[Pro
     problems += skip_unusable(_fleets(config))
     problems += skip_unusable(_roles(config))
     problems += skip_unusable(_placement(config))
+    problems += skip_unusable(scaling_rules.check(config))
     problems += skip_unusable(_log_retention(config))
     return problems
 
@@ -166,6 +167,7 @@ def warnings(config: DeploymentConfig) -> list[Problem]:
                                       f"image_unlisted is true ({source}{unverified})",
                              f"make sure it carries engine {config.engine}'s server and run `dictl preflight`; "
                              "add it to stacks/images.py once known"))
+    found += scaling_rules.warnings(config)
     return found
 
 
@@ -336,12 +338,20 @@ def _placement(config: DeploymentConfig) -> Iterator[Problem]:
         if not cap.targeted and cap.reservation_id is not None:
             yield Problem(f"fleets.{name}.capacity.type", "reservation_id is set but type is on-demand",
                           "set type: reservation or capacity-block, or remove reservation_id")
-    if config.placement_group and targeted:
+    if config.placement_group and targeted and config.placement_group_name is None:
+        fix = "remove placement_group (it then turns off by itself) or set placement_group: false"
+        if any(config.fleets[n].capacity.type == "reservation" for n in targeted):
+            # AWS recommends reserving capacity in the group: "To ensure that capacity is available ... create a
+            # Capacity Reservation for your cluster placement group" (EC2 UG, efa-start.html, step 8); such a
+            # reservation is created in an existing group, so the stack names it instead of creating one
+            # (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/cr-cpg.html).
+            fix += ("; for an On-Demand Capacity Reservation created in a cluster placement group, name that group "
+                    "instead: placement_group_name: NAME")
         yield Problem("placement_group", f"fleet(s) {', '.join(targeted)} launch into a reservation, which fixes "
-                                         "placement; a cluster placement group would make launches fail",
-                      "remove placement_group (it then turns off by itself) or set placement_group: false")
-    types = sorted({f.instance_type for f in config.fleets.values()})
+                                         "placement; a new cluster placement group would make launches fail", fix)
+    # The fleets that share a cluster placement group (a Capacity Block fleet never joins one).
+    types = sorted({f.instance_type for n, f in config.fleets.items() if config.fleet_placement_group(n)})
     known = all(t in catalog.WORKER_TYPES and catalog.WORKER_TYPES[t].efa for t in types)
-    if config.uses_placement_group and len(types) > 1 and known:
+    if len(types) > 1 and known:
         yield Problem("placement_group", f"one cluster placement group cannot reliably hold {' and '.join(types)}",
                       "use one worker instance type, or set placement_group: false")

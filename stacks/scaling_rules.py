@@ -29,8 +29,14 @@ def check(config: DeploymentConfig) -> Iterator[Problem]:
         yield from _scaling(config, at, fleet)
         yield from _schedule(at, fleet)
         yield from _warm_pool(at, fleet)
-        yield from _capacity_block(config, at, fleet)
     yield from _named_placement_group(config)
+
+
+def warnings(config: DeploymentConfig) -> list[Problem]:
+    """What synth accepts but prints: a Capacity Block fleet that nothing empties before the block ends. Only
+    `dictl preflight` knows the end time, and refuses the deploy there; an operator may also empty it by hand."""
+    return [problem for name, fleet in config.fleets.items()
+            for problem in _capacity_block(config, f"fleets.{name}", fleet)]
 
 
 def _sizes(at: str, fleet: FleetConfig) -> Iterator[Problem]:
@@ -77,13 +83,15 @@ def _scaling(config: DeploymentConfig, at: str, fleet: FleetConfig) -> Iterator[
 
 
 def _schedule(at: str, fleet: FleetConfig) -> Iterator[Problem]:
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for i, action in enumerate(fleet.schedule):
         where = f"{at}.schedule[{i}]"
-        if action.name in seen:
-            yield Problem(f"{where}.name", f"two scheduled actions are named {action.name}",
+        # The name becomes part of a construct id, where case, '-', '_' and '.' do not count.
+        key = naming.pascal(action.name.replace(".", "-")).lower()
+        if key in seen:
+            yield Problem(f"{where}.name", f"{action.name} repeats the name of scheduled action {seen[key]}",
                           "give each action of the fleet its own name")
-        seen.add(action.name)
+        seen.setdefault(key, action.name)
         if (action.recurrence is None) == (action.start_time is None):
             yield Problem(where, "a scheduled action needs exactly one of recurrence (cron) and start_time (once)",
                           "keep recurrence: '0 20 * * *' for a daily action, or start_time: 2026-08-06T10:00:00Z "
@@ -167,9 +175,9 @@ def _capacity_block(config: DeploymentConfig, at: str, fleet: FleetConfig) -> It
     if fleet.capacity.type != "capacity-block" or any(a.to_zero for a in fleet.schedule):
         return
     lead = (CAPACITY_BLOCK_RECLAIM_SECONDS + config.drain.timeout_seconds + DRAIN_MARGIN_SECONDS + 59) // 60
-    yield Problem(f"{at}.schedule", "a Capacity Block fleet must be empty before the block ends: EC2 terminates its "
-                                    "instances 30 minutes before the end time, in-flight requests and all, and Auto "
-                                    "Scaling would keep trying to replace them",
+    yield Problem(f"{at}.schedule", "no scheduled action empties this Capacity Block fleet before the block ends: EC2 "
+                                    "terminates its instances 30 minutes before the end time, in-flight requests and "
+                                    "all, and Auto Scaling would keep trying to replace them",
                   f"add a scheduled action at least {lead} minutes before the block's end (30 minutes plus the "
                   "drain): {name: block-end, start_time: END, min_size: 0, max_size: 0, desired_capacity: 0}; "
                   "dictl preflight checks it against the block")

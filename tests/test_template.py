@@ -10,7 +10,7 @@ import pytest
 import yaml
 from aws_cdk.assertions import Match
 
-from stacks import catalog, naming
+from stacks import catalog, naming, scaling_config, serving_time
 from tests.conftest import SHIPPED_ENVS, cdk_context
 
 VARIANT = Path(__file__).parent / "data" / "variant.yaml"
@@ -141,7 +141,10 @@ def test_every_fleet_in_one_subnet_and_one_cluster_placement_group(synth, env):
 
 def test_capacity_blocks_and_reservations_target_their_reservation_without_placement_group(variant):
     config, template, raw = variant
+    # No group is created: the Capacity Block fleet needs none, the reservation lives in the named one.
     template.resource_count_is("AWS::EC2::PlacementGroup", 0)
+    placement = {fleet: group["Properties"].get("PlacementGroup") for fleet, group in worker_groups(raw).items()}
+    assert placement == {"prefill": None, "decode": config.placement_group_name}
     template.has_resource_properties("AWS::EC2::LaunchTemplate", {"LaunchTemplateData": {
         "InstanceMarketOptions": {"MarketType": "capacity-block"},
         "CapacityReservationSpecification": {"CapacityReservationTarget": {
@@ -286,16 +289,141 @@ def test_every_instance_is_tagged_with_deployment_role_and_fleet(synth, env):
         assert all({naming.TAG_DEPLOYMENT, naming.TAG_ROLE, naming.TAG_FLEET} <= keys for keys in kinds.values())
 
 
+def worker_groups(template: dict) -> dict[str, dict]:
+    """fleet -> its Auto Scaling group resource (the control host's left out)."""
+    found = {}
+    for group in resources(template, "AWS::AutoScaling::AutoScalingGroup").values():
+        fleet = {t["Key"]: t["Value"] for t in group["Properties"]["Tags"]}[naming.TAG_FLEET]
+        if fleet != naming.ROLE_CONTROL:
+            found[fleet] = group
+    return found
+
+
 @pytest.mark.parametrize("env", SHIPPED_ENVS)
 def test_fleet_sizes_follow_the_config(synth, env):
+    """Fixed fleets get DesiredCapacity = count (a deploy restores it); autoscaled ones none, so a deploy never
+    resets what the policy or a schedule chose, and they start at min_count."""
     result = synth(env)
-    sizes = {}
-    for group in resources(result.template_dict, "AWS::AutoScaling::AutoScalingGroup").values():
-        fleet = {t["Key"]: t["Value"] for t in group["Properties"]["Tags"]}[naming.TAG_FLEET]
-        sizes[fleet] = (group["Properties"]["DesiredCapacity"], group["Properties"]["MaxSize"])
-    expected = {n: (str(f.count), str(f.ceiling)) for n, f in result.config.fleets.items()}
-    expected[naming.ROLE_CONTROL] = ("1", "1")
-    assert sizes == expected
+    sizes = {fleet: (g["Properties"]["MinSize"], g["Properties"].get("DesiredCapacity"), g["Properties"]["MaxSize"],
+                     g["CreationPolicy"]["ResourceSignal"]["Count"])
+             for fleet, g in worker_groups(result.template_dict).items()}
+    assert sizes == {n: (str(f.floor), None if f.elastic else str(f.count), str(f.ceiling), f.initial_size)
+                     for n, f in result.config.fleets.items()}
+    # dev can stop its bill with `dictl scale --count 0`; prod's fleets scale from 1 to 4.
+    assert {"dev": {"colocated": ("0", "1", "1", 1)},
+            "prod": {"prefill": ("1", None, "4", 1), "decode": ("1", None, "4", 1)}}.get(env, sizes) == sizes
+
+
+@pytest.mark.parametrize("env", SHIPPED_ENVS)
+def test_no_worker_group_lacks_its_lifecycle_hooks(synth, env):
+    """Every worker joins through the launch hook (ABANDON: never counted as capacity before it serves) and leaves
+    through the termination hook (CONTINUE after the drain); timeouts from the time to serving and the drain."""
+    result = synth(env)
+    config = result.config
+    for fleet, group in worker_groups(result.template_dict).items():
+        hooks = {h["LifecycleHookName"]: h for h in group["Properties"]["LifecycleHookSpecificationList"]}
+        serving = serving_time.estimate(config, fleet, warm=False).total_seconds
+        assert hooks == {
+            naming.LAUNCH_HOOK: {"LifecycleHookName": naming.LAUNCH_HOOK, "DefaultResult": "ABANDON",
+                                 "LifecycleTransition": "autoscaling:EC2_INSTANCE_LAUNCHING",
+                                 "HeartbeatTimeout": scaling_config.launch_heartbeat(serving, config.drain)},
+            naming.TERMINATION_HOOK: {"LifecycleHookName": naming.TERMINATION_HOOK, "DefaultResult": "CONTINUE",
+                                      "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+                                      "HeartbeatTimeout": config.drain.timeout_seconds + 180}}, fleet
+        assert 30 <= hooks[naming.LAUNCH_HOOK]["HeartbeatTimeout"] <= 7200
+        assert hooks[naming.LAUNCH_HOOK]["HeartbeatTimeout"] >= min(serving, 7200)
+        assert group["Properties"]["DefaultInstanceWarmup"] == 120
+        assert group["UpdatePolicy"] == {"AutoScalingScheduledAction": {"IgnoreUnmodifiedGroupSizeProperties": True}}
+    envs = worker_node_envs(result.template_dict)
+    assert {fleet: (e["DI_LAUNCH_HOOK"], e["DI_TERMINATION_HOOK"], e["DI_DRAIN_TIMEOUT_SECONDS"])
+            for fleet, e in envs.items()} == {fleet: ("di-launch", "di-termination", "600") for fleet in config.fleets}
+
+
+def test_prod_scales_each_role_on_its_own_proxy_signal_with_a_warm_pool(synth):
+    result = synth("prod")
+    template = result.template_dict
+    logical = {fleet: k for k, g in resources(template, "AWS::AutoScaling::AutoScalingGroup").items()
+               for fleet in [{t["Key"]: t["Value"] for t in g["Properties"]["Tags"]}[naming.TAG_FLEET]]}
+    policies = {p["Properties"]["AutoScalingGroupName"]["Ref"]: p["Properties"]
+                for p in resources(template, "AWS::AutoScaling::ScalingPolicy").values()}
+    for fleet, metric, target in (("prefill", "PrefillRequestsPerEndpoint", 4), ("decode", "DecodeStreamsPerEndpoint", 6)):
+        policy = policies[logical[fleet]]
+        assert policy["PolicyType"] == "TargetTrackingScaling"
+        assert policy["TargetTrackingConfiguration"] == {
+            "TargetValue": target, "DisableScaleIn": False, "CustomizedMetricSpecification": {
+                "MetricName": metric, "Namespace": naming.PROXY_METRICS_NAMESPACE, "Statistic": "Average",
+                "Dimensions": [{"Name": "Deployment", "Value": "prod"}, {"Name": "Role", "Value": fleet}]}}
+        assert target <= result.config.model.max_num_seqs
+    pools = {p["Properties"]["AutoScalingGroupName"]["Ref"]: p["Properties"]
+             for p in resources(template, "AWS::AutoScaling::WarmPool").values()}
+    assert pools == {logical[f]: {"AutoScalingGroupName": {"Ref": logical[f]}, "MinSize": 1,
+                                  "MaxGroupPreparedCapacity": 1, "PoolState": "Stopped",
+                                  "InstanceReusePolicy": {"ReuseOnScaleIn": False}} for f in ("prefill", "decode")}
+    result.template.resource_count_is("AWS::AutoScaling::ScheduledAction", 0)
+    # dev's colocated fleet and the benchmark environments keep a fixed size.
+    for env in ("dev", "xpyd", "baseline"):
+        assert not resources(synth(env).template_dict, "AWS::AutoScaling::ScalingPolicy"), env
+
+
+def test_schedules_drain_and_a_capacity_block_fleet_created_empty(variant):
+    config, _, raw = variant
+    groups = worker_groups(raw)
+    logical = {fleet: k for k, g in resources(raw, "AWS::AutoScaling::AutoScalingGroup").items()
+               for fleet in [{t["Key"]: t["Value"] for t in g["Properties"]["Tags"]}[naming.TAG_FLEET]]}
+    actions = sorted((a["Properties"]["AutoScalingGroupName"]["Ref"], json.dumps(a["Properties"], sort_keys=True))
+                     for a in resources(raw, "AWS::AutoScaling::ScheduledAction").values())
+    by_group = {}
+    for ref, text in actions:
+        props = json.loads(text)
+        del props["AutoScalingGroupName"]
+        by_group.setdefault(ref, []).append(props)
+    # One-time actions in UTC (13:31+02:00 is 11:31Z), recurring ones with their zone.
+    assert sorted(by_group[logical["prefill"]], key=lambda a: a["StartTime"]) == [
+        {"StartTime": "2026-08-05T11:31:00Z", "MinSize": 1, "MaxSize": 1, "DesiredCapacity": 1},
+        {"StartTime": "2026-08-06T10:45:00Z", "MinSize": 0, "MaxSize": 0, "DesiredCapacity": 0}]
+    assert sorted(by_group[logical["decode"]], key=lambda a: a["Recurrence"]) == [
+        {"Recurrence": "0 22 * * *", "TimeZone": "Europe/Berlin", "MinSize": 0, "MaxSize": 0, "DesiredCapacity": 0},
+        {"Recurrence": "0 6 * * 1-5", "TimeZone": "Europe/Berlin", "MinSize": 1, "MaxSize": 2}]
+    # The block fleet starts empty (nothing to wait for) until its block starts; scale-out only on decode.
+    assert "CreationPolicy" not in groups["prefill"] and groups["prefill"]["Properties"]["MinSize"] == "0"
+    (policy,) = resources(raw, "AWS::AutoScaling::ScalingPolicy").values()
+    assert policy["Properties"]["TargetTrackingConfiguration"]["DisableScaleIn"] is True
+    hooks = {h["LifecycleHookName"]: h["HeartbeatTimeout"]
+             for h in groups["decode"]["Properties"]["LifecycleHookSpecificationList"]}
+    assert hooks[naming.TERMINATION_HOOK] == 900 + 180
+    assert {e["DI_DRAIN_TIMEOUT_SECONDS"] for e in worker_node_envs(raw).values()} == {"900"}
+
+
+def test_workers_complete_lifecycle_actions_of_their_deployment_only(synth):
+    statements = _statements(synth("prod").template_dict, "WorkerRole")
+    (complete,) = [s for s in statements if "autoscaling:CompleteLifecycleAction" in s["Action"]]
+    assert sorted(complete["Action"]) == ["autoscaling:CompleteLifecycleAction",
+                                          "autoscaling:RecordLifecycleActionHeartbeat"]
+    assert complete["Condition"] == {"StringEquals": {"autoscaling:ResourceTag/di:deployment": "prod"}}
+    assert json.dumps(complete["Resource"]).endswith(':autoScalingGroup:*:autoScalingGroupName/*"]]}')
+    (describe,) = [s for s in statements if "autoscaling:DescribeAutoScalingInstances" in s["Action"]]
+    assert describe["Action"] == "autoscaling:DescribeAutoScalingInstances" and describe["Resource"] == "*"
+    assert not [s for s in _statements(synth("prod").template_dict, "ControlRole") if "autoscaling:" in json.dumps(s)]
+
+
+# AWS-RunShellScript's own executionTimeout: "Maximum is 172800 (48 hours)", allowedPattern
+# ([1-9][0-9]{0,4})|(1[0-6][0-9]{4})|(17[0-1][0-9]{3})|(172[0-7][0-9]{2})|(172800) (aws ssm get-document --name
+# AWS-RunShellScript).
+def test_document_timeouts_are_capped_at_what_aws_runshellscript_accepts(synth):
+    import re
+
+    documents = resources(synth("prod").template_dict, "AWS::SSM::Document")
+    checked = 0
+    for document in documents.values():
+        for name, spec in (document["Properties"]["Content"].get("parameters") or {}).items():
+            if "imeout" not in name:
+                continue
+            pattern = spec["allowedPattern"]
+            assert re.match(pattern, "172800") and re.match(pattern, "3600"), name
+            for above in ("172801", "172900", "180000", "999999", "1000000"):
+                assert not re.match(pattern, above), (name, above)
+            checked += 1
+    assert checked >= 8
 
 
 def test_outputs_name_what_operators_and_dictl_need(synth):

@@ -13,6 +13,8 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
+from stacks import naming
+
 
 class NodeRole(Construct):
     """Role and instance profile. Reads the whole artifacts bucket; writes only under ``write_prefixes``.
@@ -67,6 +69,27 @@ class NodeRole(Construct):
         self.role.add_to_principal_policy(iam.PolicyStatement(
             actions=["cloudwatch:PutMetricData"], resources=["*"],
             conditions={"StringEquals": {"cloudwatch:namespace": namespace}}))
+
+    def allow_lifecycle(self, deployment: str) -> None:
+        """Complete and extend the lifecycle actions of this deployment's groups, and find its own group.
+
+        CompleteLifecycleAction and RecordLifecycleActionHeartbeat take the autoScalingGroup resource type and the
+        condition keys autoscaling:ResourceTag/${TagKey} and aws:ResourceTag/${TagKey}; DescribeAutoScalingInstances
+        takes no resource type, so "*" (Service Authorization Reference:
+        https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonec2autoscaling.html). The
+        groups' names and IDs are CloudFormation's to choose, and naming them here would make the role's policy wait
+        for groups whose first instances need it, so the statement matches any group ARN and the tag condition
+        limits it to the groups tagged with this deployment.
+        """
+        stack = cdk.Stack.of(self)
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"],
+            resources=[stack.format_arn(service="autoscaling", resource="autoScalingGroup",
+                                        resource_name="*:autoScalingGroupName/*",
+                                        arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)],
+            conditions={"StringEquals": {f"autoscaling:ResourceTag/{naming.TAG_DEPLOYMENT}": deployment}}))
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["autoscaling:DescribeAutoScalingInstances"], resources=["*"]))
 
     def allow_download(self, asset: s3_assets.Asset) -> None:
         """Read exactly one asset object of the CDK assets bucket."""
