@@ -5,6 +5,7 @@ Only rules that need no AWS call belong here; those that do are `dictl preflight
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from typing import Iterator
@@ -208,8 +209,11 @@ def _fleet(config: DeploymentConfig, fleet_name: str, fleet: FleetConfig) -> Ite
                       f"set max_count to {fleet.count} or more, or remove it")
     itype = catalog.WORKER_TYPES.get(fleet.instance_type)
     if itype is None:
-        yield Problem(f"{at}.instance_type", f"unknown worker instance type '{fleet.instance_type}'",
-                      f"use one of {', '.join(t for t, v in catalog.WORKER_TYPES.items() if v.efa)}")
+        usable = [t for t, v in catalog.WORKER_TYPES.items() if v.efa]
+        close = difflib.get_close_matches(fleet.instance_type, usable, n=1, cutoff=0.8)
+        yield Problem(f"{at}.instance_type", f"unknown worker instance type '{fleet.instance_type}'"
+                                             + (f"; did you mean '{close[0]}'?" if close else ""),
+                      f"set instance_type: {close[0]}" if close else f"use one of {', '.join(usable)}")
         return
     if not itype.efa:
         yield Problem(f"{at}.instance_type", f"{itype.name} has no EFA; DI's KV transfer and DiStack's worker "
