@@ -29,14 +29,12 @@ class Level:
         self._since = clock()
         self._area = 0.0
 
-    def set(self, value: float) -> None:
-        now = self._clock()
+    def set(self, value: float, now: float | None = None) -> None:
+        if now is None:
+            now = self._clock()
         self._area += self.value * (now - self._since)
         self._since = now
         self.value = value
-
-    def add(self, delta: float) -> None:
-        self.set(self.value + delta)
 
     def area(self) -> float:
         return self._area + self.value * (self._clock() - self._since)
@@ -47,15 +45,19 @@ class RoleLoad:
 
     def __init__(self, roles: tuple[str, ...], clock: Callable[[], float] = time.monotonic) -> None:
         self.roles = roles
+        self._clock = clock
         self.requests = {role: Level(0.0, clock) for role in roles}
         self.endpoints = {role: Level(1.0, clock) for role in roles}
 
     def move(self, old: str | None, new: str | None) -> None:
         """One request leaves phase old (None: it just arrived) for phase new (None: it ended)."""
+        now = self._clock()
         if old is not None:
-            self.requests[old].add(-1)
+            level = self.requests[old]
+            level.set(level.value - 1, now)
         if new is not None:
-            self.requests[new].add(1)
+            level = self.requests[new]
+            level.set(level.value + 1, now)
 
     def set_endpoints(self, healthy: Mapping[str, int]) -> None:
         for role, level in self.endpoints.items():
