@@ -173,7 +173,7 @@ def check_rollout(deployment: Deployment, *, image: str, model: str, parameters_
     if parameters_billion is not None:
         changes["model.parameters_billion"] = (parameters_billion, "--parameters-billion")
     try:
-        load_environment(deployment.name, changes=changes, warn=lambda _: None)
+        load_environment(deployment.name, changes=changes)  # warnings (an unlisted image taken) go to stderr
     except ConfigError as problem:
         raise UsageError(f"{problem}\n  nothing was sent: fix the flags or the file, then run the rollout again") from None
 

@@ -91,9 +91,8 @@ def load_config_file(path: Path, *, check_name: bool = True, warn: Callable[[str
     if problems:
         raise ConfigError(_report(shown, document.root, problems, changes or {}))
     for warning in rules.warnings(config):  # type: ignore[arg-type]
-        line = yaml_reader.line_of(document.root, warning.path)
-        warn(f"{shown}{f':{line}' if line else ''}: warning: {warning.path}: {warning.message}\n"
-             f"      do: {warning.fix}")
+        _, where = _where(shown, document.root, warning, changes or {})
+        warn(f"{where}: warning: {warning.path}: {warning.message}\n      do: {warning.fix}")
     return config  # type: ignore[return-value]
 
 
@@ -122,16 +121,17 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def _where(shown: str, root: Any, problem: Problem, changes: Change) -> tuple[int, str]:
+    """(line for sorting, 0 when none; `file:line`, or `file (--flag)` for a setting a command-line flag changed)."""
+    flag = next((f for p, (_, f) in changes.items() if problem.path == p or problem.path.startswith(p + ".")), None)
+    line = problem.line or (None if flag else yaml_reader.line_of(root, problem.path))
+    return line or 0, f"{shown} ({flag})" if flag else f"{shown}{f':{line}' if line else ''}"
+
+
 def _report(shown: str, root: Any, problems: list[Problem], changes: Change) -> str:
     """Header, then each problem as `file:line: path: message` and its fix, in line order (file-wide ones first)."""
     flags = sorted({flag for _, flag in changes.values()})
-    placed = []
-    for problem in problems:
-        flag = next((f for p, (_, f) in changes.items() if problem.path == p or problem.path.startswith(p + ".")),
-                    None)
-        line = problem.line or (None if flag else yaml_reader.line_of(root, problem.path))
-        where = f"{shown} ({flag})" if flag else f"{shown}{f':{line}' if line else ''}"
-        placed.append((line or 0, where, problem))
+    placed = [(*_where(shown, root, problem, changes), problem) for problem in problems]
     placed.sort(key=lambda item: item[0])
     count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
     lines = [f"{shown} with {' '.join(flags)}: {count}" if flags else f"{shown}: {count}"]

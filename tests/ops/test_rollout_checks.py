@@ -64,3 +64,6 @@ def test_a_change_the_rules_accept_goes_on_to_aws() -> None:
                     clients_factory=lambda region, profile: Unreachable())
     assert code == 2 and "Unable to locate credentials" in err.getvalue(), err.getvalue()
     assert "problem" not in err.getvalue()
+    # the unlisted image is taken on the flag's word, with synth's warning, located at the flag
+    assert "config/prod.yaml (--image): warning: image: '" + UNLISTED + "' is not in DiStack's image catalog" in (
+        err.getvalue())
