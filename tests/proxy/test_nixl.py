@@ -259,7 +259,7 @@ def test_load_follows_requests_from_prefill_to_decode_and_chunk_gaps_feed_the_in
         return line.split()[-1]
 
     async def scenario() -> None:
-        prefill, decode = Behaviour(tokens=4, first_token_delay=0.2), Behaviour(tokens=4, token_interval=0.07)
+        prefill, decode = Behaviour(tokens=4, first_token_delay=0.2), Behaviour(tokens=4, token_interval=0.1)
         async with _stack(etcd.address, prefix, [prefill], [decode, decode]) as (p, d, proxy, session):
             load, inter_token = proxy.state.metrics.load, proxy.state.metrics.inter_token
             streams = [asyncio.create_task(post_stream(session, proxy.url + "/v1/completions", {"prompt": "x"}))
@@ -271,9 +271,9 @@ def test_load_follows_requests_from_prefill_to_decode_and_chunk_gaps_feed_the_in
             assert await per_endpoint(session, proxy, "decode") == "1.5"  # on two decode endpoints
             assert all(result.done for result in await asyncio.gather(*streams))
             assert (load.requests["prefill"].value, load.requests["decode"].value) == (0, 0)
-            # D0 to D3, 70 ms apart: three gaps per stream; [DONE] right after D3 is no token gap.
+            # D0 to D3, 100 ms apart: three gaps per stream (fewer if a busy proxy read two tokens at once); [DONE]
+            # right after D3 is no token gap.
             counts, total = inter_token.series[()]
-            assert sum(counts) == 9 and 0.065 <= total[0] / 9 < 0.15
-            assert sum(counts[:inter_token.buckets.index(0.06) + 1]) == 0
+            assert 3 * 2 <= sum(counts) <= 3 * 3 and 0.05 <= total[0] / sum(counts) < 0.4
 
     run(scenario)
