@@ -66,15 +66,21 @@ def test_schema_and_rule_problems_come_together_ordered_by_line():
     assert _problem_lines(message) == [7, 15, 16]
 
 
-def test_rules_that_read_a_failed_setting_are_skipped_and_the_others_still_run(tmp_path):
+@pytest.mark.parametrize("key, value, reported", [
+    ("tensor_parallel", "sixty-four", "fleets.prefill.tensor_parallel: expected a whole number, got 'sixty-four'"),
+    # a required key misspelt: the setting is missing, not defaulted
+    ("tensor_paralel", 64, "fleets.prefill.tensor_paralel: unknown key 'tensor_paralel'; did you mean"),
+])
+def test_rules_that_read_a_failed_setting_are_skipped_and_the_others_still_run(tmp_path, key, value, reported):
     data = yaml.safe_load((CONFIG_DIR / "tutorial.yaml").read_text())
     data["availability_zone"] = "eu-west-1a"
-    data["fleets"]["prefill"]["tensor_parallel"] = "sixty-four"
+    del data["fleets"]["prefill"]["tensor_parallel"]
+    data["fleets"]["prefill"][key] = value
     path = _write(tmp_path, "tutorial", data)
     with pytest.raises(ConfigError) as caught:
         load_config_file(path)
     message = str(caught.value)
-    assert "fleets.prefill.tensor_parallel: expected a whole number, got 'sixty-four'" in message
+    assert reported in message
     assert "availability_zone: 'eu-west-1a' is not a zone of region us-east-2" in message
     # neuron-connector's "prefill TP and decode TP differ" reads the failed TP: skipped, not judged on a stand-in
     assert "differ" not in message and message.count("\n      fix: ") == 2
