@@ -76,8 +76,9 @@ def _scaling(config: DeploymentConfig, at: str, fleet: FleetConfig) -> Iterator[
                       f"an endpoint runs at most {limit} sequences {what}, so at target the rest would always queue",
                       f"use a target of {limit} or less, e.g. {max(1, round(limit * 0.75))} (75 %)")
     if fleet.floor == 0 and not any((a.min_size or 0) > 0 or (a.desired_capacity or 0) > 0 for a in fleet.schedule):
-        yield Problem(f"{at}.min_count", "target tracking cannot bring a fleet back from zero: with no endpoint of "
-                                         "this role requests fail at the proxy and the signal cannot show demand",
+        yield Problem(f"{at}.min_count", "target tracking is not relied on to bring a fleet back from zero: with no "
+                                         "instance it has no capacity to scale in proportion to, and requests that "
+                                         "find no endpoint of this role fail at the proxy",
                       "set min_count: 1 or more, or add a scheduled action that raises min_size again (e.g. in the "
                       "morning after a night at zero)")
 
@@ -131,7 +132,7 @@ def _action_sizes(at: str, where: str, fleet: FleetConfig, action: ScheduledActi
     high = fleet.ceiling if action.max_size is None else action.max_size
     if low > high:
         yield Problem(where, f"the group's minimum would be {low} and its maximum {high}",
-                      f"set min_size to {high} or less in this action (the fleet's min_count {fleet.floor} applies "
+                      f"set min_size: {high} in this action (or lower; the fleet's min_count {fleet.floor} applies "
                       "where the action sets none)")
     elif action.desired_capacity is not None and not low <= action.desired_capacity <= high:
         yield Problem(f"{where}.desired_capacity", f"desired_capacity {action.desired_capacity} is outside the "
