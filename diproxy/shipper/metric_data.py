@@ -173,7 +173,7 @@ class MetricTranslator:
         restarted = self.baseline.start_time is not None and start_time != self.baseline.start_time
         previous = {} if restarted else self.baseline.values
         cumulative = {(s.name, s.labels): s.value for s in scrape.samples
-                      if scrape.types.get(self._family_of(s.name)) in ("counter", "histogram")}
+                      if scrape.types.get(s.name) in ("counter", "histogram")}
         deltas = {key: (value - previous.get(key, 0.0) if value >= previous.get(key, 0.0) else value)
                   for key, value in cumulative.items()}
         datums = [self._datum(PROXY_UP, (), "Count", at, value=1.0)]
@@ -185,13 +185,6 @@ class MetricTranslator:
     def commit(self) -> None:
         if self._pending is not None:
             self.baseline, self._pending = self._pending, None
-
-    @staticmethod
-    def _family_of(sample_name: str) -> str:
-        for suffix in ("_bucket", "_sum", "_count"):
-            if sample_name.endswith(suffix):
-                return sample_name[: -len(suffix)]
-        return sample_name
 
     def _rule_datums(self, rule: MetricRule, scrape: Scrape, deltas: dict[SeriesKey, float],
                      at: datetime) -> list[dict[str, Any]]:

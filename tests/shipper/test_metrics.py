@@ -142,7 +142,7 @@ def test_every_rule_reads_a_family_the_proxy_exposes(monkeypatch) -> None:
         for name in filter(None, (rule.family, rule.per)):
             family = name + ("_bucket" if rule.kind == "histogram" else "")
             assert scrape.family(family), f"{rule.metric} reads {family}, which the proxy does not expose"
-            assert scrape.types[name] == {"ratio": "counter"}.get(rule.kind, rule.kind)
+            assert scrape.types[family] == {"ratio": "counter"}.get(rule.kind, rule.kind)
     catalog = {(metric.name, metric.fixed): metric for metric in published()}
     assert len(catalog) == len(RULES) + 1 and catalog["ProxyUp", ()].dimensions == ("Deployment",)
     assert catalog["DecodeStreamsPerEndpoint", (("Role", "standard"),)].dimensions == ("Deployment", "Role")
