@@ -128,14 +128,14 @@ def test_rollout_goes_fleet_by_fleet_and_stops_at_a_failing_fleet(world) -> None
     prefill = world.launch(2, "prefill", "prefill")
     world.launch(2, "decode", "decode")
     world.ssm.outcome = lambda i, c: ("Failed", "not ready; rolled back") if i == prefill[0] else ("Success", "ok")
-    code, _, err = world.dictl("rollout", "--env", "prod", "--image", "public.ecr.aws/neuron/vllm:2.0",
+    code, _, err = world.dictl("rollout", "--env", "prod", "--image", "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04",
                                "--batch-size", "50%", "--quiet")
     assert code == 3, "one prefill instance was updated, the other was not: partially applied"
     assert "partially applied: 1 of 2" in err
     sent = world.commands()
     assert len(sent) == 1, "decode must not be touched after prefill failed"
     assert sent[0]["DocumentName"] == "di-prod-Update" and sent[0]["MaxConcurrency"] == "50%"
-    assert sent[0]["Parameters"]["image"] == ["public.ecr.aws/neuron/vllm:2.0"]
+    assert sent[0]["Parameters"]["image"] == ["public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04"]
     assert "not updated: decode" in err and prefill[0] in err
 
 
@@ -151,19 +151,19 @@ def test_rollout_success_updates_every_fleet_in_order_and_prints_the_config_chan
 
 def test_rollout_skips_a_fleet_scaled_to_zero(world) -> None:
     world.launch(1, "decode", "decode")
-    code, _, err = world.dictl("rollout", "--env", "prod", "--image", "public.ecr.aws/neuron/vllm:2.0", "--quiet")
+    code, _, err = world.dictl("rollout", "--env", "prod", "--image", "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04", "--quiet")
     assert code == 0, err
     assert "fleet prefill has no instances; skipped" in err
     assert [c["DocumentName"] for c in world.commands()] == ["di-prod-Update"]
 
 
-def _group(world, name: str, desired: int, maximum: int, role: str = "", fleet: str = "") -> None:
+def _group(world, name: str, desired: int, maximum: int, role: str = "", fleet: str = "", minimum: int = 0) -> None:
     ec2, autoscaling = world.client("ec2"), world.client("autoscaling")
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={"ImageId": image,
                                                                             "InstanceType": "m5.large"})
     autoscaling.create_auto_scaling_group(AutoScalingGroupName=name, LaunchTemplate={"LaunchTemplateName": name},
-                                          MinSize=0, MaxSize=maximum, DesiredCapacity=desired,
+                                          MinSize=minimum, MaxSize=maximum, DesiredCapacity=desired,
                                           AvailabilityZones=["us-east-2a"], Tags=[
                                               {"Key": key, "Value": value, "PropagateAtLaunch": True}
                                               for key, value in ((naming.TAG_DEPLOYMENT, "prod"),
@@ -172,13 +172,17 @@ def _group(world, name: str, desired: int, maximum: int, role: str = "", fleet: 
 
 
 def test_scale_sets_desired_capacity_and_prints_the_config_line(world) -> None:
-    _group(world, "di-prod-prefill", 1, 4)
+    _group(world, "di-prod-prefill", 1, 4, minimum=1)
     code, out, err = world.dictl("scale", "--env", "prod", "--fleet", "prefill", "--count", "3")
     assert code == 0, err
     group = world.client("autoscaling").describe_auto_scaling_groups(
         AutoScalingGroupNames=["di-prod-prefill"])["AutoScalingGroups"][0]
     assert group["DesiredCapacity"] == 3
-    assert "fleets.prefill.count: 3" in out and "config/prod.yaml" in out
+    # prod's prefill scales itself: a deploy leaves the size alone, min_count is what holds capacity.
+    assert "target tracking, PrefillRequestsPerEndpoint at 4" in out and "deploy leaves its size alone" in out
+    assert "fleets.prefill.min_count: 3" in out and "config/prod.yaml" in out
+    code, _, err = world.dictl("scale", "--env", "prod", "--fleet", "prefill", "--count", "0")
+    assert code == 2 and "may run 1 to 4" in err and "lower fleets.prefill.min_count" in err
 
 
 def test_scale_beyond_the_group_bounds_exits_2(world) -> None:
@@ -187,6 +191,46 @@ def test_scale_beyond_the_group_bounds_exits_2(world) -> None:
     assert code == 2 and "0 to 4" in err and "max_count" in err
     assert world.client("autoscaling").describe_auto_scaling_groups(
         AutoScalingGroupNames=["di-prod-decode"])["AutoScalingGroups"][0]["DesiredCapacity"] == 1
+
+
+class WarmPools:
+    """moto keeps no instances in a warm pool: DescribeWarmPool answers with `warm` instances per group."""
+
+    def __init__(self, real, warm: dict[str, int]) -> None:
+        self.real, self.warm = real, warm
+
+    def describe_warm_pool(self, AutoScalingGroupName: str, **_) -> dict:
+        return {"Instances": [{"InstanceId": f"i-{n:017x}", "LifecycleState": "Warmed:Stopped"}
+                              for n in range(self.warm.get(AutoScalingGroupName, 0))]}
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+def test_status_shows_each_fleet_desired_in_service_warm_and_the_dashboard(world) -> None:
+    for fleet, desired in (("prefill", 2), ("decode", 1)):
+        _group(world, f"di-prod-{fleet}", desired, 4, role=fleet, fleet=fleet, minimum=1)
+    world.made["autoscaling"] = WarmPools(world.client("autoscaling"), {"di-prod-prefill": 1})
+    dashboard = "https://us-east-2.console.aws.amazon.com/cloudwatch/home?region=us-east-2#dashboards:name=distack-prod"
+    world.client("cloudformation").update_stack(StackName="di-prod", TemplateBody=json.dumps({
+        "Resources": {"Marker": {"Type": "AWS::SNS::Topic"}}, "Outputs": {key: {"Value": value} for key, value in {
+            naming.OUTPUT_BUCKET: BUCKET, naming.OUTPUT_DASHBOARD_URL: dashboard,
+            naming.fleet_output("prefill"): "di-prod-prefill", naming.fleet_output("decode"): "di-prod-decode",
+        }.items()}}))
+    code, out, err = world.dictl("status", "--env", "prod", "--quiet")
+    assert code == 0, err
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[:3]}
+    assert rows["FLEET"][:6] == ["FLEET", "MIN-MAX", "DESIRED", "IN", "SERVICE", "WARM"]
+    assert rows["prefill"][:5] == ["prefill", "1-4", "2", "2", "1"]
+    assert rows["decode"][:5] == ["decode", "1-4", "1", "1", "0"]
+    assert f"dashboard: {dashboard}" in out
+    code, out, _ = world.dictl("status", "--env", "prod", "--quiet", "--json")
+    payload = json.loads(out)
+    assert payload["dashboard"] == dashboard
+    assert [(f["fleet"], f["desired"], f["in_service"], f["warm"]) for f in payload["fleets"]] == [
+        ("prefill", 2, 2, 1), ("decode", 1, 1, 0)]
+    assert "target tracking, DecodeStreamsPerEndpoint at 6" in {f["fleet"]: f for f in payload["fleets"]}[
+        "decode"]["scales_on"]
 
 
 def test_wait_ready_waits_for_groups_then_runs_ready_everywhere(world) -> None:
@@ -241,6 +285,8 @@ def test_logs_compile_smoke_bench_drain_send_their_documents(world) -> None:
 
     assert world.dictl("drain", "--env", "prod", "--instance-id", prefill[0], "--quiet")[0] == 0
     assert _sent(world)["InstanceIds"] == [prefill[0]]
+    # The same wait a scale-in allows (config/prod.yaml drain.timeout_seconds), unless --timeout says otherwise.
+    assert _sent(world)["Parameters"]["timeout"] == ["600"]
 
 
 def test_tunnel_prints_the_port_forwarding_command(world) -> None:

@@ -15,7 +15,7 @@ from ops.aws import Clients
 from ops.cli import build_parser, main
 from tests.ops.conftest import BUCKET
 
-IMAGE = "public.ecr.aws/neuron/vllm:2.0"
+IMAGE = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04"
 
 
 def _run(capsys, argv, clients_factory=None) -> tuple[int, str, str]:

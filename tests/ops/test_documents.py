@@ -81,7 +81,7 @@ def test_parameters_dictl_sends_pass_the_documents_patterns(world) -> None:
     prefill = world.launch(1, "prefill", "prefill")
     world.launch(1, "decode", "decode")
     runs = [("status",), ("restart", "--clear-kv-lock"), ("restart", "--endpoint", "1"),
-            ("rollout", "--image", "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.9.2"),
+            ("rollout", "--image", "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04"),
             ("rollout", "--model", "meta-llama/Llama-3.1-8B-Instruct"), ("logs",), ("compile",), ("compile", "--force"),
             ("smoke",), ("bench",), ("bench", "--run-id", "baseline.1"), ("drain", "--instance-id", prefill[0])]
     for argv in runs:
