@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--instance-id", dest="instance_ids", action="append", default=[], metavar="ID",
                        help="one instance, repeat for more; not with --role/--fleet (default: select by tags)")
 
-    def rolling(p: argparse.ArgumentParser, batch: str, errors: str, timeout: int | None, ready: int = 3600) -> None:
+    def rolling(p: argparse.ArgumentParser, batch: str, errors: str, timeout: int | None, ready: int = 3600,
+                timeout_help: str | None = None) -> None:
         # argparse %-formats help text, so a literal percent sign must be doubled.
         shown_batch, shown_errors = batch.replace("%", "%%"), errors.replace("%", "%%")
         p.add_argument("--batch-size", default=batch, type=_pattern(CONCURRENCY, "MaxConcurrency"),
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "document's margin), printed at the start)")
         else:
             p.add_argument("--timeout", default=timeout, type=_positive,
-                           help=f"seconds to wait (default: {timeout})")
+                           help=timeout_help or f"seconds to wait (default: {timeout})")
 
     p = command("status", "di-status of every selected instance")
     targets(p)
@@ -203,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     rolling(p, "1", "0", 21600)
     p = command("drain", "stop endpoints so they leave etcd after in-flight requests finish")
     targets(p)
-    rolling(p, "1", "0", 900)
+    rolling(p, "1", "0", 0, timeout_help="seconds each instance waits for its in-flight requests before its "
+                                         "servers stop (default 0: the config's drain.timeout_seconds, as on "
+                                         "scale-in)")
     p.add_argument("--endpoint", default="all", type=_pattern(ENDPOINT, "endpoint (all or an index)"),
                    help="endpoint index on each instance, or all (default: all)")
     p = command("compare", "two LLMPerf summaries side by side (DI vs baseline); refuses different workloads",
@@ -361,7 +364,8 @@ def _run_verb(deployment: Any, args: argparse.Namespace) -> int:
                     "maxRequests": args.max_requests}
         return verbs.bench(deployment, run_id=args.run_id or "", workload=workload, timeout=args.timeout, **common)
     if args.verb == "drain":
-        return verbs.drain(deployment, selection, endpoint=args.endpoint, timeout=args.timeout, **common)
+        return verbs.drain(deployment, selection, endpoint=args.endpoint,
+                           timeout=args.timeout or deployment.config.drain.timeout_seconds, **common)
     raise UsageError(f"unknown command {args.verb}")
 
 

@@ -4,6 +4,7 @@ AMIs, quotas, the token secret), each finding with its level and its fix."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, NoCredentialsError,
@@ -11,8 +12,8 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedErr
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from ops.aws import Clients
-from stacks import catalog
-from stacks.config import DeploymentConfig
+from stacks import catalog, cron, scaling_config
+from stacks.config import DeploymentConfig, FleetConfig
 
 ERROR, WARNING, INFO = "ERROR", "WARNING", "INFO"
 # Service Quotas codes for On-Demand vCPU limits (EC2 counts vCPUs per instance family group).
@@ -64,9 +65,11 @@ class Finding:
 class Preflight:
     """Runs every check for one config; each check appends findings instead of stopping at the first."""
 
-    def __init__(self, config: DeploymentConfig, clients: Clients) -> None:
+    def __init__(self, config: DeploymentConfig, clients: Clients,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.config = config
         self.clients = clients
+        self.clock = clock
         self.findings: list[Finding] = []
         # Set when a check could not run for a reason every check shares (CREDENTIALS or NETWORK).
         self.blocked: str | None = None
@@ -103,6 +106,8 @@ class Preflight:
         for name, fleet in self.config.fleets.items():
             if fleet.capacity.reservation_id:
                 self._guard(f"fleet {name} reservation", lambda n=name: self.reservation(n))
+        if self.config.placement_group_name:
+            self._guard("placement group", self.placement_group)
         self._guard("worker AMI", lambda: self.ami("worker AMI", self.config.worker_ami))
         self._guard("control host AMI", lambda: self.ami("control host AMI", self.config.control_host.ami))
         self.quotas()
@@ -209,6 +214,7 @@ class Preflight:
             problems.append(f"is in {item.get('AvailabilityZone')}, the config uses {self.config.availability_zone}")
         for problem in problems:
             self.add(ERROR, subject, problem, "use a reservation matching the fleet, or change the fleet to match it")
+        problems += self._reservation_placement(fleet_name, subject, item)
         state = item.get("State", "")
         usable = {"active"} | ({"scheduled", "payment-pending"} if fleet.capacity.type == "capacity-block" else set())
         if state not in usable:
@@ -217,11 +223,86 @@ class Preflight:
             self.add(WARNING, subject, f"state is {state}: instances launch when it becomes active",
                      "deploy after the block's start time")
         available = item.get("AvailableInstanceCount", 0)
-        if state == "active" and available < fleet.count:
-            self.add(WARNING, subject, f"{available} instance(s) free, the fleet wants {fleet.count}",
-                     "free capacity in the reservation or lower the fleet count")
+        if state == "active" and available < fleet.initial_size:
+            self.add(WARNING, subject, f"{available} instance(s) free, the fleet starts with {fleet.initial_size}",
+                     "free capacity in the reservation or lower the fleet's count (min_count when it scales)")
+        total = item.get("TotalInstanceCount")
+        if total is not None and total < fleet.ceiling:
+            self.add(WARNING, subject, f"holds {total} instance(s), the fleet may grow to {fleet.ceiling}: launches "
+                     "beyond the reservation fail", f"lower fleets.{fleet_name}.max_count to {total}, or grow the "
+                     "reservation")
+        if fleet.capacity.type == "capacity-block" and item.get("EndDate"):
+            self._block_end(fleet_name, subject, item["EndDate"])
         if not problems and state in usable:
             self.add(INFO, subject, f"{item.get('InstanceType')} in {item.get('AvailabilityZone')}, {state}")
+
+    def _reservation_placement(self, fleet_name: str, subject: str, item: dict[str, Any]) -> list[str]:
+        """A reservation created in a cluster placement group serves only instances launched into that group
+        (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/cr-cpg.html), so the group the config names must be
+        the reservation's. Capacity Blocks need none."""
+        if self.config.fleets[fleet_name].capacity.type != "reservation":
+            return []
+        arn = item.get("PlacementGroupArn") or ""
+        reserved_in = arn.rsplit("placement-group/", 1)[-1] if arn else None
+        named = self.config.placement_group_name
+        if reserved_in == named:
+            return []
+        if reserved_in is None:
+            message = f"was not created in a placement group, but the config launches the fleet into {named}"
+            fix = "remove placement_group_name, or use a reservation created in that group"
+        elif named is None:
+            message = f"was created in placement group {reserved_in}; instances use it only when launched there"
+            fix = f"set placement_group_name: {reserved_in} in config/{self.config.name}.yaml"
+        else:
+            message = f"was created in placement group {reserved_in}, the config names {named}"
+            fix = f"set placement_group_name: {reserved_in}, or use a reservation created in {named}"
+        self.add(ERROR, subject, message, fix)
+        return [message]
+
+    def _block_end(self, fleet_name: str, subject: str, end: datetime) -> None:
+        """The Auto Scaling guide: "Scale in your Auto Scaling group to zero more than 30 minutes before the Capacity
+        Block reservation end time", leaving the lifecycle action time to complete first
+        (https://docs.aws.amazon.com/autoscaling/ec2/userguide/launch-template-capacity-blocks.html). The last
+        scheduled action before the end must empty the fleet by end - 30 min - the termination hook's timeout."""
+        fleet = self.config.fleets[fleet_name]
+        now = self.clock()
+        hook = scaling_config.termination_heartbeat(self.config.drain)
+        deadline = end - timedelta(seconds=scaling_config.CAPACITY_BLOCK_RECLAIM_SECONDS + hook)
+        events = sorted(scheduled_events(fleet, now, end), key=lambda event: event[0])
+        shown_end, shown_deadline = _utc(end), _utc(deadline)
+        fix = (f"add to fleets.{fleet_name}.schedule: {{name: block-end, start_time: \"{shown_deadline}\", min_size: 0, "
+               "max_size: 0, desired_capacity: 0}")
+        if not events or not events[-1][1].to_zero:
+            self.add(ERROR, subject, f"the block ends {shown_end} and no scheduled action empties the fleet before "
+                     f"then; EC2 reclaims its instances 30 minutes earlier, in-flight requests and all", fix)
+        elif events[-1][0] > deadline:
+            at, action = events[-1]
+            self.add(ERROR, subject, f"scheduled action {action.name} empties the fleet at {_utc(at)}, after "
+                     f"{shown_deadline} (the block ends {shown_end}; 30 minutes of reclaim and the {hook} s drain "
+                     "must fit before)", fix.replace("block-end", action.name))
+        else:
+            at, action = events[-1]
+            self.add(INFO, subject, f"emptied by {action.name} at {_utc(at)}, in time for the block's end {shown_end}")
+
+    def placement_group(self) -> None:
+        """The named group must exist here, be a cluster group, and be available."""
+        name = self.config.placement_group_name
+        try:
+            found = self.clients.ec2.describe_placement_groups(GroupNames=[name]).get("PlacementGroups", [])
+        except ClientError as err:
+            if "InvalidPlacementGroup" not in str(err):
+                raise
+            found = []
+        subject = f"placement group {name}"
+        if not found:
+            self.add(ERROR, subject, f"not found in {self.config.region}",
+                     f"aws ec2 create-placement-group --group-name {name} --strategy cluster --region "
+                     f"{self.config.region} (then create the reservation in it), or fix placement_group_name")
+        elif found[0].get("Strategy") != "cluster" or found[0].get("State") != "available":
+            self.add(ERROR, subject, f"is a {found[0].get('Strategy')} group, {found[0].get('State')}",
+                     "name an available cluster placement group")
+        else:
+            self.add(INFO, subject, "cluster, available")
 
     def ami(self, subject: str, ami: Any) -> None:
         """A pinned image must exist; a parameter must resolve (INFO names the ID to pin)."""
@@ -252,7 +333,9 @@ class Preflight:
                 continue  # Capacity Blocks do not draw on the On-Demand quota
             known = catalog.WORKER_TYPES.get(fleet.instance_type)
             if known:
-                needed["trn"] += fleet.ceiling * known.vcpus
+                # A warm pool instance runs while it boots (and the pool refills while the group is at max_count).
+                warm = fleet.warm_pool.size if fleet.warm_pool else 0
+                needed["trn"] += (fleet.ceiling + warm) * known.vcpus
         for family, vcpus in needed.items():
             if vcpus:
                 self._quota(family, vcpus)
@@ -289,6 +372,24 @@ class Preflight:
                      f"--region {self.config.region}")
             return
         self.add(INFO, f"secret {secret}", "exists")
+
+
+def scheduled_events(fleet: FleetConfig, start: datetime, end: datetime) -> list[tuple[datetime, Any]]:
+    """When each of the fleet's scheduled actions fires in [start, end], as (UTC time, action)."""
+    events: list[tuple[datetime, Any]] = []
+    for action in fleet.schedule:
+        if action.start_time is not None:
+            at = action.start_time.astimezone(timezone.utc)
+            if start <= at <= end:
+                events.append((at, action))
+        elif action.recurrence is not None:
+            events += [(at, action) for at in cron.parse(action.recurrence).occurrences(
+                start, end, action.time_zone or "UTC")]
+    return events
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def render(findings: list[Finding]) -> str:

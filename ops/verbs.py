@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Callable, TextIO
+
+from botocore.exceptions import ClientError
 
 from ops import commands
 from ops.commands import InstanceResult, RunResult, SendOptions
@@ -44,11 +47,30 @@ def status_summary(result: InstanceResult) -> str:
 
 
 def status(deployment: Deployment, selection: Selection, *, options: SendOptions, progress: Progress,
-           as_json: bool, out: TextIO | None = None) -> int:
-    """di-status on every selected instance, all at once (read-only, so no failure stops it)."""
+           as_json: bool, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Each fleet's group (desired / in service / warm, what sizes it) and the dashboard URL, then di-status on
+    every selected instance, all at once (read-only, so no failure stops it)."""
+    from ops.fleets import group_rows, render_groups
+
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        rows = group_rows(deployment)
+    except ClientError as error:  # the instances can still be shown; say what is missing
+        print(f"status: could not read the fleets' Auto Scaling groups: {error}", file=err)
+        rows = []
+    dashboard = deployment.outputs.get(naming.OUTPUT_DASHBOARD_URL, "")
     options = replace(options, max_errors="100%")
     run = commands.run(deployment, "status", selection, options=options, progress=progress)
-    return print_run(run, as_json=as_json, summarize=status_summary, out=out)
+    if as_json:
+        shown = io.StringIO()
+        code = print_run(run, as_json=True, summarize=status_summary, out=shown, err=err)
+        print(json.dumps({**json.loads(shown.getvalue()), "fleets": rows, "dashboard": dashboard}, indent=2), file=out)
+        return code
+    if rows:
+        print(render_groups(rows) + "\n", file=out)
+    if dashboard:
+        print(f"dashboard: {dashboard}\n", file=out)
+    return print_run(run, as_json=False, summarize=status_summary, out=out, err=err)
 
 
 # Seconds an instance may take beyond its readiness wait: the Update document pulls and stages the image first,

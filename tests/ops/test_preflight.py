@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime, timedelta, timezone
 
 import boto3
 import pytest
@@ -132,6 +133,65 @@ def test_a_quota_below_the_fleets_ceiling_is_an_error_with_the_request_command(w
     preflight = Preflight(load_environment("prod"), clients)
     preflight.quotas()
     errors = levels(preflight.findings, ERROR)
-    # prod: prefill and decode, max_count 4 each, 192 vCPUs per trn2.48xlarge
-    assert len(errors) == 1 and "may need 1536" in errors[0].message
-    assert "request-service-quota-increase" in errors[0].fix and "--desired-value 1536" in errors[0].fix
+    # prod: prefill and decode, max_count 4 each plus a warm pool of 1 (it runs while it boots), 192 vCPUs per
+    # trn2.48xlarge
+    assert len(errors) == 1 and "may need 1920" in errors[0].message
+    assert "request-service-quota-increase" in errors[0].fix and "--desired-value 1920" in errors[0].fix
+
+
+END = datetime(2026, 8, 6, 11, 30, tzinfo=timezone.utc)
+
+
+def _with_block(schedule: list[dict]) -> DeploymentConfig:
+    data = load_environment("prod").model_dump(exclude_unset=True)
+    decode = data["fleets"]["decode"]
+    decode.pop("warm_pool")
+    decode.update(capacity={"type": "capacity-block", "reservation_id": RID}, schedule=schedule, min_count=0)
+    return DeploymentConfig.model_validate(data)
+
+
+@pytest.mark.parametrize("schedule,level,message", [
+    # 30 minutes of reclaim, then the 600 s drain and the hook's 180 s: empty by 10:47 for an 11:30 end.
+    ([{"name": "block-end", "start_time": "2026-08-06T10:47:00Z", "min_size": 0, "max_size": 0,
+       "desired_capacity": 0}], INFO, "emptied by block-end at 2026-08-06T10:47:00Z, in time"),
+    ([{"name": "block-end", "start_time": "2026-08-06T10:50:00Z", "min_size": 0, "max_size": 0,
+       "desired_capacity": 0}], ERROR, "empties the fleet at 2026-08-06T10:50:00Z, after 2026-08-06T10:47:00Z"),
+    # Nightly zero at 22:00 Berlin, but the morning action (06:00 Berlin = 04:00Z) brings it back before the end.
+    ([{"name": "night", "recurrence": "0 22 * * *", "time_zone": "Europe/Berlin", "min_size": 0, "max_size": 0,
+       "desired_capacity": 0},
+      {"name": "morning", "recurrence": "0 6 * * *", "time_zone": "Europe/Berlin", "min_size": 1, "max_size": 4}],
+     ERROR, "the block ends 2026-08-06T11:30:00Z and no scheduled action empties the fleet before then"),
+])
+def test_a_capacity_block_fleet_must_be_empty_in_time_for_the_block_end(aws_env, schedule, level, message) -> None:
+    ec2 = boto3.client("ec2", region_name="us-east-2")
+    stub = Stubber(ec2)
+    stub.add_response("describe_capacity_reservations", {"CapacityReservations": [{
+        "CapacityReservationId": RID, "InstanceType": "trn2.48xlarge", "AvailabilityZone": "us-east-2a",
+        "State": "active", "AvailableInstanceCount": 4, "TotalInstanceCount": 4, "EndDate": END,
+        "ReservationType": "capacity-block"}]}, {"CapacityReservationIds": [RID]})
+    stub.activate()
+    preflight = Preflight(_with_block(schedule), Clients(boto3.Session(), overrides={"ec2": ec2}),
+                          clock=lambda: END - timedelta(days=2))
+    preflight.reservation("decode")
+    found = [f for f in preflight.findings if message in f.message]
+    assert found and found[0].level == level, preflight.findings
+    if level == ERROR:
+        assert 'start_time: "2026-08-06T10:47:00Z", min_size: 0, max_size: 0, desired_capacity: 0' in found[0].fix
+
+
+@pytest.mark.parametrize("arn,named,error", [
+    ("arn:aws:ec2:us-east-2:111122223333:placement-group/odcr-group", "odcr-group", None),
+    ("arn:aws:ec2:us-east-2:111122223333:placement-group/other", "odcr-group",
+     "was created in placement group other, the config names odcr-group"),
+    ("arn:aws:ec2:us-east-2:111122223333:placement-group/odcr-group", None,
+     "was created in placement group odcr-group; instances use it only when launched there"),
+])
+def test_a_reservation_must_live_in_the_placement_group_the_config_names(aws_env, arn, named, error) -> None:
+    data = _with_reservation(RID).model_dump(exclude_unset=True)
+    if named:
+        data["placement_group_name"] = named
+    ec2 = _stubbed_ec2([{"CapacityReservationId": RID, "InstanceType": "trn2.48xlarge", "PlacementGroupArn": arn,
+                         "AvailabilityZone": "us-east-2a", "State": "active", "AvailableInstanceCount": 4}])
+    preflight = Preflight(DeploymentConfig.model_validate(data), Clients(boto3.Session(), overrides={"ec2": ec2}))
+    preflight.reservation("prefill")
+    assert [f.message for f in levels(preflight.findings, ERROR)] == ([error] if error else [])
