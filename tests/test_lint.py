@@ -46,3 +46,16 @@ def test_the_lint_reports_a_broken_template(cfn_lint, tmp_path):
     path = tmp_path / "broken.template.json"
     path.write_text('{"Resources": {"Bucket": {"Type": "AWS::S3::Bucket", "Properties": {"BucketNme": "x"}}}}')
     assert "E3002" in {f.rule.id for f in cfn_lint(path, "us-east-2")}
+
+
+def test_the_licence_is_the_unmodified_apache_2_0_text_and_the_package_declares_it():
+    import hashlib
+    from importlib.metadata import metadata
+
+    from tests.conftest import ROOT
+
+    # sha256 of https://www.apache.org/licenses/LICENSE-2.0.txt (Debian ships the same bytes as
+    # /usr/share/common-licenses/Apache-2.0).
+    digest = hashlib.sha256((ROOT / "LICENSE").read_bytes()).hexdigest()
+    assert digest == "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"
+    assert metadata("distack")["License-Expression"] == "Apache-2.0"  # pyproject.toml, installed by make setup
