@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
@@ -94,7 +94,7 @@ async def run(settings: ShipperSettings, client: Callable[[ShipperSettings], Any
         return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_settings(argv)
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    settings = parse_settings(argv, env)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return asyncio.run(run(settings))
