@@ -208,8 +208,9 @@ class WarmPools:
 
 
 def test_status_shows_each_fleet_desired_in_service_warm_and_the_dashboard(world) -> None:
-    for fleet, desired in (("prefill", 2), ("decode", 1)):
-        _group(world, f"di-prod-{fleet}", desired, 4, role=fleet, fleet=fleet, minimum=1)
+    from ops.fleets import render_groups
+
+    _group(world, "di-prod-prefill", 2, 4, minimum=1)
     world.made["autoscaling"] = WarmPools(world.client("autoscaling"), {"di-prod-prefill": 1})
     dashboard = "https://us-east-2.console.aws.amazon.com/cloudwatch/home?region=us-east-2#dashboards:name=distack-prod"
     world.client("cloudformation").update_stack(StackName="di-prod", TemplateBody=json.dumps({
@@ -217,20 +218,19 @@ def test_status_shows_each_fleet_desired_in_service_warm_and_the_dashboard(world
             naming.OUTPUT_BUCKET: BUCKET, naming.OUTPUT_DASHBOARD_URL: dashboard,
             naming.fleet_output("prefill"): "di-prod-prefill", naming.fleet_output("decode"): "di-prod-decode",
         }.items()}}))
-    code, out, err = world.dictl("status", "--env", "prod", "--quiet")
+    code, out, err = world.dictl("status", "--env", "prod", "--quiet", "--json")
     assert code == 0, err
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[:3]}
-    assert rows["FLEET"][:6] == ["FLEET", "MIN-MAX", "DESIRED", "IN", "SERVICE", "WARM"]
-    assert rows["prefill"][:5] == ["prefill", "1-4", "2", "2", "1"]
-    assert rows["decode"][:5] == ["decode", "1-4", "1", "1", "0"]
-    assert f"dashboard: {dashboard}" in out
-    code, out, _ = world.dictl("status", "--env", "prod", "--quiet", "--json")
     payload = json.loads(out)
+    assert len(payload["instances"]) == 2  # di-status still runs on every instance (the group's two)
     assert payload["dashboard"] == dashboard
-    assert [(f["fleet"], f["desired"], f["in_service"], f["warm"]) for f in payload["fleets"]] == [
-        ("prefill", 2, 2, 1), ("decode", 1, 1, 0)]
-    assert "target tracking, DecodeStreamsPerEndpoint at 6" in {f["fleet"]: f for f in payload["fleets"]}[
-        "decode"]["scales_on"]
+    prefill, decode = payload["fleets"]
+    assert (prefill["fleet"], prefill["min"], prefill["desired"], prefill["in_service"], prefill["warm"]) == (
+        "prefill", 1, 2, 2, 1)
+    assert prefill["scales_on"] == "target tracking, PrefillRequestsPerEndpoint at 4"
+    assert decode == {"fleet": "decode", "group": "di-prod-decode", "missing": True,
+                      "scales_on": "target tracking, DecodeStreamsPerEndpoint at 6"}
+    rows = [line.split() for line in render_groups(payload["fleets"]).splitlines()]
+    assert rows[1][:5] == ["prefill", "1-4", "2", "2", "1"] and rows[2][-3:] == ["di-prod-decode", "not", "found"]
 
 
 def test_wait_ready_waits_for_groups_then_runs_ready_everywhere(world) -> None:
