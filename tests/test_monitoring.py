@@ -336,7 +336,14 @@ def test_agent_configuration_is_valid_for_the_agent_consistent_and_fits_a_parame
             for target in job["static_configs"]:
                 assert target["labels"]["InstanceId"] == agent_config.INSTANCE_PLACEHOLDER
                 assert target["labels"]["Deployment"] == env
-        if kind != naming.ROLE_CONTROL:
+        if kind == naming.ROLE_CONTROL:
+            # The proxy's journal goes to the container log group, named by the unit the control host installs.
+            journald = files.agent["logs"].get("logs_collected", {}).get("journald", {}).get("collect_list", [])
+            expected = [{"log_group_name": f"/distack/{env}/containers", "units": ["distack-proxy.service"],
+                         "log_stream_name": "control/{instance_id}/distack-proxy"}] if config.proxy == "distack" else []
+            assert journald == expected
+            assert (ROOT / "diproxy" / "deploy" / agent_config.PROXY_UNIT).is_file()
+        else:
             ports = {t["labels"].get("Port") for j in scrape["scrape_configs"] for t in j["static_configs"]} - {None}
             assert ports == {str(ep.port) for ep in config.fleets[kind].resolved_endpoints}
 

@@ -30,6 +30,9 @@ SCRAPE_CONFIG_PATH = "/etc/di/metrics-agent/prometheus.yaml"
 # The scrape configuration is generated at synth, when no instance exists yet: the node replaces this word with
 # its own instance ID before the agent reads the file (the agent does not expand variables in it).
 INSTANCE_PLACEHOLDER = "__DI_INSTANCE_ID__"
+# The DiStack proxy's unit (diproxy/deploy/distack-proxy.service) and its stream in the container log group.
+PROXY_UNIT = "distack-proxy.service"
+PROXY_LOG_STREAM = "distack-proxy"
 # One sample per series and minute: a per-minute Sum over a role's endpoints is then their total.
 SCRAPE_INTERVAL_SECONDS = 60
 # Standard SSM parameters hold at most 4 KB: https://docs.aws.amazon.com/systems-manager/latest/userguide/parameter-store-advanced-parameters.html
@@ -112,10 +115,22 @@ def worker_agent(config: DeploymentConfig, fleet_name: str) -> AgentFiles:
 
 
 def control_agent(config: DeploymentConfig) -> AgentFiles:
-    """The control host's agent configuration: etcd's /metrics (the proxy's metrics have their own shipper)."""
+    """The control host's agent configuration: etcd's /metrics (the proxy's metrics have their own shipper), and with
+    `proxy: distack` the proxy's journal into the container log group, beside the containers' awslogs streams.
+
+    The agent reads systemd units' journals from 1.300070.0 on (its RELEASE_NOTES; the `journald` section of
+    translator/config/schema.json, vendored here); it keeps its cursor on disk, so a restart neither loses nor repeats
+    lines. Each event is the journal entry as JSON, the line in `body.MESSAGE`.
+    """
     node = {DEPLOYMENT: config.name, FLEET: naming.ROLE_CONTROL, ROLE: naming.ROLE_CONTROL, INSTANCE: INSTANCE_PLACEHOLDER}
     jobs = [_job(JOB_ETCD, [{"targets": [f"127.0.0.1:{naming.ETCD_CLIENT_PORT}"], "labels": node}], CONTROL_KEPT)]
-    return AgentFiles(_agent(config, naming.CONTROL_METRICS_NAMESPACE, CONTROL_KEPT), _scrape(jobs))
+    agent = _agent(config, naming.CONTROL_METRICS_NAMESPACE, CONTROL_KEPT)
+    if config.proxy == "distack":
+        agent["logs"]["logs_collected"] = {"journald": {"collect_list": [{
+            "log_group_name": naming.log_group(config.name, "containers"),
+            "log_stream_name": f"{naming.ROLE_CONTROL}/{{instance_id}}/{PROXY_LOG_STREAM}",
+            "units": [PROXY_UNIT]}]}}
+    return AgentFiles(agent, _scrape(jobs))
 
 
 def node_kinds(config: DeploymentConfig) -> dict[str, AgentFiles]:
