@@ -99,9 +99,12 @@ class WorkerFleet(Construct):
         # group size property values ... to the values that are defined in the AWS::AutoScaling::AutoScalingGroup
         # resource of your template, even if a scheduled action is in effect"; with it, only values changed in the
         # template are applied (https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-attribute-updatepolicy.html).
-        self.auto_scaling_group.cfn_options.update_policy = cdk.CfnUpdatePolicy(
-            auto_scaling_scheduled_action=cdk.CfnAutoScalingScheduledAction(
-                ignore_unmodified_group_size_properties=True))
+        # Only where a schedule exists, the case the policy is documented for: a fixed fleet keeps being reset to
+        # count by a deploy, as dictl scale says.
+        if fleet.schedule:
+            self.auto_scaling_group.cfn_options.update_policy = cdk.CfnUpdatePolicy(
+                auto_scaling_scheduled_action=cdk.CfnAutoScalingScheduledAction(
+                    ignore_unmodified_group_size_properties=True))
         group_name = self.auto_scaling_group.ref
         self.scaling_policy = _target_tracking(self, fleet, lifecycle.deployment, group_name)
         self.scheduled_actions = [_scheduled_action(self, action, group_name) for action in fleet.schedule]
