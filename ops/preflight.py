@@ -108,6 +108,7 @@ class Preflight:
                 self._guard(f"fleet {name} reservation", lambda n=name: self.reservation(n))
         if self.config.placement_group_name:
             self._guard("placement group", self.placement_group)
+        self.schedule_times()
         self._guard("worker AMI", lambda: self.ami("worker AMI", self.config.worker_ami))
         self._guard("control host AMI", lambda: self.ami("control host AMI", self.config.control_host.ami))
         self.quotas()
@@ -283,6 +284,18 @@ class Preflight:
         else:
             at, action = events[-1]
             self.add(INFO, subject, f"emptied by {action.name} at {_utc(at)}, in time for the block's end {shown_end}")
+
+    def schedule_times(self) -> None:
+        """A one-time scheduled action in the past fails the deploy: "If you try to schedule the action in the past,
+        Amazon EC2 Auto Scaling returns an error" (API_PutScheduledUpdateGroupAction, StartTime)."""
+        now = self.clock()
+        for name, fleet in self.config.fleets.items():
+            for action in fleet.schedule:
+                if action.start_time is not None and action.start_time.astimezone(timezone.utc) <= now:
+                    self.add(ERROR, f"fleet {name} schedule {action.name}",
+                             f"start_time {_utc(action.start_time)} has passed; Auto Scaling refuses an action in "
+                             "the past, so the deploy would fail",
+                             f"remove it from fleets.{name}.schedule in config/{self.config.name}.yaml, or move it")
 
     def placement_group(self) -> None:
         """The named group must exist here, be a cluster group, and be available."""

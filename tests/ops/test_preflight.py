@@ -173,7 +173,9 @@ def test_a_capacity_block_fleet_must_be_empty_in_time_for_the_block_end(aws_env,
     preflight = Preflight(_with_block(schedule), Clients(boto3.Session(), overrides={"ec2": ec2}),
                           clock=lambda: END - timedelta(days=2))
     preflight.reservation("decode")
+    preflight.schedule_times()  # two days before the end: every one-time action is still ahead
     found = [f for f in preflight.findings if message in f.message]
+    assert not [f for f in preflight.findings if "has passed" in f.message]
     assert found and found[0].level == level, preflight.findings
     if level == ERROR:
         assert 'start_time: "2026-08-06T10:47:00Z", min_size: 0, max_size: 0, desired_capacity: 0' in found[0].fix
@@ -195,3 +197,12 @@ def test_a_reservation_must_live_in_the_placement_group_the_config_names(aws_env
     preflight = Preflight(DeploymentConfig.model_validate(data), Clients(boto3.Session(), overrides={"ec2": ec2}))
     preflight.reservation("prefill")
     assert [f.message for f in levels(preflight.findings, ERROR)] == ([error] if error else [])
+
+
+def test_a_one_time_action_in_the_past_would_fail_the_deploy(aws_env) -> None:
+    config = _with_block([{"name": "block-end", "start_time": "2026-08-06T10:47:00Z", "min_size": 0, "max_size": 0,
+                           "desired_capacity": 0}])
+    preflight = Preflight(config, Clients(boto3.Session()), clock=lambda: END)
+    preflight.schedule_times()
+    (error,) = levels(preflight.findings, ERROR)
+    assert error.subject == "fleet decode schedule block-end" and "2026-08-06T10:47:00Z has passed" in error.message
