@@ -146,7 +146,20 @@ def test_no_usable_pair_alarm_watches_each_role_and_the_proxy_for_the_configured
     composite = alarm(template, "distack-prod-no-usable-pair")
     assert composite["AlarmActions"] == [topic_ref(template)] == composite["OKActions"]
     rule = json.dumps(composite["AlarmRule"])
-    assert rule.count("ALARM(") == 3 and " OR " in rule
+    assert rule.count("ALARM(") == 4 and " OR " in rule
+    # A role scaled to zero on purpose (a schedule, dictl scale) silences the alarm: the fewest instances desired of
+    # any role, from each role's groups' GroupDesiredCapacity.
+    zero_logical, zero = next((k, v["Properties"]) for k, v in resources(template, "AWS::CloudWatch::Alarm").items()
+                              if v["Properties"]["AlarmName"] == "distack-prod-scaled-to-zero")
+    assert zero_logical in rule.split("NOT (ALARM(")[1]
+    assert "AlarmActions" not in zero and zero["Threshold"] == 1
+    expressions = {q["Id"]: q for q in zero["Metrics"]}
+    assert expressions[next(i for i, q in expressions.items() if q.get("ReturnData", True))]["Expression"] == \
+        "MIN([r0, r1])"
+    desired = [q for q in zero["Metrics"] if "MetricStat" in q]
+    assert {q["MetricStat"]["Metric"]["MetricName"] for q in desired} == {"GroupDesiredCapacity"}
+    assert {json.dumps(q["MetricStat"]["Metric"]["Dimensions"][0]["Value"]) for q in desired} == {
+        json.dumps(template["Outputs"][naming.fleet_output(f)]["Value"]) for f in ("prefill", "decode")}
     fleets = set(resources(template, "AWS::AutoScaling::AutoScalingGroup")) - {
         template["Outputs"][naming.OUTPUT_CONTROL_INSTANCE_GROUP]["Value"]["Ref"]}
     for logical, props in resources(template, "AWS::CloudWatch::Alarm").items():

@@ -82,6 +82,12 @@ def pool_roles(config: DeploymentConfig) -> tuple[str, ...]:
     return STANDARD_POOL_ROLES if config.mode == "standard" else DI_POOL_ROLES
 
 
+def fleets_serving(config: DeploymentConfig, pool_role: str) -> tuple[str, ...]:
+    """The fleets whose endpoints the proxy counts in POOL_ROLE (a colocated fleet serves both DI roles)."""
+    serving = {"prefill": ("prefill", "colocated"), "decode": ("decode", "colocated"), "standalone": ("standard",)}
+    return tuple(name for name, fleet in config.fleets.items() if fleet.role in serving[pool_role])
+
+
 class AlarmTopic(Construct):
     """The deployment's SNS topic for alarms: a customer-managed KMS key CloudWatch may use (the AWS-managed
     aws/sns key does not let CloudWatch alarms publish), TLS-only, publishing only by this account's alarms.
@@ -146,6 +152,8 @@ class Monitoring(Construct):
             metric_namespace=node_metrics_namespace(env), metric_name=METRICS_AGENT_FAILURES, metric_value="1",
         ).metric(statistic="Sum", period=cdk.Duration.minutes(1))
         self.fleets = {name: fleet.role for name, fleet in config.fleets.items()}
+        self.fleet_groups = {role: [fleet_group_names[name] for name in fleets_serving(config, role)]
+                             for role in self.roles}
 
         self._control_alarm(control_group_name)
         self._bootstrap_alarm()
@@ -278,13 +286,35 @@ class Monitoring(Construct):
         for child in children:
             for dependency in self.pool_alarms_after:
                 child.node.add_dependency(dependency)
-        rule = cw.AlarmRule.any_of(*[cw.AlarmRule.from_alarm(a, cw.AlarmState.ALARM) for a in children])
+        rule = cw.AlarmRule.all_of(
+            cw.AlarmRule.any_of(*[cw.AlarmRule.from_alarm(a, cw.AlarmState.ALARM) for a in children]),
+            cw.AlarmRule.not_(cw.AlarmRule.from_alarm(self._scaled_to_zero_alarm(), cw.AlarmState.ALARM)))
         what = "endpoint" if self.roles == STANDARD_POOL_ROLES else "prefill/decode pair"
         composite = cw.CompositeAlarm(
             self, "NoUsablePair", composite_alarm_name=self._name("no-usable-pair"), alarm_rule=rule,
             alarm_description=f"The proxy of {env} has had no usable {what} for {minutes} minutes: requests get "
                               f"503. {first}; the alarm's children say which role or the proxy itself.")
         self._notify("no-usable-pair", composite, recovery=True)
+
+    def _scaled_to_zero_alarm(self) -> cw.Alarm:
+        """In ALARM while some role has no instance desired: a schedule or `dictl scale` took it to zero on purpose
+        (scale to zero at night), so no usable pair is expected and must not page. It notifies nobody itself.
+        Group metrics are collected every minute (group_metrics_collection), 0 included."""
+        per_role = {}
+        for index, (role, groups) in enumerate(self.fleet_groups.items()):
+            metrics = {f"g{index}x{n}": self.group(group, "GroupDesiredCapacity") for n, group in enumerate(groups)}
+            per_role[f"r{index}"] = cw.MathExpression(
+                expression=" + ".join(f"FILL({name}, 0)" for name in metrics) or "0", using_metrics=metrics,
+                label=f"{role} instances desired", period=cdk.Duration.minutes(1))
+        lowest = cw.MathExpression(expression=f"MIN([{', '.join(per_role)}])", using_metrics=per_role,
+                                   label="instances desired, fewest of any role", period=cdk.Duration.minutes(1))
+        return cw.Alarm(
+            self, "ScaledToZero", alarm_name=self._name("scaled-to-zero"), metric=lowest, threshold=1,
+            comparison_operator=cw.ComparisonOperator.LESS_THAN_THRESHOLD, evaluation_periods=1,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            alarm_description=f"Some role of {self.env_name} has no instance desired (a schedule or dictl scale set it "
+                              "to zero); while this is in ALARM, no-usable-pair does not fire. It notifies nobody. Run first: "
+                              f"dictl status --env {self.env_name} (each fleet's desired, in-service and warm size).")
 
     def _error_rate_alarm(self) -> None:
         env, minutes, percent = self.env_name, ERROR_RATE_PERIOD_MINUTES, self.settings.server_error_percent
