@@ -95,7 +95,7 @@ def test_scale_and_tunnel_print_json(world, monkeypatch) -> None:
     assert code == 0, err
     assert json.loads(out) == {"fleet": "prefill", "group": "di-prod-prefill", "desired_before": 1, "desired": 2,
                                "min": 0, "max": 4, "config": {"file": "config/prod.yaml",
-                                                              "key": "fleets.prefill.count", "value": 2}}
+                                                              "key": "fleets.prefill.min_count", "value": 2}}
     control = world.launch(1, "control", "control")[0]
     code, out, _ = world.dictl("tunnel", "--env", "prod", "--json", "--print")
     payload = json.loads(out)
