@@ -102,8 +102,10 @@ def bill_of_materials(config: DeploymentConfig) -> list[Line]:
         lines.append(Line(f"fleet {name}: {fleet.instance_type}", "hour", fleet.count, fleet.ceiling,
                           None if block else _instance(region, fleet.instance_type),
                           "Capacity Block: paid when the block is bought" if block else ""))
-        gib += fleet.root_volume_gib * fleet.count
-        gib_at_max += fleet.root_volume_gib * fleet.ceiling
+        # A Stopped warm-pool instance bills only its volumes.
+        warm = fleet.warm_pool.size if fleet.warm_pool else 0
+        gib += fleet.root_volume_gib * (fleet.count + warm)
+        gib_at_max += fleet.root_volume_gib * (fleet.ceiling + warm)
     control = config.control_host
     lines.append(Line(f"control host: {control.instance_type}", "hour", 1, 1, _instance(region, control.instance_type)))
     gib += control.root_volume_gib + control.etcd_volume_gib

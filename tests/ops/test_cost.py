@@ -87,8 +87,10 @@ def test_prod_costs_its_instances_volumes_nat_and_endpoints(capsys: pytest.Captu
     prefill = config.fleets["prefill"]
     assert by_item["fleet prefill: trn2.48xlarge"]["per_hour"] == pytest.approx(40.0 * prefill.count)
     assert by_item["fleet prefill: trn2.48xlarge"]["per_hour_at_max"] == pytest.approx(40.0 * prefill.ceiling)
-    gib = sum(f.root_volume_gib * f.count for f in config.fleets.values()) + config.control_host.root_volume_gib \
-        + config.control_host.etcd_volume_gib
+    warm = {name: f.warm_pool.size if f.warm_pool else 0 for name, f in config.fleets.items()}
+    assert warm["prefill"] > 0  # prod keeps Stopped instances, whose volumes bill
+    gib = sum(f.root_volume_gib * (f.count + warm[n]) for n, f in config.fleets.items()) \
+        + config.control_host.root_volume_gib + config.control_host.etcd_volume_gib
     assert by_item["EBS gp3 volumes"]["per_hour"] == pytest.approx(0.08 * gib / 730)
     assert by_item["NAT gateway"]["unit_price"] == 0.045  # the zonal gateway's hours, not bytes or regional
     endpoints = by_item["interface VPC endpoints"]
