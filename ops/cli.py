@@ -236,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between refreshes, 1 or more (default: 15; CloudWatch has one point a minute)")
     command("cost", "cost per hour at on-demand list prices (AWS Price List API), at deploy size and at max_count",
             quiet_help="accepted for symmetry; cost prints no progress")
+    p = command("destroy", "after `make destroy`: list what the stack retains on purpose (artifacts bucket, etcd "
+                "volume) or left behind (log groups), by tag and log group prefix, and delete it once confirmed; "
+                "refuses while the stack exists", json_help="the retained, deleted and failed resources as JSON",
+                quiet_help="no progress lines on stderr")
+    p.add_argument("--yes", action="store_true",
+                   help="delete without asking (default: ask to type the name on a terminal, refuse elsewhere)")
     return parser
 
 
@@ -308,6 +314,10 @@ def dispatch(args: argparse.Namespace, clients_factory: ClientsFactory) -> int:
         return cost.run(config, cost.pricing_client(clients), as_json=args.json)
     if args.verb == "preflight":
         return _preflight(config, clients, args.json, args.quiet)
+    if args.verb == "destroy":
+        from ops import teardown
+
+        return teardown.run(config, clients, yes=args.yes, as_json=args.json, quiet=args.quiet)
     deployment = Deployment(config, clients)
     if args.verb == "outputs":
         return _outputs(deployment, args)

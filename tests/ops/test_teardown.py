@@ -1,0 +1,129 @@
+"""`dictl destroy` on a mocked account: what a deleted stack left, found by tag and log group prefix, deleted only
+once confirmed; refused while the stack exists; a partial failure says what was and was not deleted."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from ops.aws import Clients
+from ops.cli import main
+from stacks import naming
+from tests.ops.conftest import REGION
+
+
+class Terminal(io.StringIO):
+    """stdin as a terminal where the operator types TEXT."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def account(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> Any:
+    with mock_aws():
+        session = boto3.Session(region_name=REGION)
+        made: dict[str, Any] = {}
+
+        def clients(region: str, profile: str | None = None) -> Clients:
+            shared = Clients(session)
+            shared._clients = made  # one botocore client per service for the test and all its dictl runs
+            return shared
+
+        def dictl(*argv: str, typed: str | None = None) -> tuple[int, str, str]:
+            monkeypatch.setattr("sys.stdin", Terminal(typed) if typed is not None else io.StringIO(""))
+            out, err = io.StringIO(), io.StringIO()
+            with redirect_stdout(out), redirect_stderr(err):
+                code = main(list(argv), clients_factory=clients)
+            return code, out.getvalue(), err.getvalue()
+
+        yield clients(REGION).get, dictl
+
+
+def tag(env: str) -> list[dict[str, str]]:
+    return [{"Key": naming.TAG_DEPLOYMENT, "Value": env}]
+
+
+def leftovers(client: Any, env: str, *, attach: bool = False) -> dict[str, str]:
+    """What a deleted stack of ENV keeps: a versioned, tagged bucket holding versions and a delete marker, the
+    tagged etcd volume (attached to an instance if ATTACH, so it cannot be deleted), a tagged log group and an
+    untagged one under /distack/ENV/."""
+    s3, ec2, logs = client("s3"), client("ec2"), client("logs")
+    bucket = f"di-{env}-artifactsbucket-0a1b2c"
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": tag(env)})
+    for body in (b"one", b"two"):
+        s3.put_object(Bucket=bucket, Key="compiled/model.tar", Body=body)
+    s3.delete_object(Bucket=bucket, Key="compiled/model.tar")  # a delete marker on top of two versions
+    volume = ec2.create_volume(AvailabilityZone=f"{REGION}a", Size=20, VolumeType="gp3", TagSpecifications=[
+        {"ResourceType": "volume", "Tags": tag(env)}])["VolumeId"]
+    if attach:
+        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="m5.large",
+                                     Placement={"AvailabilityZone": f"{REGION}a"})["Instances"][0]["InstanceId"]
+        ec2.attach_volume(VolumeId=volume, InstanceId=instance, Device="/dev/sdf")
+    else:
+        instance = ""
+    logs.create_log_group(logGroupName=naming.log_group(env, "nodes"), tags={naming.TAG_DEPLOYMENT: env})
+    logs.create_log_group(logGroupName=naming.log_group(env, "metrics"))  # found by its name alone
+    return {"bucket": bucket, "volume": volume, "instance": instance}
+
+
+def test_destroy_refuses_while_the_stack_exists(account):
+    client, dictl = account
+    client("cloudformation").create_stack(StackName="di-prod", TemplateBody=json.dumps(
+        {"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}}}))
+    client("s3").create_bucket(Bucket="di-prod-artifacts", CreateBucketConfiguration={
+        "LocationConstraint": REGION})
+    code, out, err = dictl("destroy", "--env", "prod", "--yes")
+    assert code == 1
+    assert "stack di-prod still exists (CREATE_COMPLETE)" in err
+    assert "fix: make destroy ENV=prod CONFIRM=prod" in err
+    client("s3").head_bucket(Bucket="di-prod-artifacts")  # untouched
+
+
+def test_destroy_lists_by_tag_and_prefix_and_deletes_only_once_confirmed_reporting_partial_failure(account):
+    client, dictl = account
+    made = leftovers(client, "prod", attach=True)
+    # Another deployment's: a bucket tagged production, and a log group under /distack/prod (without the slash).
+    client("s3").create_bucket(Bucket="di-production-bucket", CreateBucketConfiguration={"LocationConstraint": REGION})
+    client("s3").put_bucket_tagging(Bucket="di-production-bucket", Tagging={"TagSet": tag("production")})
+    client("logs").create_log_group(logGroupName="/distack/production/nodes",
+                                    tags={naming.TAG_DEPLOYMENT: "production"})
+    code, out, err = dictl("destroy", "--env", "prod")  # no terminal, no --yes
+    assert code == 2
+    assert "nothing deleted: confirm with `dictl destroy --env prod --yes`" in err
+    rows = [line.split()[:2] for line in out.splitlines()[2:]]
+    assert rows == [["bucket", made["bucket"]], ["volume", made["volume"]], ["log", "group"], ["log", "group"]]
+    assert "/distack/prod/metrics" in out and "/distack/prod/nodes" in out and "production" not in out
+    code, _, err = dictl("destroy", "--env", "prod", typed="dev\n")  # a terminal, the wrong name
+    assert code == 1 and "not confirmed; nothing deleted" in err
+    client("s3").head_bucket(Bucket=made["bucket"])
+
+    # Typed right: everything goes but the volume, still attached to an instance: partially applied, exit 3.
+    code, out, err = dictl("destroy", "--env", "prod", "--json", "--quiet", typed="prod\n")
+    assert code == 3
+    report = json.loads(out)
+    assert sorted(report["deleted"]) == sorted([made["bucket"], "/distack/prod/metrics", "/distack/prod/nodes"])
+    assert list(report["failed"]) == [made["volume"]] and "VolumeInUse" in report["failed"][made["volume"]]
+    assert f"not deleted: {made['volume']}: " in err and "partially applied: 3 of 4 deleted" in err
+    # The bucket is gone with its versions and delete marker; the other deployment's are all there.
+    assert [b["Name"] for b in client("s3").list_buckets()["Buckets"]] == ["di-production-bucket"]
+    assert [g["logGroupName"] for g in client("logs").describe_log_groups()["logGroups"]] == [
+        "/distack/production/nodes"]
+
+    client("ec2").detach_volume(VolumeId=made["volume"], InstanceId=made["instance"])
+    code, out, err = dictl("destroy", "--env", "prod", "--yes")
+    assert code == 0, err
+    assert out.splitlines()[-1] == f"deleted: {made['volume']}"
+    volumes = {v["VolumeId"] for v in client("ec2").describe_volumes()["Volumes"]}
+    assert made["volume"] not in volumes and len(volumes) == 1  # the instance's root volume
+    code, out, _ = dictl("destroy", "--env", "prod")
+    assert code == 0 and "di-prod is deleted and left nothing" in out
