@@ -251,6 +251,7 @@ lnc_applies() { [[ ${DI_INSTANCE_TYPE:-} == trn2* || ${DI_INSTANCE_TYPE:-} == tr
 #   engine_preflight           boot-time check after the image pull (fail REASON when it fails)
 #   engine_prepare INDEX       before every start of endpoint INDEX
 #   engine_compile KEY         fill /data/compiled/KEY the engine's way (ops/compile.sh uploads it)
+#   engine_kv_hold_seconds ROLE   how long a server may keep a finished request's KV for a peer (ops/drain.sh waits)
 # Adding an engine means adding a file there; nothing else branches on DI_ENGINE.
 load_engine() {
   local file="$DI_SCRIPTS_DIR/engines/${DI_ENGINE:-}.sh" known
@@ -277,3 +278,167 @@ registrar_wanted() { [[ $1 == standard ]] || ! engine_self_registers; }
 
 # install_unit FILE: copy a unit into the systemd directory.
 install_unit() { install -m 0644 "$1" "$DI_SYSTEMD_DIR/${1##*/}"; }
+
+# ---------------------------------------------------------------------------------------------------------
+# Auto Scaling lifecycle. The node follows its own target lifecycle state in instance metadata (IMDSv2) and completes
+# the group's lifecycle hooks itself: no Lambda, no queue.
+# https://docs.aws.amazon.com/autoscaling/ec2/userguide/retrieving-target-lifecycle-state-through-imds.html: "When an
+# instance prepares to transition to one of the preceding steady states [InService, Terminated, Detached, Standby,
+# Warmed:Hibernated, Warmed:Running, Warmed:Stopped, Warmed:Terminated], Amazon EC2 Auto Scaling updates the value of
+# the instance metadata item autoscaling/target-lifecycle-state."
+# Where this node keeps state that must survive a stop (the root EBS volume; /run is gone after one).
+DI_STATE_DIR=${DI_STATE_DIR:-/var/lib/di}
+# Seconds between RecordLifecycleActionHeartbeat calls while a hook waits on this node. A hook's HeartbeatTimeout is
+# 30..7200 s and each heartbeat restarts it ("extends the timeout by the length of time defined using the
+# PutLifecycleHook API call": https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_RecordLifecycleActionHeartbeat.html),
+# so any hook timeout above this interval holds; the hook's GlobalTimeout (at most 172800 s or 100 x HeartbeatTimeout,
+# API_LifecycleHook.html) still bounds the whole wait.
+LIFECYCLE_HEARTBEAT_SECONDS=${LIFECYCLE_HEARTBEAT_SECONDS:-300}
+
+# lifecycle_target: the target lifecycle state (InService, Terminated, Warmed:Stopped, ...); fails when instance
+# metadata has none (not launched by Auto Scaling, or not set yet).
+lifecycle_target() { imds autoscaling/target-lifecycle-state 2>/dev/null; }
+
+# find_asg: this instance's Auto Scaling group into ASG_NAME, asked at run time (once): the group's name cannot be
+# written into its own launch template's user data (the template would reference the group that references it).
+ASG_NAME=""
+find_asg() {
+  [[ -z $ASG_NAME ]] || return 0
+  local id name
+  id=$(instance_id) || return 1
+  name=$(aws autoscaling describe-auto-scaling-instances --region "${DI_REGION:?}" --instance-ids "$id" \
+    --query 'AutoScalingInstances[0].AutoScalingGroupName' --output text 2>/dev/null) || return 1
+  [[ -n $name && $name != None ]] || return 1
+  ASG_NAME=$name
+}
+
+# lifecycle_call VERB HOOK [ARG...]: one autoscaling lifecycle call for this instance on HOOK of its group.
+lifecycle_call() {
+  local verb=$1 hook=$2 id
+  shift 2
+  find_asg || { log "cannot find this instance's Auto Scaling group (describe-auto-scaling-instances)"; return 1; }
+  id=$(instance_id) || return 1
+  aws autoscaling "$verb" --region "$DI_REGION" --lifecycle-hook-name "$hook" --auto-scaling-group-name "$ASG_NAME" \
+    --instance-id "$id" "$@" >/dev/null
+}
+
+# complete_lifecycle HOOKS CONTINUE|ABANDON REASON: end this instance's wait on the first of HOOKS (comma-separated)
+# that has one; nothing when HOOKS is empty (a group without hooks).
+# https://docs.aws.amazon.com/autoscaling/ec2/userguide/completing-lifecycle-hooks.html
+COMPLETED_HOOK=""
+complete_lifecycle() {
+  local hooks=$1 result=$2 reason=$3
+  [[ -n ${hooks//,/} ]] || return 0
+  if retry complete_first "$result" "${hooks//,/ }"; then
+    log "lifecycle hook $COMPLETED_HOOK completed with $result: $reason"
+  else
+    log "could not complete lifecycle hook ${hooks//,/ or } with $result ($reason); the hook's timeout applies its default result"
+    return 1
+  fi
+}
+
+# complete_first RESULT "HOOK...": complete the first hook that accepts it (into COMPLETED_HOOK).
+complete_first() {
+  local hook
+  for hook in $2; do
+    if lifecycle_call complete-lifecycle-action "$hook" --lifecycle-action-result "$1"; then
+      COMPLETED_HOOK=$hook
+      return 0
+    fi
+  done
+  return 1
+}
+
+# heartbeat_lifecycle HOOK: keep HOOK's wait from timing out (best effort; nothing when HOOK is empty).
+heartbeat_lifecycle() {
+  [[ -n $1 ]] || return 0
+  lifecycle_call record-lifecycle-action-heartbeat "$1" || log "lifecycle heartbeat for $1 failed"
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# S3 transfers at network speed: the AWS CLI v2's CRT transfer client, which splits objects into parts and fetches
+# them in parallel (https://docs.aws.amazon.com/cli/latest/topic/s3-config.html, preferred_transfer_client and
+# target_bandwidth; GA in aws/aws-cli#8360). Its own config file, so nothing else in root's AWS config changes; the
+# bucket is in DI_REGION, as the CRT client requires ("Region redirects - Transfers fail").
+DI_S3_CONFIG=${DI_S3_CONFIG:-}
+
+# s3_target_bandwidth: the CRT client's target for this instance type. The CRT knows these types itself
+# (awslabs/aws-c-s3 source/s3_platform_info.c: trn2.48xlarge 400 Gbps, trn1.32xlarge 600, trn1n.32xlarge 800) but
+# falls back to 10 Gb/s where its bundled version does not, so it is said explicitly; empty leaves the CLI's default.
+s3_target_bandwidth() {
+  case ${DI_INSTANCE_TYPE:-} in
+    trn2.48xlarge | trn2u.48xlarge) echo 400Gb/s ;;
+    trn1.32xlarge) echo 600Gb/s ;;
+    trn1n.32xlarge) echo 800Gb/s ;;
+  esac
+}
+
+# s3_config: the AWS config file the transfers use (written once).
+s3_config() {
+  if [[ -z $DI_S3_CONFIG || ! -e $DI_S3_CONFIG ]]; then
+    local bandwidth
+    mkdir -p "$DI_RUN_DIR"
+    DI_S3_CONFIG=${DI_S3_CONFIG:-$DI_RUN_DIR/aws-s3.config}
+    bandwidth=$(s3_target_bandwidth)
+    {
+      printf '[default]\ns3 =\n  preferred_transfer_client = crt\n'
+      [[ -z $bandwidth ]] || printf '  target_bandwidth = %s\n' "$bandwidth"
+    } >"$DI_S3_CONFIG"
+  fi
+  printf '%s\n' "$DI_S3_CONFIG"
+}
+
+# s3_sync SRC DST: `aws s3 sync` through the CRT client. The CLI v2 checks each download against the checksum S3
+# stored with the object when there is one (CRC64NVME by default for its uploads):
+# https://docs.aws.amazon.com/cli/latest/topic/s3-faq.html
+s3_sync() {
+  local config
+  config=$(s3_config)
+  AWS_CONFIG_FILE=$config aws s3 sync --only-show-errors --region "$DI_REGION" "$1" "$2"
+}
+
+# The list of SHA-256 sums a prefix may carry (`sha256sum` output, paths relative to the prefix): ops/compile.sh
+# writes it for the compiled artifacts; put one next to uploaded weights to have every file checked after download.
+CHECKSUM_LIST=SHA256SUMS
+
+# verify_checksums DIR: check DIR against DIR/SHA256SUMS when it has one, every CPU hashing a share of the files;
+# prints the files that differ and fails. Without the list, the CLI's own per-object check is what there is.
+verify_checksums() {
+  local dir=$1 jobs tmp bad status=0
+  [[ -r $dir/$CHECKSUM_LIST ]] || { log "no $CHECKSUM_LIST in $dir: relying on the AWS CLI's checksum validation"; return 0; }
+  jobs=$(nproc 2>/dev/null) || jobs=4
+  tmp=$(mktemp -d "$DI_RUN_DIR/verify.XXXXXX")
+  split -n "r/$jobs" "$dir/$CHECKSUM_LIST" "$tmp/part."
+  bad=$(cd "$dir" && find "$tmp" -name 'part.*' -size +0 -print0 |
+    xargs -0 -r -n 1 -P "$jobs" sha256sum --quiet --check 2>&1) || status=1
+  rm -rf "$tmp"
+  if ((status)); then
+    printf '%s\n' "$bad" >&2
+    return 1
+  fi
+  log "checked $(wc -l <"$dir/$CHECKSUM_LIST") files of $dir against $CHECKSUM_LIST"
+}
+
+# write_checksums DIR: DIR/SHA256SUMS over every other file in DIR, hashed in parallel.
+write_checksums() {
+  local dir=$1 jobs
+  jobs=$(nproc 2>/dev/null) || jobs=4
+  (cd "$dir" && find . -type f ! -name "$CHECKSUM_LIST" -print0 | xargs -0 -r -n 16 -P "$jobs" sha256sum) \
+    >"$dir/$CHECKSUM_LIST.tmp" && mv "$dir/$CHECKSUM_LIST.tmp" "$dir/$CHECKSUM_LIST"
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# vLLM's own Prometheus metrics (vllm-project/vllm vllm/v1/metrics/loggers.py@005a810bc40f, PrometheusStatLogger):
+# "vllm:num_requests_running" ("Number of requests in model execution batches") and "vllm:num_requests_waiting"
+# ("Number of requests waiting to be processed"), one series per engine (labels model_name, engine);
+# "vllm:kv_cache_usage_perc" ("KV-cache usage. 1 means 100 percent usage"; BlockPool.get_usage in
+# vllm/v1/core/block_pool.py, 0 when every block is free).
+
+# vllm_metrics PORT: the endpoint's /metrics text. Status 7 when nothing listens there (the server is down).
+vllm_metrics() { curl -fsS --max-time 5 "http://127.0.0.1:$1/metrics" 2>/dev/null; }
+
+# metric_sum NAME: the sum of NAME over its series in the exposition text on stdin; fails when there is none.
+metric_sum() {
+  awk -v name="$1" '$1 == name || index($1, name "{") == 1 { sum += $NF; found = 1 }
+    END { if (!found) exit 1; printf "%g\n", sum }'
+}

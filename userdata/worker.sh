@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Worker bootstrap (Ubuntu Neuron DLAMI): Docker, preflight, image (and the engine's own check of it), model and
 # compiled artifacts on local NVMe, then one di-vllm@INDEX unit per endpoint, each with a di-register@INDEX unit
-# that lists it in etcd unless the engine registers it itself. Sourced by di-bootstrap; runnable alone for a re-run.
+# that lists it in etcd unless the engine registers it itself, and di-lifecycle, which drains the node when Auto
+# Scaling takes it away. A node launched into a Stopped warm pool only prepares (worker_prepare, everything on the
+# root EBS volume, which survives the stop); di-lifecycle runs the rest when it is started into service.
+# Sourced by di-bootstrap; runnable alone for a re-run.
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
@@ -65,12 +68,24 @@ make_data_array() {
   fstab_add "$(blkid -o value -s UUID "$target")" "$DI_DATA_DIR"
 }
 
-# prepare_data_dir: local NVMe instance store at DI_DATA_DIR (RAID 0 over all of them), or what is mounted there.
+# Marks a data dir kept on the root EBS volume (a warm-pool node): used as it is on every later start, never mounted
+# over. Instance store "does not persist when an instance is stopped" while the root volume does
+# (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/InstanceStorage.html), and a warm pool keeps its instances Stopped.
+ROOT_VOLUME_MARK=.di-root-volume
+
+# prepare_data_dir: local NVMe instance store at DI_DATA_DIR (RAID 0 over all of them), or what is mounted there, or
+# (DI_DATA_ON_ROOT=1, a warm-pool node) a directory on the root EBS volume.
 # A disk something else (the AMI) already mounted is never formatted: it is left alone, and when no free disk
 # remains the boot fails naming where they are mounted.
 prepare_data_dir() {
+  local need=$DI_MIN_DATA_GB
   mkdir -p "$DI_DATA_DIR"
-  if ! findmnt -n "$DI_DATA_DIR" >/dev/null; then
+  if ! findmnt -n "$DI_DATA_DIR" >/dev/null && [[ ${DI_DATA_ON_ROOT:-0} == 1 || -e $DI_DATA_DIR/$ROOT_VOLUME_MARK ]]; then
+    touch "$DI_DATA_DIR/$ROOT_VOLUME_MARK"
+    # Weights (a third of DI_MIN_DATA_GB) and half as much again for the compiled cache; no sharded copy here.
+    need=$(((DI_MIN_DATA_GB + 1) / 2))
+    log "data dir $DI_DATA_DIR on the root EBS volume: it survives the warm pool's stop"
+  elif ! findmnt -n "$DI_DATA_DIR" >/dev/null; then
     local disks=() free=() busy=() disk where
     mapfile -t disks < <(instance_store_disks)
     ((${#disks[@]} > 0)) ||
@@ -89,7 +104,7 @@ prepare_data_dir() {
   fi
   local avail
   avail=$(df -P -BG "$DI_DATA_DIR" | awk 'NR == 2 { sub("G", "", $4); print $4 }')
-  ((avail >= DI_MIN_DATA_GB)) || fail "only ${avail} GB free on $DI_DATA_DIR, need $DI_MIN_DATA_GB GB for the model"
+  ((avail >= need)) || fail "only ${avail} GB free on $DI_DATA_DIR, need $need GB for the model"
   mkdir -p "$DI_DATA_DIR/models" "$DI_DATA_DIR/compiled"
   log "data dir $DI_DATA_DIR: ${avail} GB free"
 }
@@ -108,25 +123,59 @@ write_hf_env() {
 
 s3_has() { aws s3 ls --region "$DI_REGION" "s3://$DI_BUCKET/$1" >/dev/null 2>&1; }
 
-stage_model() {
-  local dir="$DI_DATA_DIR/models/$DI_MODEL_ID" prefix="models/$DI_MODEL_ID/"
-  [[ -e $dir/.complete ]] && { log "model already staged in $dir"; return 0; }
+# fetch PREFIX DIR WHAT: s3://BUCKET/PREFIX into DIR through the CRT client (lib.sh s3_sync), then checked against its
+# SHA256SUMS when it has one.
+fetch() {
+  local prefix=$1 dir=$2 what=$3 started=$SECONDS
+  log "syncing $what from s3://$DI_BUCKET/$prefix"
+  retry s3_sync "s3://$DI_BUCKET/$prefix" "$dir" || fail "cannot sync $what from s3://$DI_BUCKET/$prefix"
+  verify_checksums "$dir" || fail "$what in $dir differ from s3://$DI_BUCKET/$prefix$CHECKSUM_LIST (files above); remove them and boot again"
+  log "$what synced in $((SECONDS - started))s ($(du -sh "$dir" 2>/dev/null | cut -f1))"
+}
+
+model_dir() { printf '%s\n' "$DI_DATA_DIR/models/$DI_MODEL_ID"; }
+
+# stage_model_s3: the weights from s3://BUCKET/models/<id>/ (a prefix that exists).
+stage_model_s3() {
+  local dir
+  dir=$(model_dir)
   mkdir -p "$dir"
-  if s3_has "$prefix"; then
-    log "syncing model from s3://$DI_BUCKET/$prefix"
-    retry aws s3 sync --only-show-errors --region "$DI_REGION" "s3://$DI_BUCKET/$prefix" "$dir" ||
-      fail "cannot sync model from s3://$DI_BUCKET/$prefix"
-  elif [[ $DI_MODEL_SOURCE == s3 ]]; then
-    fail "model source is s3 but s3://$DI_BUCKET/$prefix is empty: upload the weights there first"
-  else
-    write_hf_env
-    log "downloading $DI_MODEL_ID from Hugging Face"
-    retry docker run --rm --env-file "$DI_RUN_DIR/hf.env" -v "$DI_DATA_DIR:/data" --entrypoint huggingface-cli \
-      "$DI_IMAGE" download "$DI_MODEL_ID" --local-dir "/data/models/$DI_MODEL_ID" --exclude 'original/*' ||
-      fail "cannot download $DI_MODEL_ID from Hugging Face (token, licence acceptance or egress)"
-    rm -f "$DI_RUN_DIR/hf.env"
-  fi
+  fetch "models/$DI_MODEL_ID/" "$dir" "model $DI_MODEL_ID"
   touch "$dir/.complete"
+}
+
+# stage_model_hf: the weights from Hugging Face through the image's huggingface-cli (the image must be pulled).
+stage_model_hf() {
+  local dir
+  dir=$(model_dir)
+  mkdir -p "$dir"
+  write_hf_env
+  log "downloading $DI_MODEL_ID from Hugging Face"
+  retry docker run --rm --env-file "$DI_RUN_DIR/hf.env" -v "$DI_DATA_DIR:/data" --entrypoint huggingface-cli \
+    "$DI_IMAGE" download "$DI_MODEL_ID" --local-dir "/data/models/$DI_MODEL_ID" --exclude 'original/*' ||
+    fail "cannot download $DI_MODEL_ID from Hugging Face (token, licence acceptance or egress)"
+  rm -f "$DI_RUN_DIR/hf.env"
+  touch "$dir/.complete"
+}
+
+# model_source: where the weights come from: staged (already there), s3 or huggingface; fails for an empty s3 source.
+model_source() {
+  if [[ -e $(model_dir)/.complete ]]; then echo staged
+  elif s3_has "models/$DI_MODEL_ID/"; then echo s3
+  elif [[ $DI_MODEL_SOURCE == s3 ]]; then
+    fail "model source is s3 but s3://$DI_BUCKET/models/$DI_MODEL_ID/ is empty: upload the weights there first"
+  else echo huggingface
+  fi
+}
+
+stage_model() {
+  local source
+  source=$(model_source)
+  case $source in
+    staged) log "model already staged in $(model_dir)" ;;
+    s3) stage_model_s3 ;;
+    *) stage_model_hf ;;
+  esac
 }
 
 stage_compiled() {
@@ -136,15 +185,46 @@ stage_compiled() {
   dir="$DI_DATA_DIR/compiled/$key"
   mkdir -p "$dir"
   if s3_has "$prefix"; then
-    log "syncing compiled artifacts from s3://$DI_BUCKET/$prefix"
-    retry aws s3 sync --only-show-errors --region "$DI_REGION" "s3://$DI_BUCKET/$prefix" "$dir" ||
-      fail "cannot sync compiled artifacts from s3://$DI_BUCKET/$prefix"
+    fetch "$prefix" "$dir" "compiled artifacts"
   else
     log "no compiled artifacts at s3://$DI_BUCKET/$prefix: vLLM compiles on first start (can take an hour)"
   fi
 }
 
 pull_image() { retry docker pull "$DI_IMAGE" || fail "cannot pull $DI_IMAGE (egress to public.ecr.aws?)"; }
+
+# pull_or_keep_image: at boot, an image already on the node (its layers stay on the root volume through a warm pool's
+# stop) is used as it is when the registry does not answer; an update (ops/update.sh) always pulls.
+pull_or_keep_image() {
+  retry docker pull "$DI_IMAGE" && return 0
+  if docker image inspect "$DI_IMAGE" >/dev/null 2>&1; then
+    log "cannot pull $DI_IMAGE; using the copy already on this node"
+    return 0
+  fi
+  fail "cannot pull $DI_IMAGE (egress to public.ecr.aws?)"
+}
+
+# stage_all: image (then the engine's check of it), weights and compiled artifacts at the same time, each download
+# network-bound on its own; weights from Hugging Face come after, through the pulled image. The first failure's
+# reason is the bootstrap's.
+stage_all() {
+  local pids=() source i status=0
+  source=$(model_source)
+  (
+    pull_or_keep_image
+    engine_preflight
+  ) &
+  pids+=($!)
+  if [[ $source == s3 ]]; then stage_model_s3 & pids+=($!); fi
+  stage_compiled &
+  pids+=($!)
+  for i in "${pids[@]}"; do wait "$i" || status=1; done
+  ((status == 0)) || fail "$(cat "$DI_RUN_DIR/bootstrap-failure" 2>/dev/null || echo "staging failed")"
+  case $source in
+    staged) log "model already staged in $(model_dir)" ;;
+    huggingface) stage_model_hf ;;
+  esac
+}
 
 # start_registrar INDEX: an endpoint nothing else lists in etcd (standard mode, or an engine whose server does not
 # register itself) gets di-register, or the proxy would never find it. It waits for /health and for etcd by itself,
@@ -162,11 +242,16 @@ any_registrar() {
   return 1
 }
 
-start_endpoints() {
-  local index role cores port unit
+# install_units: every unit this worker may run, then one daemon-reload.
+install_units() {
   install_unit "$DI_HOME/units/di-vllm@.service"
   if any_registrar; then install_unit "$DI_HOME/units/di-register@.service"; fi
+  install_unit "$DI_HOME/units/di-lifecycle.service"
   systemctl daemon-reload
+}
+
+start_endpoints() {
+  local index role cores port unit
   while read -r index role cores port; do
     unit=$(unit_name "$index")
     log "starting $unit ($role, cores $cores, port $port)"
@@ -180,22 +265,45 @@ start_endpoints() {
   done < <(endpoints)
 }
 
-worker_main() {
+# start_lifecycle: di-lifecycle follows the Auto Scaling target state from now on and at every boot.
+start_lifecycle() { systemctl enable --now di-lifecycle.service || fail "di-lifecycle.service did not start"; }
+
+# worker_prepare: everything before the servers start.
+worker_prepare() {
   load_engine
   install_docker
   check_neuron
   check_efa
   prepare_data_dir
-  pull_image
-  engine_preflight
-  stage_model
-  stage_compiled
+  stage_all
+  install_units
+}
+
+worker_main() {
+  worker_prepare
   # NeuronConnector needs etcd when vLLM starts; di-register (standard mode, nixl) waits for it by itself.
   if engine_self_registers && [[ $DI_MODE == disaggregated ]]; then
     wait_for_etcd || fail "etcd at $DI_ETCD unreachable: is the control host up? (dictl status)"
   fi
   start_endpoints
-  "$DI_SCRIPTS_DIR/metrics-agent.sh" || log "metrics agent not started: this node's metrics stay empty (see metrics-agent.sh)"
+  start_lifecycle
+}
+
+# Written on the root volume by a warm-pool preparation; di-lifecycle runs the bootstrap again when it finds it as
+# the instance enters service, and removes it once the node serves.
+warm_marker() { printf '%s\n' "$DI_STATE_DIR/warm-prepared"; }
+
+# worker_prepare_warm: a node launched into a Stopped warm pool gets everything a start needs onto the root EBS volume
+# (image layers in Docker's own directory there, weights and compiled cache in the data dir there) and starts no
+# server: "As soon as an instance finishes launching into the warm pool, Amazon EC2 Auto Scaling stops or hibernates
+# the instance", and user data "runs only on the first boot"
+# (https://docs.aws.amazon.com/autoscaling/ec2/userguide/warm-pool-instance-lifecycle.html), so di-lifecycle, enabled
+# at boot, finishes the start when the instance is started into service.
+worker_prepare_warm() {
+  DI_DATA_ON_ROOT=1 worker_prepare
+  mkdir -p "$DI_STATE_DIR"
+  touch "$(warm_marker)"
+  start_lifecycle
 }
 
 main() {

@@ -182,6 +182,14 @@ def make_node(tmp_path: Path, env: str, fleet: str | None, *, fakes: list[str] |
         # A fake etcd answers the same on every poll: one look decides (a test wanting a real wait sets its own).
         "ETCD_WAIT_SECONDS": "0",
         "DI_SETTLE_SECONDS": "0",
+        "DI_STATE_DIR": str(root / "state"),
+        # Lifecycle and drain waits in milliseconds (the fakes answer at once).
+        "LIFECYCLE_STATE_WAIT_SECONDS": "0",
+        "LIFECYCLE_POLL_SECONDS": "0.01",
+        "LAUNCH_READY_POLL_SECONDS": "0.01",
+        "LAUNCH_READY_TIMEOUT_SECONDS": "1",
+        "DRAIN_POLL_SECONDS": "0",
+        "DRAIN_SETTLE_SECONDS": "0",
     })
     # The temp filesystem is far smaller than a real NVMe array.
     node.override(DI_MIN_DATA_GB="1")

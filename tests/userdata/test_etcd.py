@@ -73,10 +73,11 @@ def test_registration_check_sees_exactly_the_registered_worker(node, etcd):
 
 def test_legacy_worker_bootstrap_against_real_etcd(node, etcd):
     n = real_curl_node(node, *find_fleet(engine="neuron-connector", role="decode"))
-    n.override(DI_ETCD=etcd)
+    # No launch hook: nothing answers /health here, the boot ends once the server starts.
+    n.override(DI_ETCD=etcd, DI_LAUNCH_HOOK="")
     proc = n.run("di-bootstrap", check=False)
     assert proc.returncode == 0, proc.stderr
     enabled = [a[-1] for a in n.calls("systemctl") if a[:2] == ["enable", "--now"]]
-    assert enabled == ["docker", "di-vllm@0.service"]
+    assert enabled == ["docker", "di-vllm@0.service", "di-lifecycle.service"]
     (signal,) = n.signals()
     assert signal[signal.index("--status") + 1] == "SUCCESS"

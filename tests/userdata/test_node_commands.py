@@ -116,19 +116,26 @@ def test_status_of_a_control_host_with_the_distack_proxy_shows_its_shipper(node)
                                    {"name": "distack-proxy-shipper.service", "state": "failed"}]
 
 
-def test_restart_one_endpoint_or_all(node):
+def unit_changes(n):
+    """The systemctl calls that change a unit (is-active polls left out)."""
+    return [c for c in n.calls("systemctl") if c[0] != "is-active"]
+
+
+def test_restart_drains_first_then_restarts_one_endpoint_or_all(node):
     n = node(*LEGACY_COLOCATED)
     n.run("di-restart", "1")
-    n.run("di-restart")
-    assert n.calls("systemctl") == [["restart", "di-vllm@1.service"],
-                                    ["restart", "di-vllm@0.service", "di-vllm@1.service"]]
+    assert unit_changes(n) == [["stop", "--no-block", "di-vllm@1.service"], ["restart", "di-vllm@1.service"]]
+    # The legacy server registers itself: the drain deleted its key before stopping it.
+    assert (n.state / "deregistered").exists()
+    n.run("di-restart", "--now")
+    assert unit_changes(n)[2:] == [["restart", "di-vllm@0.service", "di-vllm@1.service"]]
 
 
 def test_restart_with_clear_kv_lock_stops_then_removes_the_lock_then_starts(node):
     n = node(*LEGACY_COLOCATED)
     lock = n.root / "nrt_kv_store_server.lock"
     lock.write_text("")
-    n.run("di-restart", "--clear-kv-lock", "all")
+    n.run("di-restart", "--clear-kv-lock", "--now", "all")
     assert not lock.exists()
     assert n.calls("systemctl") == [["stop", "di-vllm@0.service", "di-vllm@1.service"],
                                     ["start", "di-vllm@0.service", "di-vllm@1.service"]]

@@ -15,6 +15,15 @@ LEGACY_COLOCATED = find_fleet(engine="neuron-connector", role="colocated")
 LEGACY_DECODE = find_fleet(engine="neuron-connector", role="decode")
 
 
+LIFECYCLE = "di-lifecycle.service"
+
+
+def without_launch_hook(node):
+    """A group without a launch hook: the boot ends once the servers start, whether they serve or not."""
+    node.override(DI_LAUNCH_HOOK="")
+    return node
+
+
 def signal_of(node):
     (argv,) = node.signals()
     return argv[argv.index("--status") + 1], argv[argv.index("--unique-id") + 1]
@@ -31,7 +40,7 @@ def downloads(node):
 def test_colocated_worker_boots_both_endpoints_and_signals_success(node):
     n = node(*LEGACY_COLOCATED)
     n.run("di-bootstrap")
-    assert started_units(n) == ["docker", "di-vllm@0.service", "di-vllm@1.service"]
+    assert started_units(n) == ["docker", "di-vllm@0.service", "di-vllm@1.service", LIFECYCLE]
     assert (n.root / "systemd" / "di-vllm@.service").is_file()
     assert signal_of(n) == ("SUCCESS", INSTANCE_ID)
     (signal,) = n.signals()
@@ -75,11 +84,15 @@ def test_model_and_compiled_artifacts_come_from_the_bucket_when_cached(node):
     n.set("s3-prefixes", f"models/{model}/ compiled/")
     (n.root / "data" / "models" / model / ".complete").unlink()
     n.run("worker.sh")
-    sources = [a[-2] for a in n.calls("aws") if a[:2] == ["s3", "sync"]]
-    assert sources[0] == f"s3://di-test-artifactsbucket-abc123/models/{model}/"
-    assert sources[1].startswith(f"s3://di-test-artifactsbucket-abc123/compiled/{model.split('/')[-1]}-"
+    # Both at once, beside the image pull (their order in the log is the scheduler's).
+    sources = sorted(a[-2] for a in n.calls("aws") if a[:2] == ["s3", "sync"])
+    assert sources[1] == f"s3://di-test-artifactsbucket-abc123/models/{model}/"
+    assert sources[0].startswith(f"s3://di-test-artifactsbucket-abc123/compiled/{model.split('/')[-1]}-"
                                  f"tp{v['DI_TENSOR_PARALLEL']}-b{v['DI_MAX_NUM_SEQS']}-s{v['DI_MAX_MODEL_LEN']}-")
     assert len(downloads(n)) == 1  # no second Hugging Face download
+    # Through the CRT transfer client, at the rate the CRT itself knows for this instance type.
+    assert (n.root / "run" / "aws-s3.config").read_text() == (
+        "[default]\ns3 =\n  preferred_transfer_client = crt\n  target_bandwidth = 400Gb/s\n")
 
 
 def test_image_pull_is_retried_until_it_succeeds(node):
@@ -260,10 +273,10 @@ def endpoint_units(node, registrars):
 
 @pytest.mark.parametrize("engine", ["nixl", "neuron-connector"])
 def test_standard_mode_does_not_need_etcd(node, engine):
-    n = engine_node(node, engine, "standard", uverbs=16)
+    n = without_launch_hook(engine_node(node, engine, "standard", uverbs=16))
     n.set("etcd-down")
     n.run("di-bootstrap")
-    assert started_units(n) == ["docker", *endpoint_units(n, registrars=True)]
+    assert started_units(n) == ["docker", *endpoint_units(n, registrars=True), LIFECYCLE]
     assert signal_of(n)[0] == "SUCCESS"
 
 
@@ -292,10 +305,10 @@ def test_legacy_disaggregated_workers_get_no_registrar(node, found):
 @pytest.mark.parametrize("role", ["colocated", "prefill", "decode"])
 def test_nixl_disaggregated_workers_get_a_registrar_per_endpoint_and_do_not_wait_for_etcd(node, role):
     # vLLM's NixlConnector registers nothing: di-register keeps each endpoint in etcd, and waits for etcd itself.
-    n = engine_node(node, "nixl", role, uverbs=16)
+    n = without_launch_hook(engine_node(node, "nixl", role, uverbs=16))
     n.set("etcd-down")
     n.run("di-bootstrap")
-    assert started_units(n) == ["docker", *endpoint_units(n, registrars=True)]
+    assert started_units(n) == ["docker", *endpoint_units(n, registrars=True), LIFECYCLE]
     assert (n.root / "systemd" / "di-register@.service").is_file()
     assert signal_of(n) == ("SUCCESS", INSTANCE_ID)
 

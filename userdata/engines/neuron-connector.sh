@@ -50,6 +50,11 @@ engine_server_args() {
 # NeuronConnector writes /workers/{prefill|decode}/IP/PORT into etcd from inside vLLM.
 engine_self_registers() { true; }
 
+# engine_kv_hold_seconds ROLE: 0. Whether NeuronConnector keeps blocks for the decode after its prefill answers is not
+# documented and its source is not public; DiStack waits on vLLM's running/waiting counts only (UNVERIFIED: if it did
+# keep them, a drained prefill's last requests would fail at their decode).
+engine_kv_hold_seconds() { echo 0; }
+
 # Nothing beyond the common preflight (Neuron devices, EFA, NVMe).
 engine_preflight() { :; }
 

@@ -62,6 +62,16 @@ engine_server_args() {
     "${DI_KV_CONNECTOR:?}" "$(kv_role "$role")")"
 }
 
+# engine_kv_hold_seconds ROLE: how long a server of ROLE may keep a finished request's KV blocks for a peer (0: it
+# does not). A NixlConnector prefill answers once its one token is out, then keeps the prompt's blocks until the
+# decode has read them over NIXL or VLLM_NIXL_ABORT_REQUEST_TIMEOUT (default 480 s) passes: request_finished sets
+# `_reqs_need_send[request_id] = time.perf_counter() + envs.VLLM_NIXL_ABORT_REQUEST_TIMEOUT` and returns
+# delay_free_blocks (vllm-project/vllm vllm/distributed/kv_transfer/kv_connector/v1/nixl_connector.py@002a1057e9ae,
+# NixlConnectorScheduler.request_finished; the default in vllm/envs.py). Upstream has no gauge of those pending sends
+# (its NIXL metrics are transfer histograms and failure/expiry counters), but the held blocks stay allocated, so
+# vllm:kv_cache_usage_perc stays above 0 until the decode has read them: ops/drain.sh waits on that, at most this long.
+engine_kv_hold_seconds() { if [[ $1 == prefill ]]; then echo "${VLLM_NIXL_ABORT_REQUEST_TIMEOUT:-480}"; else echo 0; fi; }
+
 # vLLM registers nothing: di-register keeps /workers/{prefill|decode}/IP/PORT in etcd while /health answers.
 engine_self_registers() { false; }
 
