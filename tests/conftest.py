@@ -4,6 +4,7 @@ first, and read back by the others (synth costs seconds)."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import sys
@@ -74,15 +75,22 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-def _synthesize(env: str, outdir: Path) -> None:
-    """Synthesize config/ENV.yaml into OUTDIR (cdk-nag included) and record the stack's names beside it."""
+def _load(source: str | Path):
+    """The config of a shipped environment (a name) or of a file (a path)."""
+    from stacks.loader import load_config_file, load_environment
+
+    return load_config_file(source) if isinstance(source, Path) else load_environment(source)
+
+
+def _synthesize(source: str | Path, outdir: Path) -> None:
+    """Synthesize SOURCE's config into OUTDIR (cdk-nag included) and record the stack's names beside it."""
     import aws_cdk as cdk
 
     from stacks.app_builder import build_app
-    from stacks.loader import load_environment
 
-    app = cdk.App(outdir=str(outdir), context=cdk_context(env=env), builtin_cloud_formation_validation=False)
-    stack = build_app(app, load_environment(env))
+    config = _load(source)
+    app = cdk.App(outdir=str(outdir), context=cdk_context(env=config.name), builtin_cloud_formation_validation=False)
+    stack = build_app(app, config)
     assembly = app.synth()  # raises on any unacknowledged cdk-nag finding
     artifact = assembly.get_stack_artifact(stack.artifact_id)
     (outdir / "distack-test.json").write_text(json.dumps({
@@ -90,28 +98,29 @@ def _synthesize(env: str, outdir: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Synth]:
-    """`synth("prod")`: the synthesized stack for config/prod.yaml (cdk-nag included), shared by all workers."""
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str | Path], Synth]:
+    """`synth("prod")`: the synthesized stack for config/prod.yaml (cdk-nag included), shared by all workers;
+    `synth(path)` the same for a config file elsewhere (tests/data/variant.yaml), keyed by its content."""
     from filelock import FileLock
-
-    from stacks.loader import load_environment
 
     root = shared_dir(tmp_path_factory) / "synth"
     root.mkdir(exist_ok=True)
-    cache: dict[str, Synth] = {}
+    cache: dict[str | Path, Synth] = {}
 
-    def get(env: str) -> Synth:
-        if env not in cache:
-            outdir = root / env
+    def get(source: str | Path) -> Synth:
+        if source not in cache:
+            key = source if isinstance(source, str) else \
+                f"{source.stem}-{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
+            outdir = root / key
             # One lock per config: a worker waits only for a config another worker is synthesizing right now.
-            with FileLock(root / f"{env}.lock"):
+            with FileLock(root / f"{key}.lock"):
                 if not (outdir / "distack-test.json").exists():
-                    _synthesize(env, outdir)
+                    _synthesize(source, outdir)
             meta = json.loads((outdir / "distack-test.json").read_text())
             path = outdir / meta["template_file"]
-            cache[env] = Synth(load_environment(env), StackInfo(meta["stack_name"], meta["construct_id"]),
-                               json.loads(path.read_text()), path)
-        return cache[env]
+            cache[source] = Synth(_load(source), StackInfo(meta["stack_name"], meta["construct_id"]),
+                                  json.loads(path.read_text()), path)
+        return cache[source]
 
     return get
 
