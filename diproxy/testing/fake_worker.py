@@ -1,6 +1,9 @@
 """A fake OpenAI-compatible worker: registers in etcd like NeuronConnector (or DiStack's registrar), streams N tokens
 at a set pace, records each request's X-Request-Id and body, and fails on demand (HTTP 500, hang, die mid-stream, an
-SSE error event after 200, or refused connections for a moment).
+SSE error event after 200, or refused connections for a moment). Its /metrics shows what the node's drain reads from
+vLLM (vllm-project/vllm vllm/v1/metrics/loggers.py, PrometheusStatLogger): vllm:num_requests_running (the requests it
+is answering), vllm:num_requests_waiting (0) and vllm:kv_cache_usage_perc (a prefill's blocks no decode has read yet,
+plus two per running request, out of KV_CACHE_BLOCKS).
 
 It speaks the NIXL protocol as vLLM's NixlConnector does (vllm-project/vllm:vllm/distributed/kv_transfer/
 kv_connector/v1/nixl/scheduler.py request_finished and update_state_after_alloc): a prefill asked with
@@ -32,6 +35,7 @@ PREFILL_RETURNS = ("do_remote_prefill", "do_remote_decode", "remote_block_ids", 
                    "remote_request_id", "remote_host", "remote_port", "tp_size")
 DECODE_NEEDS = ("remote_block_ids", "remote_engine_id", "remote_request_id", "remote_host", "remote_port")
 SIDE_CHANNEL_BIND = "0.0.0.0"
+KV_CACHE_BLOCKS = 1000
 
 
 @dataclass
@@ -87,6 +91,7 @@ class FakeWorker:
         self.behaviour = behaviour or Behaviour()
         self.healthy = True
         self.requests: list[ReceivedRequest] = []
+        self.in_flight = 0  # completion requests being answered (vllm:num_requests_running)
         self.side_channel_port = 0  # NIXL side channel a prefill reports (VLLM_NIXL_SIDE_CHANNEL_PORT); set on start
         self.kv_blocks: dict[str, KvBlocks] = {}  # prefill: by remote_request_id
         self.kv_received: list[dict[str, Any]] = []  # decode: the kv_transfer_params it accepted
@@ -115,6 +120,7 @@ class FakeWorker:
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/completions", self._complete)
         app.router.add_post("/v1/chat/completions", self._complete)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
@@ -191,6 +197,11 @@ class FakeWorker:
         await self._close_server()
 
     @property
+    def kv_blocks_held(self) -> int:
+        """Blocks a prefill keeps for a decode that has not read them yet."""
+        return sum(len(blocks.block_ids) for blocks in self.kv_blocks.values() if not blocks.reads)
+
+    @property
     def kv_reads(self) -> int:
         return sum(blocks.reads for blocks in self.kv_blocks.values())
 
@@ -217,6 +228,14 @@ class FakeWorker:
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({}, status=200 if self.healthy else 503)
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        labels = '{engine="0",model_name="fake-model"}'
+        usage = (self.kv_blocks_held + 2 * self.in_flight) / KV_CACHE_BLOCKS
+        text = "".join(f"# TYPE {name} gauge\n{name}{labels} {value}\n" for name, value in (
+            ("vllm:num_requests_running", float(self.in_flight)), ("vllm:num_requests_waiting", 0.0),
+            ("vllm:kv_cache_usage_perc", usage)))
+        return web.Response(text=text, content_type="text/plain")
+
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
@@ -236,9 +255,11 @@ class FakeWorker:
         transport = request.transport
         if transport is not None:
             self._transports.add(transport)
+        self.in_flight += 1
         try:
             return await self._answer(request)
         finally:
+            self.in_flight -= 1
             self._transports.discard(transport)  # type: ignore[arg-type]
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:

@@ -125,9 +125,11 @@ def test_missing_efa_fails_loudly_with_the_reason_in_the_signal(node):
     assert unique.startswith(f"{INSTANCE_ID}:EFA-missing-fi_info-p-efa-finds-no-interface")
     assert len(unique) <= 64
     assert n.docker_runs() == [] and started_units(n) == ["docker"]
-    # The full reason also goes to the node log group.
+    # The full reason also goes to the node log group, and Auto Scaling is told to replace the instance.
     events = [a for a in n.calls("aws") if a[:2] == ["logs", "put-log-events"]]
     assert "EFA missing: fi_info -p efa finds no interface" in events[0][-1]
+    (abandon,) = [a for a in n.calls("aws") if a[:2] == ["autoscaling", "complete-lifecycle-action"]]
+    assert abandon[abandon.index("--lifecycle-action-result") + 1] == "ABANDON"
 
 
 def test_wrong_efa_count_names_both_numbers(node):

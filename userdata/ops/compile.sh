@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # Compile the model the engine's way (engine_compile in engines/ENGINE.sh: the legacy engine runs NxDI's
-# inference_demo --compile-only, nixl lets its servers compile at start), then upload the artifacts to
-# s3://$DI_BUCKET/compiled/$(compiled_key)/ where every worker looks first. Usage: compile.sh [--force]
+# inference_demo --compile-only, nixl lets its servers compile at start), then upload the artifacts with their
+# SHA256SUMS to s3://$DI_BUCKET/compiled/$(compiled_key)/ where every worker looks first. Usage: compile.sh [--force]
 set -euo pipefail
 DI_LIB=${DI_LIB:-/opt/di/lib.sh}
 # shellcheck source=../lib.sh
@@ -30,7 +30,9 @@ main() {
   load_engine
   engine_compile "$key"
   [[ -n $(ls -A "$dir") ]] || die "the compilation wrote nothing to $dir"
-  retry aws s3 sync --only-show-errors --region "$DI_REGION" "$dir" "$prefix" || die "upload to $prefix failed"
+  # Every worker that syncs this prefix checks its copy against the list (worker.sh fetch).
+  write_checksums "$dir" || die "cannot write $dir/$CHECKSUM_LIST"
+  retry s3_sync "$dir" "$prefix" || die "upload to $prefix failed"
   echo "compiled: $prefix"
 }
 

@@ -29,6 +29,7 @@ DRAIN_DEREGISTER_SECONDS=${DRAIN_DEREGISTER_SECONDS:-10}
 # in seconds; the unit's own TimeoutStopSec, 120 s, bounds a stop that hangs).
 DRAIN_STOP_GRACE_SECONDS=${DRAIN_STOP_GRACE_SECONDS:-10}
 DEADLINE=0 # SECONDS value at which TIMEOUT ends
+START_TIME=$EPOCHREALTIME
 # KV cache usage at or below which a server holds no blocks for a peer (vLLM's get_usage is 0 with every block free).
 DRAIN_KV_IDLE_USAGE=${DRAIN_KV_IDLE_USAGE:-0}
 
@@ -46,7 +47,14 @@ select_endpoints() {
   ((${#INDEXES[@]})) || die "no endpoint '$which' on this node (DI_ENDPOINTS='${DI_ENDPOINTS:-}')"
 }
 
-units() { local i; for i in "${INDEXES[@]}"; do unit_name "$i"; done | tr '\n' ' '; }
+# units: the selected units, space-separated.
+units() { local i list=(); for i in "${INDEXES[@]}"; do list+=("$(unit_name "$i")"); done; echo "${list[*]}"; }
+
+# joined SEP ITEM...: ITEMs joined by SEP.
+joined() { local sep=$1 out="" item; shift; for item in "$@"; do out+=${out:+$sep}$item; done; printf '%s\n' "$out"; }
+
+# elapsed: seconds since START_TIME, to the millisecond.
+elapsed() { awk -v a="$START_TIME" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
 
 # etcd_count KEY: how many keys KEY matches (0 or 1); fails when etcd does not answer.
 etcd_count() {
@@ -91,7 +99,7 @@ deregister() {
     fi
     sleep "$DRAIN_POLL_SECONDS"
   done
-  log "step 1 (deregister): $(units)no longer in etcd; the proxy stops picking them"
+  log "step 1 (deregister): $(units) no longer in etcd; the proxy stops picking them"
   return "$ok"
 }
 
@@ -167,7 +175,7 @@ wait_idle() {
   for n in "${!UNOBSERVED[@]}"; do
     log "WARNING: $(unit_name "${INDEXES[n]}") answers /metrics on :${PORTS[n]} without vllm:num_requests_running/waiting: its in-flight requests cannot be seen"
   done
-  log "step 2 (in-flight): no request running or waiting on $(units)"
+  log "step 2 (in-flight): no request running or waiting on $(units) ($(elapsed)s into the drain)"
 }
 
 # stop_servers: step 3. Fails when a server had to be killed.
@@ -189,11 +197,11 @@ stop_servers() {
     fi
     sleep "$DRAIN_POLL_SECONDS"
   done
-  log "step 3 (stop): $(units)stopped"
+  log "step 3 (stop): $(units) stopped"
 }
 
 main() {
-  local hook="" lifecycle=0 which timeout started status=0 positional=() done_steps=() failed=()
+  local hook="" lifecycle=0 which timeout status=0 positional=() done_steps=() failed=()
   while (($#)); do
     case $1 in
       --lifecycle)
@@ -217,20 +225,20 @@ main() {
   load_engine
   select_endpoints "$which"
   IP=$(local_ip 2>/dev/null) || IP=""
-  started=$SECONDS
+  START_TIME=$EPOCHREALTIME
   DEADLINE=$((SECONDS + timeout))
-  log "draining $(units)(timeout ${timeout}s${hook:+, then lifecycle hook $hook})"
+  log "draining $(units) (timeout ${timeout}s${hook:+, then lifecycle hook $hook})"
 
   if deregister; then done_steps+=("deregistered"); else failed+=("1 deregister"); status=2; fi
   if wait_idle "$timeout" "$hook"; then
-    done_steps+=("in-flight finished after $((SECONDS - started))s")
+    done_steps+=("in-flight finished after $(elapsed)s")
   else
     failed+=("2 in-flight timed out after ${timeout}s"); ((status)) || status=3
   fi
   if stop_servers; then done_steps+=("stopped"); else failed+=("3 stop: killed"); ((status)) || status=4; fi
   if [[ -n $hook ]]; then
     local result="drained"
-    ((${#failed[@]} == 0)) || result="drain partly applied: failed step ${failed[*]}"
+    ((${#failed[@]} == 0)) || result="drain partly applied: failed step $(joined ", " "${failed[@]}")"
     if complete_lifecycle "$hook" CONTINUE "$result"; then
       done_steps+=("lifecycle $COMPLETED_HOOK CONTINUE")
     else
@@ -238,9 +246,9 @@ main() {
     fi
   fi
   if ((${#failed[@]})); then
-    echo "drain partly applied to $(units): done: ${done_steps[*]:-nothing}; failed: ${failed[*]}"
+    echo "drain partly applied to $(units): done: $(joined ", " "${done_steps[@]}"); failed: $(joined ", " "${failed[@]}")"
   else
-    echo "drained: $(units)(${done_steps[*]}; $((SECONDS - started))s)"
+    echo "drained: $(units) ($(joined ", " "${done_steps[@]}"); $(elapsed)s)"
   fi
   # di-restart starts them again itself (DRAIN_HINT=0).
   ((lifecycle)) || [[ ${DRAIN_HINT:-1} == 0 ]] || echo "start again with: /opt/di/di-restart $which"
