@@ -160,8 +160,9 @@ def test_a_node_sent_back_to_the_warm_pool_drains_and_runs_the_bootstrap_again_n
 def test_the_launch_hook_waits_for_etcd_registration_and_is_abandoned_with_the_reason(node):
     n = node(*NIXL_COLOCATED)
     n.set("etcd-count", "0")  # serving /health, but the proxy cannot find it yet
-    proc = n.run("di-bootstrap", check=False, LAUNCH_READY_TIMEOUT_SECONDS="0")
+    proc = n.run("di-bootstrap", check=False, LAUNCH_READY_TIMEOUT_SECONDS="0", LIFECYCLE_HEARTBEAT_SECONDS="0.01")
     assert proc.returncode != 0
+    assert lifecycle_calls(n, "record-lifecycle-action-heartbeat")  # kept the hook waiting while it booted
     (abandon,) = lifecycle_calls(n, "complete-lifecycle-action")
     assert result_of(abandon) == ("di-launch", "ABANDON")
     reason = "not serving after 0s"
