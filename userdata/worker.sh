@@ -54,18 +54,40 @@ instance_store_disks() {
   done | sort -u
 }
 
-# make_data_array DISK...: RAID 0 over the disks (or the single disk), formatted and mounted on DI_DATA_DIR.
+# make_data_array MOUNTPOINT DISK...: RAID 0 over the disks (or the single disk), formatted and mounted on MOUNTPOINT.
 make_data_array() {
-  local target=$1
+  local mountpoint=$1 target=$2
+  shift
   if (($# > 1)); then
     mdadm --create "$DI_RAID_DEVICE" --run --level=0 --raid-devices="$#" "$@" ||
       fail "cannot build RAID 0 over $# NVMe devices ($*)"
     target=$DI_RAID_DEVICE
   fi
   mkfs.ext4 -q -F -E nodiscard "$target" || fail "cannot format $target"
-  mount "$target" "$DI_DATA_DIR" || fail "cannot mount $target on $DI_DATA_DIR"
+  mount "$target" "$mountpoint" || fail "cannot mount $target on $mountpoint"
   # Instance store survives a reboot (not a stop): remount it then, before the units start.
-  fstab_add "$(blkid -o value -s UUID "$target")" "$DI_DATA_DIR"
+  fstab_add "$(blkid -o value -s UUID "$target")" "$mountpoint"
+}
+
+# use_instance_store MOUNTPOINT: every free instance-store NVMe disk as one array on MOUNTPOINT.
+# A disk something else (the AMI) already mounted is never formatted: it is left alone, and when no free disk
+# remains the boot fails naming where they are mounted.
+use_instance_store() {
+  local mountpoint=$1 disks=() free=() busy=() disk where
+  mapfile -t disks < <(instance_store_disks)
+  ((${#disks[@]} > 0)) ||
+    fail "no instance-store NVMe found ($DI_NVME_GLOB) for models and compiled artifacts: use an instance type with local NVMe"
+  for disk in "${disks[@]}"; do
+    if where=$(findmnt -rn -o TARGET -S "$disk"); then
+      log "leaving $disk alone: already mounted on ${where//$'\n'/ }"
+      busy+=("$disk on ${where//$'\n'/ }")
+    else
+      free+=("$disk")
+    fi
+  done
+  ((${#free[@]} > 0)) ||
+    fail "instance-store NVMe all mounted elsewhere (${busy[*]}), none left for $mountpoint: unmount it in the AMI or mount it on $mountpoint"
+  make_data_array "$mountpoint" "${free[@]}"
 }
 
 # Marks a data dir kept on the root EBS volume (a warm-pool node): used as it is on every later start, never mounted
@@ -73,40 +95,42 @@ make_data_array() {
 # (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/InstanceStorage.html), and a warm pool keeps its instances Stopped.
 ROOT_VOLUME_MARK=.di-root-volume
 
+data_on_root() { [[ -e $DI_DATA_DIR/$ROOT_VOLUME_MARK ]]; }
+
 # prepare_data_dir: local NVMe instance store at DI_DATA_DIR (RAID 0 over all of them), or what is mounted there, or
 # (DI_DATA_ON_ROOT=1, a warm-pool node) a directory on the root EBS volume.
-# A disk something else (the AMI) already mounted is never formatted: it is left alone, and when no free disk
-# remains the boot fails naming where they are mounted.
 prepare_data_dir() {
-  local need=$DI_MIN_DATA_GB
+  local need=$DI_MIN_DATA_GB avail
   mkdir -p "$DI_DATA_DIR"
-  if ! findmnt -n "$DI_DATA_DIR" >/dev/null && [[ ${DI_DATA_ON_ROOT:-0} == 1 || -e $DI_DATA_DIR/$ROOT_VOLUME_MARK ]]; then
+  if ! findmnt -n "$DI_DATA_DIR" >/dev/null && [[ ${DI_DATA_ON_ROOT:-0} == 1 ]] || data_on_root; then
     touch "$DI_DATA_DIR/$ROOT_VOLUME_MARK"
     # Weights (a third of DI_MIN_DATA_GB) and half as much again for the compiled cache; no sharded copy here.
     need=$(((DI_MIN_DATA_GB + 1) / 2))
     log "data dir $DI_DATA_DIR on the root EBS volume: it survives the warm pool's stop"
   elif ! findmnt -n "$DI_DATA_DIR" >/dev/null; then
-    local disks=() free=() busy=() disk where
-    mapfile -t disks < <(instance_store_disks)
-    ((${#disks[@]} > 0)) ||
-      fail "no instance-store NVMe found ($DI_NVME_GLOB) for models and compiled artifacts: use an instance type with local NVMe"
-    for disk in "${disks[@]}"; do
-      if where=$(findmnt -rn -o TARGET -S "$disk"); then
-        log "leaving $disk alone: already mounted on ${where//$'\n'/ }"
-        busy+=("$disk on ${where//$'\n'/ }")
-      else
-        free+=("$disk")
-      fi
-    done
-    ((${#free[@]} > 0)) ||
-      fail "instance-store NVMe all mounted elsewhere (${busy[*]}), none left for $DI_DATA_DIR: unmount it in the AMI or mount it on $DI_DATA_DIR"
-    make_data_array "${free[@]}"
+    use_instance_store "$DI_DATA_DIR"
   fi
-  local avail
   avail=$(df -P -BG "$DI_DATA_DIR" | awk 'NR == 2 { sub("G", "", $4); print $4 }')
   ((avail >= need)) || fail "only ${avail} GB free on $DI_DATA_DIR, need $need GB for the model"
   mkdir -p "$DI_DATA_DIR/models" "$DI_DATA_DIR/compiled"
   log "data dir $DI_DATA_DIR: ${avail} GB free"
+}
+
+# model_store_for_s3: where weights from S3 go on a node whose data dir is on the root volume. Read back from gp3 at
+# its baseline 125 MiB/s, 141 GB of 70B weights take ~18 min to load; fetched from S3 by the CRT client onto the
+# instance store (RAID 0 over its NVMe disks, mounted on DI_DATA_DIR/models, inside the containers' /data) they take
+# about as long as the network needs. So a warm-pool node keeps image layers and compiled cache on EBS and fetches
+# weights that are in S3 at every start; weights only Hugging Face has stay on EBS.
+model_store_for_s3() {
+  data_on_root || return 0
+  findmnt -n "$DI_DATA_DIR/models" >/dev/null && return 0
+  if [[ -z $(instance_store_disks) ]]; then
+    log "no instance store: weights go to the root volume (loading reads them at its throughput)"
+    return 0
+  fi
+  mkdir -p "$DI_DATA_DIR/models"
+  use_instance_store "$DI_DATA_DIR/models"
+  log "weights on instance store at $DI_DATA_DIR/models (fetched from S3 at every start)"
 }
 
 # write_hf_env: the Hugging Face token from Secrets Manager into a root-only env file for `docker --env-file`.
@@ -206,10 +230,16 @@ pull_or_keep_image() {
 
 # stage_all: image (then the engine's check of it), weights and compiled artifacts at the same time, each download
 # network-bound on its own; weights from Hugging Face come after, through the pulled image. The first failure's
-# reason is the bootstrap's.
+# reason is the bootstrap's. A warm-pool preparation (DI_DATA_ON_ROOT=1) leaves weights that are in S3 for the start.
 stage_all() {
   local pids=() source i status=0
   source=$(model_source)
+  if [[ $source == s3 && ${DI_DATA_ON_ROOT:-0} == 1 ]]; then
+    log "model $DI_MODEL_ID is in S3: fetched onto instance store at every start, not kept on the root volume"
+    source=later
+  elif [[ $source == s3 ]]; then
+    model_store_for_s3
+  fi
   (
     pull_or_keep_image
     engine_preflight

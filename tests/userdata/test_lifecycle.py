@@ -13,6 +13,7 @@ import pytest
 from tests.tools import needs
 from tests.userdata.conftest import INSTANCE_ID, SCRIPTS, find_fleet
 from tests.userdata.test_static_checks import verify
+from tests.userdata.test_worker_bootstrap import downloads, instance_store
 
 NIXL_COLOCATED = find_fleet(engine="nixl", role="colocated")  # prefill on :8000, decode on :8001
 LEGACY_COLOCATED = find_fleet(engine="neuron-connector", role="colocated")
@@ -120,28 +121,44 @@ def test_terminated_drains_the_node_and_completes_the_termination_hook(node):
     assert ["stop", "--no-block", "di-vllm@0.service"] in n.calls("systemctl")
 
 
-def test_a_warm_pool_node_prepares_on_its_root_volume_then_serves_when_started_and_drains_when_it_leaves(node):
-    n = node(*NIXL_COLOCATED, uverbs=16)
-    n.state.joinpath("all-mounted").unlink()  # instance-store disks free: they must not be used
+@pytest.mark.parametrize("source", ["s3", "huggingface"])
+def test_a_warm_pool_node_prepares_on_its_root_volume_then_serves_when_started_and_drains_when_it_leaves(node, source):
+    n = node(*NIXL_COLOCATED)
+    disks = instance_store(n, "nvme1n1", "nvme2n1")  # free disks: the preparation must not use them
+    model = n.values["DI_MODEL_ID"]
+    if source == "s3":
+        n.set("s3-prefixes", f"models/{model}/")
     n.set("target-state", "Warmed:Stopped")
     n.run("di-bootstrap")
     enabled = [a[-1] for a in n.calls("systemctl") if a[:2] == ["enable", "--now"]]
-    # Prepared: image pulled, model staged, units installed; no server, the lifecycle service enabled for the restart.
+    # Prepared: image pulled, compiled cache synced, units installed, all on the root volume; no server, and the
+    # lifecycle service enabled, which finishes the start when the instance is started into service.
     assert enabled == ["docker", "di-lifecycle.service"]
     assert ["pull", n.values["DI_IMAGE"]] in n.calls("docker")
     assert (n.root / "data" / ".di-root-volume").exists() and (n.root / "state" / "warm-prepared").exists()
     assert n.calls("mdadm") == [] and n.calls("mkfs.ext4") == [] and n.calls("mount") == []
+    # Weights in S3 are fetched at each start; weights only Hugging Face has are kept on the root volume.
+    on_root = (n.root / "data" / "models" / model / ".complete").exists()
+    assert on_root == (source == "huggingface")
+    assert not [a for a in n.calls("aws") if a[:2] == ["s3", "sync"] and "/models/" in a[-2]]
     assert [result_of(c) for c in lifecycle_calls(n, "complete-lifecycle-action")] == [("di-launch", "CONTINUE")]
     assert n.signals() == []  # CloudFormation waits for serving instances, not for the pool
-    # Started into service: di-lifecycle (enabled at boot) runs the bootstrap; the servers start on the same data.
+    # Started into service (the instance store is blank again): di-lifecycle runs the bootstrap.
     n.set("image-present")
-    n.set("docker-pull-fails", "99")  # the registry away: the copy on the root volume is used
+    n.set("docker-pull-fails", "99")  # the registry away: the image on the root volume is used
     proc = run_lifecycle(n, "InService", "Terminated")
     assert proc.returncode == 0, proc.stderr
     enabled = [a[-1] for a in n.calls("systemctl") if a[:2] == ["enable", "--now"]]
     assert "di-vllm@0.service" in enabled and "di-vllm@1.service" in enabled
     assert "using the copy already on this node" in proc.stderr
-    assert n.calls("mdadm") == [] and not (n.root / "state" / "warm-prepared").exists()
+    models = str(n.root / "data" / "models")
+    if source == "s3":  # the weights onto instance store, under the data dir the containers see
+        assert n.calls("mdadm")[0][4:] == ["--raid-devices=2", *disks] and n.calls("mount")[-1][-1] == models
+        assert [a[-1] for a in n.calls("aws") if a[:2] == ["s3", "sync"] and "/models/" in a[-2]] == [
+            f"{models}/{model}"]
+    else:
+        assert n.calls("mdadm") == [] and len(downloads(n)) == 1  # nothing fetched again
+    assert not (n.root / "state" / "warm-prepared").exists()
     completions = [result_of(c) for c in lifecycle_calls(n, "complete-lifecycle-action")]
     assert completions == [("di-launch", "CONTINUE"), ("di-launch", "CONTINUE"), ("di-termination", "CONTINUE")]
 
