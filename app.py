@@ -1,4 +1,4 @@
-"""CDK entry point: `cdk synth di-NAME -c env=NAME` (default dev; `make synth ENV=NAME` writes cdk.out/NAME/).
+"""CDK entry point: `cdk synth DiStack -c env=NAME` (stack di-NAME; default dev; `make synth ENV=NAME` writes cdk.out/NAME/).
 No AWS calls, no lookups. A bad config exits 1 with every problem listed, before any construct is built."""
 
 import sys

@@ -1,4 +1,4 @@
-"""The CDK CLI path users run, through the Makefile: `make synth ENV=NAME` (cdk synth di-NAME into cdk.out/NAME/),
+"""The CDK CLI path users run, through the Makefile: `make synth ENV=NAME` (cdk synth DiStack -c env=NAME into cdk.out/NAME/, stack di-NAME),
 success and rejection; and the AWS targets' guards (ENV=, CONFIRM=), run against a fake `cdk`."""
 
 from __future__ import annotations
@@ -32,20 +32,21 @@ def make(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 def test_make_synth_selects_di_name_into_the_environments_own_assembly(tmp_path):
     run = make("synth", "ENV=baseline", f"OUT={tmp_path}")
     assert run.returncode == 0, run.stderr
-    # `cdk synth di-baseline`: the CLI found the stack by that name, and wrote cdk.out/baseline/ only.
+    # `cdk synth DiStack -c env=baseline`: the CLI found the stack by its construct id (the same for every
+    # environment), named di-baseline in CloudFormation, and wrote cdk.out/baseline/ only.
     assembly = tmp_path / "baseline"
     assert [p.name for p in tmp_path.iterdir()] == ["baseline"]
-    artifact = json.loads((assembly / "manifest.json").read_text())["artifacts"]["di-baseline"]
+    artifact = json.loads((assembly / "manifest.json").read_text())["artifacts"]["DiStack"]
     # The CLI matches the construct path (displayName); stackName is left out when it equals the artifact id.
-    assert artifact["displayName"] == "di-baseline"
-    assert artifact["properties"].get("stackName", "di-baseline") == "di-baseline"
-    assert (assembly / "di-baseline.template.json").exists()
+    assert artifact["displayName"] == "DiStack"
+    assert artifact["properties"]["stackName"] == "di-baseline"
+    assert (assembly / "DiStack.template.json").exists()
     # cdk.json sets every feature flag the pinned aws-cdk-lib recommends, so the CLI has nothing to say about them.
     assert "feature flags" not in run.stdout + run.stderr
     # The human summary, read back from the synthesized template.
     assert "fleet standard   standard  trn2.48xlarge x 1 (max 1)  TP 16  EFA interfaces 16/instance" in run.stderr
     assert "endpoint 3: standard cores 48-63   port 8003" in run.stderr
-    assert f"template: {(assembly / 'di-baseline.template.json').resolve()}" in run.stderr
+    assert f"template: {(assembly / 'DiStack.template.json').resolve()}" in run.stderr
 
 
 def test_a_failed_synth_reports_the_config_and_keeps_the_last_good_assembly(tmp_path):
@@ -56,7 +57,7 @@ def test_a_failed_synth_reports_the_config_and_keeps_the_last_good_assembly(tmp_
     (config_dir / "dev.yaml").write_text(text.replace("    tensor_parallel: 8\n", "    tensor_parallel: 24\n"))
     last_good = tmp_path / "out" / "dev"
     last_good.mkdir(parents=True)
-    (last_good / "di-dev.template.json").write_text('{"last": "good"}')
+    (last_good / "DiStack.template.json").write_text('{"last": "good"}')
     run = make("synth", "ENV=dev", f"OUT={tmp_path / 'out'}", env={"DISTACK_CONFIG_DIR": str(config_dir)})
     # cdk synth exits 1 (make shows it as `Error 1`); make itself exits 2, as for any failed command.
     assert run.returncode == 2
@@ -68,8 +69,8 @@ def test_a_failed_synth_reports_the_config_and_keeps_the_last_good_assembly(tmp_
             "tensor_parallel is 24") in run.stderr
     assert "fix: give it exactly 24 cores, e.g. 8-31" in run.stderr
     assert "Traceback" not in run.stderr + run.stdout
-    assert [p.name for p in last_good.iterdir()] == ["di-dev.template.json"]
-    assert (last_good / "di-dev.template.json").read_text() == '{"last": "good"}'
+    assert [p.name for p in last_good.iterdir()] == ["DiStack.template.json"]
+    assert (last_good / "DiStack.template.json").read_text() == '{"last": "good"}'
     assert f"synth failed; {last_good}/ still holds the last good synth" in run.stderr
 
 
@@ -118,7 +119,7 @@ def test_aws_targets_need_env_and_destroy_needs_confirm_then_runs_without_a_term
     assert done.returncode == 0, done.stderr
     # stdin is /dev/null: --force, so the CLI asks nothing; it destroys the assembly synth just wrote.
     assert [c.split(" --no-notices")[0] for c in calls()] == [
-        f"synth di-prod -c env=prod -o {tmp_path}/prod --quiet", f"destroy di-prod --app {tmp_path}/prod --force"]
+        f"synth DiStack -c env=prod -o {tmp_path}/prod --quiet", f"destroy DiStack --app {tmp_path}/prod --force"]
     assert "dictl destroy --env prod" in done.stderr
 
 
@@ -127,7 +128,7 @@ def test_deploy_offers_no_rollback_when_it_fails(fake_cdk, tmp_path):
     failed = make("deploy", "ENV=dev", f"CDK={cdk}", f"OUT={tmp_path}", env={"FAKE_CDK_FAIL": "deploy"})
     assert failed.returncode == 2
     assert "make deploy ENV=dev NO_ROLLBACK=1 keeps them" in failed.stderr
-    assert calls()[-1].startswith(f"deploy di-dev --app {tmp_path}/dev ")
+    assert calls()[-1].startswith(f"deploy DiStack --app {tmp_path}/dev ")
     assert "--no-rollback" not in calls()[-1]
     kept = make("deploy", "ENV=dev", "NO_ROLLBACK=1", f"CDK={cdk}", f"OUT={tmp_path}")
     assert kept.returncode == 0, kept.stderr

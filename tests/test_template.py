@@ -437,7 +437,7 @@ def test_outputs_name_what_operators_and_dictl_need(synth):
                 naming.OUTPUT_CONTROL_INSTANCE_GROUP, naming.fleet_output("prefill"), naming.fleet_output("decode")):
         assert key in outputs, key
     assert result.stack.stack_name == "di-xpyd"
-    assert result.stack.node.id == "di-xpyd"  # the construct id is the stack name (stacks/app_builder.py)
+    assert result.stack.node.id == "DiStack"  # one id for every environment (stacks/app_builder.py)
 
 
 def control_env_parts(template: dict) -> list:
