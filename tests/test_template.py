@@ -17,20 +17,10 @@ VARIANT = Path(__file__).parent / "data" / "variant.yaml"
 
 
 @pytest.fixture(scope="module")
-def variant(tmp_path_factory):
-    """The non-default switches, synthesized once for this module."""
-    import aws_cdk as cdk
-    from aws_cdk.assertions import Template
-
-    from stacks.app_builder import build_app
-    from stacks.loader import load_config_file
-
-    config = load_config_file(VARIANT)
-    app = cdk.App(outdir=str(tmp_path_factory.mktemp("cdk-variant")), context=cdk_context(),
-                  builtin_cloud_formation_validation=False)
-    stack = build_app(app, config)
-    artifact = app.synth().get_stack_artifact(stack.artifact_id)
-    return config, Template.from_json(artifact.template, skip_cyclical_dependencies_check=True), artifact.template
+def variant(synth):
+    """The non-default switches, synthesized once per run and shared by the workers (tests/conftest.py)."""
+    result = synth(VARIANT)
+    return result.config, result.template, result.template_dict
 
 
 def resources(template: dict, kind: str) -> dict[str, dict]:
