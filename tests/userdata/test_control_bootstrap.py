@@ -134,8 +134,8 @@ def test_distack_proxy_is_installed_from_its_package_and_started(node, tmp_path)
     from diproxy.shipper.settings import parse_settings
     env = dict(line.split("=", 1) for line in proxy_env.read_text().splitlines())
     shipper = parse_settings([], env=env)
-    assert (shipper.log_group, shipper.metrics_url, shipper.region) == (
-        "/distack/test/containers", "http://127.0.0.1:8000/metrics", "us-east-2")
+    assert (shipper.deployment, shipper.namespace, shipper.metrics_url, shipper.region) == (
+        "prod", "DiStack/Proxy", "http://127.0.0.1:8000/metrics", "us-east-2")
     assert started_units(n) == ["docker", "di-etcd.service", "distack-proxy.service", "distack-proxy-shipper.service"]
     assert "di-proxy.service" not in [p.name for p in (n.root / "systemd").iterdir()]
 

@@ -86,8 +86,13 @@ def test_each_group_awaits_one_signal_per_instance_and_its_nodes_name_it(synth, 
         named[re.search(r"^DI_SIGNAL_RESOURCE='?([A-Za-z0-9]+)'?$", node_env, re.M).group(1)] = node_env
     assert set(named) == set(groups)
     for logical_id, group in groups.items():
-        assert group["CreationPolicy"]["ResourceSignal"] == {
-            "Count": int(group["Properties"]["DesiredCapacity"]), "Timeout": timeout}
+        # The size the group is created with: its desired capacity, or for a fleet that sizes itself (no
+        # DesiredCapacity in the template) its MinSize; a group created empty waits for nothing.
+        size = int(group["Properties"].get("DesiredCapacity", group["Properties"]["MinSize"]))
+        if size == 0:
+            assert "CreationPolicy" not in group, logical_id
+            continue
+        assert group["CreationPolicy"]["ResourceSignal"] == {"Count": size, "Timeout": timeout}
 
 
 @pytest.mark.parametrize("env", SHIPPED_ENVS)
