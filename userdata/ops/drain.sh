@@ -7,7 +7,7 @@
 #   2. wait until vLLM's own metrics show no request running or waiting, and, where the engine keeps a finished
 #      request's KV blocks for a peer to read (a NIXL prefill), until those are read; at most TIMEOUT seconds;
 #   3. stop the servers (SIGTERM through the unit; SIGKILL for one still running at TIMEOUT, or DRAIN_STOP_GRACE_SECONDS
-#      after the stop when less was left);
+#      after the stop when less was left; TIMEOUT 0 stops hard at once);
 #   4. with --lifecycle HOOKS: complete this instance's lifecycle action with CONTINUE, on the first of HOOKS
 #      (comma-separated) that waits on it; an empty HOOKS (a group without hooks) completes nothing.
 # Usage: drain.sh [--lifecycle HOOKS] [all|INDEX] [TIMEOUT]   (TIMEOUT: DI_DRAIN_TIMEOUT_SECONDS, else 600)
@@ -20,8 +20,8 @@ DI_LIB=${DI_LIB:-/opt/di/lib.sh}
 . "$DI_LIB"
 
 DRAIN_POLL_SECONDS=${DRAIN_POLL_SECONDS:-1}
-# A request the proxy sent just before it saw the key go reaches vLLM's counters within milliseconds; in-flight
-# counts are trusted only from this long after deregistration.
+# A request the proxy sent just before it saw the key go reaches vLLM's counters within milliseconds; an endpoint
+# counts as idle only when its counters read zero this long after deregistration (one nothing listens on at once).
 DRAIN_SETTLE_SECONDS=${DRAIN_SETTLE_SECONDS:-1}
 # How long a deleted key or revoked lease may take to show in etcd.
 DRAIN_DEREGISTER_SECONDS=${DRAIN_DEREGISTER_SECONDS:-10}
@@ -29,6 +29,7 @@ DRAIN_DEREGISTER_SECONDS=${DRAIN_DEREGISTER_SECONDS:-10}
 # in seconds; the unit's own TimeoutStopSec, 120 s, bounds a stop that hangs).
 DRAIN_STOP_GRACE_SECONDS=${DRAIN_STOP_GRACE_SECONDS:-10}
 DEADLINE=0 # SECONDS value at which TIMEOUT ends
+TIMEOUT=0
 START_TIME=$EPOCHREALTIME
 # KV cache usage at or below which a server holds no blocks for a peer (vLLM's get_usage is 0 with every block free).
 DRAIN_KV_IDLE_USAGE=${DRAIN_KV_IDLE_USAGE:-0}
@@ -117,7 +118,8 @@ keep_deregistered() {
   done
 }
 
-# endpoint_busy N: true while endpoint N is not idle, the reason in WHY. KV_IDLE_SINCE[N] is when it first showed no
+# endpoint_busy N: true while endpoint N is not idle, the reason in WHY; false with WHY "idle" when its counters read
+# zero, with WHY empty when nothing listens or its counters cannot be read. KV_IDLE_SINCE[N] is when it first showed no
 # request; a wait for held KV blocks ends engine_kv_hold_seconds after that, when the server frees them itself.
 # UNOBSERVED lists endpoints whose in-flight requests cannot be seen (no vLLM metrics on /metrics).
 declare -A KV_IDLE_SINCE=() UNOBSERVED=()
@@ -137,29 +139,36 @@ endpoint_busy() {
     unset "KV_IDLE_SINCE[$n]"
     return 0
   fi
+  WHY="idle"
   hold=$(engine_kv_hold_seconds "${ROLES[n]}")
   ((hold > 0)) || return 1
   [[ -n ${KV_IDLE_SINCE[$n]:-} ]] || KV_IDLE_SINCE[$n]=$SECONDS
-  ((SECONDS - KV_IDLE_SINCE[$n] < hold)) || { log "$(unit_name "${INDEXES[n]}"): KV blocks still held after ${hold}s; the server frees them itself now"; return 1; }
+  if ((SECONDS - KV_IDLE_SINCE[$n] >= hold)); then
+    log "$(unit_name "${INDEXES[n]}"): KV blocks still held after ${hold}s; the server frees them itself now"
+    return 1
+  fi
   if ! usage=$(metric_sum vllm:kv_cache_usage_perc <<<"$body" || metric_sum vllm:gpu_cache_usage_perc <<<"$body"); then
     WHY="no KV cache usage metric: holding up to ${hold}s for peers to read its KV blocks"
     return 0
   fi
-  awk -v u="$usage" -v idle="$DRAIN_KV_IDLE_USAGE" 'BEGIN { exit !(u > idle) }' || return 1
+  awk -v u="$usage" -v idle="$DRAIN_KV_IDLE_USAGE" 'BEGIN { exit !(u > idle) }' || { WHY="idle"; return 1; }
   WHY="KV blocks held for a peer to read (cache usage $usage)"
 }
 
 # wait_idle TIMEOUT HOOK: step 2. Fails when TIMEOUT passes with requests still in flight.
 wait_idle() {
-  local timeout=$1 hook=$2 settled beat n busy
+  local timeout=$1 hook=$2 settle_until beat n busy
   beat=$((SECONDS + LIFECYCLE_HEARTBEAT_SECONDS))
-  settled=$(awk -v s="$DRAIN_SETTLE_SECONDS" 'BEGIN { print (s > 0) }')
-  ((settled == 0)) || sleep "$DRAIN_SETTLE_SECONDS"
+  settle_until=$(awk -v now="$EPOCHREALTIME" -v s="$DRAIN_SETTLE_SECONDS" 'BEGIN { printf "%.6f", now + s }')
   while true; do
     busy=()
     keep_deregistered
     for n in "${!INDEXES[@]}"; do
-      if endpoint_busy "$n"; then busy+=("$(unit_name "${INDEXES[n]}"): $WHY"); fi
+      if endpoint_busy "$n"; then
+        busy+=("$(unit_name "${INDEXES[n]}"): $WHY")
+      elif [[ -n $WHY ]] && awk -v now="$EPOCHREALTIME" -v limit="$settle_until" 'BEGIN { exit !(now < limit) }'; then
+        busy+=("$(unit_name "${INDEXES[n]}"): idle, settling")
+      fi
     done
     ((${#busy[@]})) || break
     if ((SECONDS >= DEADLINE)); then
@@ -180,9 +189,12 @@ wait_idle() {
 
 # stop_servers: step 3. Fails when a server had to be killed.
 stop_servers() {
-  local unit deadline pending
+  local unit deadline pending grace
   for unit in $(units); do systemctl stop --no-block "$unit"; done
-  deadline=$((SECONDS + DRAIN_STOP_GRACE_SECONDS))
+  # At least the grace (TIMEOUT 0 asks for no wait at all), or what is left of TIMEOUT.
+  grace=$DRAIN_STOP_GRACE_SECONDS
+  ((grace <= TIMEOUT)) || grace=$TIMEOUT
+  deadline=$((SECONDS + grace))
   ((deadline >= DEADLINE)) || deadline=$DEADLINE
   while true; do
     pending=()
@@ -221,6 +233,7 @@ main() {
   load_node_env
   timeout=${timeout:-${DI_DRAIN_TIMEOUT_SECONDS:-600}}
   [[ $timeout =~ ^[0-9]+$ ]] || usage
+  TIMEOUT=$timeout
   [[ $DI_ROLE != control ]] || die "drain applies to workers; stop the control host's units with di-restart"
   load_engine
   select_endpoints "$which"
