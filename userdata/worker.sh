@@ -323,6 +323,18 @@ worker_main() {
 # the instance enters service, and removes it once the node serves.
 warm_marker() { printf '%s\n' "$DI_STATE_DIR/warm-prepared"; }
 
+# warn_if_docker_root_on_instance_store: the image layers are only kept through the stop where Docker keeps them on
+# the root volume (its default /var/lib/docker); an AMI that moved Docker's data root onto instance store would make
+# every warm start pull the image again.
+warn_if_docker_root_on_instance_store() {
+  local root device
+  root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null) || root=/var/lib/docker
+  device=$(findmnt -n -o SOURCE -T "${root:-/var/lib/docker}" 2>/dev/null) || return 0
+  if [[ -n $device ]] && { instance_store_disks | grep -qxF "$device" || [[ $device == /dev/md* ]]; }; then
+    log "WARNING: Docker keeps images in $root on instance store ($device): a warm start pulls $DI_IMAGE again"
+  fi
+}
+
 # worker_prepare_warm: a node launched into a Stopped warm pool gets everything a start needs onto the root EBS volume
 # (image layers in Docker's own directory there, weights and compiled cache in the data dir there) and starts no
 # server: "As soon as an instance finishes launching into the warm pool, Amazon EC2 Auto Scaling stops or hibernates
@@ -331,6 +343,7 @@ warm_marker() { printf '%s\n' "$DI_STATE_DIR/warm-prepared"; }
 # at boot, finishes the start when the instance is started into service.
 worker_prepare_warm() {
   DI_DATA_ON_ROOT=1 worker_prepare
+  warn_if_docker_root_on_instance_store
   mkdir -p "$DI_STATE_DIR"
   touch "$(warm_marker)"
   start_lifecycle
