@@ -121,13 +121,11 @@ def test_terminated_drains_the_node_and_completes_the_termination_hook(node):
     assert ["stop", "--no-block", "di-vllm@0.service"] in n.calls("systemctl")
 
 
-@pytest.mark.parametrize("source", ["s3", "huggingface"])
-def test_a_warm_pool_node_prepares_on_its_root_volume_then_serves_when_started_and_drains_when_it_leaves(node, source):
+def test_a_warm_pool_node_prepares_on_its_root_volume_then_serves_when_started_and_drains_when_it_leaves(node):
     n = node(*NIXL_COLOCATED)
     disks = instance_store(n, "nvme1n1", "nvme2n1")  # free disks: the preparation must not use them
     model = n.values["DI_MODEL_ID"]
-    if source == "s3":
-        n.set("s3-prefixes", f"models/{model}/")
+    n.set("s3-prefixes", f"models/{model}/")
     n.set("target-state", "Warmed:Stopped")
     n.run("di-bootstrap")
     enabled = [a[-1] for a in n.calls("systemctl") if a[:2] == ["enable", "--now"]]
@@ -137,9 +135,8 @@ def test_a_warm_pool_node_prepares_on_its_root_volume_then_serves_when_started_a
     assert ["pull", n.values["DI_IMAGE"]] in n.calls("docker")
     assert (n.root / "data" / ".di-root-volume").exists() and (n.root / "state" / "warm-prepared").exists()
     assert n.calls("mdadm") == [] and n.calls("mkfs.ext4") == [] and n.calls("mount") == []
-    # Weights in S3 are fetched at each start; weights only Hugging Face has are kept on the root volume.
-    on_root = (n.root / "data" / "models" / model / ".complete").exists()
-    assert on_root == (source == "huggingface")
+    # Weights in S3 are not kept on the root volume: they are fetched at every start.
+    assert not (n.root / "data" / "models" / model / ".complete").exists()
     assert not [a for a in n.calls("aws") if a[:2] == ["s3", "sync"] and "/models/" in a[-2]]
     assert [result_of(c) for c in lifecycle_calls(n, "complete-lifecycle-action")] == [("di-launch", "CONTINUE")]
     assert n.signals() == []  # CloudFormation waits for serving instances, not for the pool
@@ -151,16 +148,22 @@ def test_a_warm_pool_node_prepares_on_its_root_volume_then_serves_when_started_a
     enabled = [a[-1] for a in n.calls("systemctl") if a[:2] == ["enable", "--now"]]
     assert "di-vllm@0.service" in enabled and "di-vllm@1.service" in enabled
     assert "using the copy already on this node" in proc.stderr
+    # The weights onto instance store, mounted under the data dir the containers see.
     models = str(n.root / "data" / "models")
-    if source == "s3":  # the weights onto instance store, under the data dir the containers see
-        assert n.calls("mdadm")[0][4:] == ["--raid-devices=2", *disks] and n.calls("mount")[-1][-1] == models
-        assert [a[-1] for a in n.calls("aws") if a[:2] == ["s3", "sync"] and "/models/" in a[-2]] == [
-            f"{models}/{model}"]
-    else:
-        assert n.calls("mdadm") == [] and len(downloads(n)) == 1  # nothing fetched again
+    assert n.calls("mdadm")[0][4:] == ["--raid-devices=2", *disks] and n.calls("mount")[-1][-1] == models
+    assert [a[-1] for a in n.calls("aws") if a[:2] == ["s3", "sync"] and "/models/" in a[-2]] == [f"{models}/{model}"]
     assert not (n.root / "state" / "warm-prepared").exists()
     completions = [result_of(c) for c in lifecycle_calls(n, "complete-lifecycle-action")]
     assert completions == [("di-launch", "CONTINUE"), ("di-launch", "CONTINUE"), ("di-termination", "CONTINUE")]
+
+
+def test_weights_only_hugging_face_has_stay_on_the_root_volume_of_a_warm_pool_node(node):
+    n = node(*NIXL_COLOCATED)
+    instance_store(n, "nvme1n1")
+    subprocess.run(["bash", "-c", f'. "{SCRIPTS}/worker.sh"; load_node_env; worker_prepare_warm'], env=n.env,
+                   check=True, capture_output=True)
+    assert (n.root / "data" / "models" / n.values["DI_MODEL_ID"] / ".complete").exists()
+    assert len(downloads(n)) == 1 and n.calls("mdadm") == [] and n.calls("mkfs.ext4") == []
 
 
 def test_a_node_sent_back_to_the_warm_pool_drains_and_runs_the_bootstrap_again_next_time(node):
