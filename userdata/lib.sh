@@ -380,6 +380,9 @@ s3_config() {
     mkdir -p "$DI_RUN_DIR"
     DI_S3_CONFIG=${DI_S3_CONFIG:-$DI_RUN_DIR/aws-s3.config}
     bandwidth=$(s3_target_bandwidth)
+    # CLI v1 has no CRT client and ignores the setting: the transfers then run at the classic client's pace.
+    [[ $(aws --version 2>&1) == aws-cli/2.* ]] ||
+      log "WARNING: $(aws --version 2>&1 | head -n 1) is not AWS CLI v2: S3 downloads run without the CRT client"
     {
       printf '[default]\ns3 =\n  preferred_transfer_client = crt\n'
       [[ -z $bandwidth ]] || printf '  target_bandwidth = %s\n' "$bandwidth"
