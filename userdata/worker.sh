@@ -316,6 +316,7 @@ worker_main() {
     wait_for_etcd || fail "etcd at $DI_ETCD unreachable: is the control host up? (dictl status)"
   fi
   start_endpoints
+  "$DI_SCRIPTS_DIR/metrics-agent.sh" || log "metrics agent not started: this node's metrics stay empty (see metrics-agent.sh)"
   start_lifecycle
 }
 
