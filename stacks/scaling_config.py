@@ -100,9 +100,9 @@ class WarmPoolConfig(_Model):
                                        "does not survive a stop.")
     reuse_on_scale_in: bool = Field(
         default=False,
-        description="On scale-in, stop instances back into the pool instead of terminating them. The instance then "
-                    "leaves service under the launch hook (Warmed:Pending:Wait), not the termination hook, so the "
-                    "node must drain when its target lifecycle state is Warmed:Stopped.")
+        description="On scale-in, stop instances back into the pool instead of terminating them. The instance "
+                    "leaves service under the termination hook with the target state Warmed:Stopped; the node "
+                    "drains as for a termination (userdata/di-lifecycle handles either hook).")
 
 
 class DrainConfig(_Model):

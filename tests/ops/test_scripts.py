@@ -296,7 +296,7 @@ def test_drain_stops_the_endpoint_and_waits_for_deregistration(worker: Node) -> 
 
 def test_drain_is_bounded_and_stops_hard_at_the_timeout(worker: Node) -> None:
     result = worker.run("drain.sh", "0", "0", FAKE_SYSTEMCTL_ACTIVE="active")
-    assert result.returncode == 1
+    assert result.returncode == 4  # drain.sh: 4 = a server still running at the timeout was killed
     assert worker.called("systemctl kill --signal=SIGKILL di-vllm@0.service")
 
 
