@@ -29,6 +29,7 @@ HOURS_PER_MONTH = 730  # AWS's own convention for per-month prices (EBS GB-month
 INTERFACE_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages", "logs")
 METRICS_ENDPOINT = "monitoring"
 NOT_INCLUDED = ("data processed by the NAT gateway and the endpoints", "S3 storage and requests",
+                "gp3 throughput and IOPS provisioned above the baseline (warm-pool fleets' root volumes)",
                 "CloudWatch logs, metrics, alarms and the dashboard", "data transfer")
 
 

@@ -193,6 +193,13 @@ def test_root_volume_size_and_ami_follow_the_config(synth, variant):
     # EC2 resolves the parameter at launch: a new DLAMI never edits the template or replaces an instance.
     assert data["ImageId"] == "resolve:ssm:/aws/service/neuron/dlami/base/ubuntu-24.04/latest/image_id"
     assert data["BlockDeviceMappings"][0]["DeviceName"] == "/dev/sda1"
+    # prod's fleets have a warm pool: their root volumes are read back at every start, so provisioned as the
+    # time-to-serving model assumes; a fleet without one (dev) keeps gp3's baseline.
+    assert result.config.fleets["prefill"].warm_pool is not None
+    ebs = data["BlockDeviceMappings"][0]["Ebs"]
+    assert (ebs["Throughput"], ebs["Iops"]) == (1000, 4000)
+    dev = launch_templates(synth("dev").template_dict)["trn2.48xlarge"]["BlockDeviceMappings"][0]["Ebs"]
+    assert "Throughput" not in dev and "Iops" not in dev
     _, _, raw = variant
     assert launch_templates(raw)["trn1n.32xlarge"]["ImageId"] == "ami-0123456789abcdef0"
 

@@ -13,7 +13,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from stacks import catalog, naming
+from stacks import catalog, naming, serving_time
 from stacks.components import launch_template as lt
 from stacks.components.monitoring import group_metrics_collection
 from stacks.config import AmiConfig, FleetConfig
@@ -62,7 +62,7 @@ class WorkerFleet(Construct):
                 network_interfaces=lt.efa_network_interfaces(
                     itype, subnet_id=placement.subnet_id, security_group_ids=[placement.security_group_id]),
                 metadata_options=lt.metadata_options(),
-                block_device_mappings=[lt.root_volume(ami.root_device_name, fleet.root_volume_gib)],
+                block_device_mappings=[_root_volume(fleet, ami)],
                 ebs_optimized=True,
                 monitoring=ec2.CfnLaunchTemplate.MonitoringProperty(enabled=True),
                 user_data=cdk.Fn.base64(user_data),
@@ -174,6 +174,16 @@ def _warm_pool(scope: Construct, fleet: FleetConfig, group_name: str) -> autosca
         max_group_prepared_capacity=pool.size, pool_state=pool.state,
         instance_reuse_policy=autoscaling.CfnWarmPool.InstanceReusePolicyProperty(
             reuse_on_scale_in=pool.reuse_on_scale_in))
+
+
+def _root_volume(fleet: FleetConfig, ami: AmiConfig) -> ec2.CfnLaunchTemplate.BlockDeviceMappingProperty:
+    """A warm-pool fleet's root volume holds what a Stopped instance keeps (image layers, compiled cache, weights only
+    Hugging Face has), read back at every start: provisioned as the time-to-serving model's layout assumes, since at
+    gp3's 125 MiB/s baseline 141 GB of 70B weights alone take 18 minutes (bench/time_to_serving.py)."""
+    if fleet.warm_pool is None:
+        return lt.root_volume(ami.root_device_name, fleet.root_volume_gib)
+    return lt.root_volume(ami.root_device_name, fleet.root_volume_gib,
+                          throughput_mibps=serving_time.TARGET.ebs_throughput_mibps, iops=serving_time.TARGET.ebs_iops)
 
 
 def _capacity(fleet: FleetConfig) -> dict[str, object]:
