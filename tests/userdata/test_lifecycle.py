@@ -97,12 +97,18 @@ def test_a_server_that_registers_itself_loses_its_key_and_an_unknown_endpoint_ch
 
 
 def run_lifecycle(n, *states: str) -> subprocess.CompletedProcess:
-    """di-lifecycle following STATES, each held for a few polls; the last one until it exits (at most 10 s)."""
+    """di-lifecycle following STATES, each until the node has read it (the fake IMDS records what it served), the
+    last one until it exits (at most 10 s). Switching on evidence, not after a fixed pause: a loaded machine may start
+    bash slower than any pause."""
     n.set("target-state", states[0])
     proc = subprocess.Popen(["bash", str(SCRIPTS / "di-lifecycle")], env=n.env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    for state in states[1:]:
-        time.sleep(0.05)
+    served = n.root / "fake-state" / "served-target-state"
+    for previous, state in zip(states, states[1:]):
+        deadline = time.monotonic() + 10
+        while (not served.exists() or served.read_text() != previous) and time.monotonic() < deadline \
+                and proc.poll() is None:
+            time.sleep(0.005)
         n.set("target-state", state)
     try:
         out, err = proc.communicate(timeout=10)
