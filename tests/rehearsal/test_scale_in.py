@@ -191,7 +191,9 @@ def test_scale_in_drains_a_node_mid_stream_without_a_failed_request(tmp_path, ca
         # Step 1 first: once the registrars were stopped (their leases revoked), the proxy sent the node nothing new.
         lines = (node.state / "systemctl.log").read_text().splitlines()
         deregistered = max(float(line.split()[0]) - wall for line in lines if " stopped di-register@" in line)
-        late = [r for r in victim_p.requests + victim_d.requests if r.at > deregistered + 0.1]
+        # (0.5 s for the revoke and the proxy's watch event on a loaded machine; a node still picked would be picked
+        # for the whole drain, seconds.)
+        late = [r for r in victim_p.requests + victim_d.requests if r.at > deregistered + 0.5]
         assert late == [], f"{len(late)} requests reached the node after its deregistration"
         # Step 3 only once vLLM's counters (and the prefill's held KV blocks) were at zero.
         assert set(node.stopped) == {"di-vllm@0.service", "di-vllm@1.service"}, log
