@@ -25,7 +25,8 @@ STACK_ID := DiStack
 OUT ?= cdk.out
 ASSEMBLY = $(OUT)/$(SYNTH_ENV)
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test` (2 cores: ~115 s instead of ~190 s serially); TEST_WORKERS=0 runs serially.
+# pytest-xdist workers for `make test` (2 cores); TEST_WORKERS=0 runs serially. --dist worksteal: a worker that runs out
+# takes queued tests from the other, so a few long tests at the end do not leave one core idle.
 TEST_WORKERS ?= 2
 
 .PHONY: setup setup-synth setup-ops synth need-env confirm-destroy test bootstrap deploy diff destroy schema bench bench-synth bench-proxy rehearse proxy-lock clean help
@@ -97,7 +98,7 @@ confirm-destroy: need-env
 	  echo "  to go ahead: make destroy ENV=$(ENV) CONFIRM=$(ENV)" >&2; exit 1; fi
 
 test: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 bootstrap: need-env setup-ops synth
 	$(CDK) bootstrap --app $(ASSEMBLY) $(CDK_FLAGS) $(CDK_ARGS)
