@@ -10,7 +10,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -123,6 +123,30 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str | Path], Sy
         return cache[source]
 
     return get
+
+
+FIGURES_FILE = "figures.txt"
+
+
+@pytest.fixture
+def report_figures(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], None]:
+    """report_figures(title, text): a line for the run's summary, written where the controller reads it."""
+    def report(title: str, text: str) -> None:
+        with open(shared_dir(tmp_path_factory) / FIGURES_FILE, "a") as figures:
+            figures.write(f"{title}: {text}\n")
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Print the figures tests reported (benchmark-like results such as the scale-in rehearsal's)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    factory = getattr(config, "_tmp_path_factory", None)
+    path = factory.getbasetemp() / FIGURES_FILE if factory else None
+    if path and path.exists():
+        terminalreporter.section("figures")
+        for line in path.read_text().splitlines():
+            terminalreporter.write_line(line)
 
 
 def pytest_configure(config: pytest.Config) -> None:

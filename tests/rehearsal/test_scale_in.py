@@ -131,7 +131,7 @@ class Load:
 
 
 @needs("etcd")
-def test_scale_in_drains_a_node_mid_stream_without_a_failed_request(tmp_path, capsys):
+def test_scale_in_drains_a_node_mid_stream_without_a_failed_request(tmp_path, report_figures):
     async def scenario() -> None:
         wall = time.time() - time.monotonic()  # wall clock (the fake systemctl's log) to monotonic
         survivors = [await FakeWorker(role, etcd=etcd.address, prefix=PREFIX, label=f"S{role[0]}",
@@ -210,11 +210,11 @@ def test_scale_in_drains_a_node_mid_stream_without_a_failed_request(tmp_path, ca
         # The plain kill does lose streams: the rehearsal can tell a drain from none.
         kill_failures = len(load.failed("kill"))
         assert kill_failures > 0
-        with capsys.disabled():
-            print(f"\nscale-in rehearsal: {drained_requests} streamed requests, {len(load.failed('drain'))} failed, "
-                  f"node drained and hook completed {completed_at - terminated_at:.2f}s after Terminated "
-                  f"({served_before} requests served by the node before); plain kill instead: "
-                  f"{kill_failures} of {load.count('kill')} failed")
+        # Shown in the run's summary (tests/conftest.py pytest_terminal_summary), under xdist too.
+        report_figures("scale-in rehearsal",
+                       f"{drained_requests} streamed requests, {len(load.failed('drain'))} failed, node drained and "
+                       f"hook completed {completed_at - terminated_at:.2f}s after Terminated ({served_before} requests "
+                       f"served by the node before); plain kill instead: {kill_failures} of {load.count('kill')} failed")
 
     with EtcdServer() as etcd, FakeImds({"instance-id": INSTANCE_ID, "local-ipv4": "127.0.0.1",
                                         "autoscaling/target-lifecycle-state": "InService"}) as imds:
