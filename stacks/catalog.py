@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Mapping
 
 GIB = 1024**3
+NEURON = "neuron"
+GPU = "gpu"
+ACCELERATORS = (NEURON, GPU)
 
 
 @dataclass(frozen=True)
@@ -17,22 +20,33 @@ class InstanceType:
     """What the config checks and the launch template need to know about one instance type."""
 
     name: str
-    # The family the Neuron docs and the DLC README name ("trn1" covers trn1n): what engines and images list.
+    # The family the Neuron docs and the DLC README name ("trn1" covers trn1n), or the EC2 family of a GPU type
+    # ("p5", "p5en", "g6"): what engines and images list.
     family: str
     network_cards: int
     efa: bool
-    neuron_devices: int
-    physical_neuron_cores: int
-    # Logical NeuronCore Config (LNC) groups physical cores; Trn2 defaults to 2, Trn1 has no LNC (1).
-    # https://awsdocs-neuron.readthedocs-hosted.com/en/latest/about-neuron/arch/neuron-features/logical-neuroncore-config.html
-    default_lnc: int
-    supported_lnc: tuple[int, ...]
-    hbm_gib: int
     vcpus: int
     memory_gib: int
     # Local NVMe instance store, decimal GB (4 x 1900 GB on the 32/48xlarge sizes; trn2 figure UNVERIFIED,
     # the node preflight measures what is really there).
     instance_store_gb: int
+    # What the endpoints' device ranges index and which worker AMI, images and node checks apply: "neuron" (ranges
+    # of logical NeuronCores, NEURON_RT_VISIBLE_CORES) or "gpu" (GPU indices, CUDA_VISIBLE_DEVICES).
+    accelerator: str = NEURON
+    neuron_devices: int = 0
+    physical_neuron_cores: int = 0
+    # Logical NeuronCore Config (LNC) groups physical cores; Trn2 defaults to 2, Trn1 has no LNC (1).
+    # https://awsdocs-neuron.readthedocs-hosted.com/en/latest/about-neuron/arch/neuron-features/logical-neuroncore-config.html
+    default_lnc: int = 1
+    supported_lnc: tuple[int, ...] = (1,)
+    hbm_gib: int = 0
+    # GPU types: how many GPUs and the memory of one (as AWS lists it, GB of HBM/GDDR per GPU).
+    gpus: int = 0
+    gpu_memory_gib: int = 0
+    # GPUDirect RDMA over EFA (the GPU's memory registered with the EFA device): what NIXL's LIBFABRIC backend
+    # requires ("GDR (GPU Direct RDMA) support is currently required", ai-dynamo/nixl src/plugins/libfabric/README.md).
+    # P5 and P5en have it (EC2 UG efa.html, "Supported instance types", GPUDirect RDMA column); G6 does not.
+    gpudirect_rdma: bool = False
 
     def logical_cores(self, lnc: int | None = None) -> int:
         """NeuronCores visible to the runtime (NEURON_RT_VISIBLE_CORES indexes these)."""
@@ -41,6 +55,37 @@ class InstanceType:
     def hbm_gib_per_core(self, lnc: int | None = None) -> float:
         """Device memory behind one logical NeuronCore."""
         return self.hbm_gib / self.logical_cores(lnc)
+
+    @property
+    def neuron(self) -> bool:
+        """The type's devices are NeuronCores (LNC applies)."""
+        return self.accelerator == NEURON
+
+    def devices(self, lnc: int | None = None) -> int:
+        """What an endpoint's range indexes, counted: logical NeuronCores (under `lnc`) or GPUs."""
+        return self.logical_cores(lnc) if self.neuron else self.gpus
+
+    def memory_gib_per_device(self, lnc: int | None = None) -> float:
+        """Device memory behind one of `devices()`: HBM per logical NeuronCore, or one GPU's memory."""
+        return self.hbm_gib_per_core(lnc) if self.neuron else float(self.gpu_memory_gib)
+
+    @property
+    def device_noun(self) -> str:
+        """How messages name the devices: NeuronCores or GPUs."""
+        return "NeuronCores" if self.neuron else "GPUs"
+
+    @property
+    def range_key(self) -> str:
+        """The endpoint key that holds a device range on this type: cores or gpus."""
+        return "cores" if self.neuron else "gpus"
+
+    @property
+    def nixl_backend(self) -> str:
+        """NIXL's backend for KV over EFA: LIBFABRIC where the device memory is registered with EFA (Trainium:
+        aws-neuron-sdk vllm-neuron/docs/tutorials/tutorial-di-1p1d-xpyd.md; GPUs with GPUDirect RDMA: ai-dynamo/nixl
+        src/plugins/libfabric/README.md, "GDR ... required"), else UCX, vLLM's default NIXL backend
+        (vllm docs/features/nixl_connector_usage.md: "UCX ... is the default")."""
+        return "LIBFABRIC" if self.neuron or self.gpudirect_rdma else "UCX"
 
     @property
     def efa_interfaces(self) -> int:
@@ -92,6 +137,57 @@ WORKER_TYPES: Mapping[str, InstanceType] = {
             vcpus=128,
             memory_gib=512,
             instance_store_gb=7600,
+        ),
+        # GPU types (engines nixl and lmcache). Cards and EFA interfaces: aws/amazon-vpc-cni-k8s
+        # pkg/vpc/vpc_ip_resource_limit.go (NetworkCards per type) and aws-samples/aws-hpc-recipes
+        # recipes/pcs/enable_efa/README.md ("p5/p5e use 32 interfaces, p5en 16"), summarized with sources in
+        # /work/shared/research/aws-facts.md section 1a; one EFA per card (EC2 UG using-eni: "You can assign up to one
+        # EFA per network card"). GPUs, GPU memory, vCPUs, memory and instance store: the EC2 accelerated-computing
+        # specifications page, https://docs.aws.amazon.com/ec2/latest/instancetypes/ac.html
+        # p5.48xlarge: 8 x H100 80 GB HBM3, 192 vCPU, 2,048 GiB, 8 x 3.84 TB NVMe, 32 network cards, EFA with
+        # GPUDirect RDMA (3,200 Gbps).
+        InstanceType(
+            name="p5.48xlarge",
+            family="p5",
+            network_cards=32,
+            efa=True,
+            vcpus=192,
+            memory_gib=2048,
+            instance_store_gb=30720,
+            accelerator=GPU,
+            gpus=8,
+            gpu_memory_gib=80,
+            gpudirect_rdma=True,
+        ),
+        # p5en.48xlarge: 8 x H200 141 GB HBM3e, 192 vCPU, 2,048 GiB, 8 x 3.84 TB NVMe, 16 network cards (EFAv3).
+        InstanceType(
+            name="p5en.48xlarge",
+            family="p5en",
+            network_cards=16,
+            efa=True,
+            vcpus=192,
+            memory_gib=2048,
+            instance_store_gb=30720,
+            accelerator=GPU,
+            gpus=8,
+            gpu_memory_gib=141,
+            gpudirect_rdma=True,
+        ),
+        # The cheap single-node DI type: g6.12xlarge, 4 x NVIDIA L4 24 GB, 48 vCPU, 192 GiB, 4 x 940 GB NVMe, one
+        # network card, 40 Gbps; the cheapest 4-GPU size on the EFA list (G6: 8xlarge and up; EC2 UG efa.html
+        # "Supported instance types"; UNVERIFIED here against DescribeInstanceTypes, `dictl preflight` checks
+        # EfaSupported). No GPUDirect RDMA: NIXL runs its UCX backend (cuda_ipc between local GPUs, as seed 004).
+        InstanceType(
+            name="g6.12xlarge",
+            family="g6",
+            network_cards=1,
+            efa=True,
+            vcpus=48,
+            memory_gib=192,
+            instance_store_gb=3760,
+            accelerator=GPU,
+            gpus=4,
+            gpu_memory_gib=24,
         ),
         # Known so that choosing it gets a precise "no EFA" message instead of "unknown type".
         InstanceType(
