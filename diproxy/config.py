@@ -55,6 +55,12 @@ class Settings:
     upstream_api_key: str | None = field(default=None, repr=False)
     max_request_bytes: int = 64 * 1024 * 1024
     log_level: str = "INFO"
+    # engine lmcache: where a decode endpoint's LMCache receiver listens, from its HTTP port (diproxy/protocols/
+    # lmcache.py receiver_ports; the node's generated receiver config follows the same rule).
+    lmcache_init_port_offset: int = 1000
+    lmcache_alloc_port_offset: int = 2000
+    lmcache_rank_port_stride: int = 100
+    lmcache_decode_tp: int = 1
 
 
 def _env_name(dest: str) -> str:
@@ -113,6 +119,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     option("--aws-region", "aws_region", str, None, "region of --api-key-secret (default: the instance's)")
     option("--max-request-bytes", "max_request_bytes", int, defaults.max_request_bytes, "largest accepted request body")
     option("--log-level", "log_level", str, defaults.log_level, "logging level")
+    option("--lmcache-init-port-offset", "lmcache_init_port_offset", int, defaults.lmcache_init_port_offset,
+           "engine lmcache: a decode endpoint's LMCache receiver init port of TP rank 0 is its HTTP port + this")
+    option("--lmcache-alloc-port-offset", "lmcache_alloc_port_offset", int, defaults.lmcache_alloc_port_offset,
+           "engine lmcache: its receiver alloc port of TP rank 0 is its HTTP port + this")
+    option("--lmcache-rank-port-stride", "lmcache_rank_port_stride", int, defaults.lmcache_rank_port_stride,
+           "engine lmcache: TP rank r's receiver ports are rank 0's + r * this")
+    option("--lmcache-decode-tp", "lmcache_decode_tp", int, defaults.lmcache_decode_tp,
+           "engine lmcache: tensor-parallel size of the decode endpoints (one receiver port pair per rank)")
     parser.set_defaults(_env_endpoints=tuple(env_endpoints))
     return parser
 
@@ -125,6 +139,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     if args.engine not in ENGINES:  # argparse checks choices for flags only, not for values from the environment
         parser.error(f"unknown engine {args.engine!r} (from {_env_name('engine')}); "
                      f"choose one of: {', '.join(ENGINES)}")
+    if args.lmcache_decode_tp < 1:
+        parser.error("--lmcache-decode-tp must be at least 1")
     if args.mode == "di" and args.etcd is None:
         parser.error("--etcd (or DIPROXY_ETCD) is required in di mode")
     if args.mode == "standard" and not endpoints and args.etcd is None:

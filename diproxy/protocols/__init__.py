@@ -4,6 +4,7 @@ standard (non-disaggregated) relay. Adding an engine means adding a module here 
 from __future__ import annotations
 
 from diproxy.protocols.base import EngineProtocol
+from diproxy.protocols.lmcache import LMCacheProtocol
 from diproxy.protocols.neuron_connector import NeuronConnectorProtocol
 from diproxy.protocols.nixl import NixlProtocol
 from diproxy.protocols.standard import StandardProtocol
@@ -11,6 +12,7 @@ from diproxy.protocols.standard import StandardProtocol
 ENGINES: dict[str, type[EngineProtocol]] = {
     NixlProtocol.name: NixlProtocol,
     NeuronConnectorProtocol.name: NeuronConnectorProtocol,
+    LMCacheProtocol.name: LMCacheProtocol,
 }
 DEFAULT_ENGINE = NixlProtocol.name
 

@@ -105,38 +105,47 @@ class NixlProtocol(EngineProtocol):
 
     async def _decode(self, router: Router, call: Call, decode: Worker, body: dict[str, Any],
                       handoff: Handoff) -> web.StreamResponse:
-        client_id = call.client_id(handoff.uid)
-        leg = router.leg(decode, call.path, body, handoff.uid)
-        log.debug("routing %s: prefill %s, decode %s", client_id, handoff.prefill.address, decode.address)
-        try:
-            if not call.streaming:
-                try:
-                    async with asyncio.timeout(router.settings.first_token_timeout):
-                        await leg.open()
-                except asyncio.TimeoutError as exc:
-                    raise UpstreamFailure(decode, "timeout", "decode did not answer in time") from exc
-                payload = router.whole_answer(leg, await leg.read_body(router.settings.total_timeout))
-                rewrite_id(payload, client_id)
-                router.first_byte(call)
-                return web.json_response(payload, headers={"X-Request-Id": client_id})
+        log.debug("routing %s: prefill %s, decode %s", call.client_id(handoff.uid), handoff.prefill.address,
+                  decode.address)
+        return await answer_from_decode(router, call, decode, body, handoff.uid)
+
+
+async def answer_from_decode(router: Router, call: Call, decode: Worker, body: dict[str, Any],
+                             uid: str) -> web.StreamResponse:
+    """Decode's whole answer (or stream, as the client asked) to the client, ids rewritten to the client's; a
+    failure before the client's first byte raises UpstreamFailure for the caller's attempt to retry. Shared by the
+    protocols whose decode leg generates the whole answer (nixl, lmcache)."""
+    client_id = call.client_id(uid)
+    leg = router.leg(decode, call.path, body, uid)
+    try:
+        if not call.streaming:
             try:
                 async with asyncio.timeout(router.settings.first_token_timeout):
                     await leg.open()
-                    first = await router.first_event(leg, lambda event: True)
             except asyncio.TimeoutError as exc:
-                raise UpstreamFailure(decode, "timeout", "no first token in time") from exc
+                raise UpstreamFailure(decode, "timeout", "decode did not answer in time") from exc
+            payload = router.whole_answer(leg, await leg.read_body(router.settings.total_timeout))
+            rewrite_id(payload, client_id)
+            router.first_byte(call)
+            return web.json_response(payload, headers={"X-Request-Id": client_id})
+        try:
+            async with asyncio.timeout(router.settings.first_token_timeout):
+                await leg.open()
+                first = await router.first_event(leg, lambda event: True)
+        except asyncio.TimeoutError as exc:
+            raise UpstreamFailure(decode, "timeout", "no first token in time") from exc
 
-            async def stream_body(response: EventStreamResponse) -> None:
-                await router.write(response, _client_event(first, client_id))
-                router.first_byte(call)
-                if not first.is_done:
-                    await router.relay(response, leg, client_id)
-                else:
-                    await router.write(response, b"", last=True)
+        async def stream_body(response: EventStreamResponse) -> None:
+            await router.write(response, _client_event(first, client_id))
+            router.first_byte(call)
+            if not first.is_done:
+                await router.relay(response, leg, client_id)
+            else:
+                await router.write(response, b"", last=True)
 
-            return await router.stream(call, client_id, stream_body)
-        finally:
-            leg.close()
+        return await router.stream(call, client_id, stream_body)
+    finally:
+        leg.close()
 
 
 def _client_event(event: StreamEvent, client_id: str) -> bytes:

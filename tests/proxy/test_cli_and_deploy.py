@@ -129,17 +129,20 @@ def test_engine_flag_and_variable_choose_the_protocol_and_unknown_ones_are_refus
     assert parse_settings(["--etcd", "h:1"], env={"DIPROXY_ENGINE": "neuron-connector"}).engine == "neuron-connector"
     assert parse_settings(["--etcd", "h:1", "--engine", "nixl"], env={"DIPROXY_ENGINE": "neuron-connector"}).engine \
         == "nixl"
+    lmcache = parse_settings(["--etcd", "h:1"], env={"DIPROXY_ENGINE": "lmcache", "DIPROXY_LMCACHE_DECODE_TP": "4"})
+    assert (lmcache.engine, lmcache.lmcache_decode_tp, lmcache.lmcache_init_port_offset) == ("lmcache", 4, 1000)
     for argv, env, message in ((["--engine", "gpu"], {}, "argument --engine: invalid choice: 'gpu'"),
                                ([], {"DIPROXY_ENGINE": "gpu"}, "unknown engine 'gpu' (from DIPROXY_ENGINE); "
-                                                               "choose one of: nixl, neuron-connector")):
+                                                               "choose one of: nixl, neuron-connector, lmcache")):
         with pytest.raises(SystemExit) as exited:
             parse_settings(["--etcd", "h:1", *argv], env=env)
         assert exited.value.code == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     help_text = " ".join(build_parser({}).format_help().split())
-    assert "--engine {nixl,neuron-connector}" in help_text and "(default: nixl)" in help_text
+    assert "--engine {nixl,neuron-connector,lmcache}" in help_text and "(default: nixl)" in help_text
     assert "prefill first with kv_transfer_params" in help_text
+    assert "told its receiver in kv_transfer_params.disagg_spec" in help_text
 
 
 def test_rehearsal_without_etcd_names_the_package_to_install(monkeypatch, capsys) -> None:

@@ -1,0 +1,113 @@
+"""The LMCache protocol (LMCacheConnectorV1 with LMCache's NIXL PD backend: prefillers are senders that push the
+prompt's KV to a decoder's receiver), as LMCache's XpYd proxy speaks it, with DiStack's pools, retries and timeouts.
+
+1. The decode worker is picked FIRST, with the prefill worker: the prefiller must know where to send.
+2. Prefill, alone: the client's request with max_tokens 1 (and max_completion_tokens 1 if present), stream false, no
+   stream_options, no min_tokens, and kv_transfer_params {"disagg_spec": {"req_id", "receiver_host",
+   "receiver_init_port", "receiver_alloc_port"}} naming that decoder's receiver (one init and one alloc port per
+   decode TP rank). LMCache's sender pushes the KV there over NIXL; its answer (one token) is not shown.
+3. Decode: the client's request as it came (any kv_transfer_params of the client's removed), streamed or not as
+   the client asked. Its LMCache finds the prompt's KV in its receive buffer and generates the whole answer.
+Both legs carry the same X-Request-Id; the disagg_spec's req_id is that id. The KV went to one decoder, so a
+failure before the client's first byte, prefill's or decode's, retries the pair (untried workers first): a prefill
+failure is retried on another prefill worker, and a decode failure prefills again for the new decoder.
+
+Receiver ports: the proxy knows a decode endpoint only by its etcd key (IP and HTTP port), so its receiver's ports
+follow from the HTTP port (receiver_ports; the node generates the receiver's pd_peer_init_port/pd_peer_alloc_port
+lists by the same rule, /work/notes' GPU contract "Decisions").
+
+Sources: LMCache/LMCache examples/disagg_prefill/xpyd/disagg_proxy_server_first_token_from_decoder_xpyd.py@c5f9daee
+(decode picked first; prefill gets max_tokens 1, max_completion_tokens 1 if present, and kv_transfer_params.
+disagg_spec {req_id, receiver_host, receiver_init_port, receiver_alloc_port}; decode gets the request unchanged),
+examples/disagg_prefill/disagg_proxy_server.py@00482afc (the proxy the xpyd README@41219a0c runs: disagg_spec sent
+with one decoder too, stream false and stream_options popped for prefill, one port per decode TP rank as
+num_tp_rank = len(init_port)), examples/disagg_prefill/xpyd/README.md@41219a0c (TP: "different ports are required for
+different TP ranks"; the proxy's --decoder-init-port/--decoder-alloc-port must match the decoder's config).
+Not done here: LMCache's proxy also waits, before sending decode, for the senders' "transfer done" message on a ZMQ
+PULL socket (pd_proxy_host/pd_proxy_port); see the module's caveat in docs/proxy.md."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from diproxy import load
+from diproxy.protocols.base import EngineProtocol, cap_tokens_at_one
+from diproxy.protocols.nixl import KV_TRANSFER_PARAMS, answer_from_decode
+from diproxy.routing import Call, Router, new_uid
+from diproxy.upstream import UpstreamFailure
+from diproxy.workers import DECODE, PREFILL, Worker
+
+log = logging.getLogger(__name__)
+
+DISAGG_SPEC = "disagg_spec"
+# vLLM rejects min_tokens above max_tokens; prefill generates one token (the nixl protocol pops them too).
+_PREFILL_UNSUPPORTED = ("min_tokens", "min_completion_tokens")
+
+
+def receiver_ports(http_port: int, tp: int, init_offset: int = 1000, alloc_offset: int = 2000,
+                   stride: int = 100) -> tuple[list[int], list[int]]:
+    """The LMCache receiver's init and alloc ports of the decode endpoint serving HTTP on http_port, one per TP rank."""
+    ranks = range(tp)
+    return ([http_port + init_offset + stride * r for r in ranks],
+            [http_port + alloc_offset + stride * r for r in ranks])
+
+
+def disagg_spec(req_id: str, decode_host: str, init_ports: list[int], alloc_ports: list[int]) -> dict[str, Any]:
+    return {"req_id": req_id, "receiver_host": decode_host, "receiver_init_port": list(init_ports),
+            "receiver_alloc_port": list(alloc_ports)}
+
+
+def prefill_request(body: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    shaped = cap_tokens_at_one(body)
+    shaped["stream"] = False
+    shaped.pop("stream_options", None)
+    for key in _PREFILL_UNSUPPORTED:
+        shaped.pop(key, None)
+    # A client's own kv_transfer_params are never forwarded: they could point a sender at any host.
+    shaped[KV_TRANSFER_PARAMS] = {DISAGG_SPEC: spec}
+    return shaped
+
+
+def decode_request(body: dict[str, Any]) -> dict[str, Any]:
+    shaped = dict(body)
+    shaped.pop(KV_TRANSFER_PARAMS, None)
+    return shaped
+
+
+class LMCacheProtocol(EngineProtocol):
+    name = "lmcache"
+    roles = (PREFILL, DECODE)
+    phases = {load.PREFILL: PREFILL, load.DECODE: DECODE}
+    summary = ("decode picked first, prefill (max_tokens 1) told its receiver in kv_transfer_params.disagg_spec, "
+               "then the request to decode (LMCache XpYd over NIXL)")
+
+    async def serve(self, router: Router, call: Call) -> web.StreamResponse:
+        return await router.attempt(call, self.roles, lambda workers: self._pair(router, call, *workers))
+
+    def spec_for(self, router: Router, uid: str, decode: Worker) -> dict[str, Any]:
+        s = router.settings
+        init_ports, alloc_ports = receiver_ports(decode.port, s.lmcache_decode_tp, s.lmcache_init_port_offset,
+                                                 s.lmcache_alloc_port_offset, s.lmcache_rank_port_stride)
+        return disagg_spec(uid, decode.host, init_ports, alloc_ports)
+
+    async def _pair(self, router: Router, call: Call, prefill: Worker, decode: Worker) -> web.StreamResponse:
+        router.enter(call, load.PREFILL)  # a retried pair prefills again, for its own decoder
+        uid = new_uid()
+        log.debug("routing %s: prefill %s -> receiver decode %s", call.client_id(uid), prefill.address,
+                  decode.address)
+        leg = router.leg(prefill, call.path, prefill_request(call.body, self.spec_for(router, uid, decode)), uid)
+        try:
+            async with asyncio.timeout(router.settings.first_token_timeout):
+                await leg.open()
+                raw = await leg.read_body(router.settings.first_token_timeout)
+        except asyncio.TimeoutError as exc:
+            raise UpstreamFailure(prefill, "timeout", "prefill did not answer in time") from exc
+        finally:
+            leg.close()
+        router.whole_answer(leg, raw)  # an error object fails the attempt; the one token itself is not shown
+        router.enter(call, load.DECODE)
+        return await answer_from_decode(router, call, decode, decode_request(call.body), uid)
