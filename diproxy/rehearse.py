@@ -1,7 +1,8 @@
 """Rehearsal on loopback, once per engine protocol: etcd, a proxy with --engine ENGINE, two fake prefill workers and
 one fake decode worker; one streaming completion goes through and its flow is printed (neuron-connector: the pair
-and its request ids; nixl: prefill's request with kv_transfer_params asked, what prefill returned, what decode got,
-the streamed answer). Everything stops at the end."""
+and its request ids; lmcache: the decode picked first, prefill's request with the disagg_spec naming that decode's
+receiver, the KV pushed there, what decode got, the streamed answer; nixl: prefill's request with kv_transfer_params
+asked, what prefill returned, what decode got, the streamed answer). Everything stops at the end."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from diproxy.testing.harness import RunningProxy
 
 DEADLINE_SECONDS = 30.0
 # The order the flows are shown in: the legacy protocol first, the default one last, nearest the prompt.
-ORDER = ("neuron-connector", "nixl")
+ORDER = ("neuron-connector", "lmcache", "nixl")
 BODY = {"model": "fake-model", "prompt": "Hello", "max_tokens": 6, "stream": True}
 
 
@@ -70,6 +71,26 @@ def _nixl_flow(workers: list[FakeWorker]) -> list[str]:
     ]
 
 
+def _lmcache_flow(workers: list[FakeWorker]) -> list[str]:
+    prefill = next(w for w in workers if w.role == "prefill" and w.requests)
+    decode = next(w for w in workers if w.role == "decode")
+    asked, got = prefill.requests[-1], decode.requests[-1]
+    shown = {k: asked.body[k] for k in ("max_tokens", "stream") if k in asked.body}
+    spec = asked.body.get("kv_transfer_params", {}).get("disagg_spec", {})
+    init, alloc = decode.lmcache_receiver
+    return [
+        f"1 decode  {decode.address} picked first: its LMCache receiver is {decode.host} init {init} alloc {alloc}",
+        f"2 prefill {prefill.address} got X-Request-Id {asked.request_id} {_compact(shown)}",
+        f"          kv_transfer_params {_compact(asked.body.get('kv_transfer_params'))}",
+        f"          (the sender pushes the prompt's KV to receiver {spec.get('receiver_host')}; "
+        f"its one-token answer is not shown)",
+        f"3 decode  {decode.address} got X-Request-Id {got.request_id} "
+        f"{_compact({k: got.body[k] for k in ('max_tokens', 'stream')})}, no kv_transfer_params: "
+        f"{'found' if decode.lmcache_hits else 'did NOT find'} the prompt's KV in its receive buffer",
+        "4 decode's stream, ids rewritten, to the client:",
+    ]
+
+
 async def _rehearse(etcd: EtcdServer, engine: str) -> int:
     behaviour = Behaviour(tokens=6, token_interval=0.01)
     prefix = f"/rehearse-{engine}/workers/"
@@ -93,6 +114,10 @@ async def _rehearse(etcd: EtcdServer, engine: str) -> int:
             return 1
         if engine == "nixl":
             print("\n".join([*_nixl_flow(workers), *answer]))
+        elif engine == "lmcache":
+            print("\n".join([*_lmcache_flow(workers), *answer]))
+            if not workers[-1].lmcache_hits:
+                return 1
         else:
             print("\n".join([*answer, *_neuron_connector_flow(workers)]))
         return 0

@@ -9,7 +9,15 @@ It speaks the NIXL protocol as vLLM's NixlConnector does (vllm-project/vllm:vllm
 kv_connector/v1/nixl/scheduler.py request_finished and update_state_after_alloc): a prefill asked with
 kv_transfer_params.do_remote_decode and max_tokens 1 that stops at max_tokens returns kv_transfer_params naming its
 blocks, with remote_host its side-channel bind address "0.0.0.0"; a decode given kv_transfer_params checks them and
-answers HTTP 400 if they are not a prefill's, with remote_host rewritten to that prefill's IP."""
+answers HTTP 400 if they are not a prefill's, with remote_host rewritten to that prefill's IP.
+
+It speaks the LMCache protocol as LMCache's NIXL PD backend does (sender prefill, receiver decode; LMCache/LMCache
+examples/disagg_prefill/xpyd/disagg_proxy_server_first_token_from_decoder_xpyd.py@c5f9daee): a decode is a receiver
+on the ports diproxy.protocols.lmcache.receiver_ports gives for its HTTP port; a prefill given
+kv_transfer_params.disagg_spec checks it (every key, a routable host, one init and one alloc port per rank, one token
+asked, not streamed; HTTP 400 otherwise) and "pushes" the prompt's KV to the receiver it names, if that is a fake
+decode of this process. A decode then finds the prompt's KV (lmcache_hits) or prefills it itself (lmcache_misses);
+a decode given a disagg_spec answers HTTP 400 (it is the prefiller's, never the decoder's)."""
 
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ from aiohttp import web
 
 from diproxy.etcd_gateway import EtcdGateway
 from diproxy.event_loop import new_event_loop
+from diproxy.protocols.lmcache import DISAGG_SPEC, receiver_ports
 
 FAIL_MODES = ("none", "status500", "hang", "die", "error_event")
 # What vLLM's prefill returns in kv_transfer_params (NixlConnectorScheduler.request_finished), and the keys its decode
@@ -97,6 +106,11 @@ class FakeWorker:
         self.kv_received: list[dict[str, Any]] = []  # decode: the kv_transfer_params it accepted
         self.kv_returned: list[dict[str, Any]] = []  # prefill: the kv_transfer_params it answered with
         self._next_block = 0
+        self.lmcache_sent: list[dict[str, Any]] = []  # prefill: the disagg_specs it accepted and pushed KV for
+        self.lmcache_kv: dict[str, dict[str, Any]] = {}  # decode: KV pushed to its receiver, by prompt, not read yet
+        self.lmcache_hits = 0  # decode: requests whose prompt's KV a prefill had pushed here
+        self.lmcache_misses = 0  # decode: requests it prefilled itself
+        self.lmcache_receiver: tuple[list[int], list[int]] = ([], [])  # decode: its receiver's init and alloc ports
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -131,6 +145,9 @@ class FakeWorker:
         self.side_channel_port = self.port + 1000
         self.engine_id = f"fake-engine-{self.host}-{self.port}"
         _ENGINES[self.engine_id] = self
+        if self.role == "decode":
+            self.lmcache_receiver = receiver_ports(self.port, 1)
+            _RECEIVERS[(self.host, self.lmcache_receiver[0][0], self.lmcache_receiver[1][0])] = self
         if self.etcd and register:
             await self.register()
         return self
@@ -213,6 +230,8 @@ class FakeWorker:
 
     async def _close_server(self) -> None:
         _ENGINES.pop(getattr(self, "engine_id", ""), None)
+        for key in [key for key, worker in _RECEIVERS.items() if worker is self]:
+            del _RECEIVERS[key]
         if self._reopen is not None:
             self._reopen.cancel()
             await asyncio.gather(self._reopen, return_exceptions=True)
@@ -281,6 +300,13 @@ class FakeWorker:
             except KvTransferError as exc:
                 return web.json_response(_vllm_error(f"fake decode {self.address}: {exc}", 400), status=400)
             first_token_delay = 0.0  # the prompt's KV came from prefill: nothing to prefill here
+        elif isinstance(kv_asked, dict) and DISAGG_SPEC in kv_asked:
+            try:
+                self._push_lmcache_kv(kv_asked[DISAGG_SPEC], body, request.path)
+            except KvTransferError as exc:
+                return web.json_response(_vllm_error(f"fake {self.role} {self.address}: {exc}", 400), status=400)
+        elif self.role == "decode" and self._take_lmcache_kv(body, request.path):
+            first_token_delay = 0.0  # LMCache found the prompt's KV in its receive buffer
         limit = body.get("max_completion_tokens") if chat and body.get("max_completion_tokens") else body.get("max_tokens")
         count = min(b.tokens, int(limit)) if limit else b.tokens
         finish = "length"
@@ -363,6 +389,34 @@ class FakeWorker:
             blocks.reads += 1
         self.kv_received.append(params)
 
+    def _push_lmcache_kv(self, spec: Any, body: dict[str, Any], path: str) -> None:
+        """A sender's check of the disagg_spec the proxy added, then the KV "pushed" to the receiver it names."""
+        if self.role != "prefill":
+            raise KvTransferError(f"a disagg_spec reached a {self.role} worker: {spec}")
+        if not isinstance(spec, dict) or sorted(spec) != ["receiver_alloc_port", "receiver_host", "receiver_init_port",
+                                                          "req_id"]:
+            raise KvTransferError(f"disagg_spec is not {{req_id, receiver_host, receiver_init_port, "
+                                  f"receiver_alloc_port}}: {spec}")
+        init, alloc = spec["receiver_init_port"], spec["receiver_alloc_port"]
+        if not (isinstance(init, list) and isinstance(alloc, list) and init and len(init) == len(alloc)
+                and all(isinstance(p, int) for p in init + alloc)):
+            raise KvTransferError(f"receiver ports are not one init and one alloc port per rank: {spec}")
+        if not spec["req_id"] or spec["receiver_host"] in (SIDE_CHANNEL_BIND, "localhost", "", None):
+            raise KvTransferError(f"disagg_spec needs a req_id and the receiver's IP: {spec}")
+        if body.get("max_tokens") != 1 or body.get("stream"):
+            raise KvTransferError("a sender prefill is asked for one token, not streamed")
+        self.lmcache_sent.append(spec)
+        receiver = _RECEIVERS.get((spec["receiver_host"], init[0], alloc[0]))
+        if receiver is not None:
+            receiver.lmcache_kv[_prompt_key(body, path)] = {"req_id": spec["req_id"], "sender": self.address}
+
+    def _take_lmcache_kv(self, body: dict[str, Any], path: str) -> bool:
+        if self.lmcache_kv.pop(_prompt_key(body, path), None) is not None:
+            self.lmcache_hits += 1
+            return True
+        self.lmcache_misses += 1
+        return False
+
     def _token(self, i: int) -> str:
         return f" {self.label}{i}"
 
@@ -392,6 +446,13 @@ class FakeWorker:
 
 # Fake engines of this process by remote_engine_id, so a fake decode can check what a fake prefill handed out.
 _ENGINES: dict[str, FakeWorker] = {}
+# Fake decodes of this process by LMCache receiver (host, init port of rank 0, alloc port of rank 0).
+_RECEIVERS: dict[tuple[str, int, int], FakeWorker] = {}
+
+
+def _prompt_key(body: dict[str, Any], path: str) -> str:
+    """What LMCache's KV is found by (it hashes the prompt's tokens): the path and the prompt or messages."""
+    return path + json.dumps(body.get("messages", body.get("prompt")), sort_keys=True)
 
 
 def _vllm_error(message: str, status: int) -> dict[str, Any]:

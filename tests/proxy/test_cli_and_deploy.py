@@ -4,6 +4,7 @@ the systemd unit (systemd-analyze verify) and the install script (shellcheck).""
 from __future__ import annotations
 
 import json
+import re
 import os
 import runpy
 import shutil
@@ -102,6 +103,7 @@ def test_rehearsal_shows_each_protocols_flow_and_cleans_up(capsys) -> None:
     assert returncode == 0, out + err
     legacy, _, nixl = out.partition("== engine nixl")
     assert legacy.startswith("== engine neuron-connector")
+    legacy, _, lmcache = legacy.partition("== engine lmcache")
     lines = legacy.splitlines()
     prefill_line = next(line for line in lines if line.startswith("prefill ") and "got X-Request-Id" in line)
     decode_line = next(line for line in lines if line.startswith("decode ") and "got X-Request-Id" in line)
@@ -120,6 +122,16 @@ def test_rehearsal_shows_each_protocols_flow_and_cleans_up(capsys) -> None:
     answer = [json.loads(x.split("data: ", 1)[1]) for x in lines if x.startswith("client  <- data: {")]
     assert [a["choices"][0]["text"] for a in answer] == [f" D-{i}" for i in range(6)]
     assert lines[-1] == "client  <- data: [DONE]"
+
+    lines = lmcache.splitlines()
+    receiver = next(x for x in lines if x.startswith("1 decode"))
+    decode_host, init, alloc = re.search(r"receiver is (\S+) init \[(\d+)\] alloc \[(\d+)\]", receiver).groups()
+    asked = json.loads(lines[lines.index(next(x for x in lines if x.startswith("2 prefill"))) + 1].split(None, 1)[1])
+    assert asked == {"disagg_spec": {"req_id": asked["disagg_spec"]["req_id"], "receiver_host": decode_host,
+                                     "receiver_init_port": [int(init)], "receiver_alloc_port": [int(alloc)]}}
+    assert '{"max_tokens":1,"stream":false}' in next(x for x in lines if x.startswith("2 prefill"))
+    assert "found the prompt's KV" in next(x for x in lines if x.startswith("3 decode"))
+    assert sum(1 for line in lines if line.startswith("client  <- data: {")) == 6
 
 
 def test_engine_flag_and_variable_choose_the_protocol_and_unknown_ones_are_refused(capsys) -> None:
