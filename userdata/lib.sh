@@ -239,9 +239,23 @@ uverbs_device_args() {
   done | sort -n | while read -r dev; do printf '%s\n' --device "/dev/infiniband/uverbs$dev"; done
 }
 
-# lnc_applies: true on the instance families where the Logical NeuronCore config exists. "LNC applies only to
-# Trn2 and Trn3 instances": https://awsdocs-neuron.readthedocs-hosted.com/en/latest/about-neuron/arch/neuron-features/logical-neuroncore-config.html
-lnc_applies() { [[ ${DI_INSTANCE_TYPE:-} == trn2* || ${DI_INSTANCE_TYPE:-} == trn3* ]]; }
+# load_accelerator: source userdata/accelerators/$DI_ACCELERATOR.sh (default neuron: node.env written before the
+# accelerator existed keeps working), which defines what differs per accelerator family:
+#   accelerator_preflight           boot-time device check (fail REASON when the count is wrong)
+#   accelerator_docker_args RANGE   `docker run` words giving an endpoint the devices of RANGE (DI_ENDPOINTS)
+#   accelerator_probe_args          `docker run` words giving a one-off probe container the devices
+#   accelerator_status_json         di-status's device fields ("name":value,...)
+#   accelerator_exporter            the device metrics exporter metrics-agent.sh starts on workers
+# Adding an accelerator family means adding a file there; nothing else branches on DI_ACCELERATOR.
+load_accelerator() {
+  local file="$DI_SCRIPTS_DIR/accelerators/${DI_ACCELERATOR:-neuron}.sh" known
+  if [[ ! -r $file ]]; then
+    known=$(cd "$DI_SCRIPTS_DIR/accelerators" && printf '%s ' *.sh)
+    die "DI_ACCELERATOR='${DI_ACCELERATOR:-}' in $DI_NODE_ENV has no module $file; known: ${known//.sh/}"
+  fi
+  # shellcheck source=/dev/null
+  . "$file"
+}
 
 # load_engine: source userdata/engines/$DI_ENGINE.sh, which defines what differs per KV-transfer engine:
 #   engine_entrypoint          the container's entrypoint (replaces the DLC's non-forwarding wrapper)
@@ -252,8 +266,11 @@ lnc_applies() { [[ ${DI_INSTANCE_TYPE:-} == trn2* || ${DI_INSTANCE_TYPE:-} == tr
 #   engine_prepare INDEX       before every start of endpoint INDEX
 #   engine_compile KEY         fill /data/compiled/KEY the engine's way (ops/compile.sh uploads it)
 #   engine_kv_hold_seconds ROLE   how long a server may keep a finished request's KV for a peer (ops/drain.sh waits)
-# Adding an engine means adding a file there; nothing else branches on DI_ENGINE.
+#   engine_registry_fields ROLE INDEX   extra JSON members of the etcd value di-register writes (",\"k\":v" or nothing)
+# Adding an engine means adding a file there; nothing else branches on DI_ENGINE. The accelerator module comes first
+# (an engine may run on more than one family and uses its functions).
 load_engine() {
+  load_accelerator
   local file="$DI_SCRIPTS_DIR/engines/${DI_ENGINE:-}.sh" known
   if [[ -z ${DI_ENGINE:-} || ! -r $file ]]; then
     known=$(cd "$DI_SCRIPTS_DIR/engines" && printf '%s ' *.sh)

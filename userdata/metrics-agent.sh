@@ -128,7 +128,10 @@ start_agent() {
 metrics_agent_main() {
   install_agent
   install -d -m 0755 "$DI_METRICS_DIR"
-  if [[ ${DI_ROLE:?} != control ]]; then start_neuron_exporter; fi
+  if [[ ${DI_ROLE:?} != control ]]; then
+    load_accelerator
+    accelerator_exporter
+  fi
   write_scrape_config
   start_agent
 }

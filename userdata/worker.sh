@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Worker bootstrap (Ubuntu Neuron DLAMI): Docker, preflight, image (and the engine's own check of it), model and
+# Worker bootstrap (Ubuntu Neuron DLAMI or Deep Learning Base GPU AMI): Docker, preflight (the accelerator module's
+# device check, EFA), image (and the engine's own check of it), model and
 # compiled artifacts on local NVMe, then one di-vllm@INDEX unit per endpoint, each with a di-register@INDEX unit
 # that lists it in etcd unless the engine registers it itself, and di-lifecycle, which drains the node when Auto
 # Scaling takes it away. A node launched into a Stopped warm pool only prepares (worker_prepare, everything on the
@@ -23,14 +24,6 @@ install_docker() {
     DEBIAN_FRONTEND=noninteractive retry apt-get install -y -q docker.io || fail "cannot install Docker (docker.io)"
   fi
   systemctl enable --now docker || fail "Docker does not start"
-}
-
-check_neuron() {
-  local devices=("$DI_DEV_ROOT"/neuron[0-9]*) count=0
-  [[ -e ${devices[0]} ]] && count=${#devices[@]}
-  ((count == DI_EXPECTED_NEURON_DEVICES)) ||
-    fail "found $count Neuron devices (/dev/neuron*), expected $DI_EXPECTED_NEURON_DEVICES: driver (aws-neuronx-dkms) missing or wrong AMI"
-  log "Neuron devices: $count"
 }
 
 check_efa() {
@@ -302,7 +295,7 @@ start_lifecycle() { systemctl enable --now di-lifecycle.service || fail "di-life
 worker_prepare() {
   load_engine
   install_docker
-  check_neuron
+  accelerator_preflight
   check_efa
   prepare_data_dir
   stage_all

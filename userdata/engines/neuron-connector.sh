@@ -92,3 +92,6 @@ engine_compile() {
     -e NEURON_RT_EXEC_TIMEOUT=600 -e XLA_DENSE_GATHER_FACTOR=0 -e NEURON_RT_INSPECT_ENABLE=0 \
     --entrypoint inference_demo "$DI_IMAGE" "${args[@]}" || die "inference_demo failed (docker logs above)"
 }
+
+# engine_registry_fields ROLE INDEX: nothing beyond role and port in the etcd value.
+engine_registry_fields() { :; }
