@@ -13,8 +13,8 @@ failure before the client's first byte, prefill's or decode's, retries the pair 
 failure is retried on another prefill worker, and a decode failure prefills again for the new decoder.
 
 Receiver ports: the proxy knows a decode endpoint only by its etcd key (IP and HTTP port), so its receiver's ports
-follow from the HTTP port (receiver_ports; the node generates the receiver's pd_peer_init_port/pd_peer_alloc_port
-lists by the same rule, /work/notes' GPU contract "Decisions").
+follow from the HTTP port (receiver_ports; the node must generate the receiver's pd_peer_init_port/pd_peer_alloc_port
+lists by the same rule, with the same offsets and stride as the proxy's --lmcache-* flags).
 
 Sources: LMCache/LMCache examples/disagg_prefill/xpyd/disagg_proxy_server_first_token_from_decoder_xpyd.py@c5f9daee
 (decode picked first; prefill gets max_tokens 1, max_completion_tokens 1 if present, and kv_transfer_params.
@@ -24,7 +24,8 @@ with one decoder too, stream false and stream_options popped for prefill, one po
 num_tp_rank = len(init_port)), examples/disagg_prefill/xpyd/README.md@41219a0c (TP: "different ports are required for
 different TP ranks"; the proxy's --decoder-init-port/--decoder-alloc-port must match the decoder's config).
 Not done here: LMCache's proxy also waits, before sending decode, for the senders' "transfer done" message on a ZMQ
-PULL socket (pd_proxy_host/pd_proxy_port); see the module's caveat in docs/proxy.md."""
+PULL socket (pd_proxy_host/pd_proxy_port, LMCache's ProxyNotif{req_id}); this proxy sends decode as soon as prefill
+has answered, so a decode that starts before the KV has landed prefills the prompt itself (slower, still correct)."""
 
 from __future__ import annotations
 
