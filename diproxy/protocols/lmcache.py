@@ -25,7 +25,8 @@ num_tp_rank = len(init_port)), examples/disagg_prefill/xpyd/README.md@41219a0c (
 different TP ranks"; the proxy's --decoder-init-port/--decoder-alloc-port must match the decoder's config).
 Not done here: LMCache's proxy also waits, before sending decode, for the senders' "transfer done" message on a ZMQ
 PULL socket (pd_proxy_host/pd_proxy_port, LMCache's ProxyNotif{req_id}); this proxy sends decode as soon as prefill
-has answered, so a decode that starts before the KV has landed prefills the prompt itself (slower, still correct: expected, not verified on hardware)."""
+has answered, so a decode that starts before the KV has landed prefills the prompt itself (slower, still correct:
+expected, not verified on hardware)."""
 
 from __future__ import annotations
 
