@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from stacks import engines, images, naming
+from stacks import catalog, engines, images, naming
+from stacks.engines.lmcache import LmcacheSettings
 from stacks.engines.nixl import NixlSettings
 from stacks.scaling_config import DrainConfig, ScalingConfig, ScheduledActionConfig, WarmPoolConfig
 
@@ -154,16 +155,20 @@ class ModelConfig(_Model):
 
 
 class EndpointConfig(_Model):
-    """One vLLM server on a worker: its NeuronCore range and port."""
+    """One vLLM server on a worker: its device range (NeuronCores or GPUs) and port."""
 
     role: Literal["prefill", "decode"] | None = Field(default=None, description="Only in colocated fleets.")
     cores: str | None = Field(default=None, pattern=r"^\d+(-\d+)?$",
-                              description="Logical NeuronCore range, e.g. 0-31. Default: the next TP cores.")
+                              description="Trainium: logical NeuronCore range, e.g. 0-31. Default: the next TP cores.")
+    gpus: str | None = Field(default=None, pattern=r"^\d+(-\d+)?$",
+                             description="GPU fleets: GPU index range, e.g. 0-3 (CUDA_VISIBLE_DEVICES). Default: the "
+                                         "next TP GPUs.")
     port: int | None = Field(default=None, ge=1024, le=65535, description="Default: 8000 + endpoint index.")
 
 
 class ResolvedEndpoint(_Model):
-    """An endpoint with every default filled in: what the node runs."""
+    """An endpoint with every default filled in: what the node runs. first_core/last_core bound its device range:
+    logical NeuronCores on Trainium, GPU indices on GPU types (node.env's DI_ACCELERATOR says which)."""
 
     index: int
     role: str
@@ -203,15 +208,16 @@ class FleetConfig(_Model):
     role: Literal["prefill", "decode", "colocated", "standard"] = Field(
         description="prefill or decode (mode disaggregated); colocated: a prefill and a decode endpoint on each "
                     "instance; standard: plain vLLM endpoints (mode standard).")
-    instance_type: str = Field(description="A Trainium type with EFA, e.g. trn2.48xlarge.")
+    instance_type: str = Field(description="A Trainium or GPU type with EFA, e.g. trn2.48xlarge, p5.48xlarge.")
     count: int = Field(default=1, ge=1, le=64, description="Instances at deploy time.")
     max_count: int | None = Field(default=None, ge=1, le=256,
                                   description="Ceiling for `dictl scale`. Default: count.")
     tensor_parallel: int = Field(
-        ge=1, le=128, description="Tensor-parallel degree: logical NeuronCores per endpoint (vLLM "
+        ge=1, le=128, description="Tensor-parallel degree: logical NeuronCores or GPUs per endpoint (vLLM "
                                   "--tensor-parallel-size). Endpoints x TP fit the instance: trn2.48xlarge 64 (LNC=2), "
-                                  "trn1.32xlarge 32.")
-    lnc: Literal[1, 2] | None = Field(default=None, description="Logical NeuronCore config; default per type.")
+                                  "trn1.32xlarge 32, p5.48xlarge 8 GPUs.")
+    lnc: Literal[1, 2] | None = Field(default=None, description="Logical NeuronCore config (Trainium only); default "
+                                                                "per type.")
     endpoints: tuple[EndpointConfig, ...] | None = Field(
         default=None,
         description="Default: one endpoint (colocated: one prefill then one decode) on consecutive core ranges.",
@@ -267,10 +273,11 @@ class FleetConfig(_Model):
             declared = tuple(EndpointConfig(role=r if self.role == "colocated" else None) for r in roles)
         resolved = []
         for index, endpoint in enumerate(declared):
-            if endpoint.cores is None:
+            devices = endpoint.gpus if endpoint.gpus is not None else endpoint.cores
+            if devices is None:
                 first, last = index * self.tensor_parallel, (index + 1) * self.tensor_parallel - 1
             else:
-                first, _, last_text = endpoint.cores.partition("-")
+                first, _, last_text = devices.partition("-")
                 first, last = int(first), int(last_text or first)
             resolved.append(ResolvedEndpoint(
                 index=index,
@@ -341,7 +348,8 @@ class DeploymentConfig(_Model):
     availability_zone: str = Field(description="One AZ for all workers (EFA traffic cannot leave a subnet).")
     engine: Literal[engines.NAMES] = Field(  # type: ignore[valid-type]
         default=engines.DEFAULT,
-        description="KV-transfer engine. nixl: the vLLM Neuron plugin over NIXL/EFA (supported, Trn2/Trn3); "
+        description="KV-transfer engine. nixl: vLLM's NixlConnector over NIXL/EFA (Trn2/Trn3 with the Neuron plugin, "
+                    "GPU types with upstream vLLM); lmcache: LMCache over NIXL (GPU types, seed 004); "
                     "neuron-connector: the legacy tutorial's NeuronConnector + etcd (0.9.1 images).")
     mode: Literal["disaggregated", "standard"] = Field(
         default="disaggregated", description="disaggregated: prefill and decode endpoints with KV transfer; "
@@ -392,6 +400,7 @@ class DeploymentConfig(_Model):
                                          description="Dashboard and alarms: alarm email, TTFT SLO, thresholds.")
     # One section per engine with settings (stacks/engines/<name>.py); rules.py refuses a section of another engine.
     nixl: NixlSettings = Field(default_factory=NixlSettings, description="Settings of engine nixl.")
+    lmcache: LmcacheSettings = Field(default_factory=LmcacheSettings, description="Settings of engine lmcache.")
 
     @model_validator(mode="before")
     @classmethod
@@ -407,15 +416,26 @@ class DeploymentConfig(_Model):
         engine = engines.ENGINES.get(name) if isinstance(name, str) else None
         if engine is None:
             return data  # pydantic reports the unknown engine
-        data.setdefault("image", engine.default_image)
+        accelerator = _accelerator_of(data.get("fleets"))
+        if accelerator == engine.accelerators[0] or not images.for_engine(engine.name, accelerator):
+            data.setdefault("image", engine.default_image)
+        else:
+            data.setdefault("image", engine.default_image_for(accelerator))
         if "proxy" not in data:
             data["proxy"] = "distack" if data.get("mode") == "standard" else engine.proxies[0]
         ami = data.get("worker_ami")
         if ami is None or (isinstance(ami, dict) and not ami.get("image_id") and not ami.get("ssm_parameter")):
-            ubuntu = images.ubuntu_of(data["image"]) if isinstance(data["image"], str) else None
-            if ubuntu is not None:
-                data["worker_ami"] = {**(ami or {}), "ssm_parameter": images.dlami_parameter(ubuntu)}
+            parameter = images.worker_ami_parameter(data["image"], accelerator) \
+                if isinstance(data["image"], str) else None
+            if parameter is not None:
+                data["worker_ami"] = {**(ami or {}), "ssm_parameter": parameter}
         return data
+
+    @property
+    def accelerator(self) -> str:
+        """What the workers' devices are (catalog.NEURON or catalog.GPU): the first known fleet type's accelerator
+        (rules.py refuses fleets that mix them)."""
+        return _accelerator_of(self.fleets)
 
     @property
     def engine_module(self) -> engines.Engine:
@@ -433,6 +453,8 @@ class DeploymentConfig(_Model):
         default); None when worker_ami names another AMI."""
         ubuntu = images.ubuntu_of(self.image)
         ami = self.worker_ami
+        if self.accelerator != catalog.NEURON:
+            return None
         if ami.image_id is None and ubuntu is not None and ami.ssm_parameter == images.dlami_parameter(ubuntu):
             return ubuntu
         return None
@@ -459,3 +481,15 @@ class DeploymentConfig(_Model):
     def stack_name(self) -> str:
         """CloudFormation stack name."""
         return naming.stack_name(self.name)
+
+
+def _accelerator_of(fleets: Any) -> str:
+    """The accelerator of the first fleet whose instance type the catalog knows (raw or validated fleets); Neuron
+    when none is known."""
+    if isinstance(fleets, dict):
+        for fleet in fleets.values():
+            name = fleet.get("instance_type") if isinstance(fleet, dict) else getattr(fleet, "instance_type", None)
+            itype = catalog.WORKER_TYPES.get(name) if isinstance(name, str) else None
+            if itype is not None:
+                return itype.accelerator
+    return catalog.NEURON

@@ -59,7 +59,8 @@ class DiStack(cdk.Stack):
         network = Network(self, "Network", network=config.network, availability_zone=config.availability_zone,
                           log_retention=retention, metrics_endpoint=config.proxy == "distack")
         security = Security(self, "Security", vpc=network.vpc, network=config.network,
-                            vllm_ports=[ep.port for f in config.fleets.values() for ep in f.resolved_endpoints])
+                            vllm_ports=[ep.port for f in config.fleets.values() for ep in f.resolved_endpoints],
+                            engine_control_ports=config.engine_module.control_ports)
         self.artifacts = Artifacts(self, "Artifacts", env_name=config.name, retention=retention,
                                    hf_token_secret_name=config.model.hf_token_secret,
                                    proxy_api_key_secret_name=config.proxy_api_key_secret)

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from stacks import catalog
+
 REPOSITORY = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx"
 DLC_README = "aws-neuron/deep-learning-containers README.md @ tag 2.32.0 (### vllm-inference-neuronx)"
 LEGACY_TUTORIAL = ("aws-neuron/aws-neuron-sdk libraries/nxd-inference/tutorials/disaggregated-inference-tutorial.rst "
@@ -55,11 +57,17 @@ class Image:
     source: str = DLC_README
     # Why an engine not in `engines` cannot use it, per engine name.
     refusals: Mapping[str, str] = field(default_factory=dict)
+    repository: str = REPOSITORY
+    # The devices its server drives (catalog.NEURON or catalog.GPU): picks the default image and the worker AMI.
+    accelerator: str = catalog.NEURON
+    # "@sha256:..." when a primary source gives the digest; empty: the tag alone (UNVERIFIED: a wrong tag fails
+    # the pull at boot, loudly).
+    digest: str = ""
 
     @property
     def uri(self) -> str:
         """The full reference a worker pulls."""
-        return f"{REPOSITORY}:{self.tag}"
+        return f"{self.repository}:{self.tag}{self.digest}"
 
     def refusal(self, engine: str) -> str:
         """Why `engine` cannot run this image (empty when it can)."""
@@ -101,7 +109,38 @@ _IMAGES = (
           ("trn1", "trn2", "inf2"), (), REFUSED, refusals={"nixl": _V0_FORK, "neuron-connector": _STATIC_1P1D}),
 )
 
-IMAGES: Mapping[str, Image] = {image.uri: image for image in _IMAGES}
+# GPU images. Neither tag's digest is in a primary source DiStack could read: both are pinned by tag (UNVERIFIED;
+# a wrong tag fails `docker pull` at boot and the node reports it). families: the GPU types of stacks/catalog.py.
+_GPU_FAMILIES = ("p5", "p5en", "g6")
+VLLM_REPOSITORY = "docker.io/vllm/vllm-openai"
+LMCACHE_REPOSITORY = "docker.io/lmcache/vllm-openai"
+_GPU_IMAGES = (
+    # Upstream vLLM's OpenAI server image. Its Dockerfile installs requirements/kv_connectors.txt (lmcache and
+    # nixl) into the vllm-openai target (vllm-project/vllm docker/Dockerfile, "install kv_connectors if
+    # requested"; docs/features/nixl_connector_usage.md: "The specified required NIXL version can be found in
+    # requirements/kv_connectors.txt"), so NixlConnector runs without an extra install. Ubuntu: the container's.
+    Image("v0.11.0", "0.11.0", "", "3.12", "22.04", _GPU_FAMILIES, ("nixl",), SUPPORTED,
+          source="vllm-project/vllm docker/Dockerfile (kv_connectors), docs/features/nixl_connector_usage.md",
+          refusals={"neuron-connector": "it is upstream vLLM for CUDA GPUs, not the Neuron fork",
+                    "lmcache": "engine lmcache runs LMCache's own image (lmcache/vllm-openai), whose LMCache and vLLM "
+                               "versions are paired"},
+          repository=VLLM_REPOSITORY, accelerator=catalog.GPU),
+    # LMCache's image: vLLM with LMCache and NIXL (LMCache/LMCache docs/source/getting_started/installation.rst,
+    # "docker pull lmcache/vllm-openai"; pinned releases are tagged vX.Y.Z, e.g. a Dockerfile `FROM
+    # lmcache/vllm-openai:v0.3.9`). Seed 004's XpYd over NIXL.
+    Image("v0.3.9", "", "", "3.12", "22.04", _GPU_FAMILIES, ("lmcache",), SUPPORTED,
+          source="LMCache/LMCache docs/source/getting_started/installation.rst (docker pull lmcache/vllm-openai)",
+          refusals={"neuron-connector": "it is vLLM for CUDA GPUs, not the Neuron fork",
+                    "nixl": "it is LMCache's build; engine nixl runs upstream vLLM's image (vllm/vllm-openai)"},
+          repository=LMCACHE_REPOSITORY, accelerator=catalog.GPU),
+)
+
+IMAGES: Mapping[str, Image] = {image.uri: image for image in _IMAGES + _GPU_IMAGES}
+
+# The AWS Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04): NVIDIA driver, EFA, Docker and the NVIDIA
+# container toolkit. Its public SSM parameter, from the AMI's release notes ("Query AMI-ID with SSM Parameter"):
+# https://docs.aws.amazon.com/dlami/latest/devguide/aws-deep-learning-x86-base-gpu-ami-ubuntu-24-04.html
+GPU_DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
 
 # Neuron base DLAMI per Ubuntu release: aws-neuron-sdk deploy/environments/dlami.rst ("Deep Learning Base Neuron
 # AMI (Ubuntu 24.04)": /aws/service/neuron/dlami/base/ubuntu-24.04, append /latest/image_id). The 22.04 one is
@@ -132,6 +171,15 @@ def dlami_parameter(ubuntu: str) -> str:
     return f"/aws/service/neuron/dlami/base/ubuntu-{ubuntu}/latest/image_id"
 
 
-def for_engine(engine: str) -> list[Image]:
-    """The images an engine accepts, newest first."""
-    return [image for image in _IMAGES if engine in image.engines]
+def for_engine(engine: str, accelerator: str = catalog.NEURON) -> list[Image]:
+    """The images an engine accepts on an accelerator, newest first."""
+    return [image for image in _IMAGES + _GPU_IMAGES if engine in image.engines and image.accelerator == accelerator]
+
+
+def worker_ami_parameter(uri: str, accelerator: str) -> str | None:
+    """The default worker AMI's SSM parameter: the Deep Learning Base GPU AMI on GPU fleets; on Neuron ones the
+    Neuron base DLAMI of the image's Ubuntu (None when that Ubuntu is unknown)."""
+    if accelerator == catalog.GPU:
+        return GPU_DLAMI_PARAMETER
+    ubuntu = ubuntu_of(uri)
+    return dlami_parameter(ubuntu) if ubuntu is not None else None

@@ -70,10 +70,18 @@ def worker_values(config: DeploymentConfig, fleet_name: str, refs: DeploymentRef
         "DI_FLEET": fleet_name,
         "DI_INSTANCE_TYPE": itype.name,
         "DI_TENSOR_PARALLEL": str(fleet.tensor_parallel),
-        "DI_LNC": str(fleet.lnc or itype.default_lnc),
+        # What DI_ENDPOINTS' ranges index: logical NeuronCores (neuron) or GPU indices (gpu); the Neuron-only and
+        # GPU-only values are empty on the other accelerator.
+        "DI_ACCELERATOR": itype.accelerator,
+        "DI_LNC": str(fleet.lnc or itype.default_lnc) if itype.neuron else "",
         "DI_ENDPOINTS": endpoints,
-        "DI_EXPECTED_NEURON_DEVICES": str(itype.neuron_devices),
+        "DI_EXPECTED_NEURON_DEVICES": str(itype.neuron_devices) if itype.neuron else "",
+        "DI_EXPECTED_GPUS": "" if itype.neuron else str(itype.gpus),
         "DI_EXPECTED_EFA_INTERFACES": str(itype.efa_interfaces),
+        # NIXL's backend on this type (stacks/catalog.py InstanceType.nixl_backend), for every engine that uses NIXL.
+        "DI_NIXL_BACKEND": itype.nixl_backend,
+        # The same on every node of the deployment where the engine hashes KV with Python's hash() (lmcache).
+        "DI_PYTHONHASHSEED": config.engine_module.python_hash_seed or "",
         "DI_MIN_DATA_GB": str(min_data_gb(config)),
         "DI_SIGNAL_RESOURCE": signal_resource,
         # The lifecycle hooks on the fleet's group (stacks/components/worker_fleet.py) and how long a drain may wait.
@@ -107,4 +115,6 @@ def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_in
         "DI_PROXY_PACKAGE_URL": refs.proxy_package_url,
         "DI_PROXY_METRICS_NAMESPACE": naming.PROXY_METRICS_NAMESPACE,
         "DI_PROXY_API_KEY_SECRET": config.proxy_api_key_secret or "",
+        # The engine's own proxy settings (stacks/engines/<engine>.py), e.g. lmcache's decode TP and receiver ports.
+        **config.engine_module.control_values(config),
     }

@@ -131,7 +131,7 @@ def _image(config: DeploymentConfig, engine: engines.Engine) -> Iterator[Problem
                                f"carries engine {engine.name} is unknown",
                       f"use {engine.default_image}, or set image_unlisted: true to accept it (synth then warns)")
     elif entry is not None and engine.name not in entry.engines:
-        accepted = ", ".join(image.tag for image in images.for_engine(engine.name))
+        accepted = ", ".join(image.tag for image in images.for_engine(engine.name, config.accelerator))
         yield Problem("image", f"engine {engine.name} cannot run {entry.tag}: {entry.refusal(engine.name)}",
                       f"use one of its images: {accepted}" if accepted else "use another engine")
     if config.worker_ami.image_id is None and config.worker_ami.ssm_parameter is None:
@@ -146,9 +146,12 @@ def _family(config: DeploymentConfig, engine: engines.Engine, name: str, fleet: 
         return  # reported by the fleet rules
     if itype.family not in engine.instance_families:
         others = [e.name for e in engines.ENGINES.values() if itype.family in e.instance_families]
+        fitting = next(t.name for t in catalog.WORKER_TYPES.values() if t.efa and t.family in engine.instance_families)
         yield Problem(f"fleets.{name}.instance_type",
                       f"engine {engine.name} runs on {'/'.join(engine.instance_families)} only, not {itype.name}",
-                      "use trn2.48xlarge" + (f", or engine: {others[0]}" if others else ""))
+                      f"use {fitting}" + (f", or engine: {others[0]}" if others else ""))
+    elif itype.accelerator != config.accelerator:
+        return  # one accelerator per deployment: reported by the fleet rules
     elif config.image_entry is not None and itype.family not in config.image_entry.families:
         yield Problem(f"fleets.{name}.instance_type",
                       f"image {config.image_entry.tag} supports {'/'.join(config.image_entry.families)}, "
@@ -220,6 +223,15 @@ def _fleet(config: DeploymentConfig, fleet_name: str, fleet: FleetConfig) -> Ite
                                              "network need it, even on one instance",
                       "use trn1.32xlarge, trn1n.32xlarge or trn2.48xlarge")
         return
+    if fleet.lnc is not None and not itype.neuron:
+        yield Problem(f"{at}.lnc", f"LNC (Logical NeuronCore Config) is a Trainium setting; {itype.name} has GPUs",
+                      "remove lnc")
+        return
+    if itype.accelerator != config.accelerator:
+        yield Problem(f"{at}.instance_type", f"{itype.name} has {itype.device_noun} but the deployment's other fleets "
+                                             f"have {config.accelerator} devices; one deployment runs one worker "
+                                             "image and AMI", "use one accelerator family in every fleet")
+        return
     if fleet.lnc is not None and fleet.lnc not in itype.supported_lnc:
         yield Problem(f"{at}.lnc", f"{itype.name} does not support LNC={fleet.lnc}",
                       f"use one of {itype.supported_lnc} or remove lnc")
@@ -228,34 +240,45 @@ def _fleet(config: DeploymentConfig, fleet_name: str, fleet: FleetConfig) -> Ite
 
 
 def _endpoints(config: DeploymentConfig, at: str, fleet: FleetConfig, itype: catalog.InstanceType) -> Iterator[Problem]:
-    logical = itype.logical_cores(fleet.lnc)
-    lnc = fleet.lnc or itype.default_lnc
+    devices = itype.devices(fleet.lnc)
+    noun = itype.device_noun
+    # "cores"/"core" on Trainium, "GPUs"/"GPU" on GPU types: the words of the messages and the key that holds ranges.
+    plural, single = ("cores", "core") if itype.neuron else ("GPUs", "GPU")
+    key = itype.range_key
+    where_lnc = f" (LNC={fleet.lnc or itype.default_lnc})" if itype.neuron else ""
     endpoints = fleet.resolved_endpoints
-    if fleet.tensor_parallel * len(endpoints) > logical:
+    if fleet.endpoints:
+        other = "gpus" if itype.neuron else "cores"
+        wrong = [i for i, ep in enumerate(fleet.endpoints) if getattr(ep, other) is not None]
+        if wrong:
+            yield Problem(f"{at}.endpoints[{wrong[0]}].{other}",
+                          f"{itype.name} has {noun}: its endpoints give their range as {key}, not {other}",
+                          f"rename {other}: to {key}:")
+            return
+    if fleet.tensor_parallel * len(endpoints) > devices:
         yield Problem(f"{at}.tensor_parallel",
                       f"{len(endpoints)} endpoint(s) x TP {fleet.tensor_parallel} = "
-                      f"{len(endpoints) * fleet.tensor_parallel} NeuronCores, but {itype.name} has {logical} "
-                      f"(LNC={lnc})",
-                      f"lower tensor_parallel to {logical // len(endpoints)} or use fewer endpoints")
+                      f"{len(endpoints) * fleet.tensor_parallel} {noun}, but {itype.name} has {devices}{where_lnc}",
+                      f"lower tensor_parallel to {devices // len(endpoints)} or use fewer endpoints")
         return
     taken: dict[int, int] = {}
     ports: dict[int, int] = {}
     for ep in endpoints:
         where = f"{at}.endpoints[{ep.index}]"
         if ep.core_count != fleet.tensor_parallel:
-            yield Problem(f"{where}.cores", f"range {ep.cores} holds {ep.core_count} cores but tensor_parallel is "
+            yield Problem(f"{where}.{key}", f"range {ep.cores} holds {ep.core_count} {plural} but tensor_parallel is "
                                             f"{fleet.tensor_parallel}",
-                          f"give it exactly {fleet.tensor_parallel} cores, e.g. "
+                          f"give it exactly {fleet.tensor_parallel} {plural}, e.g. "
                           f"{ep.first_core}-{ep.first_core + fleet.tensor_parallel - 1}")
-        elif ep.last_core >= logical:
-            yield Problem(f"{where}.cores", f"range {ep.cores} goes past core {logical - 1} of {itype.name} "
-                                            f"(LNC={lnc})",
-                          f"keep ranges within 0-{logical - 1}")
+        elif ep.last_core >= devices:
+            yield Problem(f"{where}.{key}", f"range {ep.cores} goes past {single} {devices - 1} of {itype.name}"
+                                            f"{where_lnc}",
+                          f"keep ranges within 0-{devices - 1}")
         else:
             overlap = sorted({taken[c] for c in range(ep.first_core, ep.last_core + 1) if c in taken})
             if overlap:
-                yield Problem(f"{where}.cores", f"range {ep.cores} overlaps endpoint {overlap[0]}",
-                              "give each endpoint its own cores (NeuronCores cannot be shared between processes)")
+                yield Problem(f"{where}.{key}", f"range {ep.cores} overlaps endpoint {overlap[0]}",
+                              f"give each endpoint its own {plural} ({noun} cannot be shared between processes)")
             taken.update({c: ep.index for c in range(ep.first_core, ep.last_core + 1)})
         if ep.port in ports:
             yield Problem(f"{where}.port", f"port {ep.port} is also used by endpoint {ports[ep.port]}",
@@ -279,11 +302,12 @@ def _memory(config: DeploymentConfig, at: str, fleet: FleetConfig, itype: catalo
     params_b = model.parameters_billion or catalog.KNOWN_MODEL_PARAMETERS_B.get(model.id)
     if params_b is not None:
         weights_gib = params_b * 1e9 * catalog.DTYPE_BYTES[model.dtype] / catalog.GIB
-        hbm_gib = itype.hbm_gib_per_core(fleet.lnc) * fleet.tensor_parallel
-        if weights_gib > hbm_gib:
+        device_gib = itype.memory_gib_per_device(fleet.lnc) * fleet.tensor_parallel
+        if weights_gib > device_gib:
+            held = (f"{fleet.tensor_parallel} cores of {itype.name} hold {device_gib:.0f} GiB of HBM" if itype.neuron
+                    else f"{fleet.tensor_parallel} GPUs of {itype.name} hold {device_gib:.0f} GiB of GPU memory")
             yield Problem(f"{at}.tensor_parallel",
-                          f"{model.id} needs {weights_gib:.0f} GiB for {model.dtype} weights but "
-                          f"{fleet.tensor_parallel} cores of {itype.name} hold {hbm_gib:.0f} GiB of HBM",
+                          f"{model.id} needs {weights_gib:.0f} GiB for {model.dtype} weights but {held}",
                           "raise tensor_parallel (fewer endpoints per instance) or use a smaller model or dtype")
 
 

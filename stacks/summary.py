@@ -32,7 +32,7 @@ def summarize(config: DeploymentConfig, template: dict) -> str:
                      f"TP {fleet.tensor_parallel}  EFA interfaces {efa_by_type.get(itype.name, 0)}/instance"
                      f"{'  capacity ' + fleet.capacity.type + ' ' + str(fleet.capacity.reservation_id) if fleet.capacity.targeted else ''}")
         for ep in fleet.resolved_endpoints:
-            lines.append(f"      endpoint {ep.index}: {ep.role:<8} cores {ep.cores:<7} port {ep.port}")
+            lines.append(f"      endpoint {ep.index}: {ep.role:<8} {itype.range_key:<5} {ep.cores:<7} port {ep.port}")
     lines.append(f"  control host {config.control_host.instance_type}: proxy :8000, etcd :8989; "
                  f"placement group {'on' if config.uses_placement_group else 'off'}")
     lines.append(f"  {len(resources)} resources")
@@ -44,6 +44,9 @@ def _image_facts(config: DeploymentConfig) -> str:
     if entry is None:
         ubuntu = images.ubuntu_of(config.image)
         return f"unlisted (image_unlisted: true); Ubuntu {ubuntu or 'unknown'} from the tag"
+    if entry.accelerator != catalog.NEURON:
+        return (f"{entry.repository}, vLLM {entry.vllm or 'as LMCache pairs it'}; {entry.status}; "
+                f"{'/'.join(entry.families)}")
     return (f"vLLM {entry.vllm}, Neuron SDK {entry.sdk}, Python {entry.python}, Ubuntu {entry.ubuntu}; "
             f"{entry.status}; {'/'.join(entry.families)}")
 
@@ -53,4 +56,6 @@ def _ami_note(config: DeploymentConfig) -> str:
     if ubuntu is not None:
         frozen = ", frozen at its last build" if ubuntu == "22.04" else ""
         return f" (Neuron base DLAMI for the image's Ubuntu {ubuntu}{frozen})"
+    if config.worker_ami.ssm_parameter == images.GPU_DLAMI_PARAMETER and config.worker_ami.image_id is None:
+        return " (Deep Learning Base GPU AMI, Ubuntu 24.04)"
     return " (as set in worker_ami)"

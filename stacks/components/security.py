@@ -18,14 +18,15 @@ class Security(Construct):
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, vpc: ec2.IVpc, network: NetworkConfig,
-                 vllm_ports: Iterable[int]) -> None:
+                 vllm_ports: Iterable[int], engine_control_ports: Iterable[int] = ()) -> None:
         super().__init__(scope, construct_id)
         # allow_all_outbound=False: with it on, CDK silently drops the explicit self-egress rule EFA needs.
         self.worker_group = ec2.SecurityGroup(self, "WorkerGroup", vpc=vpc, allow_all_outbound=False,
                                               description="DiStack workers: EFA, KV transfer, vLLM")
         self.control_group = ec2.SecurityGroup(self, "ControlGroup", vpc=vpc, allow_all_outbound=False,
                                                description="DiStack control host: proxy and etcd")
-        # EFA requires all traffic to *and from* the group itself (this also carries the KV signal ports):
+        # EFA requires all traffic to *and from* the group itself (this also carries the KV signal ports, NIXL's
+        # side-channel ports and LMCache's receiver ports, which therefore stay open between workers only):
         # https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa-start.html#efa-start-security
         self.worker_group.connections.allow_internally(ec2.Port.all_traffic(), "EFA and KV transfer between workers")
 
@@ -45,3 +46,6 @@ class Security(Construct):
         # Both modes: NeuronConnector registers DI endpoints, di-register standard ones.
         self.worker_group.connections.allow_to(self.control_group, ec2.Port.tcp(naming.ETCD_CLIENT_PORT),
                                                "Workers register in etcd")
+        for port in sorted(set(engine_control_ports)):
+            self.worker_group.connections.allow_to(self.control_group, ec2.Port.tcp(port),
+                                                   f"Workers reach the proxy's engine port {port}")

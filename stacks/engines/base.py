@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Iterator
 
-from stacks import images
+from stacks import catalog, images
 from stacks.problems import Problem
 
 if TYPE_CHECKING:
@@ -29,11 +29,26 @@ class Engine:
     proxies: ClassVar[tuple[str, ...]]
     # Top-level config section holding the engine's own settings (None: it has none).
     settings_key: ClassVar[str | None] = None
+    # PYTHONHASHSEED every node of a deployment sets (None: the engine needs none). LMCache hashes KV chunks with
+    # Python's hash(), so prefill and decode must agree on the seed.
+    python_hash_seed: ClassVar[str | None] = None
+    # TCP ports on the control host (the proxy) that workers reach for the engine, e.g. lmcache's transfer notices.
+    control_ports: ClassVar[tuple[int, ...]] = ()
+
+    @property
+    def accelerators(self) -> tuple[str, ...]:
+        """The accelerators (catalog.NEURON, catalog.GPU) of the instance families the engine runs on."""
+        found = {t.accelerator for t in catalog.WORKER_TYPES.values() if t.family in self.instance_families}
+        return tuple(a for a in catalog.ACCELERATORS if a in found)
 
     @property
     def default_image(self) -> str:
-        """The newest catalog image that carries this engine's server."""
-        return images.for_engine(self.name)[0].uri
+        """The newest catalog image that carries this engine's server, on the engine's first accelerator."""
+        return self.default_image_for(self.accelerators[0])
+
+    def default_image_for(self, accelerator: str) -> str:
+        """The newest catalog image that carries this engine's server for `accelerator`."""
+        return images.for_engine(self.name, accelerator)[0].uri
 
     def check(self, config: DeploymentConfig) -> Iterator[Problem]:
         """The engine's own rules (the shared ones live in stacks/rules.py)."""
@@ -41,6 +56,10 @@ class Engine:
 
     def worker_values(self, config: DeploymentConfig, fleet_name: str) -> dict[str, str]:
         """The engine's node.env variables for one worker fleet (names in the engine contract)."""
+        return {}
+
+    def control_values(self, config: DeploymentConfig) -> dict[str, str]:
+        """The engine's node.env variables for the control host (its proxy)."""
         return {}
 
     def summary(self, config: DeploymentConfig) -> list[str]:

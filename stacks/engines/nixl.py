@@ -1,4 +1,11 @@
-"""Engine `nixl` (the default): the vLLM Neuron plugin's `vllm serve`, KV over NIXL's LIBFABRIC backend (EFA).
+"""Engine `nixl` (the default): vLLM's NixlConnector, on Trainium (the vLLM Neuron plugin's `vllm serve`, KV over NIXL's
+LIBFABRIC backend on EFA) and on GPUs (upstream vLLM's image, KV over the backend the catalog gives the type:
+LIBFABRIC with GPUDirect RDMA over EFA on p5/p5en, UCX on g6). One module, two accelerators: what differs comes from
+the catalog (stacks/catalog.py InstanceType.accelerator, nixl_backend) and the image catalog, never from a type's name.
+
+GPU sources: vllm-project/vllm docs/features/nixl_connector_usage.md (`vllm serve ... --kv-transfer-config
+'{"kv_connector":"NixlConnector","kv_role":"kv_both"}'`, VLLM_NIXL_SIDE_CHANNEL_PORT per instance, UCX the default
+transport) and tests/v1/kv_connector/nixl_integration/ (the toy proxy's prefill-then-decode flow).
 
 Sources (aws-neuron/aws-neuron-sdk at v2.32.0, `vllm-neuron/docs/`):
 - tutorials/tutorial-di-1p1d-xpyd.md: "DI is supported on Trn2 and Trn3" (L71-73); the env block with the
@@ -79,10 +86,16 @@ class NixlSettings(BaseModel):
 
 
 def kv_connector(config: DeploymentConfig) -> str:
-    """The connector both roles use: as set, else by model (sliding window -> NeuronNixlConnector)."""
+    """The connector both roles use: as set, else by model on Neuron (sliding window -> NeuronNixlConnector), else
+    the upstream NixlConnector (GPUs need no Neuron alignment)."""
     if config.nixl.kv_connector is not None:
         return config.nixl.kv_connector
-    return NEURON_NIXL_CONNECTOR if SLIDING_WINDOW_MODELS.search(config.model.id) else NIXL_CONNECTOR
+    neuron = config.accelerator == catalog.NEURON
+    return NEURON_NIXL_CONNECTOR if neuron and SLIDING_WINDOW_MODELS.search(config.model.id) else NIXL_CONNECTOR
+
+
+# Settings only the vLLM Neuron plugin reads: refused on GPU fleets, where upstream vLLM would not see them.
+NEURON_ONLY_SETTINGS = ("neuron_config", "optimization_level", "compile_timeout_seconds")
 
 
 def _optional(value: Any) -> str:
@@ -93,10 +106,11 @@ class Nixl(Engine):
     """vLLM Neuron plugin + upstream NIXL connectors (the supported Neuron DI path)."""
 
     name = "nixl"
-    description = ("vLLM Neuron plugin (`vllm serve`), upstream NixlConnector / NeuronNixlConnector over NIXL's "
-                   "LIBFABRIC backend (EFA); DiStack's registrar and proxy")
-    status = "supported (Neuron 2.31+)"
-    instance_families = ("trn2", "trn3")
+    description = ("vLLM's NixlConnector: on Trainium the vLLM Neuron plugin (`vllm serve`, NixlConnector / "
+                   "NeuronNixlConnector over NIXL LIBFABRIC on EFA), on GPUs upstream vLLM (NIXL LIBFABRIC with "
+                   "GPUDirect RDMA on p5/p5en, UCX on g6); DiStack's registrar and proxy")
+    status = "supported (Neuron 2.31+); GPU: synthesized and tested, not yet run on hardware"
+    instance_families = ("trn2", "trn3", "p5", "p5en", "g6")
     proxies = ("distack",)
     settings_key = "nixl"
 
@@ -110,6 +124,8 @@ class Nixl(Engine):
             yield Problem("nixl.kv_connector", f"{config.model.id} uses sliding-window attention, which the generic "
                                                "NixlConnector does not align for Neuron",
                           f"set kv_connector: {NEURON_NIXL_CONNECTOR} or remove it (the default for this model)")
+        if config.accelerator == catalog.GPU:
+            yield from _gpu_settings(config)
         yield from _buckets(settings)
         yield from _side_channel(config)
         quantization = (settings.neuron_config.model_extra or {}).get("quantization") if settings.neuron_config else None
@@ -136,7 +152,9 @@ class Nixl(Engine):
     def summary(self, config: DeploymentConfig) -> list[str]:
         settings = config.nixl
         if config.mode == "disaggregated":
-            transfer = (f"{kv_connector(config)} over NIXL LIBFABRIC, side-channel ports "
+            backends = "/".join(sorted({catalog.WORKER_TYPES[f.instance_type].nixl_backend
+                                        for f in config.fleets.values()}))
+            transfer = (f"{kv_connector(config)} over NIXL {backends}, side-channel ports "
                         f"{settings.side_channel_base_port}+endpoint")
         else:
             transfer = "vllm serve without KV transfer (standard mode)"
@@ -149,6 +167,17 @@ class Nixl(Engine):
         lines.append(f"        timeouts: compile {settings.compile_timeout_seconds} s, ready "
                      f"{settings.ready_timeout_seconds} s, execute {settings.execute_model_timeout_seconds} s")
         return lines
+
+
+def _gpu_settings(config: DeploymentConfig) -> Iterator[Problem]:
+    settings = config.nixl
+    if settings.kv_connector == NEURON_NIXL_CONNECTOR:
+        yield Problem("nixl.kv_connector", "NeuronNixlConnector is the vLLM Neuron plugin's; upstream vLLM on GPUs has "
+                                           "only NixlConnector", "set kv_connector: NixlConnector or remove it")
+    for key in NEURON_ONLY_SETTINGS:
+        if key in settings.model_fields_set:
+            yield Problem(f"nixl.{key}", f"{key} is a setting of the vLLM Neuron plugin; upstream vLLM on GPU fleets "
+                                         "does not read it", f"remove nixl.{key}")
 
 
 def _buckets(settings: NixlSettings) -> Iterator[Problem]:

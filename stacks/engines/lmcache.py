@@ -1,0 +1,132 @@
+"""Engine `lmcache` (seed 004): vLLM with LMCacheConnectorV1, KV sent from prefill to decode over NIXL (LMCache's PD
+mode), LMCache's image, GPU fleets only.
+
+Sources:
+- seed 004 (/work/shared/seeds/004_*.txt, LMCache's XpYd example): `vllm serve MODEL --port P --enforce-eager
+  --kv-transfer-config '{"kv_connector":"LMCacheConnectorV1","kv_role":"kv_producer"|"kv_consumer",
+  "kv_connector_extra_config":{"discard_partial_chunks":false,"lmcache_rpc_port":NAME}}'` per endpoint, each on its
+  own GPU (CUDA_VISIBLE_DEVICES), LMCACHE_CONFIG_FILE per role with `nixl_buffer_size: 1073741824 # 1GB` and
+  `nixl_buffer_device: "cuda"`, and "ensure all processes use the same PYTHONHASHSEED ... export PYTHONHASHSEED=0".
+- LMCache/LMCache examples/disagg_prefill/xpyd/ (README@41219a0c and the proxy it runs): with several decoders the
+  proxy names the decoder's receiver in each prefill request (`kv_transfer_params.disagg_spec`), and senders report
+  finished transfers to the proxy (pd_proxy_host/pd_proxy_port). The receiver ports follow the decode endpoint's HTTP
+  port (agreed with the proxy and node in the issue-15 contract): init PORT+1000+100*rank, alloc PORT+2000+100*rank.
+- LMCache's default chunk size is 256 tokens (LMCache docs, configuration reference: `chunk_size`, default 256).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stacks import naming
+from stacks.engines.base import Engine
+from stacks.problems import Problem
+
+if TYPE_CHECKING:
+    from stacks.config import DeploymentConfig, FleetConfig
+
+# Receiver ports of a decode endpoint serving on PORT, TP rank r: PORT + offset + stride * r (the proxy's
+# --lmcache-init-port-offset / --lmcache-alloc-port-offset / --lmcache-rank-port-stride defaults).
+INIT_PORT_OFFSET = 1000
+ALLOC_PORT_OFFSET = 2000
+RANK_PORT_STRIDE = 100
+# Where senders tell the proxy (on the control host) that a transfer to the decoder has completed.
+PROXY_NOTIFY_PORT = 7500
+# Seed 004: "export PYTHONHASHSEED=0".
+PYTHON_HASH_SEED = "0"
+
+
+class LmcacheSettings(BaseModel):
+    """Settings of engine lmcache (LMCache's sender/receiver configuration, generated per endpoint on the node)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    chunk_size: int = Field(default=256, ge=16, le=65536, description="LMCache chunk_size, tokens (default 256).")
+    nixl_buffer_size: int = Field(default=1073741824, ge=1 << 20,
+                                  description="NIXL transfer buffer per endpoint, bytes (seed 004: 1 GiB).")
+    nixl_buffer_device: Literal["cuda", "cpu"] = Field(
+        default="cuda", description="Where the NIXL buffer lives (seed 004: cuda, the GPU's memory).")
+
+
+def receiver_ports(port: int, tensor_parallel: int) -> list[int]:
+    """Every port a decode endpoint's LMCache receiver listens on: init and alloc per TP rank."""
+    return [port + offset + RANK_PORT_STRIDE * rank
+            for offset in (INIT_PORT_OFFSET, ALLOC_PORT_OFFSET) for rank in range(tensor_parallel)]
+
+
+class Lmcache(Engine):
+    """LMCache XpYd over NIXL (seed 004)."""
+
+    name = "lmcache"
+    description = ("seed 004: vLLM + LMCacheConnectorV1 in LMCache's image, KV from prefill to decode over NIXL "
+                   "(LMCache's PD sender/receiver), DiStack's registrar and proxy (prefill max_tokens 1, then decode)")
+    status = "GPU only; synthesized and tested, not yet run on hardware"
+    instance_families = ("p5", "p5en", "g6")
+    proxies = ("distack",)
+    settings_key = "lmcache"
+    python_hash_seed = PYTHON_HASH_SEED
+    control_ports = (PROXY_NOTIFY_PORT,)
+
+    def check(self, config: DeploymentConfig) -> Iterator[Problem]:
+        if config.mode != "disaggregated":
+            return
+        decode_tps = sorted({f.tensor_parallel for f in config.fleets.values()
+                             for ep in f.resolved_endpoints if ep.role == "decode"})
+        if len(decode_tps) > 1:
+            yield Problem("fleets", f"decode endpoints use TP {decode_tps}; the proxy computes every decoder's LMCache "
+                                    "receiver ports from one decode TP",
+                          "give every decode endpoint the same tensor_parallel")
+        for name, fleet in config.fleets.items():
+            yield from _receiver_ports(config, name, fleet)
+
+    def worker_values(self, config: DeploymentConfig, fleet_name: str) -> dict[str, str]:
+        settings = config.lmcache
+        return {
+            "DI_LMCACHE_CHUNK_SIZE": str(settings.chunk_size),
+            "DI_LMCACHE_NIXL_BUFFER_SIZE": str(settings.nixl_buffer_size),
+            "DI_LMCACHE_NIXL_BUFFER_DEVICE": settings.nixl_buffer_device,
+            **_port_values(),
+        }
+
+    def control_values(self, config: DeploymentConfig) -> dict[str, str]:
+        decode_tps = sorted({f.tensor_parallel for f in config.fleets.values()
+                             for ep in f.resolved_endpoints if ep.role == "decode"})
+        return {"DI_LMCACHE_DECODE_TP": str(decode_tps[0]) if decode_tps else "", **_port_values()}
+
+    def summary(self, config: DeploymentConfig) -> list[str]:
+        settings = config.lmcache
+        return [f"  lmcache: LMCacheConnectorV1 over NIXL, chunk {settings.chunk_size} tokens, buffer "
+                f"{settings.nixl_buffer_size} bytes on {settings.nixl_buffer_device}; receivers at decode port "
+                f"+{INIT_PORT_OFFSET}/+{ALLOC_PORT_OFFSET} (+{RANK_PORT_STRIDE} per rank); PYTHONHASHSEED "
+                f"{PYTHON_HASH_SEED}"]
+
+
+def _port_values() -> dict[str, str]:
+    return {
+        "DI_LMCACHE_INIT_PORT_OFFSET": str(INIT_PORT_OFFSET),
+        "DI_LMCACHE_ALLOC_PORT_OFFSET": str(ALLOC_PORT_OFFSET),
+        "DI_LMCACHE_RANK_PORT_STRIDE": str(RANK_PORT_STRIDE),
+        "DI_LMCACHE_PROXY_PORT": str(PROXY_NOTIFY_PORT),
+    }
+
+
+def _receiver_ports(config: DeploymentConfig, name: str, fleet: FleetConfig) -> Iterator[Problem]:
+    endpoints = fleet.resolved_endpoints
+    taken = {ep.port: f"endpoint {ep.index}'s API port" for ep in endpoints}
+    taken.update({port: f"the {what} port" for port, what in naming.RESERVED_WORKER_PORTS.items()})
+    for ep in endpoints:
+        if ep.role != "decode":
+            continue
+        for port in receiver_ports(ep.port, fleet.tensor_parallel):
+            if port in taken:
+                yield Problem(f"fleets.{name}.endpoints[{ep.index}].port",
+                              f"decode endpoint {ep.index}'s LMCache receiver port {port} (its port "
+                              f"{ep.port} + {INIT_PORT_OFFSET}/{ALLOC_PORT_OFFSET} + {RANK_PORT_STRIDE} x rank) is "
+                              f"{taken[port]}", "give the decode endpoints ports further apart, e.g. 8000 and 8001")
+                return
+            taken[port] = f"endpoint {ep.index}'s receiver port"
+
+
+ENGINE = Lmcache()
