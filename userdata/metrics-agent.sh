@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Metrics from this node: the CloudWatch agent (AWS's package, pinned, its signature checked) with the configuration
-# the stack generated for this node kind (two SSM parameters), and on workers neuron-monitor's Prometheus exporter
-# for the agent to scrape next to each vLLM endpoint's /metrics. Run by worker.sh and control.sh at the end of the
+# the stack generated for this node kind (two SSM parameters), and on workers the accelerator module's exporter
+# (accelerators/*.sh accelerator_exporter) for the agent to scrape next to each vLLM endpoint's /metrics. Run by worker.sh and control.sh at the end of the
 # bootstrap; runnable alone to retry. A failure never stops serving: it is logged and sent to the nodes log group as
 # "metrics agent failed: REASON", which the dashboard counts, and the script exits 1.
 set -euo pipefail
@@ -16,10 +16,6 @@ DI_CWAGENT_VERSION=${DI_CWAGENT_VERSION:-1.300071.0}
 DI_CWAGENT_FINGERPRINT=${DI_CWAGENT_FINGERPRINT:-937616F3450B7D806CBD9725D58167303B789C72}
 DI_CWAGENT_HOME=${DI_CWAGENT_HOME:-/opt/aws/amazon-cloudwatch-agent}
 DI_METRICS_DIR=${DI_METRICS_DIR:-/etc/di/metrics-agent}
-# Where aws-neuronx-tools puts neuron-monitor and its exporter on the DLAMI (neuron-monitor-user-guide.rst).
-DI_NEURON_BIN=${DI_NEURON_BIN:-/opt/aws/neuron/bin}
-# Must match naming.NEURON_MONITOR_PORT, the port the generated scrape configuration reads.
-DI_NEURON_MONITOR_PORT=${DI_NEURON_MONITOR_PORT:-9010}
 # The placeholder the scrape configuration carries for this instance's ID (agent_config.INSTANCE_PLACEHOLDER).
 INSTANCE_PLACEHOLDER=__DI_INSTANCE_ID__
 # shellcheck disable=SC2034  # read by log() in lib.sh
@@ -91,22 +87,6 @@ install_agent() {
   [[ $have == "$DI_CWAGENT_VERSION" ]] ||
     metrics_fail "installed amazon-cloudwatch-agent reports version '${have:-none}', expected $DI_CWAGENT_VERSION"
   log "amazon-cloudwatch-agent $have installed"
-}
-
-# start_neuron_exporter: `neuron-monitor | neuron-monitor-prometheus.py --port PORT` under systemd (the user guide's
-# pipeline; its default port 8000 is the first vLLM endpoint's). The exporter needs prometheus_client in the host's
-# Python; Ubuntu packages it.
-start_neuron_exporter() {
-  [[ -x $DI_NEURON_BIN/neuron-monitor && -e $DI_NEURON_BIN/neuron-monitor-prometheus.py ]] ||
-    metrics_fail "no neuron-monitor in $DI_NEURON_BIN (aws-neuronx-tools missing from the AMI): no Neuron metrics"
-  if ! python3 -c 'import prometheus_client' 2>/dev/null; then
-    DEBIAN_FRONTEND=noninteractive retry apt-get install -y -q python3-prometheus-client >/dev/null ||
-      metrics_fail "cannot install python3-prometheus-client for neuron-monitor-prometheus.py"
-  fi
-  printf 'DI_NEURON_BIN=%s\nDI_NEURON_MONITOR_PORT=%s\n' "$DI_NEURON_BIN" "$DI_NEURON_MONITOR_PORT" >"$DI_METRICS_DIR/neuron-monitor.env"
-  install_unit "$DI_HOME/units/di-neuron-monitor.service"
-  systemctl daemon-reload
-  systemctl enable --now di-neuron-monitor.service || metrics_fail "di-neuron-monitor.service did not start"
 }
 
 # write_scrape_config: the generated Prometheus configuration, with this instance's ID in place of the placeholder.

@@ -304,7 +304,7 @@ def test_an_unknown_engine_names_the_known_ones(node):
     n.override(DI_ENGINE="vllm-gpu")
     proc = n.run("di-run", "run", "vllm", "0", check=False)
     assert proc.returncode != 0
-    assert "DI_ENGINE='vllm-gpu'" in proc.stderr and "known: neuron-connector nixl" in proc.stderr
+    assert "DI_ENGINE='vllm-gpu'" in proc.stderr and "known: lmcache neuron-connector nixl" in proc.stderr
     assert n.docker_runs() == []
 
 

@@ -17,7 +17,12 @@ OWNED = sorted(p for p in SCRIPTS.iterdir() if p.is_file() and (p.suffix == ".sh
 # The engine modules, sourced by load_engine (lib.sh): engine_* functions only.
 ENGINES = sorted((SCRIPTS / "engines").glob("*.sh"))
 ENGINE_FUNCTIONS = {"engine_entrypoint", "engine_env", "engine_server_args", "engine_self_registers",
-                    "engine_preflight", "engine_prepare", "engine_compile"}
+                    "engine_preflight", "engine_prepare", "engine_compile", "engine_kv_hold_seconds",
+                    "engine_registry_fields"}
+# The accelerator modules, sourced by load_accelerator (lib.sh): accelerator_* functions (and their helpers) only.
+ACCELERATORS = sorted((SCRIPTS / "accelerators").glob("*.sh"))
+ACCELERATOR_FUNCTIONS = {"accelerator_preflight", "accelerator_docker_args", "accelerator_probe_args",
+                         "accelerator_status_json", "accelerator_exporter"}
 UNITS = sorted((SCRIPTS / "units").glob("*.service"))
 # The runbooks' scripts (SSM documents run them), shellchecked with the rest.
 RUNBOOKS = sorted((SCRIPTS / "ops").glob("*.sh"))
@@ -29,7 +34,7 @@ def test_the_node_scripts_are_all_found():
 
 
 def test_every_engine_module_defines_the_whole_interface_and_runs_nothing(tmp_path):
-    assert {p.stem for p in ENGINES} == {"nixl", "neuron-connector"}
+    assert {p.stem for p in ENGINES} == {"nixl", "neuron-connector", "lmcache"}
     for module in ENGINES:
         proc = subprocess.run(["bash", "-c", f'. "{module}"; declare -F | cut -d" " -f3'], capture_output=True,
                               text=True, env={"PATH": "/usr/bin:/bin"})
@@ -37,14 +42,49 @@ def test_every_engine_module_defines_the_whole_interface_and_runs_nothing(tmp_pa
         assert ENGINE_FUNCTIONS <= set(proc.stdout.split()), module.name
 
 
+def code_of(script: Path) -> str:
+    return "\n".join(line for line in script.read_text().splitlines() if not line.lstrip().startswith("#"))
+
+
 def test_no_engine_branches_outside_the_modules():
-    # A new engine is a new file in engines/: no script names an engine (nixl, neuron-connector) itself.
-    for script in OWNED:
-        code = "\n".join(line for line in script.read_text().splitlines() if not line.lstrip().startswith("#"))
-        assert "nixl" not in code.lower() and "neuron-connector" not in code, script.name
+    # A new engine is a new file in engines/: no script names an engine (nixl, neuron-connector, lmcache) itself.
+    for script in OWNED + RUNBOOKS:
+        code = code_of(script)
+        assert "nixl" not in code.lower() and "neuron-connector" not in code and "lmcache" not in code.lower(), \
+            script.name
 
 
-@pytest.mark.parametrize("script", OWNED + ENGINES + RUNBOOKS, ids=lambda p: p.relative_to(SCRIPTS).as_posix())
+def test_every_accelerator_module_defines_the_whole_interface_and_runs_nothing():
+    assert {p.stem for p in ACCELERATORS} == {"neuron", "gpu"}
+    for module in ACCELERATORS:
+        proc = subprocess.run(["bash", "-c", f'. "{module}"; declare -F | cut -d" " -f3'], capture_output=True,
+                              text=True, env={"PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        assert ACCELERATOR_FUNCTIONS <= set(proc.stdout.split()), module.name
+
+
+# What only an accelerator module may say: its family's name in a comparison, its device files, tools and variables.
+ACCELERATOR_WORDS = ("nvidia", "cuda", "--gpus", "neuron[", "/neuron", "neuron_visible", "neuron_rt_", "logical_nc",
+                     "lnc_applies", "expected_neuron", "expected_gpus", "== gpu", "== neuron")
+
+
+def test_no_accelerator_branches_outside_the_modules():
+    # A new accelerator family is a new file in accelerators/: only lib.sh's loader reads DI_ACCELERATOR, and no
+    # other script (the engine modules aside, which may run on several families) names a family's devices or tools.
+    for script in OWNED + RUNBOOKS:
+        code = code_of(script)
+        found = [w for w in ACCELERATOR_WORDS if w in code.lower()]
+        assert not found, (script.name, found)
+        if script.name != "lib.sh":
+            assert "DI_ACCELERATOR" not in code, script.name
+
+
+def test_the_accelerator_check_catches_a_branch(tmp_path):
+    bad = 'if [[ $DI_ACCELERATOR == gpu ]]; then nvidia-smi; fi'
+    assert [w for w in ACCELERATOR_WORDS if w in bad.lower()] == ["nvidia", "== gpu"]
+
+
+@pytest.mark.parametrize("script", OWNED + ENGINES + ACCELERATORS + RUNBOOKS, ids=lambda p: p.relative_to(SCRIPTS).as_posix())
 def test_shellcheck_clean(script):
     # Each file on its own, lib.sh included as a file: following `source` (-x) re-analyses lib.sh for every script
     # that sources it, about 1 s each. Across these scripts it adds only info notes (SC2031 in ops/update.sh, whose

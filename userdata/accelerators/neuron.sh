@@ -26,8 +26,27 @@ accelerator_status_json() {
   printf '"neuron_devices":%s,"expected_neuron_devices":%s' "$count" "${DI_EXPECTED_NEURON_DEVICES:-0}"
 }
 
-# accelerator_exporter: the device metrics exporter metrics-agent.sh starts on workers (start_neuron_exporter).
-accelerator_exporter() { start_neuron_exporter; }
+# Where aws-neuronx-tools puts neuron-monitor and its exporter on the DLAMI (neuron-monitor-user-guide.rst).
+DI_NEURON_BIN=${DI_NEURON_BIN:-/opt/aws/neuron/bin}
+# Must match naming.NEURON_MONITOR_PORT, the port the generated scrape configuration reads.
+DI_NEURON_MONITOR_PORT=${DI_NEURON_MONITOR_PORT:-9010}
+
+# accelerator_exporter: `neuron-monitor | neuron-monitor-prometheus.py --port PORT` under systemd (the user guide's
+# pipeline; its default port 8000 is the first vLLM endpoint's). The exporter needs prometheus_client in the host's
+# Python; Ubuntu packages it.
+accelerator_exporter() {
+  [[ -x $DI_NEURON_BIN/neuron-monitor && -e $DI_NEURON_BIN/neuron-monitor-prometheus.py ]] ||
+    metrics_fail "no neuron-monitor in $DI_NEURON_BIN (aws-neuronx-tools missing from the AMI): no Neuron metrics"
+  if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    DEBIAN_FRONTEND=noninteractive retry apt-get install -y -q python3-prometheus-client >/dev/null ||
+      metrics_fail "cannot install python3-prometheus-client for neuron-monitor-prometheus.py"
+  fi
+  printf 'DI_NEURON_BIN=%s\nDI_NEURON_MONITOR_PORT=%s\n' "$DI_NEURON_BIN" "$DI_NEURON_MONITOR_PORT" >"$DI_METRICS_DIR/neuron-monitor.env"
+  install_unit "$DI_HOME/units/di-neuron-monitor.service"
+  systemctl daemon-reload
+  systemctl enable --now di-neuron-monitor.service || metrics_fail "di-neuron-monitor.service did not start"
+}
+# (metrics_fail is metrics-agent.sh's, the only caller.)
 
 # lnc_applies: true on the instance families where the Logical NeuronCore config exists. "LNC applies only to
 # Trn2 and Trn3 instances": https://awsdocs-neuron.readthedocs-hosted.com/en/latest/about-neuron/arch/neuron-features/logical-neuroncore-config.html
