@@ -85,8 +85,7 @@ def test_gpu_ranges_become_docker_device_lists(node):
 
 
 def test_neuron_nodes_get_no_gpu_arguments_when_node_env_names_no_accelerator(node):
-    env, fleet = find_fleet(engine="nixl", role="prefill") or find_fleet(role="prefill")
-    n = node(env, fleet, uverbs=2)
+    n = node(*find_fleet(engine="nixl", role="prefill", instance="trn"), uverbs=2)
     assert "DI_ACCELERATOR" not in n.values or n.values["DI_ACCELERATOR"] in ("", "neuron")
     head, _ = run_endpoint(n, 0)
     assert "--gpus" not in head and "--ipc=host" not in head
@@ -129,6 +128,25 @@ def test_gpu_worker_boots_probes_its_nixl_backend_and_starts_every_endpoint(node
     assert units[1:5] == ["di-vllm@0.service", "di-register@0.service", "di-vllm@1.service", "di-register@1.service"]
     status = json.loads(n.run("di-status").stdout)
     assert status["gpus"] == 8 and status["expected_gpus"] == 8 and "neuron_devices" not in status
+
+
+@pytest.mark.parametrize("env,fleet,index,gpus", [("gpu-lmcache", "colocated", 2, "2"), ("gpu-xpyd", "prefill", 0, None)])
+def test_shipped_gpu_configs_run_as_rendered(node, env, fleet, index, gpus):
+    # The node.env the stack renders for the shipped GPU environments, unchanged: the endpoint's container starts
+    # with its GPUs (a one-GPU range renders "2-2"), and no Neuron setting.
+    n = node(env, fleet, uverbs=int(node_values_of(env, fleet)["DI_EXPECTED_EFA_INTERFACES"]))
+    n.run("di-run", "prepare", "vllm", str(index))
+    head, words = run_endpoint(n, index)
+    first = n.values["DI_ENDPOINTS"].split()[index].split(":")[1]
+    expected = gpus or ",".join(str(i) for i in range(int(first.split("-")[0]), int(first.split("-")[-1]) + 1))
+    assert head[head.index("--gpus") + 1] == f'"device={expected}"'
+    assert "--kv-transfer-config" in words
+    assert not [w for w in head + words if "NEURON" in w]
+
+
+def node_values_of(env, fleet):
+    from tests.userdata.conftest import rendered_values
+    return rendered_values(env, fleet)
 
 
 # --------------------------------------------------------------------------------------------- nixl on GPU

@@ -77,8 +77,9 @@ engine_server_args() {
     --port "$port" \
     --tensor-parallel-size "$DI_TENSOR_PARALLEL" \
     --max-model-len "$DI_MAX_MODEL_LEN" \
-    --max-num-seqs "$DI_MAX_NUM_SEQS" \
-    --max-num-batched-tokens "${DI_MAX_NUM_BATCHED_TOKENS:?}"
+    --max-num-seqs "$DI_MAX_NUM_SEQS"
+  # Empty in node.env = vLLM's own default (the stack leaves it empty on GPU).
+  [[ -z ${DI_MAX_NUM_BATCHED_TOKENS:-} ]] || printf '%s\n' --max-num-batched-tokens "$DI_MAX_NUM_BATCHED_TOKENS"
   [[ -z ${DI_BLOCK_SIZE:-} ]] || printf '%s\n' --block-size "$DI_BLOCK_SIZE"
   [[ -z ${DI_OPTIMIZATION_LEVEL:-} ]] || printf '%s\n' --optimization-level "$DI_OPTIMIZATION_LEVEL"
   "nixl_args_${DI_ACCELERATOR:-neuron}" "$role"
