@@ -164,8 +164,9 @@ class Nixl(Engine):
         lines = [f"  nixl: {transfer}" + (f"; {shapes}" if shapes else "")]
         if settings.neuron_config:
             lines.append(f"        neuron_config {settings.neuron_config.as_json()}")
-        lines.append(f"        timeouts: compile {settings.compile_timeout_seconds} s, ready "
-                     f"{settings.ready_timeout_seconds} s, execute {settings.execute_model_timeout_seconds} s")
+        if config.accelerator == catalog.NEURON:
+            lines.append(f"        timeouts: compile {settings.compile_timeout_seconds} s, ready "
+                         f"{settings.ready_timeout_seconds} s, execute {settings.execute_model_timeout_seconds} s")
         return lines
 
 

@@ -48,7 +48,10 @@ PER_DEPLOYMENT = (DEPLOYMENT,)
 JOB_VLLM, JOB_NEURON, JOB_ETCD = "vllm", "neuron", "etcd"
 
 # vLLM renamed its KV-cache gauge in V1 (upstream.VLLM_V1); each engine's image exports one of the two.
-KV_CACHE_METRIC = {"nixl": "vllm:kv_cache_usage_perc", "neuron-connector": "vllm:gpu_cache_usage_perc"}
+# lmcache: LMCache's image runs vLLM V1, which names the gauge kv_cache_usage_perc like the nixl images (UNVERIFIED
+# for the pinned lmcache/vllm-openai tag: a wrong name shows as an empty KV-cache widget, not a failure).
+KV_CACHE_METRIC = {"nixl": "vllm:kv_cache_usage_perc", "neuron-connector": "vllm:gpu_cache_usage_perc",
+                   "lmcache": "vllm:kv_cache_usage_perc"}
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 NEURONCORE_UTILIZATION = "neuroncore_utilization_ratio"
