@@ -18,8 +18,18 @@ from stacks.config import DeploymentConfig, FleetConfig
 ERROR, WARNING, INFO = "ERROR", "WARNING", "INFO"
 # Service Quotas codes for On-Demand vCPU limits (EC2 counts vCPUs per instance family group).
 # https://docs.aws.amazon.com/ec2/latest/instancetypes/ec2-instance-quotas.html
+# The P and G quota codes are not on that page; they are the codes Service Quotas lists for those names (as in AWS's
+# console links, e.g. https://console.aws.amazon.com/servicequotas/home/services/ec2/quotas/L-417A185B). A wrong code
+# shows as a "could not read" warning naming it, never as a silent pass.
 VCPU_QUOTAS = {"trn": ("L-2C3B7624", "Running On-Demand Trn instances"),
+               "p": ("L-417A185B", "Running On-Demand P instances"),
+               "g": ("L-DB2E81BA", "Running On-Demand G and VT instances"),
                "standard": ("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances")}
+
+
+def quota_group(family: str) -> str:
+    """The On-Demand vCPU quota an instance family draws on: its letters (trn2 -> trn, p5en -> p, g6 -> g)."""
+    return "trn" if family.startswith("trn") else family[:1]
 CONTROL_VCPUS = {"m5.large": 2, "m5.xlarge": 4, "m5.2xlarge": 8, "m5.4xlarge": 16}
 # Why a check could not run. CREDENTIALS and NETWORK stop every later check the same way, so preflight stops at
 # the first and reports it once; DENIED is collected across checks and reported as one finding.
@@ -174,7 +184,8 @@ class Preflight:
             return
         network = described[0].get("NetworkInfo", {})
         if not network.get("EfaSupported"):
-            self.add(ERROR, instance_type, "does not support EFA", "use trn2.48xlarge or trn1.32xlarge")
+            self.add(ERROR, instance_type, "does not support EFA",
+                     f"use an EFA type from the catalog: {', '.join(sorted(catalog.WORKER_TYPES))}")
             return
         cards = network.get("MaximumNetworkCards")
         interfaces = network.get("EfaInfo", {}).get("MaximumEfaInterfaces")
@@ -340,7 +351,8 @@ class Preflight:
 
     def quotas(self) -> None:
         """On-Demand vCPU quotas against the most instances the fleets may run (max_count)."""
-        needed = {"trn": 0, "standard": CONTROL_VCPUS.get(self.config.control_host.instance_type, 4)}
+        needed = {group: 0 for group in VCPU_QUOTAS}
+        needed["standard"] = CONTROL_VCPUS.get(self.config.control_host.instance_type, 4)
         for fleet in self.config.fleets.values():
             if fleet.capacity.type == "capacity-block":
                 continue  # Capacity Blocks do not draw on the On-Demand quota
@@ -348,7 +360,7 @@ class Preflight:
             if known:
                 # A warm pool instance runs while it boots (and the pool refills while the group is at max_count).
                 warm = fleet.warm_pool.size if fleet.warm_pool else 0
-                needed["trn"] += (fleet.ceiling + warm) * known.vcpus
+                needed[quota_group(known.family)] += (fleet.ceiling + warm) * known.vcpus
         for family, vcpus in needed.items():
             if vcpus:
                 self._quota(family, vcpus)

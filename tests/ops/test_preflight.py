@@ -139,6 +139,20 @@ def test_a_quota_below_the_fleets_ceiling_is_an_error_with_the_request_command(w
     assert "request-service-quota-increase" in errors[0].fix and "--desired-value 1920" in errors[0].fix
 
 
+def test_gpu_fleets_are_counted_against_the_p_and_g_quotas_not_trainiums() -> None:
+    asked = []
+
+    class Quotas:
+        def get_service_quota(self, ServiceCode: str, QuotaCode: str) -> dict:
+            asked.append(QuotaCode)
+            return {"Quota": {"Value": 100000.0}}
+
+    preflight = Preflight(load_environment("gpu-xpyd"), Clients(None, overrides={"service-quotas": Quotas()}))
+    preflight.quotas()
+    # p5.48xlarge draws on "Running On-Demand P instances"; the control host on Standard; nothing on Trn.
+    assert sorted(asked) == sorted(["L-417A185B", "L-1216C47A"])
+
+
 END = datetime(2026, 8, 6, 11, 30, tzinfo=timezone.utc)
 
 
