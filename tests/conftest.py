@@ -28,6 +28,10 @@ os.environ.setdefault("CDK_VALIDATION", "false")
 # Synthesized once per run by the template, lint and user-data tests (~4 s each); every other file in config/
 # is validated by tests/test_config.py without synthesis.
 SHIPPED_ENVS = ("dev", "prod", "xpyd", "baseline", "tutorial")
+# The GPU environments: each must synthesize (tests/test_smoke_synth.py); gpu-xpyd, the one with the GPU EFA layout,
+# is also linted and checked in tests/test_gpu_template.py. Kept apart from SHIPPED_ENVS so the Trainium template
+# tests, parametrized over those, do not synthesize three more configs.
+GPU_ENVS = ("gpu-dev", "gpu-xpyd", "gpu-lmcache")
 
 
 def cdk_context(**extra: str) -> dict:

@@ -33,7 +33,7 @@ def cfn_lint():
     return lint
 
 
-@pytest.mark.parametrize("env", SHIPPED_ENVS)
+@pytest.mark.parametrize("env", (*SHIPPED_ENVS, "gpu-xpyd"))
 def test_template_passes_cfn_lint(synth, cfn_lint, env):
     result = synth(env)
     findings = cfn_lint(result.template_path, result.config.region)

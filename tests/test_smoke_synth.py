@@ -2,10 +2,10 @@
 
 import pytest
 
-from tests.conftest import SHIPPED_ENVS
+from tests.conftest import GPU_ENVS, SHIPPED_ENVS
 
 
-@pytest.mark.parametrize("env", SHIPPED_ENVS)
+@pytest.mark.parametrize("env", SHIPPED_ENVS + GPU_ENVS)
 def test_shipped_environment_synthesizes(synth, env):
     result = synth(env)
     assert result.template_dict["Resources"], env
