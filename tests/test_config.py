@@ -156,7 +156,7 @@ def test_file_name_must_match_the_environment_name(tmp_path):
 def test_unknown_environment_lists_the_known_ones():
     with pytest.raises(ConfigError) as caught:
         load_environment("nope")
-    assert "no such environment (known: baseline, dev, gpu-dev, gpu-lmcache, gpu-xpyd, legacy-trn1, prod, tutorial, xpyd)" in str(caught.value)
+    assert "no such environment (known: baseline, dev, gpu-dev, gpu-lmcache, gpu-lmcache-xpyd, gpu-xpyd, legacy-trn1, prod, tutorial, xpyd)" in str(caught.value)
 
 
 @pytest.mark.parametrize("env", ALL_ENVS)
