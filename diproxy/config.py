@@ -61,6 +61,11 @@ class Settings:
     lmcache_alloc_port_offset: int = 2000
     lmcache_rank_port_stride: int = 100
     lmcache_decode_tp: int = 1
+    # engine lmcache: the PULL socket LMCache's senders push "transfer done" to (their pd_proxy_port; 7500 as in
+    # LMCache's xpyd proxy, --nixl-proxy-port), and how long a request waits for it after prefill before decoding
+    # anyway (LMCache's proxies wait without a bound; diproxy/lmcache_notify.py).
+    lmcache_notify_port: int = 7500
+    lmcache_transfer_timeout: float = 5.0
 
 
 def _env_name(dest: str) -> str:
@@ -127,6 +132,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
            "engine lmcache: TP rank r's receiver ports are rank 0's + r * this")
     option("--lmcache-decode-tp", "lmcache_decode_tp", int, defaults.lmcache_decode_tp,
            "engine lmcache: tensor-parallel size of the decode endpoints (one receiver port pair per rank)")
+    option("--lmcache-notify-port", "lmcache_notify_port", int, defaults.lmcache_notify_port,
+           "engine lmcache: port of the ZMQ PULL socket (on --host) where LMCache's prefill senders report a finished "
+           "KV transfer (their pd_proxy_port; 0 picks a free port)")
+    option("--lmcache-transfer-timeout", "lmcache_transfer_timeout", float, defaults.lmcache_transfer_timeout,
+           "engine lmcache: seconds a request waits after prefill for every decode TP rank's transfer-done report; "
+           "then decode goes ahead anyway (and recomputes what did not arrive)")
     parser.set_defaults(_env_endpoints=tuple(env_endpoints))
     return parser
 
@@ -141,6 +152,10 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
                      f"choose one of: {', '.join(ENGINES)}")
     if args.lmcache_decode_tp < 1:
         parser.error("--lmcache-decode-tp must be at least 1")
+    if not 0 <= args.lmcache_notify_port <= 65535:
+        parser.error("--lmcache-notify-port must be a port number (0: a free one)")
+    if args.lmcache_transfer_timeout < 0:
+        parser.error("--lmcache-transfer-timeout must not be negative")
     if args.mode == "di" and args.etcd is None:
         parser.error("--etcd (or DIPROXY_ETCD) is required in di mode")
     if args.mode == "standard" and not endpoints and args.etcd is None:

@@ -108,6 +108,10 @@ class ProxyMetrics:
         self.kv_transfer_skipped = Counter(
             "diproxy_kv_transfer_skipped_total",
             "NIXL: prefill answers without kv_transfer_params (stopped before max_tokens); decode prefilled locally.")
+        self.lmcache_transfer_timeouts = Counter(
+            "diproxy_lmcache_transfer_timeouts_total",
+            "LMCache: requests sent to decode before every decode TP rank's transfer-done report arrived "
+            "(--lmcache-transfer-timeout); decode recomputed what had not landed.")
         self.ttft = Histogram("diproxy_time_to_first_token_seconds",
                               "From request arrival to the first byte of the answer sent to the client.", ("endpoint",))
         self.latency = Histogram("diproxy_request_duration_seconds", "From request arrival to the end of the answer.",
@@ -142,7 +146,8 @@ class ProxyMetrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.requests, self.errors, self.retries, self.kv_transfer_skipped, self.ttft, self.latency,
+        for metric in (self.requests, self.errors, self.retries, self.kv_transfer_skipped,
+                       self.lmcache_transfer_timeouts, self.ttft, self.latency,
                        self.inter_token, *self._gauges):
             lines += metric.render()
         return "\n".join(lines) + "\n"

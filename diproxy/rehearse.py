@@ -78,12 +78,16 @@ def _lmcache_flow(workers: list[FakeWorker]) -> list[str]:
     shown = {k: asked.body[k] for k in ("max_tokens", "stream") if k in asked.body}
     spec = asked.body.get("kv_transfer_params", {}).get("disagg_spec", {})
     init, alloc = decode.lmcache_receiver
+    reports = [at for req_id, at in prefill.lmcache_notified if req_id == asked.request_id]
     return [
         f"1 decode  {decode.address} picked first: its LMCache receiver is {decode.host} init {init} alloc {alloc}",
         f"2 prefill {prefill.address} got X-Request-Id {asked.request_id} {_compact(shown)}",
         f"          kv_transfer_params {_compact(asked.body.get('kv_transfer_params'))}",
         f"          (the sender pushes the prompt's KV to receiver {spec.get('receiver_host')}; "
         f"its one-token answer is not shown)",
+        f"          transfer done: {len(reports)} LMCache ProxyNotif report(s) for {asked.request_id} on the proxy's "
+        f"notification socket {prefill.lmcache_proxy}, "
+        f"{'all before' if reports and max(reports) <= got.at else 'NOT all before'} decode was called",
         f"3 decode  {decode.address} got X-Request-Id {got.request_id} "
         f"{_compact({k: got.body[k] for k in ('max_tokens', 'stream')})}, no kv_transfer_params: "
         f"{'found' if decode.lmcache_hits else 'did NOT find'} the prompt's KV in its receive buffer",
@@ -105,6 +109,8 @@ async def _rehearse(etcd: EtcdServer, engine: str) -> int:
             await worker.start()
             print(f"worker  {worker.role:<8} {worker.address}  etcd key {worker.etcd_key}")
         await proxy.start()
+        for worker in workers:  # engine lmcache: where the senders report their transfers done
+            worker.lmcache_proxy = proxy.lmcache_notify
         print(f"proxy   {proxy.url}  --engine {engine}  (etcd {etcd.address})")
         print(f"client  POST /v1/completions {_compact(BODY)}")
         async with aiohttp.ClientSession() as session:

@@ -6,11 +6,18 @@ prompt's KV to a decoder's receiver), as LMCache's XpYd proxy speaks it, with Di
    stream_options, no min_tokens, and kv_transfer_params {"disagg_spec": {"req_id", "receiver_host",
    "receiver_init_port", "receiver_alloc_port"}} naming that decoder's receiver (one init and one alloc port per
    decode TP rank). LMCache's sender pushes the KV there over NIXL; its answer (one token) is not shown.
-3. Decode: the client's request as it came (any kv_transfer_params of the client's removed), streamed or not as
+3. Transfer done: each of the sender's TP ranks reports the finished transfer with LMCache's ProxyNotif{req_id} on
+   the proxy's ZMQ PULL socket (--lmcache-notify-port, the senders' pd_proxy_port; diproxy/lmcache_notify.py).
+   After prefill has answered, the request waits until --lmcache-decode-tp reports for its req_id arrived (reports
+   that came before the answer count), at most --lmcache-transfer-timeout seconds. On timeout it goes on to decode
+   anyway (decode recomputes what did not land: correct, slower), counted in
+   diproxy_lmcache_transfer_timeouts_total and logged at most once a minute; the request never fails for it.
+4. Decode: the client's request as it came (any kv_transfer_params of the client's removed), streamed or not as
    the client asked. Its LMCache finds the prompt's KV in its receive buffer and generates the whole answer.
-Both legs carry the same X-Request-Id; the disagg_spec's req_id is that id. The KV went to one decoder, so a
-failure before the client's first byte, prefill's or decode's, retries the pair (untried workers first): a prefill
-failure is retried on another prefill worker, and a decode failure prefills again for the new decoder.
+Both legs carry the same X-Request-Id; the disagg_spec's req_id is that id (new for every attempt). The KV went to
+one decoder, so a failure before the client's first byte, prefill's or decode's, retries the pair (untried workers
+first): a prefill failure is retried on another prefill worker, and a decode failure prefills again for the new
+decoder. Reports for an attempt nobody waits for any more expire (bounded; lmcache_notify.TransferNotices).
 
 Receiver ports: the proxy knows a decode endpoint only by its etcd key (IP and HTTP port), so its receiver's ports
 follow from the HTTP port (receiver_ports; the node must generate the receiver's pd_peer_init_port/pd_peer_alloc_port
@@ -21,22 +28,25 @@ Sources: LMCache/LMCache examples/disagg_prefill/xpyd/disagg_proxy_server_first_
 disagg_spec {req_id, receiver_host, receiver_init_port, receiver_alloc_port}; decode gets the request unchanged),
 examples/disagg_prefill/disagg_proxy_server.py@00482afc (the proxy the xpyd README@41219a0c runs: disagg_spec sent
 with one decoder too, stream false and stream_options popped for prefill, one port per decode TP rank as
-num_tp_rank = len(init_port)), examples/disagg_prefill/xpyd/README.md@41219a0c (TP: "different ports are required for
-different TP ranks"; the proxy's --decoder-init-port/--decoder-alloc-port must match the decoder's config).
-Not done here: LMCache's proxy also waits, before sending decode, for the senders' "transfer done" message on a ZMQ
-PULL socket (pd_proxy_host/pd_proxy_port, LMCache's ProxyNotif{req_id}); this proxy sends decode as soon as prefill
-has answered, so a decode that starts before the KV has landed prefills the prompt itself (slower, still correct:
-expected, not verified on hardware)."""
+num_tp_rank = len(init_port); zmq_pull_server and wait_decode_kv_ready: decode only after num_tp_rank ProxyNotif
+for the req_id, waited for without a bound), examples/disagg_prefill/xpyd/README.md@41219a0c (TP: "different ports
+are required for different TP ranks"; the proxy's --decoder-init-port/--decoder-alloc-port must match the decoder's
+config), lmcache/v1/storage_backend/pd_backend.py@07e07869 (ProxyNotif, sent by every sender rank over zmq.PUSH to
+pd_proxy_host:pd_proxy_port when the last prefill chunk's KV is written).
+Unverified on hardware: that the senders' reports arrive as the sources say (the fake workers send them the same
+way); a wrong --lmcache-decode-tp shows as transfer timeouts (too high) or early decodes (too low)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
 
 from diproxy import load
+from diproxy.lmcache_notify import TransferNotices
 from diproxy.protocols.base import EngineProtocol, cap_tokens_at_one
 from diproxy.protocols.nixl import KV_TRANSFER_PARAMS, answer_from_decode
 from diproxy.routing import Call, Router, new_uid
@@ -87,6 +97,14 @@ class LMCacheProtocol(EngineProtocol):
     summary = ("decode picked first, prefill (max_tokens 1) told its receiver in kv_transfer_params.disagg_spec, "
                "then the request to decode (LMCache XpYd over NIXL)")
 
+    TIMEOUT_LOG_INTERVAL = 60.0
+
+    def __init__(self) -> None:
+        # LMCache's transfer-done reports, set by the proxy when its listener runs (diproxy/app.py); None: no wait.
+        self.notices: TransferNotices | None = None
+        self._timeouts_unlogged = 0
+        self._timeout_logged_at = float("-inf")
+
     async def serve(self, router: Router, call: Call) -> web.StreamResponse:
         return await router.attempt(call, self.roles, lambda workers: self._pair(router, call, *workers))
 
@@ -111,5 +129,26 @@ class LMCacheProtocol(EngineProtocol):
         finally:
             leg.close()
         router.whole_answer(leg, raw)  # an error object fails the attempt; the one token itself is not shown
+        await self.transfer_done(router, uid)
         router.enter(call, load.DECODE)
         return await answer_from_decode(router, call, decode, decode_request(call.body), uid)
+
+    async def transfer_done(self, router: Router, uid: str) -> None:
+        """Wait for every decode TP rank's transfer-done report for uid, bounded; never fails the request."""
+        if self.notices is None:
+            return
+        s = router.settings
+        needed = s.lmcache_decode_tp
+        got = await self.notices.wait(uid, needed, s.lmcache_transfer_timeout)
+        if got >= needed:
+            return
+        router.metrics.lmcache_transfer_timeouts.inc()
+        self._timeouts_unlogged += 1
+        now = time.monotonic()
+        if now - self._timeout_logged_at >= self.TIMEOUT_LOG_INTERVAL:
+            log.warning("LMCache: %d request(s) went to decode without every KV transfer reported done within %.1f s "
+                        "(latest %s: %d of %d reports); decode recomputes what did not land. Check the senders' "
+                        "pd_proxy_host/pd_proxy_port and --lmcache-decode-tp", self._timeouts_unlogged,
+                        s.lmcache_transfer_timeout, uid, got, needed)
+            self._timeouts_unlogged = 0
+            self._timeout_logged_at = now

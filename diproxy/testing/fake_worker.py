@@ -16,8 +16,12 @@ examples/disagg_prefill/xpyd/disagg_proxy_server_first_token_from_decoder_xpyd.p
 on the ports diproxy.protocols.lmcache.receiver_ports gives for its HTTP port; a prefill given
 kv_transfer_params.disagg_spec checks it (every key, a routable host, one init and one alloc port per rank, one token
 asked, not streamed; HTTP 400 otherwise) and "pushes" the prompt's KV to the receiver it names, if that is a fake
-decode of this process. A decode then finds the prompt's KV (lmcache_hits) or prefills it itself (lmcache_misses);
-a decode given a disagg_spec answers HTTP 400 (it is the prefiller's, never the decoder's)."""
+decode of this process. The KV lands when the prefill reports the transfer done: one LMCache ProxyNotif{req_id} per
+rank (msgspec msgpack over a ZMQ PUSH socket to lmcache_proxy, the proxy's notification socket, as LMCache's
+lmcache/v1/storage_backend/pd_backend.py@07e07869 sends it), before or after answering, delayed or never (Behaviour
+lmcache_notify*); lmcache_notified records when each report went out. A decode then finds the prompt's KV
+(lmcache_hits) or prefills it itself (lmcache_misses); a decode given a disagg_spec answers HTTP 400 (it is the
+prefiller's, never the decoder's)."""
 
 from __future__ import annotations
 
@@ -28,16 +32,20 @@ import json
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Coroutine
 
 import aiohttp
+import zmq
+import zmq.asyncio
 from aiohttp import web
 
 from diproxy.etcd_gateway import EtcdGateway
 from diproxy.event_loop import new_event_loop
+from diproxy.lmcache_notify import encode_notification
 from diproxy.protocols.lmcache import DISAGG_SPEC, receiver_ports
 
 FAIL_MODES = ("none", "status500", "hang", "die", "error_event")
+LMCACHE_NOTIFY = ("before", "after", "never")  # when a sender prefill reports its KV transfer done
 # What vLLM's prefill returns in kv_transfer_params (NixlConnectorScheduler.request_finished), and the keys its decode
 # needs (update_state_after_alloc: remote_block_ids truthy and the other four present).
 PREFILL_RETURNS = ("do_remote_prefill", "do_remote_decode", "remote_block_ids", "remote_engine_id",
@@ -71,6 +79,11 @@ class Behaviour:
     error_message: str = "injected error"
     # Stop on EOS after this many tokens (finish_reason "stop"); None: only max_tokens or `tokens` stop.
     eos_after: int | None = None
+    # LMCache sender prefill: report the transfer done (and land the KV at the receiver) before answering, after
+    # answering (+ lmcache_notify_delay seconds), or never; lmcache_notify_ranks reports (None: one per receiver rank).
+    lmcache_notify: str = "after"
+    lmcache_notify_delay: float = 0.0
+    lmcache_notify_ranks: int | None = None
 
 
 @dataclass
@@ -111,6 +124,11 @@ class FakeWorker:
         self.lmcache_hits = 0  # decode: requests whose prompt's KV a prefill had pushed here
         self.lmcache_misses = 0  # decode: requests it prefilled itself
         self.lmcache_receiver: tuple[list[int], list[int]] = ([], [])  # decode: its receiver's init and alloc ports
+        self.lmcache_proxy: str | None = None  # prefill: HOST:PORT of the proxy's LMCache notification socket
+        self.lmcache_notified: list[tuple[str, float]] = []  # prefill: (req_id, time.monotonic()) of each report sent
+        self._zmq: zmq.asyncio.Context | None = None
+        self._push: zmq.asyncio.Socket | None = None
+        self._notifying: set[asyncio.Task] = set()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -229,6 +247,15 @@ class FakeWorker:
         await self._close_server()
 
     async def _close_server(self) -> None:
+        for task in list(self._notifying):
+            task.cancel()
+        await asyncio.gather(*self._notifying, return_exceptions=True)
+        if self._push is not None:
+            self._push.close(linger=0)
+            self._push = None
+        if self._zmq is not None:
+            self._zmq.term()
+            self._zmq = None
         _ENGINES.pop(getattr(self, "engine_id", ""), None)
         for key in [key for key, worker in _RECEIVERS.items() if worker is self]:
             del _RECEIVERS[key]
@@ -302,9 +329,17 @@ class FakeWorker:
             first_token_delay = 0.0  # the prompt's KV came from prefill: nothing to prefill here
         elif isinstance(kv_asked, dict) and DISAGG_SPEC in kv_asked:
             try:
-                self._push_lmcache_kv(kv_asked[DISAGG_SPEC], body, request.path)
+                landing = self._push_lmcache_kv(kv_asked[DISAGG_SPEC], body, request.path)
             except KvTransferError as exc:
                 return web.json_response(_vllm_error(f"fake {self.role} {self.address}: {exc}", 400), status=400)
+            if b.lmcache_notify == "before":
+                await landing
+            elif b.lmcache_notify == "after":
+                task = asyncio.get_running_loop().create_task(self._after(b.lmcache_notify_delay, landing))
+                self._notifying.add(task)
+                task.add_done_callback(self._notifying.discard)
+            else:
+                landing.close()
         elif self.role == "decode" and self._take_lmcache_kv(body, request.path):
             first_token_delay = 0.0  # LMCache found the prompt's KV in its receive buffer
         limit = body.get("max_completion_tokens") if chat and body.get("max_completion_tokens") else body.get("max_tokens")
@@ -389,8 +424,9 @@ class FakeWorker:
             blocks.reads += 1
         self.kv_received.append(params)
 
-    def _push_lmcache_kv(self, spec: Any, body: dict[str, Any], path: str) -> None:
-        """A sender's check of the disagg_spec the proxy added, then the KV "pushed" to the receiver it names."""
+    def _push_lmcache_kv(self, spec: Any, body: dict[str, Any], path: str) -> Coroutine[Any, Any, None]:
+        """A sender's check of the disagg_spec the proxy added; then (the coroutine returned) the KV "pushed" to the
+        receiver it names and the transfer reported done to the proxy, once per rank."""
         if self.role != "prefill":
             raise KvTransferError(f"a disagg_spec reached a {self.role} worker: {spec}")
         if not isinstance(spec, dict) or sorted(spec) != ["receiver_alloc_port", "receiver_host", "receiver_init_port",
@@ -406,9 +442,29 @@ class FakeWorker:
         if body.get("max_tokens") != 1 or body.get("stream"):
             raise KvTransferError("a sender prefill is asked for one token, not streamed")
         self.lmcache_sent.append(spec)
-        receiver = _RECEIVERS.get((spec["receiver_host"], init[0], alloc[0]))
+        return self._land_and_notify(spec, _prompt_key(body, path), len(init))
+
+    async def _land_and_notify(self, spec: dict[str, Any], prompt: str, ranks: int) -> None:
+        receiver = _RECEIVERS.get((spec["receiver_host"], spec["receiver_init_port"][0],
+                                   spec["receiver_alloc_port"][0]))
         if receiver is not None:
-            receiver.lmcache_kv[_prompt_key(body, path)] = {"req_id": spec["req_id"], "sender": self.address}
+            receiver.lmcache_kv[prompt] = {"req_id": spec["req_id"], "sender": self.address}
+        if self.lmcache_proxy is None:
+            return
+        if self._push is None:
+            # pd_backend.py _init_sender: zmq.PUSH, connect to tcp://{pd_proxy_host}:{pd_proxy_port}
+            self._zmq = zmq.asyncio.Context()
+            self._push = self._zmq.socket(zmq.PUSH)
+            self._push.connect(f"tcp://{self.lmcache_proxy}")
+        count = self.behaviour.lmcache_notify_ranks
+        for _ in range(ranks if count is None else count):
+            await self._push.send(encode_notification(spec["req_id"]))
+            self.lmcache_notified.append((spec["req_id"], time.monotonic()))
+
+    @staticmethod
+    async def _after(delay: float, landing: Coroutine[Any, Any, None]) -> None:
+        await asyncio.sleep(delay)
+        await landing
 
     def _take_lmcache_kv(self, body: dict[str, Any], path: str) -> bool:
         if self.lmcache_kv.pop(_prompt_key(body, path), None) is not None:
@@ -464,7 +520,9 @@ def _vllm_error(message: str, status: int) -> dict[str, Any]:
 async def _serve(args: argparse.Namespace) -> None:
     worker = FakeWorker(args.role, args.host, args.port, args.label, args.etcd, args.lease_ttl,
                         Behaviour(args.tokens, args.token_interval, args.first_token_delay, args.fail, args.fail_after,
-                                  args.headers_first))
+                                  args.headers_first, lmcache_notify=args.lmcache_notify,
+                                  lmcache_notify_delay=args.lmcache_notify_delay))
+    worker.lmcache_proxy = args.lmcache_proxy
     await worker.start()
     print(f"READY {worker.address}", flush=True)
     stop = asyncio.Event()
@@ -490,6 +548,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fail-after", type=int, default=0)
     parser.add_argument("--headers-first", action="store_true",
                         help="send a stream's status line at once, before --first-token-delay (as vLLM does)")
+    parser.add_argument("--lmcache-proxy", default=None, metavar="HOST:PORT",
+                        help="engine lmcache, prefill: the proxy's notification socket to report transfers done to")
+    parser.add_argument("--lmcache-notify", choices=LMCACHE_NOTIFY, default="after")
+    parser.add_argument("--lmcache-notify-delay", type=float, default=0.0)
     # The proxy's own loop, so a benchmark's fake workers cost as little CPU as they can on a shared machine.
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(_serve(parser.parse_args(argv)))

@@ -12,7 +12,9 @@ from diproxy.config import parse_settings
 
 class RunningProxy:
     def __init__(self, args: Sequence[str], api_key: str | None = None) -> None:
-        self.settings = parse_settings(["--host", "127.0.0.1", "--port", "0", *args], env={})
+        # engine lmcache: the notification socket on a free port too (args may name one).
+        self.settings = parse_settings(["--host", "127.0.0.1", "--port", "0", "--lmcache-notify-port", "0", *args],
+                                       env={})
         self.app = build_app(self.settings, api_key)
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -20,6 +22,12 @@ class RunningProxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def lmcache_notify(self) -> str | None:
+        """HOST:PORT of the LMCache notification socket (engine lmcache, once started), for fake senders."""
+        listener = self.state.lmcache_listener
+        return None if listener is None else f"127.0.0.1:{listener.port}"
 
     @property
     def state(self) -> ProxyState:

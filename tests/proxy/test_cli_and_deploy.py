@@ -131,6 +131,8 @@ def test_rehearsal_shows_each_protocols_flow_and_cleans_up(capsys) -> None:
                                      "receiver_init_port": [int(init)], "receiver_alloc_port": [int(alloc)]}}
     assert '{"max_tokens":1,"stream":false}' in next(x for x in lines if x.startswith("2 prefill"))
     assert "found the prompt's KV" in next(x for x in lines if x.startswith("3 decode"))
+    assert "transfer done: 1 LMCache ProxyNotif report(s)" in next(x for x in lines if "transfer done:" in x)
+    assert "all before decode was called" in next(x for x in lines if "transfer done:" in x)
     assert sum(1 for line in lines if line.startswith("client  <- data: {")) == 6
 
 

@@ -32,6 +32,8 @@ async def _stack(etcd: str, prefix: str, prefills: list[Behaviour], decodes: lis
         workers += d
         async with RunningProxy(di_flags("lmcache", etcd, prefix, *flags)) as proxy, \
                 aiohttp.ClientSession() as session:
+            for worker in p:  # the senders report their transfers done to the proxy's notification socket
+                worker.lmcache_proxy = proxy.lmcache_notify
             await wait_ready(session, proxy.url)
             registry = proxy.state.registry
             assert registry is not None
@@ -163,5 +165,162 @@ def test_decode_dying_before_first_byte_prefills_again_for_the_next_decoder(etcd
                          if q.body["prompt"] == lost.body["prompt"]]
                 assert asked == [_spec_for(dying, lost.request_id), _spec_for(good, asked[1]["req_id"])]
             assert proxy.state.metrics.retries.value() == len(dying.requests)
+
+    run(scenario)
+
+
+# -- LMCache's "transfer done" reports (diproxy/lmcache_notify.py) ------------------------------------------------
+
+
+def test_lmcaches_proxy_notif_wire_format_is_decoded_and_anything_else_refused() -> None:
+    import msgspec
+    import pytest
+
+    from diproxy.lmcache_notify import decode_notification, encode_notification
+
+    # pd_backend.py@07e07869: ProxyNotif(PDMsgBase) with PDMsgBase(msgspec.Struct, tag=True), msgspec.msgpack.encode:
+    # a map {"type": "ProxyNotif", "req_id": ...} (msgspec's tag field "type", tag the class name).
+    assert msgspec.msgpack.decode(encode_notification("abc")) == {"type": "ProxyNotif", "req_id": "abc"}
+    assert decode_notification(msgspec.msgpack.encode({"type": "ProxyNotif", "req_id": "r1"})) == "r1"
+    assert decode_notification(msgspec.msgpack.encode({"type": "NixlProxyNotif", "req_id": "r2"})) == "r2"
+    for bad in (b"", b"\xc1", msgspec.msgpack.encode({"req_id": "r"}), msgspec.msgpack.encode("r"),
+                msgspec.msgpack.encode({"type": "AllocResponse", "already_sent_indexes": [], "remote_indexes": []}),
+                msgspec.msgpack.encode({"type": "ProxyNotif", "req_id": 7}),
+                msgspec.msgpack.encode({"type": "ProxyNotif", "req_id": ""})):
+        with pytest.raises(msgspec.DecodeError):
+            decode_notification(bad)
+
+
+def test_unclaimed_reports_expire_and_stay_bounded() -> None:
+    from diproxy.lmcache_notify import TransferNotices
+
+    now = [0.0]
+    notices = TransferNotices(ttl=10.0, max_pending=3, clock=lambda: now[0])
+    for i in range(5):
+        notices.arrived(f"r{i}")
+    assert len(notices) == 3 and notices.unclaimed == 2  # the oldest pushed out
+    notices.arrived("r4")  # a second rank's report counts on the same entry
+    now[0] = 11.0
+    notices.arrived("late")
+    assert len(notices) == 1 and notices.unclaimed == 5
+
+    async def claim() -> None:
+        assert await notices.wait("late", 1, 0.01) == 1  # arrived before the wait: counted, entry taken
+        assert await notices.wait("never", 2, 0.01) == 0
+        notices.arrived("never")  # after its request gave up: kept as unclaimed, expires later
+        assert len(notices) == 1
+
+    run(claim)
+
+
+def test_decode_is_called_only_after_the_transfer_done_report(etcd, prefix) -> None:
+    async def scenario() -> None:
+        slow = Behaviour(tokens=3, lmcache_notify_delay=0.3)
+        async with _stack(etcd.address, prefix, [slow], [Behaviour(tokens=3)]) as (
+                (prefill,), (decode,), proxy, session):
+            result = await post_stream(session, proxy.url + "/v1/completions", {"prompt": "x", "max_tokens": 3})
+            assert result.status == 200 and result.done and result.texts == [" D0", " D1", " D2"]
+            (req_id, reported_at), = prefill.lmcache_notified
+            assert req_id == prefill.requests[-1].request_id == decode.requests[-1].request_id
+            answered_by = prefill.requests[-1].at
+            assert decode.requests[-1].at >= reported_at >= answered_by + 0.3
+            assert (decode.lmcache_hits, decode.lmcache_misses) == (1, 0)  # the KV had landed
+            # A report sent before prefill's answer (LMCache sends it while serving) is counted too: no wait.
+            prefill.behaviour = Behaviour(tokens=3, lmcache_notify="before")
+            result = await post_stream(session, proxy.url + "/v1/completions", {"prompt": "y", "max_tokens": 3})
+            assert result.status == 200 and (decode.lmcache_hits, decode.lmcache_misses) == (2, 0)
+            assert proxy.state.metrics.lmcache_transfer_timeouts.value() == 0
+            assert len(proxy.state.lmcache_listener.notices) == 0  # every report claimed
+
+    run(scenario)
+
+
+def test_missing_report_times_out_quickly_and_the_request_still_succeeds(etcd, prefix, caplog) -> None:
+    async def scenario() -> None:
+        silent = Behaviour(tokens=3, lmcache_notify="never")
+        async with _stack(etcd.address, prefix, [silent], [Behaviour(tokens=3)],
+                          "--lmcache-transfer-timeout", "0.2") as ((prefill,), (decode,), proxy, session):
+            loop = asyncio.get_running_loop()
+            for prompt in ("a", "b"):
+                start = loop.time()
+                result = await post_stream(session, proxy.url + "/v1/completions", {"prompt": prompt})
+                assert result.status == 200 and result.done and len(result.texts) == 3
+                assert 0.2 <= loop.time() - start < 1.5
+            assert not prefill.lmcache_notified and decode.lmcache_misses == 2  # decode recomputed
+            assert proxy.state.metrics.lmcache_transfer_timeouts.value() == 2
+            assert proxy.state.metrics.retries.value() == 0 and not proxy.state.metrics.errors.values
+            async with session.get(proxy.url + "/metrics") as r:
+                assert "diproxy_lmcache_transfer_timeouts_total 2" in await r.text()
+
+    with caplog.at_level("WARNING", logger="diproxy.protocols.lmcache"):
+        run(scenario)
+    warnings = [r for r in caplog.records if "without every KV transfer reported done" in r.getMessage()]
+    assert len(warnings) == 1, "logged once per interval, not per request"
+
+
+def test_tp2_waits_for_both_ranks_reports(etcd, prefix) -> None:
+    async def scenario() -> None:
+        one_rank = Behaviour(tokens=2, lmcache_notify_ranks=1)
+        async with _stack(etcd.address, prefix, [Behaviour(tokens=2, lmcache_notify_delay=0.2)],
+                          [Behaviour(tokens=2)], "--lmcache-decode-tp", "2", "--lmcache-transfer-timeout", "0.3") as (
+                (prefill,), (decode,), proxy, session):
+            result = await post_stream(session, proxy.url + "/v1/completions", {"prompt": "two"})
+            assert result.status == 200 and result.done
+            reports = [at for _, at in prefill.lmcache_notified]
+            assert len(reports) == 2 and decode.requests[-1].at >= max(reports)
+            assert proxy.state.metrics.lmcache_transfer_timeouts.value() == 0
+            prefill.behaviour = one_rank  # one of two ranks reports: the wait runs out
+            result = await post_stream(session, proxy.url + "/v1/completions", {"prompt": "one"})
+            assert result.status == 200 and result.done
+            assert len(prefill.lmcache_notified) == 3
+            assert proxy.state.metrics.lmcache_transfer_timeouts.value() == 1
+
+    run(scenario)
+
+
+def test_malformed_messages_are_ignored_and_counted(etcd, prefix) -> None:
+    import msgspec
+    import zmq
+    import zmq.asyncio
+
+    async def scenario() -> None:
+        async with _stack(etcd.address, prefix, [Behaviour(tokens=2)], [Behaviour(tokens=2)]) as (
+                _, (decode,), proxy, session):
+            context = zmq.asyncio.Context()
+            push = context.socket(zmq.PUSH)
+            push.connect(f"tcp://{proxy.lmcache_notify}")
+            try:
+                await push.send(b"not msgpack \xc1")
+                await push.send(msgspec.msgpack.encode({"type": "AllocRequest", "keys": []}))
+                await push.send_multipart([b"two", b"frames"])
+                await push.send(msgspec.msgpack.encode({"type": "ProxyNotif", "req_id": "nobody-waits"}))
+                metrics = proxy.state.metrics
+                listener = proxy.state.lmcache_listener
+                await wait_until(lambda: listener.received == 1, what="the valid report")
+                assert metrics.errors.value("lmcache_notify_malformed") == 3 == listener.malformed
+                assert len(listener.notices) == 1  # kept until it expires
+            finally:
+                push.close(linger=0)
+                context.term()
+            result = await post_stream(session, proxy.url + "/v1/completions", {"prompt": "still works"})
+            assert result.status == 200 and result.done and decode.lmcache_hits == 1
+            assert proxy.state.metrics.lmcache_transfer_timeouts.value() == 0
+
+    run(scenario)
+
+
+def test_notification_socket_only_with_engine_lmcache_and_a_taken_port_fails_the_start(etcd, prefix) -> None:
+    import pytest
+    import zmq
+
+    async def scenario() -> None:
+        async with RunningProxy(di_flags("nixl", etcd.address, prefix)) as nixl:
+            assert nixl.state.lmcache_listener is None and nixl.lmcache_notify is None
+        async with RunningProxy(di_flags("lmcache", etcd.address, prefix)) as first:
+            port = first.state.lmcache_listener.port
+            taken = RunningProxy(di_flags("lmcache", etcd.address, prefix, "--lmcache-notify-port", str(port)))
+            with pytest.raises(zmq.ZMQError):
+                await taken.start()
+            await taken.stop()
 
     run(scenario)
