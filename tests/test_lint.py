@@ -33,7 +33,9 @@ def cfn_lint():
     return lint
 
 
-@pytest.mark.parametrize("env", (*SHIPPED_ENVS, "gpu-xpyd"))
+# xpyd is left out: its template is prod's with fixed fleets (no scaling policy, no warm pool), resource types and
+# properties prod's lint already covers; gpu-xpyd brings the GPU EFA layout (32 cards).
+@pytest.mark.parametrize("env", (*(env for env in SHIPPED_ENVS if env != "xpyd"), "gpu-xpyd"))
 def test_template_passes_cfn_lint(synth, cfn_lint, env):
     result = synth(env)
     findings = cfn_lint(result.template_path, result.config.region)
