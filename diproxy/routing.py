@@ -208,6 +208,20 @@ class Router:
         return Leg(self.session, worker, path, body, request_id, self.settings.connect_timeout,
                    self.settings.idle_timeout, self.upstream_headers)
 
+    async def one_token_answer(self, worker: Worker, path: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+        """A prefill's whole one-token answer (the DI protocols send prefill max_tokens 1), bounded by
+        --first-token-timeout; an error object or a timeout fails the attempt."""
+        leg = self.leg(worker, path, body, request_id)
+        try:
+            async with asyncio.timeout(self.settings.first_token_timeout):
+                await leg.open()
+                raw = await leg.read_body(self.settings.first_token_timeout)
+        except asyncio.TimeoutError as exc:
+            raise UpstreamFailure(worker, "timeout", "prefill did not answer in time") from exc
+        finally:
+            leg.close()
+        return self.whole_answer(leg, raw)
+
     def first_byte(self, call: Call) -> None:
         self.metrics.ttft.observe(time.monotonic() - call.start, call.path)
 

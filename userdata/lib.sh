@@ -462,3 +462,18 @@ metric_sum() {
   awk -v name="$1" '$1 == name || index($1, name "{") == 1 { sum += $NF; found = 1 }
     END { if (!found) exit 1; printf "%g\n", sum }'
 }
+
+# compile_by_serving: for engines without a separate compile step (the server compiles its graphs when it starts and
+# keeps them in VLLM_CACHE_ROOT): this node's endpoints serving once is the compilation. Wait for them as
+# wait-ready.sh does, then the caller uploads the cache for every later worker.
+compile_by_serving() {
+  # Read here, not at source time: DI_READY_TIMEOUT_SECONDS comes from node.env, loaded after lib.sh.
+  local index wait=${COMPILE_WAIT_SECONDS:-${DI_READY_TIMEOUT_SECONDS:-3600}}
+  while read -r index _; do
+    systemctl is-active --quiet "$(unit_name "$index")" ||
+      die "endpoint $index ($(unit_name "$index")) is not running; start it with /opt/di/di-restart $index, then compile again"
+  done < <(endpoints)
+  "$DI_HOME/ops/wait-ready.sh" "$wait" ||
+    die "endpoints still compiling or failing after ${wait}s (journalctl -u di-vllm@INDEX)"
+  log "every endpoint serves: its compile cache is complete"
+}

@@ -38,7 +38,6 @@ way); a wrong --lmcache-decode-tp shows as transfer timeouts (too high) or early
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -50,7 +49,6 @@ from diproxy.lmcache_notify import TransferNotices
 from diproxy.protocols.base import EngineProtocol, cap_tokens_at_one
 from diproxy.protocols.nixl import KV_TRANSFER_PARAMS, answer_from_decode
 from diproxy.routing import Call, Router, new_uid
-from diproxy.upstream import UpstreamFailure
 from diproxy.workers import DECODE, PREFILL, Worker
 
 log = logging.getLogger(__name__)
@@ -119,16 +117,9 @@ class LMCacheProtocol(EngineProtocol):
         uid = new_uid()
         log.debug("routing %s: prefill %s -> receiver decode %s", call.client_id(uid), prefill.address,
                   decode.address)
-        leg = router.leg(prefill, call.path, prefill_request(call.body, self.spec_for(router, uid, decode)), uid)
-        try:
-            async with asyncio.timeout(router.settings.first_token_timeout):
-                await leg.open()
-                raw = await leg.read_body(router.settings.first_token_timeout)
-        except asyncio.TimeoutError as exc:
-            raise UpstreamFailure(prefill, "timeout", "prefill did not answer in time") from exc
-        finally:
-            leg.close()
-        router.whole_answer(leg, raw)  # an error object fails the attempt; the one token itself is not shown
+        # An error object fails the attempt; the one token itself is not shown.
+        await router.one_token_answer(prefill, call.path, prefill_request(call.body, self.spec_for(router, uid, decode)),
+                                      uid)
         await self.transfer_done(router, uid)
         router.enter(call, load.DECODE)
         return await answer_from_decode(router, call, decode, decode_request(call.body), uid)

@@ -84,16 +84,8 @@ class NixlProtocol(EngineProtocol):
 
     async def _prefill(self, router: Router, call: Call, prefill: Worker) -> Handoff:
         uid = new_uid()
-        leg = router.leg(prefill, call.path, prefill_request(call.body), uid)
-        try:
-            async with asyncio.timeout(router.settings.first_token_timeout):
-                await leg.open()
-                raw = await leg.read_body(router.settings.first_token_timeout)
-        except asyncio.TimeoutError as exc:
-            raise UpstreamFailure(prefill, "timeout", "prefill did not answer in time") from exc
-        finally:
-            leg.close()
-        params = router.whole_answer(leg, raw).get(KV_TRANSFER_PARAMS)
+        params = (await router.one_token_answer(prefill, call.path, prefill_request(call.body), uid)).get(
+            KV_TRANSFER_PARAMS)
         if not isinstance(params, dict) or not params:
             # vLLM returns them only when prefill stopped at max_tokens (FINISHED_LENGTH_CAPPED); a prompt that ends
             # on EOS or a stop string at once has none, and decode then prefills it locally.

@@ -123,16 +123,5 @@ engine_kv_hold_seconds() { echo 0; }
 # Nothing beyond the common preflight (GPUs, EFA, NVMe) and the image pull.
 engine_preflight() { :; }
 
-COMPILE_WAIT_SECONDS=${COMPILE_WAIT_SECONDS:-${DI_READY_TIMEOUT_SECONDS:-3600}}
-
 # engine_compile KEY: no separate compile step: the endpoints serving once fills VLLM_CACHE_ROOT (as for nixl).
-engine_compile() {
-  local index
-  while read -r index _; do
-    systemctl is-active --quiet "$(unit_name "$index")" ||
-      die "endpoint $index ($(unit_name "$index")) is not running; start it with /opt/di/di-restart $index, then compile again"
-  done < <(endpoints)
-  "$DI_HOME/ops/wait-ready.sh" "$COMPILE_WAIT_SECONDS" ||
-    die "endpoints still compiling or failing after ${COMPILE_WAIT_SECONDS}s (journalctl -u di-vllm@INDEX)"
-  log "every endpoint serves: its compile cache is complete"
-}
+engine_compile() { compile_by_serving; }

@@ -141,22 +141,11 @@ engine_preflight() {
 
 engine_prepare() { mkdir -p "$DI_DATA_DIR/compiled/$(compiled_key)"; }
 
-COMPILE_WAIT_SECONDS=${COMPILE_WAIT_SECONDS:-${DI_READY_TIMEOUT_SECONDS:-3600}}
-
 # engine_compile KEY: the plugin has no separate compile step (NxDI's inference_demo is not in its images): a
 # server compiles its graphs when it starts and keeps them in $VLLM_CACHE_ROOT/neuron/compile_cache, here
 # /data/compiled/KEY. So this node's endpoints serving once is the compilation: wait for them as wait-ready.sh
 # does (di-ready polled every READY_POLL_SECONDS), then the caller uploads the cache for every later worker.
-engine_compile() {
-  local index
-  while read -r index _; do
-    systemctl is-active --quiet "$(unit_name "$index")" ||
-      die "endpoint $index ($(unit_name "$index")) is not running; start it with /opt/di/di-restart $index, then compile again"
-  done < <(endpoints)
-  "$DI_HOME/ops/wait-ready.sh" "$COMPILE_WAIT_SECONDS" ||
-    die "endpoints still compiling or failing after ${COMPILE_WAIT_SECONDS}s (journalctl -u di-vllm@INDEX)"
-  log "every endpoint serves: its compile cache is complete"
-}
+engine_compile() { compile_by_serving; }
 
 # engine_registry_fields ROLE INDEX: nothing beyond role and port in the etcd value.
 engine_registry_fields() { :; }
