@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
 
 from diproxy.testing.etcd_server import EtcdServer
+from diproxy.testing.fake_worker import Behaviour, FakeWorker
+from diproxy.testing.harness import RunningProxy
 from tests.tools import require
 
 TEST_DEADLINE = 20.0
@@ -118,3 +121,34 @@ async def wait_ready(session: aiohttp.ClientSession, proxy_url: str, timeout: fl
         if loop.time() > deadline:
             raise AssertionError("proxy never became ready")
         await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def di_stack(engine: str, etcd: str, prefix: str, prefills: list[Behaviour], decodes: list[Behaviour],
+                   *flags: str) -> AsyncIterator[tuple[list[FakeWorker], list[FakeWorker], RunningProxy,
+                                                       aiohttp.ClientSession]]:
+    """Fake prefill and decode workers registered under prefix, behind a ready proxy of ENGINE (nixl, lmcache); all
+    stopped afterwards. With lmcache the prefill workers report their transfers done to the proxy's socket."""
+    workers: list[FakeWorker] = []
+    try:
+        p = [await FakeWorker("prefill", etcd=etcd, prefix=prefix, label=f"P{i}", behaviour=b).start()
+             for i, b in enumerate(prefills)]
+        workers += p
+        d = [await FakeWorker("decode", etcd=etcd, prefix=prefix, label=f"D{i}" if len(decodes) > 1 else "D",
+                              behaviour=b).start() for i, b in enumerate(decodes)]
+        workers += d
+        async with RunningProxy(di_flags(engine, etcd, prefix, *flags)) as proxy, \
+                aiohttp.ClientSession() as session:
+            if engine == "lmcache":
+                for worker in p:
+                    worker.lmcache_proxy = proxy.lmcache_notify
+            if p and d:
+                await wait_ready(session, proxy.url)
+                registry = proxy.state.registry
+                assert registry is not None
+                await wait_until(lambda: len(registry.usable("prefill")) == len(p)
+                                 and len(registry.usable("decode")) == len(d), what="all workers usable")
+            yield p, d, proxy, session
+    finally:
+        for worker in workers:
+            await worker.stop()

@@ -6,43 +6,15 @@ client's request to decode; retries of the pair, errors passed through, xPyD sel
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
-from typing import AsyncIterator
-
-import aiohttp
 
 from diproxy.protocols.lmcache import receiver_ports
 from diproxy.testing.fake_worker import Behaviour, FakeWorker
 from diproxy.testing.harness import RunningProxy
-from tests.proxy.conftest import di_flags, post_stream, run, wait_ready, wait_until
+from tests.proxy.conftest import di_stack, di_flags, post_stream, run, wait_until
 
 
-@asynccontextmanager
-async def _stack(etcd: str, prefix: str, prefills: list[Behaviour], decodes: list[Behaviour],
-                 *flags: str) -> AsyncIterator[tuple[list[FakeWorker], list[FakeWorker], RunningProxy,
-                                                     aiohttp.ClientSession]]:
-    """Fake prefill and decode workers registered under prefix, behind a ready lmcache proxy; all stopped after."""
-    workers: list[FakeWorker] = []
-    try:
-        p = [await FakeWorker("prefill", etcd=etcd, prefix=prefix, label=f"P{i}", behaviour=b).start()
-             for i, b in enumerate(prefills)]
-        workers += p
-        d = [await FakeWorker("decode", etcd=etcd, prefix=prefix, label=f"D{i}" if len(decodes) > 1 else "D",
-                              behaviour=b).start() for i, b in enumerate(decodes)]
-        workers += d
-        async with RunningProxy(di_flags("lmcache", etcd, prefix, *flags)) as proxy, \
-                aiohttp.ClientSession() as session:
-            for worker in p:  # the senders report their transfers done to the proxy's notification socket
-                worker.lmcache_proxy = proxy.lmcache_notify
-            await wait_ready(session, proxy.url)
-            registry = proxy.state.registry
-            assert registry is not None
-            await wait_until(lambda: len(registry.usable("prefill")) == len(p)
-                             and len(registry.usable("decode")) == len(d), what="all workers usable")
-            yield p, d, proxy, session
-    finally:
-        for worker in workers:
-            await worker.stop()
+def _stack(etcd: str, prefix: str, prefills: list[Behaviour], decodes: list[Behaviour], *flags: str):
+    return di_stack("lmcache", etcd, prefix, prefills, decodes, *flags)
 
 
 def _spec_for(decode: FakeWorker, req_id: str, tp: int = 1) -> dict:

@@ -7,44 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import re
-from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import aiohttp
 
 from diproxy.protocols.nixl import ASK_REMOTE_DECODE
 from diproxy.testing.fake_worker import PREFILL_RETURNS, Behaviour, FakeWorker
 from diproxy.testing.harness import RunningProxy
-from tests.proxy.conftest import di_flags, post_stream, run, wait_ready, wait_until
+from tests.proxy.conftest import di_stack, post_stream, run, wait_until
 
 UID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
-@asynccontextmanager
-async def _stack(etcd: str, prefix: str, prefills: list[Behaviour], decodes: list[Behaviour],
-                 *flags: str) -> AsyncIterator[tuple[list[FakeWorker], list[FakeWorker], RunningProxy,
-                                                     aiohttp.ClientSession]]:
-    """Fake prefill and decode workers registered under prefix, behind a ready NIXL proxy; all stopped afterwards."""
-    workers: list[FakeWorker] = []
-    try:
-        p = [await FakeWorker("prefill", etcd=etcd, prefix=prefix, label=f"P{i}", behaviour=b).start()
-             for i, b in enumerate(prefills)]
-        workers += p
-        d = [await FakeWorker("decode", etcd=etcd, prefix=prefix, label=f"D{i}" if len(decodes) > 1 else "D",
-                              behaviour=b).start() for i, b in enumerate(decodes)]
-        workers += d
-        async with RunningProxy(di_flags("nixl", etcd, prefix, *flags)) as proxy, \
-                aiohttp.ClientSession() as session:
-            if p and d:
-                await wait_ready(session, proxy.url)
-                registry = proxy.state.registry
-                assert registry is not None
-                await wait_until(lambda: len(registry.usable("prefill")) == len(p)
-                                 and len(registry.usable("decode")) == len(d), what="all workers usable")
-            yield p, d, proxy, session
-    finally:
-        for worker in workers:
-            await worker.stop()
+def _stack(etcd: str, prefix: str, prefills: list[Behaviour], decodes: list[Behaviour], *flags: str):
+    return di_stack("nixl", etcd, prefix, prefills, decodes, *flags)
 
 
 def _handed_over(prefill: FakeWorker, decode: FakeWorker) -> dict:
