@@ -24,7 +24,8 @@ from ops.targets import Selection
 CONCURRENCY = re.compile(r"^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$")
 ERRORS = re.compile(r"^([1-9][0-9]*|0|[1-9][0-9]%|[0-9]%|100%)$")
 ENDPOINT = re.compile(r"^(all|[0-9]{1,2})$")
-IMAGE = re.compile(r"^[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+:[A-Za-z0-9._-]+$")
+# registry/repo:tag, optionally pinned to a digest (@sha256:...), as the config's `image` takes it.
+IMAGE = re.compile(r"^[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+:[A-Za-z0-9._-]+(@sha256:[0-9a-f]{64})?$")
 MODEL = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ROLES = ("prefill", "decode", "control", "colocated", "standard")

@@ -363,8 +363,10 @@ class DeploymentConfig(_Model):
         default=None, pattern=r"^[A-Za-z0-9/_+=.@-]{1,512}$",
         description="Secrets Manager secret *name* holding the key clients send as `Authorization: Bearer KEY` "
                     "(proxy: distack). Empty: no key.")
-    image: str = Field(default=NEURON_DLC, pattern=r"^[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+:[A-Za-z0-9._-]+$",
-                       description="Worker container image. Default: the engine's newest image in stacks/images.py.")
+    image: str = Field(default=NEURON_DLC,
+                       pattern=r"^[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+:[A-Za-z0-9._-]+(@sha256:[0-9a-f]{64})?$",
+                       description="Worker container image, registry/repository:tag, optionally pinned as "
+                                   "...:tag@sha256:DIGEST. Default: the engine's newest image in stacks/images.py.")
     image_unlisted: bool = Field(
         default=False,
         description="Accept an image the catalog (stacks/images.py) does not list: synth then warns, the engine's "

@@ -109,8 +109,11 @@ _IMAGES = (
           ("trn1", "trn2", "inf2"), (), REFUSED, refusals={"nixl": _V0_FORK, "neuron-connector": _STATIC_1P1D}),
 )
 
-# GPU images. Neither tag's digest is in a primary source DiStack could read: both are pinned by tag (UNVERIFIED;
-# a wrong tag fails `docker pull` at boot and the node reports it). families: the GPU types of stacks/catalog.py.
+# GPU images. No registry is reachable where DiStack was built, so no digest was read from one. vLLM's v0.11.0 is
+# pinned to the digest independent public projects pin it by (Dockerfiles and scripts with `vllm/vllm-openai:v0.11.0
+# @sha256:014a95f2...`; UNVERIFIED against the registry); LMCache's tag has no digest in any source found and is
+# pinned by tag. Either way a wrong reference fails `docker pull` at boot and the node reports it.
+# families: the GPU types of stacks/catalog.py.
 _GPU_FAMILIES = ("p5", "p5en", "g6")
 VLLM_REPOSITORY = "docker.io/vllm/vllm-openai"
 LMCACHE_REPOSITORY = "docker.io/lmcache/vllm-openai"
@@ -121,6 +124,7 @@ _GPU_IMAGES = (
     # requirements/kv_connectors.txt"), so NixlConnector runs without an extra install. Ubuntu: the container's.
     Image("v0.11.0", "0.11.0", "", "3.12", "22.04", _GPU_FAMILIES, ("nixl",), SUPPORTED,
           source="vllm-project/vllm docker/Dockerfile (kv_connectors), docs/features/nixl_connector_usage.md",
+          digest="@sha256:014a95f21c9edf6abe0aea6b07353f96baa4ec291c427bb1176dc7c93a85845c",
           refusals={"neuron-connector": "it is upstream vLLM for CUDA GPUs, not the Neuron fork",
                     "lmcache": "engine lmcache runs LMCache's own image (lmcache/vllm-openai), whose LMCache and vLLM "
                                "versions are paired"},
@@ -148,7 +152,7 @@ GPU_DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driv
 # to previously released versions can retrieve the last published AMI ID via SSM" (release-notes/components/
 # dlamis.rst L72-78, 2.30.0), so it resolves to the last 22.04 build (2.29.x line), not to the 0.9.1 images' SDK.
 DOCUMENTED_DLAMI_UBUNTU = ("22.04", "24.04")
-_UBUNTU_SUFFIX = re.compile(r"-ubuntu(\d{2}\.\d{2})$")
+_UBUNTU_SUFFIX = re.compile(r"-ubuntu(\d{2}\.\d{2})(@sha256:[0-9a-f]{64})?$")
 
 
 def find(uri: str) -> Image | None:

@@ -329,3 +329,14 @@ def test_an_aws_error_is_one_line_and_exit_1(world, monkeypatch) -> None:
     code, _, err = world.dictl("status", "--env", "prod", "--quiet")
     assert code == 1
     assert "AWS error" in err and "AccessDeniedException" in err and "Traceback" not in err
+
+
+def test_rollout_takes_an_image_pinned_to_its_digest_and_refuses_a_short_one() -> None:
+    from ops.cli import build_parser
+
+    digest = "@sha256:" + "0a" * 32
+    image = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04"
+    args = build_parser().parse_args(["rollout", "--env", "prod", "--image", image + digest])
+    assert args.image == image + digest
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["rollout", "--env", "prod", "--image", image + "@sha256:abc"])
