@@ -74,6 +74,9 @@ RULES: tuple[MetricRule, ...] = (
                description="failures by kind, upstream ones per attempt"),
     MetricRule("Retries", "diproxy_retries_total", "counter", "Count",
                description="requests re-sent to another worker pair"),
+    MetricRule("LmcacheTransferTimeouts", "diproxy_lmcache_transfer_timeouts_total", "counter", "Count",
+               description="engine lmcache: requests sent to decode without the senders' transfer-done reports "
+                           "(decode recomputed the prompt)"),
     MetricRule("TimeToFirstToken", "diproxy_time_to_first_token_seconds", "histogram", "Milliseconds",
                description="request arrival to the first byte sent to the client"),
     MetricRule("InterTokenLatency", "diproxy_inter_token_latency_seconds", "histogram", "Milliseconds",

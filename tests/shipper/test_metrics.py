@@ -134,6 +134,7 @@ def test_every_rule_reads_a_family_the_proxy_exposes(monkeypatch) -> None:
     proxy.requests.inc(COMPLETIONS, "200")
     proxy.errors.inc("upstream_connect")
     proxy.retries.inc()
+    proxy.lmcache_transfer_timeouts.inc()
     proxy.ttft.observe(0.1, COMPLETIONS)
     proxy.latency.observe(0.1, COMPLETIONS)
     proxy.inter_token.observe(0.02)
