@@ -46,16 +46,14 @@ from aiohttp import web
 
 from diproxy import load
 from diproxy.lmcache_notify import TransferNotices
-from diproxy.protocols.base import EngineProtocol, cap_tokens_at_one
-from diproxy.protocols.nixl import KV_TRANSFER_PARAMS, answer_from_decode
+from diproxy.protocols.base import EngineProtocol
+from diproxy.protocols.nixl import answer_from_decode, decode_request, prefill_request
 from diproxy.routing import Call, Router, new_uid
 from diproxy.workers import DECODE, PREFILL, Worker
 
 log = logging.getLogger(__name__)
 
 DISAGG_SPEC = "disagg_spec"
-# vLLM rejects min_tokens above max_tokens; prefill generates one token (the nixl protocol pops them too).
-_PREFILL_UNSUPPORTED = ("min_tokens", "min_completion_tokens")
 
 
 def receiver_ports(http_port: int, tp: int, init_offset: int = 1000, alloc_offset: int = 2000,
@@ -69,23 +67,6 @@ def receiver_ports(http_port: int, tp: int, init_offset: int = 1000, alloc_offse
 def disagg_spec(req_id: str, decode_host: str, init_ports: list[int], alloc_ports: list[int]) -> dict[str, Any]:
     return {"req_id": req_id, "receiver_host": decode_host, "receiver_init_port": list(init_ports),
             "receiver_alloc_port": list(alloc_ports)}
-
-
-def prefill_request(body: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
-    shaped = cap_tokens_at_one(body)
-    shaped["stream"] = False
-    shaped.pop("stream_options", None)
-    for key in _PREFILL_UNSUPPORTED:
-        shaped.pop(key, None)
-    # A client's own kv_transfer_params are never forwarded: they could point a sender at any host.
-    shaped[KV_TRANSFER_PARAMS] = {DISAGG_SPEC: spec}
-    return shaped
-
-
-def decode_request(body: dict[str, Any]) -> dict[str, Any]:
-    shaped = dict(body)
-    shaped.pop(KV_TRANSFER_PARAMS, None)
-    return shaped
 
 
 class LMCacheProtocol(EngineProtocol):
@@ -118,8 +99,8 @@ class LMCacheProtocol(EngineProtocol):
         log.debug("routing %s: prefill %s -> receiver decode %s", call.client_id(uid), prefill.address,
                   decode.address)
         # An error object fails the attempt; the one token itself is not shown.
-        await router.one_token_answer(prefill, call.path, prefill_request(call.body, self.spec_for(router, uid, decode)),
-                                      uid)
+        spec = {DISAGG_SPEC: self.spec_for(router, uid, decode)}
+        await router.one_token_answer(prefill, call.path, prefill_request(call.body, spec), uid)
         await self.transfer_done(router, uid)
         router.enter(call, load.DECODE)
         return await answer_from_decode(router, call, decode, decode_request(call.body), uid)

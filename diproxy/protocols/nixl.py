@@ -41,18 +41,21 @@ ASK_REMOTE_DECODE = {"do_remote_decode": True, "do_remote_prefill": False, "remo
 _PREFILL_UNSUPPORTED = ("min_tokens", "min_completion_tokens")
 
 
-def prefill_request(body: dict[str, Any]) -> dict[str, Any]:
+def prefill_request(body: dict[str, Any], kv_transfer_params: dict[str, Any] = ASK_REMOTE_DECODE) -> dict[str, Any]:
+    """Prefill's one-token, non-streamed copy of the client's request, carrying KV_TRANSFER_PARAMS (NIXL: ask for a
+    remote decode; LMCache: the disagg_spec naming the receiver)."""
     shaped = cap_tokens_at_one(body)
     shaped["stream"] = False
     shaped.pop("stream_options", None)
     for key in _PREFILL_UNSUPPORTED:
         shaped.pop(key, None)
     # A client's own kv_transfer_params are never forwarded: they could point a worker at any host.
-    shaped[KV_TRANSFER_PARAMS] = dict(ASK_REMOTE_DECODE)
+    shaped[KV_TRANSFER_PARAMS] = dict(kv_transfer_params)
     return shaped
 
 
-def decode_request(body: dict[str, Any], kv_params: dict[str, Any] | None) -> dict[str, Any]:
+def decode_request(body: dict[str, Any], kv_params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Decode's copy of the client's request: the client's kv_transfer_params dropped, prefill's (if any) added."""
     shaped = dict(body)
     shaped.pop(KV_TRANSFER_PARAMS, None)
     if kv_params is not None:
