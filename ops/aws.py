@@ -12,10 +12,11 @@ class Clients:
         self.session = session
         self._clients: dict[str, Any] = dict(overrides or {})
 
-    def get(self, service: str) -> Any:
-        """The client for `service` (boto3 name, e.g. "ssm")."""
+    def get(self, service: str, region: str | None = None) -> Any:
+        """The client for `service` (boto3 name, e.g. "ssm"), in the session's region unless `region` is given (for
+        services answered in one region only, such as the Price List API)."""
         if service not in self._clients:
-            self._clients[service] = self.session.client(service)
+            self._clients[service] = self.session.client(service, **({"region_name": region} if region else {}))
         return self._clients[service]
 
     @property

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from ops.aws import pages
 from ops.output import table
@@ -213,8 +213,5 @@ def run(config: DeploymentConfig, pricing: Any, *, as_json: bool) -> int:
 
 
 def pricing_client(clients: Any) -> Any:
-    """The Price List client: an injected one (tests), else one in the API's own Region."""
-    overrides: Iterable[str] = getattr(clients, "_clients", {})
-    if "pricing" in overrides:
-        return clients.get("pricing")
-    return clients.session.client("pricing", region_name=PRICING_REGION)
+    """The Price List client, in the API's own Region (an injected one in tests)."""
+    return clients.get("pricing", region=PRICING_REGION)
