@@ -28,8 +28,10 @@ VCPU_QUOTAS = {"trn": ("L-2C3B7624", "Running On-Demand Trn instances"),
 
 
 def quota_group(family: str) -> str:
-    """The On-Demand vCPU quota an instance family draws on: its letters (trn2 -> trn, p5en -> p, g6 -> g)."""
+    """The On-Demand vCPU quota an instance family draws on (trn2 -> trn, p5en -> p, g6 -> g)."""
     return "trn" if family.startswith("trn") else family[:1]
+
+
 CONTROL_VCPUS = {"m5.large": 2, "m5.xlarge": 4, "m5.2xlarge": 8, "m5.4xlarge": 16}
 # Why a check could not run. CREDENTIALS and NETWORK stop every later check the same way, so preflight stops at
 # the first and reports it once; DENIED is collected across checks and reported as one finding.
