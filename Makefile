@@ -29,7 +29,7 @@ PYTEST_ARGS ?=
 # takes queued tests from the other, so a few long tests at the end do not leave one core idle.
 TEST_WORKERS ?= 2
 
-.PHONY: setup setup-synth setup-ops synth need-env confirm-destroy test bootstrap deploy diff destroy schema bench bench-synth bench-proxy rehearse proxy-lock clean help
+.PHONY: setup setup-synth setup-ops synth need-env confirm-destroy test bootstrap deploy diff destroy schema bench bench-synth bench-proxy rehearse lock clean help
 
 help:
 	@echo "make synth [ENV=dev]    synthesize di-ENV from config/ENV.yaml into cdk.out/ENV/ (no AWS account needed; sets up only the synth set)"
@@ -43,25 +43,33 @@ help:
 	@echo "make bench              fresh clone: make synth with set-up, .venv sizes, make test wall time and slowest tests"
 	@echo "make bench-synth        make synth per environment against an empty CDK app (bench/synth_time.py)"
 	@echo "make bench-proxy        the DiStack proxy's added latency and throughput on loopback (bench/proxy_latency.py)"
-	@echo "make proxy-lock         re-resolve diproxy/requirements.lock (with hashes) from diproxy/requirements.txt"
+	@echo "make lock               re-resolve every *.lock (all packages, with hashes) from the requirements*.txt files"
 	@echo "make setup-synth | setup-ops | setup   install a layer only: synth set; + boto3 and dictl; + test set"
 	@echo "make clean              remove .venv, node_modules, cdk.out"
 
 # Three layers, each installed only when a target needs it: synth (the CDK app's runtime set and Node.js),
-# ops (adds boto3 and `dictl`), test (adds the test and lint set, etcd included).
+# ops (adds boto3 and `dictl`), test (adds the test and lint set, etcd included). Each installs its lock file, every
+# package, transitive ones included, pinned with its hashes (--require-hashes): a new release on PyPI changes
+# nothing here until `make lock` is run and its result committed. The locks are made from the human-edited
+# requirements*.txt files; see the `lock` target.
 # The synth set skips pip's byte-compiling: pip compiles all of aws-cdk-lib (~230 MB of .pyc, ~45 s on 2 cores)
 # though a synth imports a small part, which Python compiles on first import (~5 s, once).
-$(VENV)/.synth-deps: requirements.txt
+PIP_LOCKED := $(BIN)/python -m pip install $(PIP_QUIET) --require-hashes
+$(VENV)/.synth-deps: requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install $(PIP_QUIET) --no-compile -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PIP_LOCKED) --no-compile -r requirements.lock 2>&1 | grep -v "^WARNING: Location" || true
 	@$(BIN)/python -c "import aws_cdk, pydantic, cdk_nag" && touch $@
 
-$(VENV)/.ops-deps: $(VENV)/.synth-deps requirements-ops.txt pyproject.toml
-	@$(BIN)/python -m pip install $(PIP_QUIET) -r requirements-ops.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
+# dictl is installed editable from this checkout. --require-hashes cannot hash a source tree, so its build backend
+# (setuptools, locked in the ops set) comes from the venv (--no-build-isolation) and nothing is downloaded for it.
+$(VENV)/.ops-deps: $(VENV)/.synth-deps requirements-ops.lock pyproject.toml
+	@$(PIP_LOCKED) -r requirements-ops.lock 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -m pip install $(PIP_QUIET) --no-deps --no-build-isolation --no-index -e . 2>&1 \
+	  | grep -v "^WARNING: Location" || true
 	@$(BIN)/python -c "import boto3" && test -x $(BIN)/dictl && touch $@
 
-$(VENV)/.deps: $(VENV)/.ops-deps requirements-dev.txt diproxy/requirements.txt
-	@$(BIN)/python -m pip install $(PIP_QUIET) -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
+$(VENV)/.deps: $(VENV)/.ops-deps requirements-dev.lock
+	@$(PIP_LOCKED) -r requirements-dev.lock 2>&1 | grep -v "^WARNING: Location" || true
 	@# Tests import aws_cdk in many processes, also where PYTHONDONTWRITEBYTECODE keeps imports from caching .pyc:
 	@# compile the synth set now, on every core (compileall -j 0).
 	@$(BIN)/python -m compileall -qq -j 0 "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
@@ -135,13 +143,27 @@ bench-proxy: $(VENV)/.deps
 rehearse: $(VENV)/.deps
 	$(BIN)/python -m diproxy.rehearse
 
-# The control host installs diproxy/requirements.lock (hash-checked); refresh it after editing requirements.txt.
-proxy-lock: $(VENV)/.deps
-	$(BIN)/python -m pip install $(PIP_QUIET) pip-tools==7.6.2
-	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
-		--no-header --output-file diproxy/requirements.lock.new diproxy/requirements.txt
-	{ sed -n '1,/^$$/p' diproxy/requirements.lock; cat diproxy/requirements.lock.new; } >diproxy/requirements.lock.tmp
-	mv diproxy/requirements.lock.tmp diproxy/requirements.lock && rm -f diproxy/requirements.lock.new
+# Re-resolve every lock from the requirements*.txt files, with uv (pinned with its hashes in
+# requirements-lock-tool.txt). uv rather than pip-tools: one dependency-free wheel instead of pip-tools and its own
+# floating dependencies, a universal resolution (--universal: environment markers, not this machine's platform)
+# for Python 3.11, and every layer constrained by the full test set, so a package has the same version in each lock.
+# The test set is resolved first; the synth, ops and proxy sets are its subsets (-c requirements-dev.lock).
+# uv keeps a lock's existing pins where the inputs still allow them; UPGRADE=1 moves every transitive pin to the
+# newest release the direct pins allow. The control host installs diproxy/requirements.lock (install.sh, wheels only).
+UV_COMPILE = $(LOCK_TOOL)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command "make lock"
+LOCK_TOOL := .lock-tool
+$(LOCK_TOOL)/.installed: requirements-lock-tool.txt
+	@test -x $(LOCK_TOOL)/bin/python || $(PYTHON) -m venv $(LOCK_TOOL)
+	@$(LOCK_TOOL)/bin/python -m pip install $(PIP_QUIET) --require-hashes -r requirements-lock-tool.txt 2>&1 \
+	  | grep -v "^WARNING: Location" || true
+	@$(LOCK_TOOL)/bin/uv --version && touch $@
+
+lock: $(LOCK_TOOL)/.installed
+	$(UV_COMPILE) $(if $(UPGRADE),--upgrade) requirements-dev.txt -o requirements-dev.lock
+	$(UV_COMPILE) -c requirements-dev.lock requirements.txt -o requirements.lock
+	$(UV_COMPILE) -c requirements-dev.lock requirements-ops.txt -o requirements-ops.lock
+	$(UV_COMPILE) -c requirements-dev.lock diproxy/requirements.txt -o diproxy/requirements.lock
 
 clean:
-	rm -rf $(VENV) node_modules cdk.out .pytest_cache
+	rm -rf $(VENV) $(LOCK_TOOL) node_modules cdk.out .pytest_cache
