@@ -51,8 +51,9 @@ exit 0
 
 
 def run_agent(tmp_path: Path, env: str, fleet: str | None, *, al2023: bool = False,
-              state: tuple[str, ...] = ()) -> tuple[subprocess.CompletedProcess, list[list[str]], Path]:
-    """Run the script as node FLEET of ENV (None: the control host) would; returns the result, calls, node root."""
+              state: tuple[str, ...] = (), installed: str = "") -> tuple[subprocess.CompletedProcess, list[list[str]], Path]:
+    """Run the script as node FLEET of ENV (None: the control host) would; returns the result, calls, node root.
+    INSTALLED: the version an agent already on the node reports in bin/CWAGENT_VERSION."""
     config = load_environment(env)
     values = (node_values.worker_values(config, fleet, REFS) if fleet else
               node_values.control_values(config, REFS, network_interface_id="eni-1", etcd_volume_id="vol-1"))
@@ -73,6 +74,10 @@ def run_agent(tmp_path: Path, env: str, fleet: str | None, *, al2023: bool = Fal
     for flag in state:
         name, _, value = flag.partition("=")
         (state_dir / name).write_text(value)
+    if installed:
+        (tmp_path / "cwagent" / "bin").mkdir(parents=True)
+        (tmp_path / "cwagent" / "bin" / "CWAGENT_VERSION").write_text(installed + "\n")
+        (tmp_path / "cwagent" / "bin" / "amazon-cloudwatch-agent-ctl").symlink_to(fake)
     node_env = tmp_path / "node.env"
     node_env.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items()))
     proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=30, env={
@@ -140,3 +145,19 @@ def test_an_unverified_or_missing_package_is_never_installed_and_the_failure_is_
     assert not [c for c in calls if c[0] in ("dpkg", "systemctl", "amazon-cloudwatch-agent-ctl")]
     (event,) = [c for c in calls if c[0] == "aws" and c[1:3] == ["logs", "put-log-events"]]
     assert "metrics agent failed: " in event[-1] and "/distack/prod/nodes" in event
+
+
+@pytest.mark.parametrize("installed, downloads", [
+    ("1.300071.0b1889", False),  # the pinned release as a real build reports it, with its build number
+    ("1.300071.0", False),
+    ("1.300070.2b1850", True),  # an older release
+    ("1.300071.01b2", True),  # another release that only starts like the pinned one
+])
+def test_an_agent_already_installed_is_kept_when_it_is_the_pinned_release_whatever_its_build(
+        tmp_path, installed, downloads):
+    proc, calls, _ = run_agent(tmp_path, "prod", None, al2023=True, installed=installed)
+    assert proc.returncode == 0, proc.stderr
+    assert bool([c for c in calls if c[0] == "curl"]) is downloads
+    assert bool([c for c in calls if c[0] == "dnf"]) is downloads
+    assert (f"amazon-cloudwatch-agent {installed} already installed" in proc.stderr) is not downloads
+    assert [c for c in calls if c[0] == "amazon-cloudwatch-agent-ctl"]

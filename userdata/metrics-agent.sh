@@ -35,6 +35,16 @@ download() { retry curl -fsS --proto '=https' -o "$2" "$1"; }
 
 installed_version() { cat "$DI_CWAGENT_HOME/bin/CWAGENT_VERSION" 2>/dev/null || true; }
 
+# is_pinned_version VERSION: whether an installed agent is the pinned release. A build writes its full version into
+# bin/CWAGENT_VERSION, with a build number after the release (`1.300073.2b1889`: the file AWS publishes at
+# https://s3.amazonaws.com/amazoncloudwatch-agent/info/latest/CWAGENT_VERSION,
+# https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/download-cloudwatch-agent-commandline.html), so the
+# pinned release matches with or without a `bNNN` suffix; a pin that carries the suffix matches only itself.
+is_pinned_version() {
+  [[ $1 == "$DI_CWAGENT_VERSION" ]] && return 0
+  [[ $DI_CWAGENT_VERSION != *b* && $1 =~ ^${DI_CWAGENT_VERSION//./\\.}b[0-9]+$ ]]
+}
+
 # package_path: the agent package for this OS in AWS's download bucket (.rpm on AL2023, which has dnf; .deb on the
 # Ubuntu DLAMI).
 package_path() {
@@ -65,7 +75,7 @@ verify_signature() {
 install_agent() {
   local have base path dir
   have=$(installed_version)
-  if [[ $have == "$DI_CWAGENT_VERSION" ]]; then log "amazon-cloudwatch-agent $have already installed"; return 0; fi
+  if [[ -n $have ]] && is_pinned_version "$have"; then log "amazon-cloudwatch-agent $have already installed"; return 0; fi
   # The Region's own copy of the bucket: reached through the VPC's S3 gateway endpoint, not the internet.
   base=${DI_CWAGENT_BASE_URL:-https://amazoncloudwatch-agent-$DI_REGION.s3.$DI_REGION.amazonaws.com}
   path=$(package_path)
