@@ -134,6 +134,21 @@ write_proxy_env() {
     "DIPROXY_CLOUDWATCH_DEPLOYMENT=$DI_DEPLOYMENT" \
     "DIPROXY_CLOUDWATCH_NAMESPACE=${DI_PROXY_METRICS_NAMESPACE:?}"
   if [[ -n ${DI_PROXY_API_KEY_SECRET:-} ]]; then printf '%s\n' "DIPROXY_API_KEY_SECRET=$DI_PROXY_API_KEY_SECRET"; fi
+  write_proxy_engine_env
+}
+
+# write_proxy_engine_env: the engine's own proxy settings that node.env carries (stacks/engines/<engine>.py
+# control_values), under the names diproxy reads (diproxy/config.py: --FLAG defaults to DIPROXY_<FLAG>). Engine
+# lmcache: the decode TP sets both how many receiver ports the proxy names per decoder and how many transfer-done
+# notices it awaits per request; left out, the proxy would run with its built-in decode TP 1.
+write_proxy_engine_env() {
+  local name var
+  for name in DECODE_TP INIT_PORT_OFFSET ALLOC_PORT_OFFSET RANK_PORT_STRIDE; do
+    var=DI_LMCACHE_$name
+    if [[ -n ${!var:-} ]]; then printf '%s\n' "DIPROXY_LMCACHE_$name=${!var}"; fi
+  done
+  # The senders' pd_proxy_port (userdata/engines/lmcache.sh) is the port the proxy's notice socket binds.
+  if [[ -n ${DI_LMCACHE_PROXY_PORT:-} ]]; then printf '%s\n' "DIPROXY_LMCACHE_NOTIFY_PORT=$DI_LMCACHE_PROXY_PORT"; fi
 }
 
 proxy_serving() { [[ $(health_code "$DI_PROXY_PORT") == 200 ]]; }

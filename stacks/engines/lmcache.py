@@ -72,12 +72,7 @@ class Lmcache(Engine):
     def check(self, config: DeploymentConfig) -> Iterator[Problem]:
         if config.mode != "disaggregated":
             return
-        decode_tps = sorted({f.tensor_parallel for f in config.fleets.values()
-                             for ep in f.resolved_endpoints if ep.role == "decode"})
-        if len(decode_tps) > 1:
-            yield Problem("fleets", f"decode endpoints use TP {decode_tps}; the proxy computes every decoder's LMCache "
-                                    "receiver ports from one decode TP",
-                          "give every decode endpoint the same tensor_parallel")
+        yield from _one_tp(config)
         for name, fleet in config.fleets.items():
             yield from _receiver_ports(config, name, fleet)
 
@@ -101,6 +96,35 @@ class Lmcache(Engine):
                 f"{settings.nixl_buffer_size} bytes on {settings.nixl_buffer_device}; receivers at decode port "
                 f"+{INIT_PORT_OFFSET}/+{ALLOC_PORT_OFFSET} (+{RANK_PORT_STRIDE} per rank); PYTHONHASHSEED "
                 f"{PYTHON_HASH_SEED}"]
+
+
+def _one_tp(config: DeploymentConfig) -> Iterator[Problem]:
+    """Every prefill and decode endpoint runs one TP degree.
+
+    LMCache's sender picks the receiver port by its own rank, `transfer_spec.receiver_init_port[self.tp_rank]`, and
+    every sender rank pushes its own ProxyNotif once its share of the KV is written (LMCache/LMCache
+    lmcache/v1/storage_backend/pd_backend.py@07e07869, PDBackend.batched_submit_put_task). Prefill rank r thus
+    writes its shard of the KV heads into decode rank r's buffer: a prefill TP above the decode TP indexes past the
+    decoder's port list, one below it leaves decode ranks without KV, and shards of different TP degrees do not hold
+    the same heads. So the TP is one (the proxy's --lmcache-decode-tp then also counts the notices, one per prefill
+    rank), rather than the proxy awaiting a different count of notices that could never describe a working transfer.
+    """
+    tps: dict[str, int] = {}
+    for name, fleet in config.fleets.items():
+        if any(ep.role in ("prefill", "decode") for ep in fleet.resolved_endpoints):
+            tps[name] = fleet.tensor_parallel
+    decode = next((n for n, f in config.fleets.items() if n in tps
+                   and any(ep.role == "decode" for ep in f.resolved_endpoints)), None)
+    if decode is None:
+        return  # no decode endpoint: reported by the role rules
+    want = tps[decode]
+    for name, tp in tps.items():
+        if tp != want:
+            yield Problem(f"fleets.{name}.tensor_parallel",
+                          f"TP {tp}, but fleet {decode}'s decode endpoints use TP {want}; with engine lmcache each "
+                          "prefill rank sends its KV shard to the decode rank of the same number and reports it to "
+                          "the proxy, so prefill and decode need the same TP",
+                          f"set tensor_parallel: {want} in every fleet (or give fleet {decode} TP {tp})")
 
 
 def _port_values() -> dict[str, str]:
