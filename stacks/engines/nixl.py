@@ -41,8 +41,19 @@ NEURON_NIXL_CONNECTOR = "NeuronNixlConnector"
 SLIDING_WINDOW_MODELS = re.compile(r"gpt-oss", re.IGNORECASE)
 # "Neuron defaults `block_size` to 32" (tutorial-llama3-70b.md L138-139).
 NEURON_DEFAULT_BLOCK_SIZE = 32
-# The tutorial's prefill side-channel port; endpoint INDEX listens on base + INDEX (distinct when colocated).
+# The tutorial's prefill side-channel port; endpoint INDEX listens from base + SIDE_CHANNEL_STRIDE x INDEX.
 SIDE_CHANNEL_BASE_PORT = 5559
+# Colocated endpoints' side channels, 100 ports apart as the tutorial's 5559 (prefill) and 5659 (decode)
+# (aws-neuron-sdk vllm-neuron/docs/tutorials/tutorial-di-1p1d-xpyd.md@v2.32.0 L148, L197, L501-502). An endpoint may
+# hold up to TP ports from its base: vLLM's NixlConnector has listened once per TP rank, on
+# VLLM_NIXL_SIDE_CHANNEL_PORT + dp_rank x tp_size + tp_rank (NixlConnectorWorker._nixl_handshake_listener binding
+# `base_port + tp_rank`, the layout upstream vLLM had up to about 0.11; UNVERIFIED at the v0.11.0 tag itself), and
+# once per engine since the handshake moved to the scheduler: `VLLM_NIXL_SIDE_CHANNEL_PORT +
+# parallel_config.data_parallel_rank` (vllm-project/vllm vllm/distributed/kv_transfer/kv_connector/v1/
+# nixl_connector.py@002a1057e9ae, NixlConnectorScheduler.__init__ and _nixl_handshake_listener). Endpoints spaced by
+# base + INDEX collided from TP 2 on (gpu-dev: endpoint 0's rank 1 on endpoint 1's rank 0); 100 apart they do not
+# while TP <= 100, and the rules check every port an endpoint may hold (_side_channel).
+SIDE_CHANNEL_STRIDE = 100
 
 
 class NeuronConfig(BaseModel):
@@ -73,7 +84,8 @@ class NixlSettings(BaseModel):
                                   "NixlConnector for dense ones such as Llama.")
     side_channel_base_port: int = Field(
         default=SIDE_CHANNEL_BASE_PORT, ge=1024, le=65000,
-        description="VLLM_NIXL_SIDE_CHANNEL_PORT of endpoint 0; endpoint INDEX uses this + INDEX.")
+        description="VLLM_NIXL_SIDE_CHANNEL_PORT of endpoint 0; endpoint INDEX uses this + 100 x INDEX (its TP ranks "
+                    "may take the next TP ports).")
     max_num_batched_tokens: int | None = Field(default=None, ge=1, description="--max-num-batched-tokens.")
     block_size: int | None = Field(default=None, ge=1, le=4096,
                                    description="--block-size (KV cache block, tokens). Neuron's default: 32.")
@@ -140,6 +152,7 @@ class Nixl(Engine):
         return {
             "DI_KV_CONNECTOR": kv_connector(config),
             "DI_NIXL_SIDE_CHANNEL_BASE_PORT": str(settings.side_channel_base_port),
+            "DI_NIXL_SIDE_CHANNEL_STRIDE": str(SIDE_CHANNEL_STRIDE),
             "DI_MAX_NUM_BATCHED_TOKENS": _optional(settings.max_num_batched_tokens),
             "DI_BLOCK_SIZE": _optional(settings.block_size),
             "DI_OPTIMIZATION_LEVEL": _optional(settings.optimization_level),
@@ -155,7 +168,7 @@ class Nixl(Engine):
             backends = "/".join(sorted({catalog.WORKER_TYPES[f.instance_type].nixl_backend
                                         for f in config.fleets.values()}))
             transfer = (f"{kv_connector(config)} over NIXL {backends}, side-channel ports "
-                        f"{settings.side_channel_base_port}+endpoint")
+                        f"{settings.side_channel_base_port} + {SIDE_CHANNEL_STRIDE} x endpoint")
         else:
             transfer = "vllm serve without KV transfer (standard mode)"
         shapes = "  ".join(f"{key} {value}" for key, value in (
@@ -205,20 +218,31 @@ def _buckets(settings: NixlSettings) -> Iterator[Problem]:
                       f"use multiples of {block}, e.g. {max(block, odd[0] // block * block)}")
 
 
+def side_channel_ports(base: int, index: int, tensor_parallel: int) -> range:
+    """Every port endpoint INDEX's side channel may listen on: one per TP rank from its own base (see
+    SIDE_CHANNEL_STRIDE)."""
+    start = base + SIDE_CHANNEL_STRIDE * index
+    return range(start, start + tensor_parallel)
+
+
 def _side_channel(config: DeploymentConfig) -> Iterator[Problem]:
     base = config.nixl.side_channel_base_port
     for name, fleet in config.fleets.items():
         endpoints = fleet.resolved_endpoints
-        channel = range(base, base + len(endpoints))
         taken = {ep.port: f"endpoint {ep.index}'s API port" for ep in endpoints}
         taken.update({port: f"the {what} port" for port, what in naming.RESERVED_WORKER_PORTS.items()})
-        clash = next((port for port in channel if port in taken), None)
-        if clash is not None:
-            yield Problem("nixl.side_channel_base_port",
-                          f"side-channel ports {channel.start}-{channel.stop - 1} of fleet {name} include {clash}, "
-                          f"{taken[clash]}",
-                          f"move side_channel_base_port (default {SIDE_CHANNEL_BASE_PORT}) clear of the API ports")
-            return
+        for ep in endpoints:
+            channel = side_channel_ports(base, ep.index, fleet.tensor_parallel)
+            clash = next((port for port in channel if port in taken), None)
+            if clash is not None or channel.stop - 1 > 65535:
+                what = taken[clash] if clash is not None else "past the last port, 65535"
+                yield Problem("nixl.side_channel_base_port",
+                              f"side-channel ports {channel.start}-{channel.stop - 1} of fleet {name}'s endpoint "
+                              f"{ep.index} (base + {SIDE_CHANNEL_STRIDE} x {ep.index}, one per TP rank) include "
+                              f"{clash if clash is not None else channel.stop - 1}, {what}",
+                              f"move side_channel_base_port (default {SIDE_CHANNEL_BASE_PORT}) clear of the API ports")
+                return
+            taken.update({port: f"endpoint {ep.index}'s side-channel port" for port in channel})
 
 
 ENGINE = Nixl()

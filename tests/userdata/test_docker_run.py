@@ -202,10 +202,10 @@ def test_nixl_colocated_endpoints_match_the_di_tutorial(node, role, tutorial, in
     port, cores = t_flags["--port"], t_env["NEURON_VISIBLE_DEVICES"]
     neuron_config = json.loads(t_flags["--additional-config"])["neuron_config"]
     endpoints = ["prefill:0-3:8100", "decode:32-63:8200"]
-    # The tutorial's side-channel ports 5559/5659 are base + 0 and base + 100; DiStack uses base + endpoint index.
+    # The tutorial's side-channel ports 5559/5659: one base, endpoints 100 apart (room for a listener per TP rank).
     n.override(DI_ENDPOINTS=" ".join(endpoints), DI_TENSOR_PARALLEL=tp, DI_MAX_NUM_SEQS=seqs,
                DI_MAX_MODEL_LEN=t_flags["--max-model-len"], DI_MAX_NUM_BATCHED_TOKENS=t_flags["--max-num-batched-tokens"],
-               DI_KV_CONNECTOR="NeuronNixlConnector", DI_NIXL_SIDE_CHANNEL_BASE_PORT=str(5559 + 99 * index),
+               DI_KV_CONNECTOR="NeuronNixlConnector", DI_NIXL_SIDE_CHANNEL_BASE_PORT="5559",
                DI_BLOCK_SIZE="", DI_OPTIMIZATION_LEVEL=t_flags.get("--optimization-level", ""),
                DI_NEURON_CONFIG=json.dumps(neuron_config, separators=(",", ":")),
                DI_COMPILE_TIMEOUT_SECONDS="2400", DI_READY_TIMEOUT_SECONDS="1800",
@@ -248,7 +248,7 @@ def test_nixl_prod_prefill_endpoint_exact_vector(node):
                 "DI_EXECUTE_MODEL_TIMEOUT_SECONDS": "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"}
     assert head == [*docker_head(n, index=2, uverbs=16),
                     "-e", f"NEURON_VISIBLE_DEVICES={cores}", "-e", "VLLM_NIXL_SIDE_CHANNEL_HOST=10.42.1.5",
-                    "-e", f"VLLM_NIXL_SIDE_CHANNEL_PORT={int(v['DI_NIXL_SIDE_CHANNEL_BASE_PORT']) + 2}",
+                    "-e", f"VLLM_NIXL_SIDE_CHANNEL_PORT={int(v['DI_NIXL_SIDE_CHANNEL_BASE_PORT']) + 200}",
                     "-e", "FI_EFA_ENABLE_SHM_TRANSFER=0",
                     *[w for k, name in optional.items() if v[k] for w in ("-e", f"{name}={v[k]}")],
                     "-e", f"NEURON_LOGICAL_NC_CONFIG={v['DI_LNC']}",
@@ -285,7 +285,7 @@ def test_nixl_standard_mode_serves_without_kv_transfer(node):
     head, words = run_endpoint(n, 1)
     assert "--kv-transfer-config" not in words and words[0] == "serve"
     env = parse_ours(head)
-    assert env["VLLM_NIXL_SIDE_CHANNEL_PORT"] == str(int(n.values["DI_NIXL_SIDE_CHANNEL_BASE_PORT"]) + 1)
+    assert env["VLLM_NIXL_SIDE_CHANNEL_PORT"] == str(int(n.values["DI_NIXL_SIDE_CHANNEL_BASE_PORT"]) + 100)
     assert "NEURON_RT_ASYNC_EXEC_MAX_INFLIGHT_REQUESTS" not in env
 
 
@@ -296,7 +296,9 @@ def test_colocated_nixl_endpoints_get_distinct_side_channel_ports(node):
         n.run("di-run", "run", "vllm", str(index))
         ports.append(parse_ours(n.docker_runs()[-1])["VLLM_NIXL_SIDE_CHANNEL_PORT"])
     base = int(n.values["DI_NIXL_SIDE_CHANNEL_BASE_PORT"])
-    assert ports == [str(base), str(base + 1)]
+    assert ports == [str(base), str(base + 100)]
+    # vLLM may listen on port + tp_rank per TP rank: endpoint 0's ranks stay below endpoint 1's port.
+    assert int(ports[0]) + int(n.values["DI_TENSOR_PARALLEL"]) <= int(ports[1])
 
 
 def test_an_unknown_engine_names_the_known_ones(node):

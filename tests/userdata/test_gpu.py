@@ -208,7 +208,8 @@ def test_nixl_gpu_servers_match_the_vllm_nixl_guide(node, role, guide, kv_role, 
 def test_nixl_gpu_colocated_endpoints_get_distinct_side_channel_ports(node):
     n = gpu_node(node, NIXL_GPU, "prefill:0-3:8000 decode:4-7:8001")
     ports = [env_of(run_endpoint(n, i)[0])["VLLM_NIXL_SIDE_CHANNEL_PORT"] for i in (0, 1)]
-    assert ports == ["5600", "5601"]
+    # 100 apart: each TP-4 endpoint's ranks may listen on port + tp_rank (5600-5603), clear of the next endpoint.
+    assert ports == ["5600", "5700"]
 
 
 # ----------------------------------------------------------------------------------------------------- lmcache

@@ -16,19 +16,27 @@ engine_entrypoint() { printf '%s\n' vllm; }
 # env_if NAME VALUE: `-e NAME=VALUE` unless VALUE is empty (empty in node.env = vLLM's own default).
 env_if() { [[ -z $2 ]] || printf '%s\n' -e "$1=$2"; }
 
+# nixl_side_channel_port INDEX: endpoint INDEX's VLLM_NIXL_SIDE_CHANNEL_PORT, base + stride x INDEX. The stride
+# (100, stacks/engines/nixl.py SIDE_CHANNEL_STRIDE) leaves room for one listener per TP rank: vLLM's NixlConnector
+# has listened on VLLM_NIXL_SIDE_CHANNEL_PORT + tp_rank per worker, so endpoints one port apart collided from TP 2 on.
+nixl_side_channel_port() {
+  printf '%s\n' "$((${DI_NIXL_SIDE_CHANNEL_BASE_PORT:?} + ${DI_NIXL_SIDE_CHANNEL_STRIDE:-100} * $1))"
+}
+
 nixl_env_neuron() {
   local role=$1 cores=$2 index=$3 ip
   ip=$(local_ip) || die "cannot read this node's private IP from instance metadata ($DI_IMDS_URL)"
   # NeuronCore range: the plugin reads NEURON_VISIBLE_DEVICES ("exposes exactly four host-level NeuronCores to the
   # TP4 prefill process", tutorial L173; design doc L304 "Core partitioning for single-node DI").
   # NIXL handshake: the decode side connects to the address prefill reports as remote_host, so this node's
-  # routable address rather than the tutorial's 0.0.0.0 (L106); one port per colocated endpoint (tutorial
-  # troubleshooting: "use different VLLM_NIXL_SIDE_CHANNEL_PORT values"). A data-parallel server adds its DP rank.
+  # routable address rather than the tutorial's 0.0.0.0 (L106); colocated endpoints' ports 100 apart, as the
+  # tutorial's 5559 and 5659 (troubleshooting: "use different VLLM_NIXL_SIDE_CHANNEL_PORT values"), since vLLM may
+  # listen on base + TP rank (nixl_side_channel_port).
   # FI_EFA_ENABLE_SHM_TRANSFER=0: "required for single-node DI ... Without it, both servers can start
   # successfully but requests can produce inaccurate output" (L120-123), and set on both servers multi-node (L404-406).
   printf '%s\n' -e "NEURON_VISIBLE_DEVICES=$cores" \
     -e "VLLM_NIXL_SIDE_CHANNEL_HOST=$ip" \
-    -e "VLLM_NIXL_SIDE_CHANNEL_PORT=$((${DI_NIXL_SIDE_CHANNEL_BASE_PORT:?} + index))" \
+    -e "VLLM_NIXL_SIDE_CHANNEL_PORT=$(nixl_side_channel_port "$index")" \
     -e FI_EFA_ENABLE_SHM_TRANSFER=0
   # Compilation and start-up can exceed vLLM's defaults (tutorial L109-113).
   env_if VLLM_NEURON_COMPILATION_TIMEOUT "${DI_COMPILE_TIMEOUT_SECONDS:-}"
@@ -45,14 +53,14 @@ nixl_env_neuron() {
 
 # nixl_env_gpu ROLE RANGE INDEX: the GPU servers' environment of the guide's multi-instance example:
 #   VLLM_NIXL_SIDE_CHANNEL_HOST=${IP1} VLLM_NIXL_SIDE_CHANNEL_PORT=5600 UCX_NET_DEVICES=all vllm serve ...
-# "Each vLLM worker needs a unique port on its host" (base + endpoint index here); the host is "Set when prefiller
-# and decoder are on different machines" (always this node's private IP here). The GPUs come from docker's --gpus
-# (accelerator gpu.sh), so no CUDA_VISIBLE_DEVICES. UCX_NET_DEVICES=all only with the UCX backend (a UCX setting).
+# "Each vLLM worker needs a unique port on its host" (base + 100 x endpoint index here, nixl_side_channel_port); the
+# host is "Set when prefiller and decoder are on different machines" (always this node's private IP here). The GPUs
+# come from docker's --gpus (accelerator gpu.sh), so no CUDA_VISIBLE_DEVICES. UCX_NET_DEVICES=all only with the UCX backend (a UCX setting).
 nixl_env_gpu() {
   local index=$3 ip
   ip=$(local_ip) || die "cannot read this node's private IP from instance metadata ($DI_IMDS_URL)"
   printf '%s\n' -e "VLLM_NIXL_SIDE_CHANNEL_HOST=$ip" \
-    -e "VLLM_NIXL_SIDE_CHANNEL_PORT=$((${DI_NIXL_SIDE_CHANNEL_BASE_PORT:?} + index))"
+    -e "VLLM_NIXL_SIDE_CHANNEL_PORT=$(nixl_side_channel_port "$index")"
   [[ $(nixl_backend) != UCX ]] || printf '%s\n' -e UCX_NET_DEVICES=all
   env_if VLLM_ENGINE_READY_TIMEOUT_S "${DI_READY_TIMEOUT_SECONDS:-}"
   env_if VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS "${DI_EXECUTE_MODEL_TIMEOUT_SECONDS:-}"
