@@ -18,13 +18,14 @@ from stacks.scaling_config import DrainConfig, ScalingConfig, ScheduledActionCon
 
 # The default worker image: the default engine's newest catalog image (stacks/images.py).
 NEURON_DLC = engines.get(engines.DEFAULT).default_image
-# The Neuron base DLAMI of the default image's Ubuntu (24.04). Workers get the one matching their image's Ubuntu:
-# 24.04 for the nixl images; 22.04 for the legacy 0.9.1 ones, a parameter Neuron froze at its last 22.04 build
-# when it stopped publishing 22.04 DLAMIs at 2.30.0 (aws-neuron-sdk release-notes/components/dlamis.rst L72-78).
-# That build carries a newer driver than the 0.9.1 images' SDK 2.25 was released against; the legacy engine runs
-# on it as far as Neuron's driver/runtime compatibility holds (UNVERIFIED on hardware).
+# The host DLAMI the catalog names for the default image: the Ubuntu 24.04 Neuron base DLAMI, whatever the container's
+# Ubuntu ("The host OS does not need to match the container OS", stacks/images.py DLC_233). The legacy 0.9.1 images
+# name the 22.04 one, a parameter Neuron froze at its last 22.04 build when it stopped publishing 22.04 DLAMIs at
+# 2.30.0 (aws-neuron-sdk release-notes/components/dlamis.rst L72-78). That build carries a newer driver than the
+# 0.9.1 images' SDK 2.25 was released against; the legacy engine runs on it as far as Neuron's driver/runtime
+# compatibility holds (UNVERIFIED on hardware).
 # https://awsdocs-neuron.readthedocs-hosted.com/en/latest/deploy/environments/dlami.html
-NEURON_BASE_DLAMI_PARAMETER = images.dlami_parameter(images.ubuntu_of(NEURON_DLC) or "24.04")
+NEURON_BASE_DLAMI_PARAMETER = images.IMAGES[NEURON_DLC].host_dlami
 AL2023_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 
 # CloudWatch Logs accepts only these retention periods.
@@ -407,7 +408,7 @@ class DeploymentConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _engine_defaults(cls, data: Any) -> Any:
-        """Defaults that follow the engine and image: the engine's image, its proxy, the DLAMI of the image's Ubuntu.
+        """Defaults that follow the engine and image: the engine's image, its proxy, the image's host DLAMI.
 
         neuron-proxy-server only pairs prefill with decode workers, so standard mode defaults to DiStack's proxy.
         """
@@ -451,15 +452,13 @@ class DeploymentConfig(_Model):
 
     @property
     def dlami_ubuntu(self) -> str | None:
-        """The Ubuntu release whose Neuron base DLAMI the workers boot when worker_ami follows the image (the
-        default); None when worker_ami names another AMI."""
-        ubuntu = images.ubuntu_of(self.image)
+        """The Ubuntu release of the Neuron base DLAMI the workers boot when worker_ami is the image's catalog host
+        (the default); None on GPU fleets, for an unlisted image, or when worker_ami names another AMI."""
+        entry = self.image_entry
         ami = self.worker_ami
-        if self.accelerator != catalog.NEURON:
+        if self.accelerator != catalog.NEURON or entry is None or ami.image_id is not None:
             return None
-        if ami.image_id is None and ubuntu is not None and ami.ssm_parameter == images.dlami_parameter(ubuntu):
-            return ubuntu
-        return None
+        return entry.host_ubuntu if ami.ssm_parameter == entry.host_dlami else None
 
     @property
     def uses_placement_group(self) -> bool:

@@ -134,10 +134,13 @@ def _image(config: DeploymentConfig, engine: engines.Engine) -> Iterator[Problem
         accepted = ", ".join(image.tag for image in images.for_engine(engine.name, config.accelerator))
         yield Problem("image", f"engine {engine.name} cannot run {entry.tag}: {entry.refusal(engine.name)}",
                       f"use one of its images: {accepted}" if accepted else "use another engine")
-    if config.worker_ami.image_id is None and config.worker_ami.ssm_parameter is None:
-        yield Problem("image", f"the Ubuntu release of '{config.image}' is unknown (an unlisted tag without a "
-                               "-ubuntuXX.YY suffix), so the worker AMI cannot follow it",
-                      f"set worker_ami.ssm_parameter (e.g. {images.dlami_parameter('24.04')}) or worker_ami.image_id")
+    if config.image_unlisted and config.worker_ami.image_id is None and config.worker_ami.ssm_parameter is None:
+        # The catalog names each image's host; for an unlisted one nothing does (a tag's Ubuntu is the container's,
+        # not the host's), so the config must, rather than launch workers from a guessed DLAMI parameter.
+        yield Problem("image", f"DiStack does not know which host AMI runs the unlisted image '{config.image}' "
+                               "(the container's Ubuntu need not match the host's)",
+                      f"set worker_ami.ssm_parameter (the Neuron base DLAMI for Neuron SDK 2.31 and later: "
+                      f"{images.dlami_parameter('24.04')}) or worker_ami.image_id")
 
 
 def _family(config: DeploymentConfig, engine: engines.Engine, name: str, fleet: FleetConfig) -> Iterator[Problem]:
@@ -162,13 +165,9 @@ def warnings(config: DeploymentConfig) -> list[Problem]:
     """What synth accepts but prints: an unlisted image taken on the user's word."""
     found = []
     if config.image_entry is None and config.image_unlisted:
-        ubuntu = config.dlami_ubuntu
         ami = config.worker_ami.image_id or config.worker_ami.ssm_parameter
-        source = f"Ubuntu {ubuntu} from its tag, worker AMI {ami}" if ubuntu else f"worker AMI {ami} as set"
-        unverified = ("" if ubuntu is None or ubuntu in images.DOCUMENTED_DLAMI_UBUNTU
-                      else f"; no Neuron doc names a base DLAMI for Ubuntu {ubuntu} yet")
         found.append(Problem("image", f"'{config.image}' is not in DiStack's image catalog; accepted because "
-                                      f"image_unlisted is true ({source}{unverified})",
+                                      f"image_unlisted is true (worker AMI {ami} as set)",
                              f"make sure it carries engine {config.engine}'s server and run `dictl preflight`; "
                              "add it to stacks/images.py once known"))
     found += scaling_rules.warnings(config)

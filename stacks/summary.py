@@ -42,8 +42,7 @@ def summarize(config: DeploymentConfig, template: dict) -> str:
 def _image_facts(config: DeploymentConfig) -> str:
     entry = config.image_entry
     if entry is None:
-        ubuntu = images.ubuntu_of(config.image)
-        return f"unlisted (image_unlisted: true); Ubuntu {ubuntu or 'unknown'} from the tag"
+        return "unlisted (image_unlisted: true); what it carries is taken on the config's word"
     if entry.accelerator != catalog.NEURON:
         return (f"{entry.repository}, vLLM {entry.vllm or 'as LMCache pairs it'}; {entry.status}; "
                 f"{'/'.join(entry.families)}")
@@ -55,7 +54,7 @@ def _ami_note(config: DeploymentConfig) -> str:
     ubuntu = config.dlami_ubuntu
     if ubuntu is not None:
         frozen = ", frozen at its last build" if ubuntu == "22.04" else ""
-        return f" (Neuron base DLAMI for the image's Ubuntu {ubuntu}{frozen})"
+        return f" (Neuron base DLAMI, Ubuntu {ubuntu}{frozen}, host of the Ubuntu {config.image_entry.ubuntu} image)"
     if config.worker_ami.ssm_parameter == images.GPU_DLAMI_PARAMETER and config.worker_ami.image_id is None:
         return " (Deep Learning Base GPU AMI, Ubuntu 24.04)"
     return " (as set in worker_ami)"

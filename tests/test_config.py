@@ -20,7 +20,7 @@ from tests.conftest import SHIPPED_ENVS
 DLAMI_2404 = "/aws/service/neuron/dlami/base/ubuntu-24.04/latest/image_id"
 DLAMI_2204 = "/aws/service/neuron/dlami/base/ubuntu-22.04/latest/image_id"
 SEED_IMAGE = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.9.1-neuronx-py310-sdk2.25.1-ubuntu22.04"
-NIXL_IMAGE = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04"
+NIXL_IMAGE = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.29.0.1.2.0-neuronx-py314-sdk2.33.0-ubuntu26.04"
 REFS = node_values.DeploymentRefs(stack_name="di-x", control_address="10.42.0.10", bucket_name="b",
                                   node_log_group="/n", container_log_group="/c")
 
@@ -313,23 +313,25 @@ def test_each_engine_defaults_its_image_and_proxy(tmp_path):
 
 def test_unlisted_image_with_the_override_loads_with_a_warning_naming_its_line(tmp_path):
     data = yaml.safe_load((CONFIG_DIR / "dev.yaml").read_text())
-    data.update(image=images.REPOSITORY + ":0.29.0.1.2.0-neuronx-py314-sdk2.33.0-ubuntu26.04", image_unlisted=True)
+    # A tag no source names yet: its host is the config's to say (the tag's Ubuntu is the container's).
+    data.update(image=images.REPOSITORY + ":0.30.0.1.3.0-neuronx-py314-sdk2.34.0-ubuntu26.04", image_unlisted=True,
+                worker_ami={"ssm_parameter": DLAMI_2404})
     path = _write(tmp_path, "dev", data)
     warnings = []
     config = load_config_file(path, warn=warnings.append)
-    assert config.worker_ami.ssm_parameter == "/aws/service/neuron/dlami/base/ubuntu-26.04/latest/image_id"
+    assert config.worker_ami.ssm_parameter == DLAMI_2404
     line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.startswith("image:"))
     (warning,) = warnings
     assert warning.startswith(f"{path}:{line}: warning: image: '{data['image']}' is not in DiStack's image catalog; "
-                              "accepted because image_unlisted is true (Ubuntu 26.04 from its tag")
-    assert "no Neuron doc names a base DLAMI for Ubuntu 26.04" in warning
+                              f"accepted because image_unlisted is true (worker AMI {DLAMI_2404} as set)")
 
 
 def test_every_catalog_image_is_accepted_by_its_engines_and_refused_with_a_reason_by_the_others():
     for image in images.IMAGES.values():
         for name in engines.NAMES:
             assert bool(image.refusal(name)) == (name not in image.engines), (image.tag, name)
-    assert [i.tag for i in images.for_engine("nixl")] == ["0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04"]
+    assert [i.tag for i in images.for_engine("nixl")] == ["0.29.0.1.2.0-neuronx-py314-sdk2.33.0-ubuntu26.04",
+                                                          "0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04"]
     assert sorted(i.sdk for i in images.for_engine("neuron-connector")) == ["2.25.0", "2.25.1", "2.26.1"]
 
 

@@ -45,9 +45,8 @@ def test_gpu_workers_boot_the_deep_learning_base_gpu_ami_and_pull_the_vllm_image
     assert data["ImageId"] == f"resolve:ssm:{images.GPU_DLAMI_PARAMETER}"
     assert images.GPU_DLAMI_PARAMETER == \
         "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
-    # Pinned to its digest: a moved tag cannot change what a worker runs.
-    assert gpu_xpyd.config.image == ("docker.io/vllm/vllm-openai:v0.11.0"
-                                     "@sha256:014a95f21c9edf6abe0aea6b07353f96baa4ec291c427bb1176dc7c93a85845c")
+    # AWS's vLLM DLC, whose release tests NIXL's LIBFABRIC backend; by tag (no source gives its digest).
+    assert gpu_xpyd.config.image == "public.ecr.aws/deep-learning-containers/vllm:0.27.1-gpu-py312-ec2"
 
 
 def test_gpu_workers_open_kv_ports_to_each_other_only_and_vllm_ports_to_the_proxy(gpu_xpyd):

@@ -177,13 +177,14 @@ def test_imdsv2_and_encrypted_gp3_root_on_every_launch_template(synth, env):
         assert root["Ebs"]["Encrypted"] is True and root["Ebs"]["VolumeType"] == "gp3"
 
 
-@pytest.mark.parametrize("env,ubuntu", [("prod", "24.04"), ("dev", "24.04"), ("baseline", "24.04"),
-                                        ("tutorial", "22.04")])
-def test_worker_ami_is_the_neuron_base_dlami_of_the_image_ubuntu(synth, env, ubuntu):
+@pytest.mark.parametrize("env,host,container", [("prod", "24.04", "26.04"), ("dev", "24.04", "26.04"),
+                                                 ("baseline", "24.04", "26.04"), ("tutorial", "22.04", "22.04")])
+def test_worker_ami_is_the_neuron_base_dlami_the_catalog_names_for_the_image(synth, env, host, container):
+    # The host follows the catalog, not the container: the 2.33 image is Ubuntu 26.04 on the 24.04 DLAMI.
     result = synth(env)
     amis = {lt["ImageId"] for kind, lt in launch_templates(result.template_dict).items() if kind.startswith("trn")}
-    assert amis == {f"resolve:ssm:/aws/service/neuron/dlami/base/ubuntu-{ubuntu}/latest/image_id"}
-    assert result.config.image.endswith(f"-ubuntu{ubuntu}")
+    assert amis == {f"resolve:ssm:/aws/service/neuron/dlami/base/ubuntu-{host}/latest/image_id"}
+    assert result.config.image.endswith(f"-ubuntu{container}")
 
 
 def test_root_volume_size_and_ami_follow_the_config(synth, variant):
@@ -542,7 +543,7 @@ def test_nixl_workers_node_env_carries_the_engine_contract_with_the_recipe_value
             "DI_EXECUTE_MODEL_TIMEOUT_SECONDS": "1200"}, fleet
         assert (env["DI_ENGINE"], env["DI_PROXY"], env["DI_TENSOR_PARALLEL"], env["DI_LNC"]) == (
             "nixl", "distack", "16", "2")
-        assert env["DI_IMAGE"].endswith(":0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04")
+        assert env["DI_IMAGE"].endswith(":0.29.0.1.2.0-neuronx-py314-sdk2.33.0-ubuntu26.04")
         assert env["DI_ENDPOINTS"] == " ".join(f"{fleet}:{c}:{p}" for c, p in (
             ("0-15", 8000), ("16-31", 8001), ("32-47", 8002), ("48-63", 8003)))
     legacy = worker_node_envs(synth("tutorial").template_dict)["prefill"]
@@ -557,17 +558,17 @@ def test_summary_names_the_engine_image_and_dlami(synth):
     prod = summarize(synth("prod").config, synth("prod").template_dict).splitlines()
     assert prod[0] == ("DiStack prod (stack di-prod, us-east-2/us-east-2a, engine nixl, mode disaggregated, "
                        "proxy distack)")
-    assert prod[1].endswith(":0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04")
-    assert prod[2].strip() == "vLLM 0.24.0, Neuron SDK 2.32.0, Python 3.13, Ubuntu 24.04; supported; trn2/trn3"
+    assert prod[1].endswith(":0.29.0.1.2.0-neuronx-py314-sdk2.33.0-ubuntu26.04")
+    assert prod[2].strip() == "vLLM 0.29.0, Neuron SDK 2.33.0, Python 3.14, Ubuntu 26.04; supported; trn2/trn3"
     assert prod[3] == ("  worker AMI resolve:ssm:/aws/service/neuron/dlami/base/ubuntu-24.04/latest/image_id "
-                       "(Neuron base DLAMI for the image's Ubuntu 24.04)")
+                       "(Neuron base DLAMI, Ubuntu 24.04, host of the Ubuntu 26.04 image)")
     assert "  nixl: NixlConnector over NIXL LIBFABRIC" in prod[4]
     tutorial = summarize(synth("tutorial").config, synth("tutorial").template_dict).splitlines()
     assert "engine neuron-connector, mode disaggregated, proxy neuron" in tutorial[0]
     assert tutorial[1].endswith(":0.9.1-neuronx-py310-sdk2.25.1-ubuntu22.04")
     assert "Neuron SDK 2.25.1, Python 3.10, Ubuntu 22.04; legacy" in tutorial[2]
-    assert tutorial[3].endswith("ubuntu-22.04/latest/image_id (Neuron base DLAMI for the image's Ubuntu 22.04, "
-                                "frozen at its last build)")
+    assert tutorial[3].endswith("ubuntu-22.04/latest/image_id (Neuron base DLAMI, Ubuntu 22.04, frozen at its last "
+                                "build, host of the Ubuntu 22.04 image)")
     assert "kv_buffer_size 2e+11 bytes per endpoint" in tutorial[4]
 
 
@@ -579,8 +580,9 @@ def test_an_unlisted_image_with_the_override_synthesizes_with_a_warning(tmp_path
     from stacks.loader import load_config_file
 
     data = yaml.safe_load(Path(__file__).parent.parent.joinpath("config", "dev.yaml").read_text())
-    tag = "0.29.0.1.2.0-neuronx-py314-sdk2.33.0-ubuntu26.04"
-    data.update(image=f"{images.REPOSITORY}:{tag}", image_unlisted=True)
+    tag = "0.30.0.1.3.0-neuronx-py314-sdk2.34.0-ubuntu26.04"
+    data.update(image=f"{images.REPOSITORY}:{tag}", image_unlisted=True,
+                worker_ami={"ssm_parameter": images.dlami_parameter("24.04")})
     path = tmp_path / "dev.yaml"
     path.write_text(yaml.safe_dump(data))
     warnings = []
@@ -591,5 +593,5 @@ def test_an_unlisted_image_with_the_override_synthesizes_with_a_warning(tmp_path
     stack = build_app(app, config)
     template = app.synth().get_stack_artifact(stack.artifact_id).template
     assert launch_templates(template)["trn2.48xlarge"]["ImageId"] == (
-        "resolve:ssm:/aws/service/neuron/dlami/base/ubuntu-26.04/latest/image_id")
+        "resolve:ssm:/aws/service/neuron/dlami/base/ubuntu-24.04/latest/image_id")
     assert worker_node_envs(template)["colocated"]["DI_IMAGE"].endswith(tag)
