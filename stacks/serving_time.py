@@ -134,7 +134,7 @@ INSTANCE_START_WARM = Fact(
          "left, only the boot (cloud-init runs user data on the first boot only, so the node needs its own unit)",
     "estimated")
 NODE_PREP_COLD = Fact(
-    60, "estimated: worker.sh before the pull: Docker from apt when the DLAMI lacks it, Neuron and EFA checks, "
+    60, "estimated: worker.sh before the pull: Docker from apt when the DLAMI lacks it, accelerator and EFA checks, "
         "RAID 0 and mkfs over the NVMe disks, the Hugging Face token from Secrets Manager", "estimated")
 NODE_PREP_WARM = Fact(20, "estimated: the same checks with Docker installed (and the NVMe array rebuilt when data "
                           "lives there: a stop wipes it)", "estimated")
@@ -153,6 +153,17 @@ PULL_DOWNLOAD_BPS = Fact(
 PULL_UNPACK_BPS = Fact(150 * MB, "estimated: gzip decompression, one layer at a time on one core", "estimated")
 PULL_WARM = Fact(5, "estimated: the layers are on the root volume since the first boot (a stop keeps EBS, "
                     f"{STOP_API}); `docker pull` only compares the manifest", "estimated")
+
+# The GPU image (AWS's vLLM DLC, stacks/images.py): upstream vllm/vllm-openai (CUDA 13 runtime, PyTorch, FlashInfer
+# cubins, the KV-connector wheels) plus EFA 1.47.0 and the DLC's own packages (aws/deep-learning-containers
+# docker/vllm/Dockerfile@e0ecedea6a L3, L11, L73-74). No size is published where DiStack was built.
+GPU_IMAGE_COMPRESSED_GB = Fact(
+    12, "estimated: no public size read (registries not reachable from here); upstream vllm/vllm-openai layers CUDA "
+        "13 runtime libraries, PyTorch, FlashInfer cubins and the KV connectors, and the DLC adds EFA 1.47.0 "
+        "(aws/deep-learning-containers docker/vllm/Dockerfile@e0ecedea6a L3, L11, L73-74); measure with "
+        "`docker image inspect -f '{{.Size}}'` on a worker", "estimated")
+GPU_IMAGE_UNPACKED_GB = Fact(
+    25, "estimated: about twice the compressed size, as CUDA and PyTorch libraries compress about 2:1", "estimated")
 
 # S3 and Hugging Face ----------------------------------------------------------------------------------------
 # The CLI's documented `auto` list. The v2 CLI really asks its bundled awscrt (awscrt.s3.is_optimized_for_system(),
@@ -210,6 +221,21 @@ COMPILED_GB_BASE = 1.0
 COMPILED_GB_PER_B = 0.02
 COMPILED_SOURCE = ("estimated: NEFFs only, no weights (the plugin passes weights at run time; NxDI's --compile-only "
                    "without --save-sharded-checkpoint); 1 GB + 0.02 GB per billion parameters")
+# GPU: no Neuron compile. vLLM's own caches (torch.compile artifacts, under VLLM_CACHE_ROOT) are what the node syncs.
+GPU_COMPILED = Fact(0.5 * GB, "estimated: vLLM's torch.compile cache under VLLM_CACHE_ROOT (Inductor kernels for "
+                              "the model's graph pieces; no weights), about 0.5 GB", "estimated")
+GPU_SERVER_START = Fact(45, "estimated: container start, vLLM imports, one worker process per TP rank, CUDA and NCCL "
+                            "initialisation", "estimated")
+# Page cache to GPU memory: each rank copies its shard over its own PCIe Gen5 x16 link (64 GB/s each way on
+# H100 SXM), far above what the safetensors loader's Python and tensor handling keep up with.
+GPU_LOAD_BPS = Fact(4 * GB, "estimated: vLLM's default safetensors loader at about 4 GB/s per instance from the page "
+                            "cache, well under PCIe Gen5 x16 per GPU; the loader, not the bus, sets the pace",
+                    "estimated")
+GPU_LOAD_FLOOR = Fact(5, "estimated: opening the checkpoint and allocating the shards takes seconds even for a "
+                         "small model", "estimated")
+GPU_WARMUP = Fact(60, "estimated: torch.compile loading its cached artifacts, CUDA graph capture over the batch sizes, "
+                      "KV cache allocation and NIXL memory registration; vLLM logs each part's seconds at start",
+                  "estimated")
 
 CURRENT = Layout(
     "current", data_on_ebs=False, ebs_throughput_mibps=int(GP3_DEFAULT.value), ebs_iops=3000, s3_client="auto",
@@ -237,9 +263,19 @@ def model_billions(config: DeploymentConfig) -> float:
     return billions
 
 
+def _gpu(config: DeploymentConfig) -> bool:
+    return config.accelerator == catalog.GPU
+
+
 def compiled_bytes(config: DeploymentConfig) -> float:
-    """Estimated size of the compiled artifacts a worker syncs (NEFFs, no weights)."""
+    """Estimated size of the compiled artifacts a worker syncs (NEFFs on Neuron; vLLM's compile cache on GPU)."""
+    if _gpu(config):
+        return GPU_COMPILED.value
     return (COMPILED_GB_BASE + COMPILED_GB_PER_B * model_billions(config)) * GB
+
+
+def _compiled_fact(config: DeploymentConfig) -> Fact:
+    return GPU_COMPILED if _gpu(config) else Fact(compiled_bytes(config), COMPILED_SOURCE, "estimated")
 
 
 def _weakest(*facts: Fact) -> Basis:
@@ -287,24 +323,30 @@ def _download(config: DeploymentConfig, fleet: FleetConfig, layout: Layout, size
     return size / rate, facts
 
 
-def _image_pull(layout: Layout, warm: bool) -> Step:
+def _image_pull(config: DeploymentConfig, layout: Layout, warm: bool) -> Step:
     if warm:
         return _step("image pull", PULL_WARM.value, PULL_WARM, detail="layers already on the root volume")
+    compressed, unpacked = ((GPU_IMAGE_COMPRESSED_GB, GPU_IMAGE_UNPACKED_GB) if _gpu(config)
+                            else (IMAGE_COMPRESSED_GB, IMAGE_UNPACKED_GB))
     # Layers download in parallel with unpacking; the slower of the two sets the pace. Unpacking writes to the
     # root volume (/var/lib/docker), so its throughput caps it.
-    download = IMAGE_COMPRESSED_GB.value * GB / PULL_DOWNLOAD_BPS.value
+    download = compressed.value * GB / PULL_DOWNLOAD_BPS.value
     unpack_rate = min(PULL_UNPACK_BPS.value, _ebs_bps(layout))
-    unpack = IMAGE_UNPACKED_GB.value * GB / unpack_rate
-    facts = [IMAGE_COMPRESSED_GB, PULL_DOWNLOAD_BPS, IMAGE_UNPACKED_GB, PULL_UNPACK_BPS]
+    unpack = unpacked.value * GB / unpack_rate
+    facts = [compressed, PULL_DOWNLOAD_BPS, unpacked, PULL_UNPACK_BPS]
     if _ebs_bps(layout) < PULL_UNPACK_BPS.value:
         facts.append(_ebs_fact(layout))
     return _step("image pull", max(download, unpack), *facts,
-                 detail=f"~{IMAGE_COMPRESSED_GB.value:g} GB compressed, ~{IMAGE_UNPACKED_GB.value:g} GB unpacked")
+                 detail=f"~{compressed.value:g} GB compressed, ~{unpacked.value:g} GB unpacked")
 
 
 def _weights_to_hbm(config: DeploymentConfig, fleet: FleetConfig) -> tuple[float, list[Fact]]:
     """Seconds for every endpoint of the node to load the weights into HBM once they are in the page cache."""
     weights = weights_bytes(config)
+    if _gpu(config):
+        # Each endpoint loads its own copy over its GPUs; the node's loader rate is shared by all of them.
+        total = weights * len(fleet.resolved_endpoints)
+        return max(GPU_LOAD_FLOOR.value, total / GPU_LOAD_BPS.value), [GPU_LOAD_BPS, GPU_LOAD_FLOOR]
     if config.engine == "neuron-connector":
         # One NxDI process per server, servers side by side: each reads the whole checkpoint at its own pace.
         return weights / NXDI_LOAD_BPS.value, [NXDI_LOAD_BPS]
@@ -325,8 +367,9 @@ def _load_and_warmup(config: DeploymentConfig, fleet: FleetConfig, layout: Layou
         detail = "weights read from EBS (empty page cache after the stop), pipelined with the device writes"
     else:
         detail = "weights still in the page cache from the download (host memory holds them)"
-    seconds = SERVER_START.value + max(disk_seconds, hbm_seconds) + WARMUP.value
-    return _step("load and warm-up", seconds, SERVER_START, *facts, WARMUP, detail=detail)
+    start, warmup = (GPU_SERVER_START, GPU_WARMUP) if _gpu(config) else (SERVER_START, WARMUP)
+    seconds = start.value + max(disk_seconds, hbm_seconds) + warmup.value
+    return _step("load and warm-up", seconds, start, *facts, warmup, detail=detail)
 
 
 def estimate(config: DeploymentConfig, fleet_name: str, *, warm: bool, layout: Layout = TARGET) -> ServingTime:
@@ -343,7 +386,7 @@ def estimate(config: DeploymentConfig, fleet_name: str, *, warm: bool, layout: L
               INSTANCE_START_WARM if warm else INSTANCE_START_COLD),
         _step("node preparation", (NODE_PREP_WARM if warm else NODE_PREP_COLD).value,
               NODE_PREP_WARM if warm else NODE_PREP_COLD),
-        _image_pull(layout, warm),
+        _image_pull(config, layout, warm),
     ]
     where = "Hugging Face" if from_hf else "S3 (models/<id>/)"
     if kept:
@@ -356,8 +399,7 @@ def estimate(config: DeploymentConfig, fleet_name: str, *, warm: bool, layout: L
         steps.append(_step("model download", seconds, *facts, *wiped,
                            detail=f"{weights_bytes(config) / GB:.0f} GB from {where}{again}"))
         seconds, facts = _download(config, fleet, layout, compiled_bytes(config), False)
-        steps.append(_step("compiled-artifact sync", seconds, *facts, *wiped,
-                           Fact(compiled_bytes(config), COMPILED_SOURCE, "estimated"),
+        steps.append(_step("compiled-artifact sync", seconds, *facts, *wiped, _compiled_fact(config),
                            detail=f"~{compiled_bytes(config) / GB:.1f} GB from S3 (compiled/<key>/){again}"))
     steps.append(_load_and_warmup(config, fleet, layout, warm))
     return ServingTime(config.name, fleet_name, warm, layout.name, tuple(steps))
