@@ -47,6 +47,13 @@ class InstanceType:
     # requires ("GDR (GPU Direct RDMA) support is currently required", ai-dynamo/nixl src/plugins/libfabric/README.md).
     # P5 and P5en have it (EC2 UG efa.html, "Supported instance types", GPUDirect RDMA column); G6 does not.
     gpudirect_rdma: bool = False
+    # An endpoint's core range must start on a multiple of its TP degree: "On `trn2`, each engine's core slice must
+    # start on a boundary that is a multiple of its own TP degree"; a misaligned one "loads and compiles fine and only
+    # fails later, during prefill warmup", with "Collective operation REDUCE_SCATTER ... is currently not supported"
+    # (aws-neuron/aws-neuron-sdk vllm-neuron/docs/tutorials/tutorial-epd-1e-1pd-xeypd.md@v2.32.0 L248-254, L757-772:
+    # the TP group's reduce_scatter cannot be mapped onto trn2's 2D-torus collectives). Trn1 ranges are aligned in
+    # every Neuron example but no source states the rule for it.
+    aligned_core_ranges: bool = False
 
     def logical_cores(self, lnc: int | None = None) -> int:
         """NeuronCores visible to the runtime (NEURON_RT_VISIBLE_CORES indexes these)."""
@@ -109,6 +116,7 @@ WORKER_TYPES: Mapping[str, InstanceType] = {
             vcpus=192,
             memory_gib=2048,
             instance_store_gb=7600,
+            aligned_core_ranges=True,
         ),
         InstanceType(
             name="trn1.32xlarge",

@@ -11,7 +11,7 @@ import re
 from typing import Iterator
 
 from stacks import catalog, engines, images, naming, scaling_rules
-from stacks.config import LOG_RETENTION_DAYS, DeploymentConfig, FleetConfig
+from stacks.config import LOG_RETENTION_DAYS, DeploymentConfig, FleetConfig, ResolvedEndpoint
 from stacks.problems import Problem, skip_unusable
 
 __all__ = ["Problem", "check", "warnings"]
@@ -278,6 +278,8 @@ def _endpoints(config: DeploymentConfig, at: str, fleet: FleetConfig, itype: cat
             if overlap:
                 yield Problem(f"{where}.{key}", f"range {ep.cores} overlaps endpoint {overlap[0]}",
                               f"give each endpoint its own {plural} ({noun} cannot be shared between processes)")
+            elif itype.aligned_core_ranges and ep.first_core % fleet.tensor_parallel:
+                yield _misaligned(where, key, single, ep, fleet.tensor_parallel, devices, itype)
             taken.update({c: ep.index for c in range(ep.first_core, ep.last_core + 1)})
         if ep.port in ports:
             yield Problem(f"{where}.port", f"port {ep.port} is also used by endpoint {ports[ep.port]}",
@@ -294,6 +296,19 @@ def _endpoints(config: DeploymentConfig, at: str, fleet: FleetConfig, itype: cat
             yield Problem(f"{where}.role", f"only colocated fleets set endpoint roles; this fleet is {fleet.role}",
                           "remove role (the fleet's role applies), or make the fleet colocated")
     yield from _memory(config, at, fleet, itype)
+
+
+def _misaligned(where: str, key: str, single: str, ep: ResolvedEndpoint, tp: int, devices: int,
+                itype: catalog.InstanceType) -> Problem:
+    """A range whose first core is not a multiple of its TP degree, where the type needs it (catalog.InstanceType.
+    aligned_core_ranges); the fix names the nearest aligned range that stays on the instance."""
+    start = -(-ep.first_core // tp) * tp
+    start = start if start + tp <= devices else ep.first_core // tp * tp
+    return Problem(f"{where}.{key}", f"range {ep.cores} starts at {single} {ep.first_core}, not a multiple of "
+                                     f"tensor_parallel {tp}: on {itype.family} such a range compiles, then fails at "
+                                     "warm-up with 'Collective operation REDUCE_SCATTER ... is currently not "
+                                     "supported' (vllm-neuron EPD tutorial, Common issues)",
+                   f"start it on a multiple of {tp}, e.g. {start}-{start + tp - 1}")
 
 
 def _memory(config: DeploymentConfig, at: str, fleet: FleetConfig, itype: catalog.InstanceType) -> Iterator[Problem]:
