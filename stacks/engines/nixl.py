@@ -1,5 +1,5 @@
 """Engine `nixl` (the default): vLLM's NixlConnector, on Trainium (the vLLM Neuron plugin's `vllm serve`, KV over NIXL's
-LIBFABRIC backend on EFA) and on GPUs (upstream vLLM's image, KV over the backend the catalog gives the type:
+LIBFABRIC backend on EFA) and on GPUs (AWS's vLLM DLC, KV over the backend the catalog gives the type:
 LIBFABRIC with GPUDirect RDMA over EFA on p5/p5en, UCX on g6). One module, two accelerators: what differs comes from
 the catalog (stacks/catalog.py InstanceType.accelerator, nixl_backend) and the image catalog, never from a type's name.
 
