@@ -31,7 +31,9 @@ class InstanceType:
     # the node preflight measures what is really there).
     instance_store_gb: int
     # What the endpoints' device ranges index and which worker AMI, images and node checks apply: "neuron" (ranges
-    # of logical NeuronCores, NEURON_RT_VISIBLE_CORES) or "gpu" (GPU indices, CUDA_VISIBLE_DEVICES).
+    # of logical NeuronCores: NEURON_VISIBLE_DEVICES for engine nixl's vLLM Neuron plugin, NEURON_RT_VISIBLE_CORES
+    # for the legacy neuron-connector; userdata/engines/*.sh) or "gpu" (GPU indices, given to docker's --gpus, so
+    # the container counts its GPUs from 0; userdata/accelerators/gpu.sh).
     accelerator: str = NEURON
     neuron_devices: int = 0
     physical_neuron_cores: int = 0
@@ -56,7 +58,8 @@ class InstanceType:
     aligned_core_ranges: bool = False
 
     def logical_cores(self, lnc: int | None = None) -> int:
-        """NeuronCores visible to the runtime (NEURON_RT_VISIBLE_CORES indexes these)."""
+        """Logical NeuronCores the runtime sees: what an endpoint's core range indexes (as NEURON_VISIBLE_DEVICES
+        with engine nixl, NEURON_RT_VISIBLE_CORES with neuron-connector)."""
         return self.physical_neuron_cores // (lnc or self.default_lnc)
 
     def hbm_gib_per_core(self, lnc: int | None = None) -> float:

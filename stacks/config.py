@@ -179,7 +179,10 @@ class ResolvedEndpoint(_Model):
 
     @property
     def cores(self) -> str:
-        """The range as NEURON_RT_VISIBLE_CORES spells it."""
+        """The range as the node hands it to the server: NEURON_VISIBLE_DEVICES for engine nixl's vLLM Neuron plugin
+        (aws-neuron-sdk vllm-neuron/docs/tutorials/tutorial-di-1p1d-xpyd.md@v2.32.0 L173: "NEURON_VISIBLE_DEVICES=0-3
+        exposes exactly four host-level NeuronCores"), NEURON_RT_VISIBLE_CORES for the legacy neuron-connector (seed
+        000's NEURON_RT_VISIBLE_CORES=0-31), docker's --gpus on GPU types."""
         return f"{self.first_core}-{self.last_core}"
 
     @property

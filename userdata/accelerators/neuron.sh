@@ -12,8 +12,8 @@ accelerator_preflight() {
 }
 
 # accelerator_docker_args RANGE: nothing: the endpoint containers run --privileged, which exposes every
-# /dev/neuronN, and the engine selects RANGE's NeuronCores through its own variable (NEURON_VISIBLE_DEVICES,
-# NEURON_RT_VISIBLE_CORES).
+# /dev/neuronN, and the engine selects RANGE's NeuronCores through its own variable (NEURON_VISIBLE_DEVICES for nixl,
+# NEURON_RT_VISIBLE_CORES for the legacy neuron-connector; userdata/engines/).
 accelerator_docker_args() { :; }
 
 # accelerator_probe_args: what a one-off probe container needs to see the devices.
