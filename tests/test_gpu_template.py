@@ -105,7 +105,7 @@ def test_gpu_lmcache_reproduces_seed_004_two_prefill_one_decode_on_one_instance(
             values["DI_LMCACHE_RANK_PORT_STRIDE"]) == ("1000", "2000", "100")
     assert lmcache.receiver_ports(8200, 2) == [9200, 9300, 10200, 10300]
     control = node_values.control_values(config, REFS, network_interface_id="eni-1", etcd_volume_id="vol-1")
-    assert (control["DI_ENGINE"], control["DI_LMCACHE_DECODE_TP"], control["DI_LMCACHE_PROXY_PORT"]) == (
+    assert (control["DI_ENGINE"], control["DIPROXY_LMCACHE_DECODE_TP"], control["DIPROXY_LMCACHE_NOTIFY_PORT"]) == (
         "lmcache", "1", "7500")
 
 

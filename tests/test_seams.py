@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diproxy.config import HostPort, parse_settings
+from diproxy.config import ENV_PREFIX, HostPort, Settings, parse_settings
 from diproxy.protocols import ENGINES
 from diproxy.protocols.lmcache import receiver_ports as proxy_receiver_ports
 from stacks import naming
@@ -86,6 +86,9 @@ def test_the_proxy_runs_the_engine_port_etcd_and_key_the_stack_configured(seam):
     assert settings.etcd_prefix == "/workers/"
     assert settings.aws_region == config.region
     assert settings.api_key_secret == config.proxy_api_key_secret
+    # The engine's own proxy settings are ones the proxy reads (an unknown DIPROXY_ name would be ignored in silence).
+    flags = {ENV_PREFIX + name.upper() for name in Settings.__dataclass_fields__}
+    assert {k for k in values if k.startswith(ENV_PREFIX)} <= flags
 
 
 def test_lmcache_proxy_names_the_receiver_ports_the_decode_node_listens_on_and_awaits_every_rank(synth, tmp_path):

@@ -137,18 +137,11 @@ write_proxy_env() {
   write_proxy_engine_env
 }
 
-# write_proxy_engine_env: the engine's own proxy settings that node.env carries (stacks/engines/<engine>.py
-# control_values), under the names diproxy reads (diproxy/config.py: --FLAG defaults to DIPROXY_<FLAG>). Engine
-# lmcache: the decode TP sets both how many receiver ports the proxy names per decoder and how many transfer-done
-# notices it awaits per request; left out, the proxy would run with its built-in decode TP 1.
+# write_proxy_engine_env: the engine's own proxy settings, which node.env carries under the proxy's names
+# (DIPROXY_<FLAG>, stacks/engines/base.py control_values): handed over as they are, so no engine is named here.
 write_proxy_engine_env() {
-  local name var
-  for name in DECODE_TP INIT_PORT_OFFSET ALLOC_PORT_OFFSET RANK_PORT_STRIDE; do
-    var=DI_LMCACHE_$name
-    if [[ -n ${!var:-} ]]; then printf '%s\n' "DIPROXY_LMCACHE_$name=${!var}"; fi
-  done
-  # The senders' pd_proxy_port (userdata/engines/lmcache.sh) is the port the proxy's notice socket binds.
-  if [[ -n ${DI_LMCACHE_PROXY_PORT:-} ]]; then printf '%s\n' "DIPROXY_LMCACHE_NOTIFY_PORT=$DI_LMCACHE_PROXY_PORT"; fi
+  local name
+  for name in $(compgen -v DIPROXY_ || true); do printf '%s\n' "$name=${!name}"; done
 }
 
 proxy_serving() { [[ $(health_code "$DI_PROXY_PORT") == 200 ]]; }

@@ -59,7 +59,9 @@ class Engine:
         return {}
 
     def control_values(self, config: DeploymentConfig) -> dict[str, str]:
-        """The engine's node.env variables for the control host (its proxy)."""
+        """The engine's node.env variables for the control host (its proxy). A name DIPROXY_<FLAG> is one of the
+        proxy's settings (diproxy/config.py: --flag defaults to DIPROXY_<FLAG>): the control host hands every such
+        value to the proxy as it is (userdata/control.sh write_proxy_env), whatever the engine."""
         return {}
 
     def summary(self, config: DeploymentConfig) -> list[str]:

@@ -86,9 +86,18 @@ class Lmcache(Engine):
         }
 
     def control_values(self, config: DeploymentConfig) -> dict[str, str]:
+        """The proxy's lmcache settings (DIPROXY_*, handed over as they are): the decode TP sets how many receiver
+        ports it names per decoder and how many transfer-done notices it awaits (one per prefill rank, the same TP:
+        _one_tp); the offsets and stride are the workers' (_port_values), the notify port their pd_proxy_port."""
         decode_tps = sorted({f.tensor_parallel for f in config.fleets.values()
                              for ep in f.resolved_endpoints if ep.role == "decode"})
-        return {"DI_LMCACHE_DECODE_TP": str(decode_tps[0]) if decode_tps else "", **_port_values()}
+        values = {"DIPROXY_LMCACHE_INIT_PORT_OFFSET": str(INIT_PORT_OFFSET),
+                  "DIPROXY_LMCACHE_ALLOC_PORT_OFFSET": str(ALLOC_PORT_OFFSET),
+                  "DIPROXY_LMCACHE_RANK_PORT_STRIDE": str(RANK_PORT_STRIDE),
+                  "DIPROXY_LMCACHE_NOTIFY_PORT": str(PROXY_NOTIFY_PORT)}
+        if decode_tps:
+            values["DIPROXY_LMCACHE_DECODE_TP"] = str(decode_tps[0])
+        return values
 
     def summary(self, config: DeploymentConfig) -> list[str]:
         settings = config.lmcache
