@@ -51,7 +51,10 @@ class LmcacheSettings(BaseModel):
 
 
 def receiver_ports(port: int, tensor_parallel: int) -> list[int]:
-    """Every port a decode endpoint's LMCache receiver listens on: init and alloc per TP rank."""
+    """Every port a decode endpoint's LMCache receiver listens on: init and alloc per TP rank (each receiver rank
+    binds `pd_peer_init_port[tp_rank]` and `pd_peer_alloc_port[tp_rank]`: pd_backend.py@07e07869
+    PDConfig.from_cache_engine_config). 100 apart per rank and 1000 from the HTTP port, so endpoints on neighbouring
+    ports never share one (_receiver_ports checks it)."""
     return [port + offset + RANK_PORT_STRIDE * rank
             for offset in (INIT_PORT_OFFSET, ALLOC_PORT_OFFSET) for rank in range(tensor_parallel)]
 
