@@ -56,6 +56,11 @@ class InstanceType:
     # the TP group's reduce_scatter cannot be mapped onto trn2's 2D-torus collectives). Trn1 ranges are aligned in
     # every Neuron example but no source states the rule for it.
     aligned_core_ranges: bool = False
+    # The target_bandwidth the node gives the AWS CLI's CRT S3 client for its downloads (weights, compiled artifacts):
+    # the CRT knows these types itself (awslabs/aws-c-s3 source/s3_platform_info.c: trn2.48xlarge 400 Gbps,
+    # trn1.32xlarge 600, trn1n.32xlarge 800) but falls back to 10 Gb/s where its bundled version does not, so it is
+    # said explicitly. Empty leaves the CLI's default. Rendered as DI_S3_TARGET_BANDWIDTH (userdata/lib/s3.sh).
+    s3_target_bandwidth: str = ""
 
     def logical_cores(self, lnc: int | None = None) -> int:
         """Logical NeuronCores the runtime sees: what an endpoint's core range indexes (as NEURON_VISIBLE_DEVICES
@@ -102,6 +107,13 @@ class InstanceType:
         """One EFA per network card: https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa-acc-inst-types.html"""
         return self.network_cards if self.efa else 0
 
+    @property
+    def lnc_applies(self) -> bool:
+        """The Logical NeuronCore config exists here, so the node states the LNC to the runtime and the compiler:
+        "LNC applies only to Trn2 and Trn3 instances" (the Neuron docs' logical-neuroncore-config page, linked above).
+        Rendered as DI_LNC_APPLIES (userdata/accelerators/neuron.sh lnc_applies)."""
+        return self.family in ("trn2", "trn3")
+
 
 WORKER_TYPES: Mapping[str, InstanceType] = {
     t.name: t
@@ -109,6 +121,7 @@ WORKER_TYPES: Mapping[str, InstanceType] = {
         InstanceType(
             name="trn2.48xlarge",
             family="trn2",
+            s3_target_bandwidth="400Gb/s",
             network_cards=16,
             efa=True,
             neuron_devices=16,
@@ -124,6 +137,7 @@ WORKER_TYPES: Mapping[str, InstanceType] = {
         InstanceType(
             name="trn1.32xlarge",
             family="trn1",
+            s3_target_bandwidth="600Gb/s",
             network_cards=8,
             efa=True,
             neuron_devices=16,
@@ -138,6 +152,7 @@ WORKER_TYPES: Mapping[str, InstanceType] = {
         InstanceType(
             name="trn1n.32xlarge",
             family="trn1",
+            s3_target_bandwidth="800Gb/s",
             network_cards=16,
             efa=True,
             neuron_devices=16,

@@ -74,12 +74,17 @@ def worker_values(config: DeploymentConfig, fleet_name: str, refs: DeploymentRef
         # GPU-only values are empty on the other accelerator.
         "DI_ACCELERATOR": itype.accelerator,
         "DI_LNC": str(fleet.lnc or itype.default_lnc) if itype.neuron else "",
+        # 1 where the type has the LNC setting at all (stacks/catalog.py InstanceType.lnc_applies): the node then
+        # states DI_LNC to the runtime and compiler; facts about the type come from the catalog, never from its name.
+        "DI_LNC_APPLIES": "1" if itype.lnc_applies else "0",
         "DI_ENDPOINTS": endpoints,
         "DI_EXPECTED_NEURON_DEVICES": str(itype.neuron_devices) if itype.neuron else "",
         "DI_EXPECTED_GPUS": "" if itype.neuron else str(itype.gpus),
         "DI_EXPECTED_EFA_INTERFACES": str(itype.efa_interfaces),
         # NIXL's backend on this type (stacks/catalog.py InstanceType.nixl_backend), for every engine that uses NIXL.
         "DI_NIXL_BACKEND": itype.nixl_backend,
+        # The CRT S3 client's target bandwidth on this type (stacks/catalog.py), empty for the CLI's default.
+        "DI_S3_TARGET_BANDWIDTH": itype.s3_target_bandwidth,
         # The same on every node of the deployment where the engine hashes KV with Python's hash() (lmcache).
         "DI_PYTHONHASHSEED": config.engine_module.python_hash_seed or "",
         "DI_MIN_DATA_GB": str(min_data_gb(config)),

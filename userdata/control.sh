@@ -2,8 +2,15 @@
 # Control host bootstrap (Amazon Linux 2023): take over the fixed interface and the etcd volume, then run
 # etcd and the proxy under systemd. Sourced by di-bootstrap; runnable alone for a re-run.
 set -euo pipefail
-# shellcheck source=lib.sh
-. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+# shellcheck source-path=SCRIPTDIR/lib
+DI_LIB_DIR=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib
+. "$DI_LIB_DIR/node.sh"
+. "$DI_LIB_DIR/units.sh"
+. "$DI_LIB_DIR/etcd.sh"
+. "$DI_LIB_DIR/imds.sh"
+. "$DI_LIB_DIR/report.sh"
+. "$DI_LIB_DIR/containers.sh"
+. "$DI_LIB_DIR/metrics.sh"
 
 DI_ETCD_MOUNT=${DI_ETCD_MOUNT:-/var/lib/di-etcd}
 DI_DISK_BY_ID=${DI_DISK_BY_ID:-/dev/disk/by-id}

@@ -5,8 +5,12 @@
 # bootstrap; runnable alone to retry. A failure never stops serving: it is logged and sent to the nodes log group as
 # "metrics agent failed: REASON", which the dashboard counts, and the script exits 1.
 set -euo pipefail
-# shellcheck source=lib.sh
-. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+# shellcheck source-path=SCRIPTDIR/lib
+DI_LIB_DIR=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib
+. "$DI_LIB_DIR/node.sh"
+. "$DI_LIB_DIR/imds.sh"
+. "$DI_LIB_DIR/report.sh"
+. "$DI_LIB_DIR/modules.sh"
 
 # The agent release (aws/amazon-cloudwatch-agent RELEASE_NOTES: 1.300071.0, 2026-07-22) and the key AWS signs its
 # packages with. https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/verify-CloudWatch-Agent-Package-Signature.html
@@ -18,7 +22,7 @@ DI_CWAGENT_HOME=${DI_CWAGENT_HOME:-/opt/aws/amazon-cloudwatch-agent}
 DI_METRICS_DIR=${DI_METRICS_DIR:-/etc/di/metrics-agent}
 # The placeholder the scrape configuration carries for this instance's ID (agent_config.INSTANCE_PLACEHOLDER).
 INSTANCE_PLACEHOLDER=__DI_INSTANCE_ID__
-# shellcheck disable=SC2034  # read by log() in lib.sh
+# shellcheck disable=SC2034  # read by log() in lib/log.sh
 DI_LOG_TAG=metrics-agent
 
 metrics_fail() {

@@ -7,8 +7,18 @@
 # root EBS volume, which survives the stop); di-lifecycle runs the rest when it is started into service.
 # Sourced by di-bootstrap; runnable alone for a re-run.
 set -euo pipefail
-# shellcheck source=lib.sh
-. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+# shellcheck source-path=SCRIPTDIR/lib
+DI_LIB_DIR=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib
+. "$DI_LIB_DIR/node.sh"
+. "$DI_LIB_DIR/units.sh"
+. "$DI_LIB_DIR/etcd.sh"
+. "$DI_LIB_DIR/report.sh"
+. "$DI_LIB_DIR/secrets.sh"
+. "$DI_LIB_DIR/s3.sh"
+. "$DI_LIB_DIR/checksums.sh"
+. "$DI_LIB_DIR/efa.sh"
+. "$DI_LIB_DIR/compile.sh"
+. "$DI_LIB_DIR/modules.sh"
 
 DI_MIN_DATA_GB=${DI_MIN_DATA_GB:-300}
 DI_NVME_GLOB=${DI_NVME_GLOB:-/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_*}
@@ -134,13 +144,13 @@ write_hf_env() {
   : >"$file"
   chmod 0600 "$file"
   [[ -n ${DI_HF_TOKEN_SECRET:-} ]] || { log "no Hugging Face token secret configured (public model)"; return 0; }
-  read_secret token "$DI_HF_TOKEN_SECRET" HF_TOKEN hf_token token || fail "$SECRET_ERROR"
+  token=$(secret_value "$DI_HF_TOKEN_SECRET" HF_TOKEN hf_token token) || fail "$token"
   printf 'HF_TOKEN=%s\n' "$token" >"$file"
 }
 
 s3_has() { aws s3 ls --region "$DI_REGION" "s3://$DI_BUCKET/$1" >/dev/null 2>&1; }
 
-# fetch PREFIX DIR WHAT: s3://BUCKET/PREFIX into DIR through the CRT client (lib.sh s3_sync), then checked against its
+# fetch PREFIX DIR WHAT: s3://BUCKET/PREFIX into DIR through the CRT client (lib/s3.sh s3_sync), then checked against its
 # SHA256SUMS when it has one.
 fetch() {
   local prefix=$1 dir=$2 what=$3 started=$SECONDS

@@ -58,7 +58,7 @@ class Node:
                               capture_output=True, text=True, timeout=60)
 
     def compiled_key(self) -> str:
-        out = subprocess.run(["bash", "-c", f". {USERDATA / 'lib.sh'}; load_node_env; compiled_key"],
+        out = subprocess.run(["bash", "-c", f". {USERDATA / 'lib' / 'compile.sh'}; load_node_env; compiled_key"],
                              env=self.env, capture_output=True, text=True, check=True)
         return out.stdout.strip()
 
@@ -67,7 +67,7 @@ def make_node(tmp_path: Path, values: dict[str, str]) -> Node:
     (tmp_path / "node.env").write_text("".join(f"{k}='{v}'\n" for k, v in values.items()))
     (tmp_path / "data").mkdir()
     env = {"PATH": f"{FAKES}:{os.environ['PATH']}", "HOME": str(tmp_path), "FAKE_LOG": str(tmp_path / "calls.log"),
-           "DI_LIB": str(USERDATA / "lib.sh"), "DI_HOME": str(USERDATA), "DI_NODE_ENV": str(tmp_path / "node.env"),
+           "DI_LIB_DIR": str(USERDATA / "lib"), "DI_HOME": str(USERDATA), "DI_NODE_ENV": str(tmp_path / "node.env"),
            "DI_OVERRIDE_ENV": str(tmp_path / "override.env"), "DI_DATA_DIR": str(tmp_path / "data"),
            "DI_RUN_DIR": str(tmp_path / "run"), "DI_KV_LOCK": str(tmp_path / "kv.lock"),
            "RETRY_ATTEMPTS": "1", "RETRY_SLEEP": "0", "READY_POLL_SECONDS": "0", "DRAIN_POLL_SECONDS": "0",

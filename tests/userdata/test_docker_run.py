@@ -107,7 +107,7 @@ def test_legacy_standard_mode_is_the_tutorials_baseline_server(node, lnc_env):
     # baseline_server.sh (seed 000 L257-302): `export NEURON_RT_ASYNC_EXEC_MAX_INFLIGHT_REQUESTS=2`, no KV connector.
     n = engine_node(node, "neuron-connector", "standard")
     if not lnc_env:
-        n.override(DI_INSTANCE_TYPE="trn1.32xlarge")
+        n.override(DI_INSTANCE_TYPE="trn1.32xlarge", DI_LNC_APPLIES="0")
     cores, port = n.values["DI_ENDPOINTS"].split()[1].split(":")[1:]
     head, words = run_endpoint(n, 1)
     lnc = ("-e", "NEURON_RT_VIRTUAL_CORE_SIZE=2", "-e", "NEURON_LOGICAL_NC_CONFIG=2") if lnc_env else ()

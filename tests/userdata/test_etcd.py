@@ -37,7 +37,7 @@ def real_curl_node(node, env, fleet):
 
 
 def lib_call(n, snippet: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", f'. "{n.env["DI_HOME"]}/lib.sh"; load_node_env; {snippet}'],
+    return subprocess.run(["bash", "-c", f'. "{n.env["DI_HOME"]}/lib/node.sh"; . "{n.env["DI_HOME"]}/lib/etcd.sh"; load_node_env; {snippet}'],
                           env=n.env, capture_output=True, text=True, timeout=60)
 
 

@@ -37,7 +37,7 @@ def result_of(call: list[str]) -> tuple[str, str]:
 
 
 def drain(n, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return n.run("ops/drain.sh", *args, check=False, DI_LIB=str(SCRIPTS / "lib.sh"), **env)
+    return n.run("ops/drain.sh", *args, check=False, DI_LIB_DIR=str(SCRIPTS / "lib"), **env)
 
 
 def test_drain_deregisters_waits_for_vllm_and_the_held_kv_then_stops_and_completes_the_hook(node):
@@ -202,7 +202,7 @@ def test_the_launch_hook_waits_for_etcd_registration_and_is_abandoned_with_the_r
 def test_downloads_are_checked_against_their_sha256sums(node):
     n = node(*LEGACY_COLOCATED)
     n.set("s3-prefixes", "compiled/")
-    key = subprocess.run(["bash", "-c", f'. "{SCRIPTS}/lib.sh"; load_node_env; compiled_key'], env=n.env,
+    key = subprocess.run(["bash", "-c", f'. "{SCRIPTS}/lib/compile.sh"; load_node_env; compiled_key'], env=n.env,
                          capture_output=True, text=True, check=True).stdout.strip()
     compiled = n.root / "data" / "compiled" / key
     compiled.mkdir(parents=True)

@@ -157,5 +157,5 @@ def test_restart_on_the_control_host_names_its_services(node):
 
 
 def test_scripts_the_runbooks_call_are_where_they_expect_them():
-    for name in ("di-status", "di-restart", "di-ready", "lib.sh"):
+    for name in ("di-status", "di-restart", "di-ready", "lib/node.sh"):
         assert (SCRIPTS / name).is_file(), name

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Accelerator `gpu`: NVIDIA GPU workers (p5, p5en, ...) on the AWS Deep Learning Base GPU AMI (NVIDIA driver, EFA,
-# Docker and the NVIDIA Container Toolkit). Sourced by load_accelerator (lib.sh); accelerator_* functions only.
+# Docker and the NVIDIA Container Toolkit). Sourced by load_accelerator (lib/modules.sh); accelerator_* functions only.
 # An endpoint's RANGE in DI_ENDPOINTS ("role:RANGE:port") is GPU indices here, as nvidia-smi numbers them.
 
 # gpu_count: the GPUs the driver sees, one line per GPU in `nvidia-smi --query-gpu=index --format=csv,noheader`

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Accelerator `neuron` (default): Trainium/Inferentia workers on the Neuron DLAMI. Sourced by load_accelerator
-# (lib.sh); defines the accelerator_* functions (and the Neuron helpers the engine modules use) only.
+# (lib/modules.sh); defines the accelerator_* functions (and the Neuron helpers the engine modules use) only.
 
 # accelerator_preflight: the Neuron devices the driver (aws-neuronx-dkms) exposes, one /dev/neuronN per device.
 accelerator_preflight() {
@@ -48,6 +48,7 @@ accelerator_exporter() {
 }
 # (metrics_fail is metrics-agent.sh's, the only caller.)
 
-# lnc_applies: true on the instance families where the Logical NeuronCore config exists. "LNC applies only to
-# Trn2 and Trn3 instances": https://awsdocs-neuron.readthedocs-hosted.com/en/latest/about-neuron/arch/neuron-features/logical-neuroncore-config.html
-lnc_applies() { [[ ${DI_INSTANCE_TYPE:-} == trn2* || ${DI_INSTANCE_TYPE:-} == trn3* ]]; }
+# lnc_applies: true on the instance types where the Logical NeuronCore config exists ("LNC applies only to Trn2 and
+# Trn3 instances"). The instance catalog says which (stacks/catalog.py InstanceType.lnc_applies, DI_LNC_APPLIES in
+# node.env), so no script reads a fact from an instance type's name.
+lnc_applies() { [[ ${DI_LNC_APPLIES:-0} == 1 ]]; }

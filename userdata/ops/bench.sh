@@ -4,9 +4,10 @@
 # DLC with host networking; results to s3://$DI_BUCKET/bench/<run-id>/.
 # Usage: bench.sh RUN_ID MEAN_IN STDDEV_IN MEAN_OUT STDDEV_OUT CONCURRENCY MAX_REQUESTS
 set -euo pipefail
-DI_LIB=${DI_LIB:-/opt/di/lib.sh}
-# shellcheck source=../lib.sh
-. "$DI_LIB"
+# The node's shared functions, one file per concern, where the node unpacked them.
+DI_LIB_DIR=${DI_LIB_DIR:-/opt/di/lib}
+. "$DI_LIB_DIR/node.sh"
+. "$DI_LIB_DIR/secrets.sh"
 
 LLMPERF_REPO=${LLMPERF_REPO:-https://github.com/ray-project/llmperf.git}
 LLMPERF_REF=${LLMPERF_REF:-v2.0}
@@ -35,11 +36,11 @@ secrets_env_file() {
   : >"$file"
   chmod 0600 "$file"
   if [[ -n ${DI_HF_TOKEN_SECRET:-} ]]; then
-    read_secret token "$DI_HF_TOKEN_SECRET" HF_TOKEN hf_token token || die "$SECRET_ERROR"
+    token=$(secret_value "$DI_HF_TOKEN_SECRET" HF_TOKEN hf_token token) || die "$token"
     printf 'HF_TOKEN=%s\n' "$token" >>"$file"
   fi
   if [[ -n ${DI_PROXY_API_KEY_SECRET:-} ]]; then
-    read_secret api_key "$DI_PROXY_API_KEY_SECRET" "${PROXY_API_KEY_FIELDS[@]}" || die "$SECRET_ERROR"
+    api_key=$(secret_value "$DI_PROXY_API_KEY_SECRET" "${PROXY_API_KEY_FIELDS[@]}") || die "$api_key"
   fi
   printf 'OPENAI_API_KEY=%s\n' "$api_key" >>"$file"
 }

@@ -3,9 +3,10 @@
 # Collect this node's journal (DiStack units, cloud-init), container logs and di-status, and upload them to
 # s3://$DI_BUCKET/logs/<instance>/<time>/. Prints that URI last. Usage: collect-logs.sh [HOURS]
 set -euo pipefail
-DI_LIB=${DI_LIB:-/opt/di/lib.sh}
-# shellcheck source=../lib.sh
-. "$DI_LIB"
+# The node's shared functions, one file per concern, where the node unpacked them.
+DI_LIB_DIR=${DI_LIB_DIR:-/opt/di/lib}
+. "$DI_LIB_DIR/node.sh"
+. "$DI_LIB_DIR/imds.sh"
 
 LOGS_WORK_DIR=${LOGS_WORK_DIR:-/tmp}
 # gather DIR HOURS: every log file into DIR (a missing source is noted, never fatal).

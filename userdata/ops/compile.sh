@@ -4,9 +4,13 @@
 # inference_demo --compile-only, nixl lets its servers compile at start), then upload the artifacts with their
 # SHA256SUMS to s3://$DI_BUCKET/compiled/$(compiled_key)/ where every worker looks first. Usage: compile.sh [--force]
 set -euo pipefail
-DI_LIB=${DI_LIB:-/opt/di/lib.sh}
-# shellcheck source=../lib.sh
-. "$DI_LIB"
+# The node's shared functions, one file per concern, where the node unpacked them.
+DI_LIB_DIR=${DI_LIB_DIR:-/opt/di/lib}
+. "$DI_LIB_DIR/node.sh"
+. "$DI_LIB_DIR/s3.sh"
+. "$DI_LIB_DIR/checksums.sh"
+. "$DI_LIB_DIR/compile.sh"
+. "$DI_LIB_DIR/modules.sh"
 
 main() {
   local force=0 key prefix dir

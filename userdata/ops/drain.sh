@@ -15,9 +15,15 @@
 # proxy may still pick the endpoint), 3 requests still in flight at TIMEOUT (the stop cut them), 4 a server had to be
 # killed, 5 the lifecycle action could not be completed. Later steps still run; the last line says what applied.
 set -euo pipefail
-DI_LIB=${DI_LIB:-/opt/di/lib.sh}
-# shellcheck source=../lib.sh
-. "$DI_LIB"
+# The node's shared functions, one file per concern, where the node unpacked them.
+DI_LIB_DIR=${DI_LIB_DIR:-/opt/di/lib}
+. "$DI_LIB_DIR/node.sh"
+. "$DI_LIB_DIR/units.sh"
+. "$DI_LIB_DIR/etcd.sh"
+. "$DI_LIB_DIR/imds.sh"
+. "$DI_LIB_DIR/metrics.sh"
+. "$DI_LIB_DIR/lifecycle.sh"
+. "$DI_LIB_DIR/modules.sh"
 
 DRAIN_POLL_SECONDS=${DRAIN_POLL_SECONDS:-1}
 # A request the proxy sent just before it saw the key go reaches vLLM's counters within milliseconds; an endpoint
@@ -213,7 +219,7 @@ stop_servers() {
 }
 
 main() {
-  local hook="" lifecycle=0 which timeout status=0 positional=() done_steps=() failed=()
+  local hook="" lifecycle=0 which timeout status=0 positional=() done_steps=() failed=() completed
   while (($#)); do
     case $1 in
       --lifecycle)
@@ -252,8 +258,8 @@ main() {
   if [[ -n $hook ]]; then
     local result="drained"
     ((${#failed[@]} == 0)) || result="drain partly applied: failed step $(joined ", " "${failed[@]}")"
-    if complete_lifecycle "$hook" CONTINUE "$result"; then
-      done_steps+=("lifecycle $COMPLETED_HOOK CONTINUE")
+    if completed=$(complete_lifecycle "$hook" CONTINUE "$result"); then
+      done_steps+=("lifecycle $completed CONTINUE")
     else
       failed+=("4 lifecycle $hook not completed"); ((status)) || status=5
     fi

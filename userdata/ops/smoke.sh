@@ -3,9 +3,10 @@
 # The Neuron DI tutorial's test request ("a tornado is a") through the proxy on this control host.
 # Prints the response; fails when the proxy errors or returns no completion. Usage: smoke.sh [MAX_TOKENS]
 set -euo pipefail
-DI_LIB=${DI_LIB:-/opt/di/lib.sh}
-# shellcheck source=../lib.sh
-. "$DI_LIB"
+# The node's shared functions, one file per concern, where the node unpacked them.
+DI_LIB_DIR=${DI_LIB_DIR:-/opt/di/lib}
+. "$DI_LIB_DIR/node.sh"
+. "$DI_LIB_DIR/secrets.sh"
 
 SMOKE_PROMPT=${SMOKE_PROMPT:-a tornado is a}
 SMOKE_TIMEOUT=${SMOKE_TIMEOUT:-120}
@@ -22,7 +23,7 @@ auth_header_file() {
   : >"$file"
   chmod 0600 "$file"
   if [[ -n ${DI_PROXY_API_KEY_SECRET:-} ]]; then
-    read_secret api_key "$DI_PROXY_API_KEY_SECRET" "${PROXY_API_KEY_FIELDS[@]}" || die "$SECRET_ERROR"
+    api_key=$(secret_value "$DI_PROXY_API_KEY_SECRET" "${PROXY_API_KEY_FIELDS[@]}") || die "$api_key"
     printf 'Authorization: Bearer %s\n' "$api_key" >"$file"
   fi
   printf '%s\n' "$file"

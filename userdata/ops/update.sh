@@ -4,9 +4,9 @@
 # restart through di-restart, wait (bounded) for di-ready, and restore the previous override on any failure.
 # Usage: update.sh [--image IMAGE] [--model ORG/NAME] [--ready-timeout SECONDS]
 set -euo pipefail
-DI_LIB=${DI_LIB:-/opt/di/lib.sh}
-# shellcheck source=../lib.sh
-. "$DI_LIB"
+# The node's shared functions, one file per concern, where the node unpacked them.
+DI_LIB_DIR=${DI_LIB_DIR:-/opt/di/lib}
+. "$DI_LIB_DIR/node.sh"
 
 UPDATE_READY_TIMEOUT=${UPDATE_READY_TIMEOUT:-3600}
 

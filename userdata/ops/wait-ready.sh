@@ -3,9 +3,9 @@
 # Wait until di-ready passes (every local endpoint answers /health with 200), at most TIMEOUT seconds
 # (0: check once). Prints di-ready's last verdict either way. Usage: wait-ready.sh [TIMEOUT]
 set -euo pipefail
-DI_LIB=${DI_LIB:-/opt/di/lib.sh}
-# shellcheck source=../lib.sh
-. "$DI_LIB"
+# The node's shared functions, one file per concern, where the node unpacked them.
+DI_LIB_DIR=${DI_LIB_DIR:-/opt/di/lib}
+. "$DI_LIB_DIR/log.sh"
 
 READY_POLL_SECONDS=${READY_POLL_SECONDS:-15}
 
