@@ -135,6 +135,31 @@ def test_node_env_reads_back_in_bash_exactly(env, tmp_path):
         assert back == values
 
 
+@pytest.mark.parametrize("env", SHIPPED_ENVS)
+def test_worker_node_env_carries_the_catalog_facts_the_scripts_use(env):
+    # The node scripts never read a fact from an instance type's name (test_static_checks); these come from the catalog.
+    from stacks import catalog
+    from stacks.loader import load_environment
+
+    for name, fleet in load_environment(env).fleets.items():
+        itype = catalog.WORKER_TYPES[fleet.instance_type]
+        values = rendered_values(env, name)
+        assert values["DI_LNC_APPLIES"] == ("1" if itype.family in ("trn2", "trn3") else "0"), (env, name)
+        assert values["DI_S3_TARGET_BANDWIDTH"] == itype.s3_target_bandwidth, (env, name)
+        assert values["DI_EXPECTED_EFA_INTERFACES"] == str(itype.efa_interfaces), (env, name)
+
+
+def test_the_catalog_gives_the_crt_target_and_lnc_as_the_node_scripts_did():
+    # What userdata/lib.sh s3_target_bandwidth and neuron.sh lnc_applies derived from the type's name, before the
+    # catalog held them.
+    from stacks import catalog
+
+    named = {"trn2.48xlarge": ("400Gb/s", True), "trn1.32xlarge": ("600Gb/s", False),
+             "trn1n.32xlarge": ("800Gb/s", False)}
+    for name, itype in catalog.WORKER_TYPES.items():
+        assert (itype.s3_target_bandwidth, itype.lnc_applies) == named.get(name, ("", False)), name
+
+
 def test_scripts_asset_ships_the_whole_userdata_tree(synth):
     result = synth("dev")
     assembly = result.template_path.parent
