@@ -6,7 +6,7 @@ import hmac
 import json
 from pathlib import Path
 
-# The JSON keys a secret may hold the key under (the console's key/value form); userdata/lib.sh reads the same ones.
+# The JSON keys a secret may hold the key under (the console's key/value form); userdata/lib/secrets.sh reads the same ones.
 SECRET_FIELDS = ("api_key", "apiKey", "API_KEY", "key")
 
 

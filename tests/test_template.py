@@ -534,7 +534,8 @@ def test_nixl_workers_node_env_carries_the_engine_contract_with_the_recipe_value
     for fleet, env in envs.items():
         assert {k: env[k] for k in env if k.startswith(("DI_KV_", "DI_NIXL_", "DI_MAX_", "DI_BLOCK", "DI_OPT",
                                                          "DI_NEURON", "DI_COMPILE", "DI_READY", "DI_EXECUTE"))} == {
-            "DI_KV_CONNECTOR": "NixlConnector", "DI_NIXL_SIDE_CHANNEL_BASE_PORT": "5559", "DI_NIXL_BACKEND": "LIBFABRIC",
+            "DI_KV_CONNECTOR": "NixlConnector", "DI_NIXL_SIDE_CHANNEL_BASE_PORT": "5559",
+            "DI_NIXL_SIDE_CHANNEL_STRIDE": "100", "DI_NIXL_BACKEND": "LIBFABRIC",
             "DI_MAX_MODEL_LEN": "16384", "DI_MAX_NUM_SEQS": "8", "DI_MAX_NUM_BATCHED_TOKENS": "8192",
             "DI_BLOCK_SIZE": "128", "DI_OPTIMIZATION_LEVEL": "2",
             "DI_NEURON_CONFIG": '{"kv_segment_size_buckets":[8192],"num_batched_tokens_buckets":[8192],'

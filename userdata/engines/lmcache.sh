@@ -4,7 +4,7 @@
 # Sources: seed 004 (/work/shared/seeds/004_*.txt: LMCache docs "XpYd", launcher commands L170-213, configs
 # L96-136); LMCache/LMCache examples/disagg_prefill/xpyd/ (configs/lmcache-prefiller-config.yaml@a970cea6,
 # configs/lmcache-decoder-{1,2}-config.yaml@bb3af27e/16ad9916, disagg_proxy_server_first_token_from_prefiller_xpyd.py
-# @c5f9daee). Sourced by load_engine (lib.sh); engine_* and lmcache_* only.
+# @c5f9daee). Sourced by load_engine (lib/modules.sh); engine_* and lmcache_* only.
 #
 # Layout (contract Decisions, GPROXY and GNODE): LMCache's xpyd example, for one decoder as for several: enable_pd,
 # pd_role sender|receiver. A sender learns its receiver from the request ("disagg_spec": {req_id, receiver_host,

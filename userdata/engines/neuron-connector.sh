@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Engine `neuron-connector` (legacy): the Neuron DI tutorial's NeuronConnector in the vLLM 0.9.1 DLC, which
-# registers its endpoints in etcd itself. Sourced by load_engine (lib.sh); defines the engine_* functions only.
+# registers its endpoints in etcd itself. Sourced by load_engine (lib/modules.sh); defines the engine_* functions only.
 # Source: aws-neuron-sdk libraries/nxd-inference/tutorials/disaggregated-inference-tutorial.rst (seed 000,
 # prefill L112-133, decode L155-176, baseline_server.sh L257-302).
 

@@ -3,7 +3,7 @@
 # - neuron: the vLLM Neuron plugin (or its NeuronNixlConnector) over NIXL's LIBFABRIC backend on EFA;
 # - gpu: upstream vLLM's own NixlConnector, backend DI_NIXL_BACKEND (UCX or LIBFABRIC), as vLLM's NIXL guide gives it
 #   (vllm-project/vllm docs/features/nixl_connector_usage.md@026c83f974fc, "Multi-Instance Setup").
-# Sourced by load_engine (lib.sh); engine_* only (plus nixl_* helpers, one per family where they differ).
+# Sourced by load_engine (lib/modules.sh); engine_* only (plus nixl_* helpers, one per family where they differ).
 # Sources (aws-neuron/aws-neuron-sdk): vllm-neuron/docs/tutorials/tutorial-di-1p1d-xpyd.md (environment L105-123,
 # prefill L141-169, decode L196-221), vllm-neuron/docs/design/vllm/disaggregated-inference.md (generic TP
 # L248-278), vllm-neuron/docs/getting-started/setup-guide.md (DI dependencies and the backend probe L93-219).
