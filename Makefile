@@ -128,7 +128,7 @@ destroy: need-env confirm-destroy setup-ops synth
 	@echo "$(STACK) is deleted. What it retains on purpose (artifacts bucket, etcd volume): $(BIN)/dictl destroy --env $(ENV)" >&2
 
 schema: $(VENV)/.synth-deps
-	$(BIN)/python -m stacks.schema > config/schema.json
+	$(BIN)/python -m model.schema > config/schema.json
 
 # A fresh clone of HEAD in a temporary directory: needs only python3, make and git, like a new user.
 bench:

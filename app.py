@@ -6,7 +6,7 @@ from pathlib import Path
 
 import aws_cdk as cdk
 
-from stacks.loader import ConfigError, load_environment
+from model.loader import ConfigError, load_environment
 
 # The built-in CloudFormation Validate plugin starts an engine that costs seconds on every synth; `make test`
 # runs cfn-lint on every shipped template instead, and cdk-nag below still fails synth on any finding.
@@ -18,7 +18,7 @@ except ConfigError as err:
     sys.exit(1)
 
 from stacks.app_builder import build_app  # noqa: E402  (after the config check: a bad file fails fast)
-from stacks.summary import summarize  # noqa: E402
+from model.summary import summarize  # noqa: E402
 
 stack = build_app(app, config)
 assembly = app.synth()

@@ -51,7 +51,7 @@ def measure(instances: int) -> tuple[Counter[str], float, int]:
 
     from ops.aws import Clients
     from ops.cli import main
-    from stacks import naming
+    from model import naming
 
     with mock_aws():
         session = boto3.Session(region_name=REGION)

@@ -1,6 +1,6 @@
 """Time to serving on paper: per shipped environment and fleet, the steps from launch to /health of a new worker,
 cold (new instance) and warm (from a Stopped warm pool), each with its figure's basis and source
-(stacks/serving_time.py). Also the goal check (the 70B `prod` fleets serve within 10 minutes from a warm pool)
+(model/serving_time.py). Also the goal check (the 70B `prod` fleets serve within 10 minutes from a warm pool)
 and where a warm start's weights can wait, with the seconds each choice costs.
 
     .venv/bin/python bench/time_to_serving.py [--env NAME ...] [--layout target|current] [--json] [--plain]
@@ -16,9 +16,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stacks import serving_time  # noqa: E402
-from stacks.config import DeploymentConfig  # noqa: E402
-from stacks.loader import ConfigError, available_environments, load_environment  # noqa: E402
+from model import serving_time  # noqa: E402
+from model.config import DeploymentConfig  # noqa: E402
+from model.loader import ConfigError, available_environments, load_environment  # noqa: E402
 
 GOAL_ENV = "prod"
 GOAL_SECONDS = 600

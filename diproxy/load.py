@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 PREFILL = "prefill"
 DECODE = "decode"
-STANDARD = "standard"  # the Role dimension of a standard (non-DI) fleet, as stacks/naming.py ROLE_STANDARD
+STANDARD = "standard"  # the Role dimension of a standard (non-DI) fleet, as model/naming.py ROLE_STANDARD
 
 
 class Level:

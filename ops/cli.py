@@ -300,7 +300,7 @@ def dispatch(args: argparse.Namespace, clients_factory: ClientsFactory) -> int:
     if args.verb == "compare":
         return _compare(args, clients_factory)
     from ops.targets import Deployment
-    from stacks.loader import ConfigError, load_environment
+    from model.loader import ConfigError, load_environment
 
     if not args.env:
         raise UsageError(f"no environment given\n  fix: pass --env NAME (config/NAME.yaml) or set {ENV_VARIABLE}=NAME")
@@ -433,7 +433,7 @@ def _preflight(config: Any, clients: Any, as_json: bool, quiet: bool) -> int:
 
 def _outputs(deployment: Any, args: argparse.Namespace) -> int:
     from ops.output import table
-    from stacks import naming
+    from model import naming
 
     outputs = deployment.outputs
     if args.key:

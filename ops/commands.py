@@ -17,7 +17,7 @@ from ops.aws import Clients, pages
 from ops.progress import Progress
 from ops.results import InstanceResult, RunResult
 from ops.targets import Deployment, Instance, Selection
-from stacks import naming
+from model import naming
 
 # CommandPluginOutput is cut at 2,500 characters in ListCommandInvocations:
 # https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_CommandPlugin.html

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from ops.aws import pages
 from ops.output import table
-from stacks.config import DeploymentConfig
+from model.config import DeploymentConfig
 
 PRICING_REGION = "us-east-1"
 HOURS_PER_MONTH = 730  # AWS's own convention for per-month prices (EBS GB-month, Pricing Calculator)

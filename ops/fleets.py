@@ -11,8 +11,8 @@ from ops.aws import pages
 from ops.errors import UsageError
 from ops.output import table
 from ops.targets import Deployment
-from stacks import naming
-from stacks.scaling_config import ROLE_SIGNALS
+from model import naming
+from model.scaling_config import ROLE_SIGNALS
 
 IN_SERVICE = "InService"
 

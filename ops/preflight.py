@@ -12,8 +12,8 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedErr
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from ops.aws import Clients
-from stacks import catalog, cron, scaling_config
-from stacks.config import DeploymentConfig, FleetConfig
+from model import catalog, cron, scaling_config
+from model.config import DeploymentConfig, FleetConfig
 
 ERROR, WARNING, INFO = "ERROR", "WARNING", "INFO"
 # Service Quotas codes for On-Demand vCPU limits (EC2 counts vCPUs per instance family group).
@@ -192,14 +192,14 @@ class Preflight:
         cards = network.get("MaximumNetworkCards")
         interfaces = network.get("EfaInfo", {}).get("MaximumEfaInterfaces")
         if known is None:
-            self.add(ERROR, instance_type, "not in stacks/catalog.py", "add its facts to stacks/catalog.py")
+            self.add(ERROR, instance_type, "not in model/catalog.py", "add its facts to model/catalog.py")
             return
         if cards is not None and cards != known.network_cards:
-            self.add(ERROR, instance_type, f"EC2 reports {cards} network cards, stacks/catalog.py says "
-                     f"{known.network_cards}", "correct network_cards in stacks/catalog.py")
+            self.add(ERROR, instance_type, f"EC2 reports {cards} network cards, model/catalog.py says "
+                     f"{known.network_cards}", "correct network_cards in model/catalog.py")
         if interfaces is not None and interfaces != known.efa_interfaces:
-            self.add(ERROR, instance_type, f"EC2 reports {interfaces} EFA interfaces, stacks/catalog.py implies "
-                     f"{known.efa_interfaces}", "correct network_cards/efa in stacks/catalog.py")
+            self.add(ERROR, instance_type, f"EC2 reports {interfaces} EFA interfaces, model/catalog.py implies "
+                     f"{known.efa_interfaces}", "correct network_cards/efa in model/catalog.py")
         if (cards is None or cards == known.network_cards) and (
                 interfaces is None or interfaces == known.efa_interfaces):
             self.add(INFO, instance_type, f"EFA supported, {cards} network cards, {interfaces} EFA interfaces")

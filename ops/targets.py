@@ -10,8 +10,8 @@ from botocore.exceptions import ClientError
 
 from ops.aws import Clients, pages
 from ops.errors import UsageError
-from stacks import naming
-from stacks.config import DeploymentConfig
+from model import naming
+from model.config import DeploymentConfig
 
 # SendCommand accepts at most 50 values per target (and 50 InstanceIds):
 # https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_SendCommand.html

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from ops.errors import UsageError
 from ops.output import PARTIAL, table
 from ops.progress import Progress
-from stacks import naming
+from model import naming
 
 BUCKET, VOLUME, LOG_GROUP, OTHER = "bucket", "volume", "log group", "other"
 # DeleteObjects takes at most 1000 keys per request:

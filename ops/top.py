@@ -16,8 +16,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Sequence
 
 from ops.targets import Deployment, Selection
-from stacks import naming
-from stacks.observability import agent_config as agent
+from model import naming
+from model.observability import agent_config as agent
 
 # GetMetricData takes at most 500 queries per call:
 # https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_GetMetricData.html

@@ -9,7 +9,7 @@ from typing import Callable
 
 from ops.errors import UsageError
 from ops.targets import Deployment, Selection
-from stacks import naming
+from model import naming
 
 PORT_FORWARDING_DOCUMENT = "AWS-StartPortForwardingSession"
 # What `aws ssm start-session` needs on this machine, with where to get it.

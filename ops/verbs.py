@@ -17,7 +17,7 @@ from ops.commands import InstanceResult, RunResult, SendOptions
 from ops.errors import UsageError
 from ops.output import Progress, print_run
 from ops.targets import Deployment, Selection
-from stacks import naming
+from model import naming
 
 def status_summary(result: InstanceResult) -> str:
     """One line from di-status JSON: endpoints answering /health and registered in etcd, units, image tag."""
@@ -181,7 +181,7 @@ def check_rollout(deployment: Deployment, *, image: str, model: str, parameters_
     """The config rules on the config as the rollout changes it, which is also what the next deploy sees once the
     printed keys are set in the file. A new model drops the file's model.parameters_billion: it gave the old
     model's size."""
-    from stacks.loader import REMOVE, ConfigError, load_environment
+    from model.loader import REMOVE, ConfigError, load_environment
 
     changes: dict[str, tuple[object, str]] = {}
     if image:

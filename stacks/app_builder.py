@@ -6,7 +6,7 @@ from __future__ import annotations
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 
-from stacks.config import DeploymentConfig
+from model.config import DeploymentConfig
 from stacks.di_stack import DiStack
 
 

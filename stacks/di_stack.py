@@ -8,7 +8,8 @@ import aws_cdk as cdk
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from stacks import naming, node_values, scaling_config, serving_time, userdata
+from model import naming, node_values, scaling_config, serving_time
+from stacks import userdata
 from stacks.components.artifacts import Artifacts
 from stacks.components.control_host import ControlHost, ControlState
 from stacks.components.monitoring import Monitoring
@@ -18,7 +19,7 @@ from stacks.components.ops_documents import OpsDocuments
 from stacks.components.placement import ClusterPlacement
 from stacks.components.security import Security
 from stacks.components.worker_fleet import FleetLifecycle, FleetPlacement, WorkerFleet
-from stacks.config import DeploymentConfig
+from model.config import DeploymentConfig
 from stacks.observability.node_metrics import NodeMetrics
 from stacks import nag
 
@@ -171,7 +172,7 @@ class DiStack(cdk.Stack):
 
 def _lifecycle(config: DeploymentConfig, fleet_name: str) -> FleetLifecycle:
     """The fleet's hook timeouts: launch from the estimated time to serving of a new (cold) worker, termination from
-    the drain wait (stacks/scaling_config.py)."""
+    the drain wait (model/scaling_config.py)."""
     try:
         serving: float | None = serving_time.estimate(config, fleet_name, warm=False).total_seconds
     except ValueError:

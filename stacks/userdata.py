@@ -15,7 +15,7 @@ from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
-from stacks import naming
+from model import naming
 
 # EC2 rejects larger user data: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_RequestLaunchTemplateData.html
 USER_DATA_LIMIT_BYTES = 16 * 1024

@@ -81,7 +81,7 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _load(source: str | Path):
     """The config of a shipped environment (a name) or of a file (a path)."""
-    from stacks.loader import load_config_file, load_environment
+    from model.loader import load_config_file, load_environment
 
     return load_config_file(source) if isinstance(source, Path) else load_environment(source)
 

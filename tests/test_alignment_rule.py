@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from stacks.loader import ConfigError, load_config_file
+from model.loader import ConfigError, load_config_file
 
 
 def write(tmp_path, fleets: dict, **extra) -> object:

@@ -11,10 +11,10 @@ import jsonschema
 import pytest
 import yaml
 
-from stacks import schema
-from stacks import engines, images, model_paths, node_values
-from stacks.config import DeploymentConfig
-from stacks.loader import CONFIG_DIR, ConfigError, available_environments, load_config_file, load_environment
+from model import schema
+from model import engines, images, model_paths, node_values
+from model.config import DeploymentConfig
+from model.loader import CONFIG_DIR, ConfigError, available_environments, load_config_file, load_environment
 from tests.conftest import SHIPPED_ENVS
 
 DLAMI_2404 = "/aws/service/neuron/dlami/base/ubuntu-24.04/latest/image_id"

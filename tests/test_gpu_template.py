@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from stacks import catalog, images, naming, node_values
-from stacks.engines import lmcache
-from stacks.loader import load_environment
+from model import catalog, images, naming, node_values
+from model.engines import lmcache
+from model.loader import load_environment
 from tests.test_template import launch_templates, resources, worker_group_id
 
 REFS = node_values.DeploymentRefs(stack_name="di-x", control_address="10.42.0.10", bucket_name="b",
@@ -31,7 +31,7 @@ def test_p5_gets_an_ena_primary_and_one_efa_only_interface_on_each_of_its_32_car
     primary = [n for n in nics if n["InterfaceType"] == "interface"]
     efa = [n for n in nics if n["InterfaceType"] == "efa-only"]
     assert [(n["NetworkCardIndex"], n["DeviceIndex"]) for n in primary] == [(0, 0)]
-    # p5.48xlarge: 32 network cards (stacks/catalog.py, from the VPC CNI's DescribeInstanceTypes data).
+    # p5.48xlarge: 32 network cards (model/catalog.py, from the VPC CNI's DescribeInstanceTypes data).
     assert sorted(n["NetworkCardIndex"] for n in efa) == list(range(32))
     assert [(n["NetworkCardIndex"], n["DeviceIndex"]) for n in efa if n["NetworkCardIndex"] == 0] == [(0, 1)]
     assert all(n["DeviceIndex"] == 0 for n in efa if n["NetworkCardIndex"] > 0)
@@ -115,7 +115,7 @@ def test_lmcache_senders_reach_the_proxy_notify_port_and_nothing_else_opens():
     from aws_cdk.assertions import Template
 
     from stacks.components.security import Security
-    from stacks.config import NetworkConfig
+    from model.config import NetworkConfig
 
     stack = cdk.Stack(cdk.App())
     vpc = ec2.Vpc.from_vpc_attributes(stack, "Vpc", vpc_id="vpc-1", availability_zones=["us-east-2a"])

@@ -1,4 +1,4 @@
-"""The image catalog (stacks/images.py): each image's host AMI, the default per accelerator, and what an unlisted or
+"""The image catalog (model/images.py): each image's host AMI, the default per accelerator, and what an unlisted or
 refused image does to a config."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stacks import catalog, images
-from stacks.loader import CONFIG_DIR, ConfigError, load_config_file, load_environment
+from model import catalog, images
+from model.loader import CONFIG_DIR, ConfigError, load_config_file, load_environment
 
 DLAMI_2404 = "/aws/service/neuron/dlami/base/ubuntu-24.04/latest/image_id"
 DLAMI_2204 = "/aws/service/neuron/dlami/base/ubuntu-22.04/latest/image_id"

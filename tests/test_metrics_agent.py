@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stacks import naming, node_values
-from stacks.loader import load_environment
-from stacks.observability import agent_config
+from model import naming, node_values
+from model.loader import load_environment
+from model.observability import agent_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "userdata" / "metrics-agent.sh"

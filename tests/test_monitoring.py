@@ -3,6 +3,7 @@ the nodes' bootstrap really emit, with this deployment's dimensions; every alarm
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -14,14 +15,19 @@ from aws_cdk.assertions import Capture, Match
 
 from diproxy.shipper import metric_data
 from diproxy.shipper.metric_data import PROXY_UP, RULES
-from stacks import engines, naming
+from model import engines, naming
+from model.observability import agent_config, upstream
 from stacks.components import monitoring
-from stacks.observability import agent_config, layout, upstream
 
 ROOT = Path(__file__).resolve().parent.parent
+# The dashboard-drawing tool lives in bench/ (a script, not a package).
+_LAYOUT_SPEC = importlib.util.spec_from_file_location("dashboard_layout", ROOT / "bench" / "dashboard_layout.py")
+layout = importlib.util.module_from_spec(_LAYOUT_SPEC)
+_LAYOUT_SPEC.loader.exec_module(layout)
+
 DISTACK_ENVS = ("dev", "prod", "xpyd", "baseline")
 PROXY_METRICS = {rule.metric for rule in RULES} | {PROXY_UP}
-AGENT_SCHEMA = ROOT / "stacks" / "observability" / "cloudwatch-agent-schema.json"
+AGENT_SCHEMA = ROOT / "model" / "observability" / "cloudwatch-agent-schema.json"
 
 
 def test_the_stack_spells_the_shippers_names():
@@ -318,7 +324,7 @@ def test_every_panel_and_alarm_reads_a_metric_some_collector_emits(synth, env):
     assert not [m for m in read if m not in emitted]
     namespaces = {ns for ns, _, _ in read}
     assert naming.WORKER_METRICS_NAMESPACE in namespaces and naming.CONTROL_METRICS_NAMESPACE in namespaces
-    # The KV panel reads the gauge this engine's vLLM exports (stacks/observability/upstream.py).
+    # The KV panel reads the gauge this engine's vLLM exports (model/observability/upstream.py).
     kv = agent_config.kv_cache_metric(result.config)
     assert kv in {name for _, name, _ in read} and kv in (upstream.VLLM_V1 if result.config.engine == "nixl"
                                                           else upstream.VLLM_V0)
@@ -326,7 +332,7 @@ def test_every_panel_and_alarm_reads_a_metric_some_collector_emits(synth, env):
 
 @pytest.mark.parametrize("env", sorted(p.stem for p in (ROOT / "config").glob("*.yaml")))
 def test_agent_configuration_is_valid_for_the_agent_consistent_and_fits_a_parameter(env):
-    from stacks.loader import load_environment
+    from model.loader import load_environment
 
     config = load_environment(env)
     validator = jsonschema.Draft4Validator(json.loads(AGENT_SCHEMA.read_text()))

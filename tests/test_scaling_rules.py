@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stacks import cron
-from stacks.loader import CONFIG_DIR, ConfigError, load_config_file
+from model import cron
+from model.loader import CONFIG_DIR, ConfigError, load_config_file
 
 
 def _prod_with(tmp_path: Path, **changes) -> Path:

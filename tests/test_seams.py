@@ -17,8 +17,8 @@ import yaml
 from diproxy.config import ENV_PREFIX, HostPort, Settings, parse_settings
 from diproxy.protocols import ENGINES
 from diproxy.protocols.lmcache import receiver_ports as proxy_receiver_ports
-from stacks import naming
-from stacks.engines import lmcache
+from model import naming
+from model.engines import lmcache
 from tests.userdata.conftest import FAKES, INSTANCE_ID, SCRIPTS
 
 DATA = Path(__file__).parent / "data"
@@ -98,7 +98,7 @@ def test_lmcache_proxy_names_the_receiver_ports_the_decode_node_listens_on_and_a
     (decode_fleet,) = result.config.fleets.values()
     tp = decode_fleet.tensor_parallel
     assert tp == 2  # above the proxy's default of 1, so a value lost on the way shows
-    # One transfer-done notice per prefill rank (prefill TP = decode TP, stacks/engines/lmcache.py).
+    # One transfer-done notice per prefill rank (prefill TP = decode TP, model/engines/lmcache.py).
     assert settings.lmcache_decode_tp == tp
     assert settings.lmcache_notify_port == lmcache.PROXY_NOTIFY_PORT
     for ep in decode_fleet.resolved_endpoints:

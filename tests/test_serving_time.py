@@ -1,4 +1,4 @@
-"""The time-to-serving model (stacks/serving_time.py) and its bench script, on every shipped environment."""
+"""The time-to-serving model (model/serving_time.py) and its bench script, on every shipped environment."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from stacks import serving_time
-from stacks.loader import available_environments, load_environment
+from model import serving_time
+from model.loader import available_environments, load_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("instance start", "node preparation", "image pull", "model download", "compiled-artifact sync",

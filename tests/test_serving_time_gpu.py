@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stacks import catalog, serving_time
-from stacks.loader import available_environments, load_environment
+from model import catalog, serving_time
+from model.loader import available_environments, load_environment
 
 GPU_ENVS = [name for name in available_environments()
             if load_environment(name, warn=lambda _: None).accelerator == catalog.GPU]

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from stacks.engines import nixl
-from stacks.loader import load_environment
+from model.engines import nixl
+from model.loader import load_environment
 from tests.userdata.conftest import SCRIPTS, rendered_values
 
 # Shipped nixl configs with more than one endpoint per instance at TP >= 2.

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from aws_cdk.assertions import Match
 
-from stacks import catalog, naming, scaling_config, serving_time
+from model import catalog, naming, scaling_config, serving_time
 from tests.conftest import SHIPPED_ENVS, cdk_context
 
 VARIANT = Path(__file__).parent / "data" / "variant.yaml"
@@ -494,7 +494,7 @@ def test_private_subnets_reach_cloudwatch_metrics_only_when_the_distack_proxy_pu
     from aws_cdk import aws_logs as logs
 
     from stacks.components.network import Network
-    from stacks.config import NetworkConfig
+    from model.config import NetworkConfig
 
     app = cdk.App(context=cdk_context())
     network = NetworkConfig(nat_gateway=False)
@@ -554,7 +554,7 @@ def test_nixl_workers_node_env_carries_the_engine_contract_with_the_recipe_value
 
 
 def test_summary_names_the_engine_image_and_dlami(synth):
-    from stacks.summary import summarize
+    from model.summary import summarize
 
     prod = summarize(synth("prod").config, synth("prod").template_dict).splitlines()
     assert prod[0] == ("DiStack prod (stack di-prod, us-east-2/us-east-2a, engine nixl, mode disaggregated, "
@@ -576,9 +576,9 @@ def test_summary_names_the_engine_image_and_dlami(synth):
 def test_an_unlisted_image_with_the_override_synthesizes_with_a_warning(tmp_path):
     import aws_cdk as cdk
 
-    from stacks import images
+    from model import images
     from stacks.app_builder import build_app
-    from stacks.loader import load_config_file
+    from model.loader import load_config_file
 
     data = yaml.safe_load(Path(__file__).parent.parent.joinpath("config", "dev.yaml").read_text())
     tag = "0.30.0.1.3.0-neuronx-py314-sdk2.34.0-ubuntu26.04"

@@ -145,7 +145,7 @@ write_proxy_env() {
 }
 
 # write_proxy_engine_env: the engine's own proxy settings, which node.env carries under the proxy's names
-# (DIPROXY_<FLAG>, stacks/engines/base.py control_values): handed over as they are, so no engine is named here.
+# (DIPROXY_<FLAG>, model/engines/base.py control_values): handed over as they are, so no engine is named here.
 write_proxy_engine_env() {
   local name
   for name in $(compgen -v DIPROXY_ || true); do printf '%s\n' "$name=${!name}"; done

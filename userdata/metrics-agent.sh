@@ -32,7 +32,7 @@ metrics_fail() {
 }
 
 # parameter PART: the SSM parameter holding this node kind's agent (`agent`) or scrape (`scrape`) configuration;
-# the same name stacks/naming.py metrics_agent_parameter builds.
+# the same name model/naming.py metrics_agent_parameter builds.
 parameter() { printf '/distack/%s/metrics-agent/%s/%s\n' "${DI_DEPLOYMENT:?}" "${DI_FLEET:?}" "$1"; }
 
 download() { retry curl -fsS --proto '=https' -o "$2" "$1"; }

@@ -12,7 +12,7 @@ prompt's KV to a decoder's receiver), as LMCache's XpYd proxy speaks it, with Di
    that came before the answer count), at most --lmcache-transfer-timeout seconds. One report comes per PREFILL
    rank, and prefill rank r writes to the decoder's port of index r (pd_backend.py@07e07869,
    `receiver_init_port[self.tp_rank]`): only equal TP degrees transfer every shard, so DiStack's config rules
-   require prefill TP = decode TP (stacks/engines/lmcache.py _one_tp) and the decode TP is the count of reports. On timeout it goes on to decode
+   require prefill TP = decode TP (model/engines/lmcache.py _one_tp) and the decode TP is the count of reports. On timeout it goes on to decode
    anyway (decode recomputes what did not land: correct, slower), counted in
    diproxy_lmcache_transfer_timeouts_total and logged at most once a minute; the request never fails for it.
 4. Decode: the client's request as it came (any kv_transfer_params of the client's removed), streamed or not as

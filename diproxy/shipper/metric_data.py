@@ -26,10 +26,10 @@ START_TIME = "process_start_time_seconds"
 PROXY_UP = "ProxyUp"
 DEPLOYMENT_DIMENSION = "Deployment"
 ROLE_DIMENSION = "Role"
-# The per-role load signals each fleet's target tracking follows. The stack spells the same names in stacks/naming.py
+# The per-role load signals each fleet's target tracking follows. The stack spells the same names in model/naming.py
 # (PROXY_METRIC_*_LOAD; diproxy does not import stacks, tests/ops/test_layering.py checks they agree). A standard
 # endpoint serves whole requests, so its load goes under the decode name with Role=standard, as the stack reads it
-# (stacks/scaling_config.py ROLE_SIGNALS).
+# (model/scaling_config.py ROLE_SIGNALS).
 PREFILL_LOAD = "PrefillRequestsPerEndpoint"
 DECODE_LOAD = "DecodeStreamsPerEndpoint"
 SeriesKey = tuple[str, Labels]

@@ -9,7 +9,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from stacks import naming
+from model import naming
 
 LOG_STREAMS = {"Nodes": "nodes", "Containers": "containers", "Commands": "commands"}
 

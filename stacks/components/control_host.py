@@ -10,11 +10,11 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from stacks import naming
+from model import naming
 from stacks.components import launch_template as lt
 from stacks.components.monitoring import group_metrics_collection
 from stacks.components.node_role import NodeRole
-from stacks.config import ControlHostConfig
+from model.config import ControlHostConfig
 
 
 class ControlState(Construct):

@@ -7,7 +7,7 @@ from typing import Mapping
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 
-from stacks import catalog
+from model import catalog
 
 
 def metadata_options() -> ec2.CfnLaunchTemplate.MetadataOptionsProperty:

@@ -2,7 +2,7 @@
 
 What feeds it: the DiStack proxy's shipper (namespace DiStack/Proxy, dimension Deployment, README "The proxy"), the
 CloudWatch agent on every node (vLLM, neuron-monitor and etcd series in DiStack/Workers and DiStack/Control, as
-stacks/observability/agent_config.py configures it), Auto Scaling group metrics (enabled on every group with
+model/observability/agent_config.py configures it), Auto Scaling group metrics (enabled on every group with
 `group_metrics_collection`), and metric filters counting the "bootstrap failed: REASON" and "metrics agent failed:
 REASON" events the node scripts write to the nodes log group. neuron-proxy-server publishes nothing, so with
 proxy: neuron the proxy panels and alarms are left out and the dashboard says which; the worker panels stay.
@@ -23,9 +23,9 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct, IConstruct
 
-from stacks import naming
-from stacks.config import DeploymentConfig, MonitoringConfig
-from stacks.observability import agent_config as agent
+from model import naming
+from model.config import DeploymentConfig, MonitoringConfig
+from model.observability import agent_config as agent
 
 # What the proxy's shipper publishes (diproxy/shipper/metric_data.py; the stack does not import the proxy's package,
 # tests/test_monitoring.py checks these names against it).
@@ -43,7 +43,7 @@ BOOTSTRAP_FAILURES = "BootstrapFailures"
 METRICS_AGENT_FAILURE_PATTERN = '"metrics agent failed"'
 METRICS_AGENT_FAILURES = "MetricsAgentFailures"
 # The proxy's inter-token latency distribution (diproxy/shipper/metric_data.py RULES): vLLM's own ITL histogram does
-# not reach CloudWatch, the agent drops histograms (stacks/observability/agent_config.py).
+# not reach CloudWatch, the agent drops histograms (model/observability/agent_config.py).
 INTER_TOKEN_LATENCY = "InterTokenLatency"
 # Neuron runtime execution errors (neuron-monitor's error counters) a fleet may have in 5 minutes before the alarm.
 NEURON_ERRORS_PERIOD_MINUTES = 5
@@ -177,7 +177,7 @@ class Monitoring(Construct):
 
     def worker(self, name: str, statistic: str, *, label: str | None = None, minutes: int = 1,
                **dimensions: str) -> cw.Metric:
-        """One metric the workers' CloudWatch agents publish (stacks/observability/agent_config.py)."""
+        """One metric the workers' CloudWatch agents publish (model/observability/agent_config.py)."""
         return cw.Metric(namespace=naming.WORKER_METRICS_NAMESPACE, metric_name=name, statistic=statistic,
                          period=cdk.Duration.minutes(minutes), label=label,
                          dimensions_map={agent.DEPLOYMENT: self.env_name, **dimensions})

@@ -7,7 +7,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from stacks.config import NetworkConfig
+from model.config import NetworkConfig
 
 INTERFACE_ENDPOINTS = {
     # SSM Agent needs all three to take Run Command and Session Manager traffic without the internet:

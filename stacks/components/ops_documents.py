@@ -8,7 +8,7 @@ import yaml
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from stacks import naming
+from model import naming
 
 DOCUMENTS_DIR = Path(__file__).resolve().parent.parent / "documents"
 

@@ -7,8 +7,8 @@ from typing import Iterable
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
-from stacks import naming
-from stacks.config import NetworkConfig
+from model import naming
+from model.config import NetworkConfig
 
 
 class Security(Construct):

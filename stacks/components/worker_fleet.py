@@ -13,11 +13,11 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from stacks import catalog, naming, serving_time
+from model import catalog, naming, serving_time
 from stacks.components import launch_template as lt
 from stacks.components.monitoring import group_metrics_collection
-from stacks.config import AmiConfig, FleetConfig
-from stacks.scaling_config import INSTANCE_WARMUP_SECONDS, ROLE_SIGNALS, ScheduledActionConfig
+from model.config import AmiConfig, FleetConfig
+from model.scaling_config import INSTANCE_WARMUP_SECONDS, ROLE_SIGNALS, ScheduledActionConfig
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class WorkerFleet(Construct):
             health_check_grace_period=300,
             metrics_collection=group_metrics_collection(),
             # The launch hook holds a new instance out of service until it serves, so the warm-up only covers the
-            # signal catching up (stacks/scaling_config.py).
+            # signal catching up (model/scaling_config.py).
             default_instance_warmup=INSTANCE_WARMUP_SECONDS,
             lifecycle_hook_specification_list=lifecycle_hooks(lifecycle),
         )

@@ -1,5 +1,5 @@
 """Where the nodes' CloudWatch agents get their configuration and send their metrics: one SSM parameter pair per
-node kind (stacks/observability/agent_config.py) and the deployment's `metrics` log group for the EMF records."""
+node kind (model/observability/agent_config.py) and the deployment's `metrics` log group for the EMF records."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from stacks import naming
-from stacks.config import DeploymentConfig
-from stacks.observability import agent_config
+from model import naming
+from model.config import DeploymentConfig
+from model.observability import agent_config
 
 
 class NodeMetrics(Construct):

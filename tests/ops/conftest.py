@@ -16,7 +16,7 @@ from moto import mock_aws
 
 from ops.aws import Clients
 from ops.cli import main
-from stacks import naming
+from model import naming
 from tests.tools import share_botocore_models
 
 REGION = "us-east-2"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ops.cli import build_parser, main
-from stacks import naming
+from model import naming
 from tests.ops.conftest import BUCKET
 
 

@@ -13,7 +13,7 @@ from ops.aws import Clients
 from ops.commands import SendOptions
 from ops.output import Progress
 from ops.targets import Deployment, Instance, Selection
-from stacks.loader import load_environment
+from model.loader import load_environment
 from tests.ops.conftest import BUCKET, REGION
 
 CID = "0b6c0c6e-3c5e-4a4b-9f3e-1c2d3e4f5a6b"

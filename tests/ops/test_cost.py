@@ -10,7 +10,7 @@ import pytest
 from ops.aws import Clients
 from ops.cli import main
 from ops.cost import bill_of_materials
-from stacks.loader import load_environment
+from model.loader import load_environment
 
 
 def _product(sku: str, attributes: dict[str, str], usd: str, unit: str = "Hrs") -> str:
@@ -111,7 +111,7 @@ def test_capacity_block_fleets_are_not_priced_on_demand() -> None:
     data = load_environment("prod").model_dump(exclude_unset=True)
     data["fleets"]["decode"]["capacity"] = {"type": "capacity-block", "reservation_id": "cr-0123456789abcdef0"}
     data["placement_group"] = False
-    from stacks.config import DeploymentConfig
+    from model.config import DeploymentConfig
 
     lines = {line.item: line for line in bill_of_materials(DeploymentConfig.model_validate(data))}
     assert lines["fleet decode: trn2.48xlarge"].query is None

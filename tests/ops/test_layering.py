@@ -1,5 +1,5 @@
 """Import layering: ops.commands and ops.output share ops.results and ops.progress instead of importing each
-other, and stacks.naming (infrastructure) does not depend on the proxy's runtime package."""
+other, and model.naming (infrastructure) does not depend on the proxy's runtime package."""
 
 from __future__ import annotations
 
@@ -27,17 +27,17 @@ def test_commands_and_output_do_not_import_each_other() -> None:
 
 def test_naming_does_not_import_the_proxy_and_keeps_its_namespace() -> None:
     from diproxy.shipper.settings import DEFAULT_NAMESPACE
-    from stacks import naming
+    from model import naming
 
-    assert not {m for m in _imports("stacks/naming.py") if m.split(".")[0] == "diproxy"}
+    assert not {m for m in _imports("model/naming.py") if m.split(".")[0] == "diproxy"}
     # The stack grants and hands this namespace to the shipper; the shipper's default must stay the same.
     assert naming.PROXY_METRICS_NAMESPACE == DEFAULT_NAMESPACE == "DiStack/Proxy"
 
 
 def test_the_load_signals_the_fleets_scale_on_are_the_ones_the_shipper_publishes() -> None:
     from diproxy.shipper.metric_data import published
-    from stacks import naming
-    from stacks.scaling_config import ROLE_SIGNALS
+    from model import naming
+    from model.scaling_config import ROLE_SIGNALS
 
     sent = {(m.name, m.dimensions, m.fixed) for m in published()}
     dimensions = (naming.METRIC_DIMENSION_DEPLOYMENT, naming.METRIC_DIMENSION_ROLE)

@@ -11,9 +11,9 @@ from botocore.stub import Stubber
 
 from ops.aws import Clients
 from ops.preflight import ERROR, INFO, WARNING, Preflight
-from stacks import catalog
-from stacks.config import NEURON_BASE_DLAMI_PARAMETER, DeploymentConfig
-from stacks.loader import load_environment
+from model import catalog
+from model.config import NEURON_BASE_DLAMI_PARAMETER, DeploymentConfig
+from model.loader import load_environment
 
 RID = "cr-0123456789abcdef0"
 
@@ -75,8 +75,8 @@ def test_catalog_mismatch_is_reported(world, monkeypatch) -> None:
     monkeypatch.setitem(catalog.WORKER_TYPES, "trn2.48xlarge", wrong)  # type: ignore[index]
     findings = Preflight(load_environment("prod"), world.clients()).efa_findings("trn2.48xlarge")
     assert [f.message for f in findings if f.level == ERROR] == [
-        "EC2 reports 16 network cards, stacks/catalog.py says 8",
-        "EC2 reports 16 EFA interfaces, stacks/catalog.py implies 8"]
+        "EC2 reports 16 network cards, model/catalog.py says 8",
+        "EC2 reports 16 EFA interfaces, model/catalog.py implies 8"]
 
 
 def _with_reservation(reservation_id: str) -> DeploymentConfig:

@@ -11,8 +11,8 @@ import pytest
 from botocore.exceptions import NoCredentialsError
 
 from ops.cli import main
-from stacks import images
-from stacks.loader import CONFIG_DIR
+from model import images
+from model.loader import CONFIG_DIR
 
 UNLISTED = images.REPOSITORY + ":0.30.0.1.3.0-neuronx-py314-sdk2.34.0-ubuntu26.04"
 UNLISTED_GPU = images.VLLM_DLC_REPOSITORY + ":0.28.0-gpu-py312-ec2"

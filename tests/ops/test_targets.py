@@ -6,7 +6,7 @@ import pytest
 
 from ops.errors import UsageError
 from ops.targets import Deployment, Selection
-from stacks.loader import load_environment
+from model.loader import load_environment
 
 
 def deployment(world) -> Deployment:

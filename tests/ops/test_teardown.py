@@ -14,7 +14,7 @@ from moto import mock_aws
 
 from ops.aws import Clients
 from ops.cli import main
-from stacks import naming
+from model import naming
 from tests.ops.conftest import REGION
 
 

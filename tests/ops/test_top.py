@@ -15,7 +15,7 @@ from botocore.stub import ANY, Stubber
 
 from ops.aws import Clients
 from ops.cli import main
-from stacks import naming
+from model import naming
 from tests.tools import share_botocore_models
 
 REGION = "us-east-2"

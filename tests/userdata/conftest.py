@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stacks import node_values, userdata
-from stacks.loader import load_environment
+from model import node_values
+from stacks import userdata
+from model.loader import load_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "userdata"

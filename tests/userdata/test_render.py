@@ -122,7 +122,7 @@ def test_each_group_awaits_one_signal_per_instance_and_its_nodes_name_it(synth, 
 
 @pytest.mark.parametrize("env", SHIPPED_ENVS)
 def test_node_env_reads_back_in_bash_exactly(env, tmp_path):
-    config_fleets = __import__("stacks.loader", fromlist=["x"]).load_environment(env).fleets
+    config_fleets = __import__("model.loader", fromlist=["x"]).load_environment(env).fleets
     for fleet in [None, *config_fleets]:
         values = rendered_values(env, fleet)
         text = next(f["content"] for f in yaml.safe_load(userdata.render(values))["write_files"]
@@ -138,8 +138,8 @@ def test_node_env_reads_back_in_bash_exactly(env, tmp_path):
 @pytest.mark.parametrize("env", SHIPPED_ENVS)
 def test_worker_node_env_carries_the_catalog_facts_the_scripts_use(env):
     # The node scripts never read a fact from an instance type's name (test_static_checks); these come from the catalog.
-    from stacks import catalog
-    from stacks.loader import load_environment
+    from model import catalog
+    from model.loader import load_environment
 
     for name, fleet in load_environment(env).fleets.items():
         itype = catalog.WORKER_TYPES[fleet.instance_type]
@@ -152,7 +152,7 @@ def test_worker_node_env_carries_the_catalog_facts_the_scripts_use(env):
 def test_the_catalog_gives_the_crt_target_and_lnc_as_the_node_scripts_did():
     # What userdata/lib.sh s3_target_bandwidth and neuron.sh lnc_applies derived from the type's name, before the
     # catalog held them.
-    from stacks import catalog
+    from model import catalog
 
     named = {"trn2.48xlarge": ("400Gb/s", True), "trn1.32xlarge": ("600Gb/s", False),
              "trn1n.32xlarge": ("800Gb/s", False)}

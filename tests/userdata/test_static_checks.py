@@ -249,7 +249,7 @@ def instance_type_facts(code: str) -> list[str]:
 
 
 def test_no_shell_file_derives_a_fact_from_an_instance_type_name():
-    # What a type has (EFA interfaces, devices, LNC, S3 bandwidth) is stacks/catalog.py's, rendered into node.env at
+    # What a type has (EFA interfaces, devices, LNC, S3 bandwidth) is model/catalog.py's, rendered into node.env at
     # synth; a script that matched the type's name would be a second catalog that the synth checks never see.
     shell = [p for p in SCRIPTS.rglob("*") if p.is_file() and (p.suffix == ".sh" or not p.suffix)]
     assert set(ALL_SHELL) <= set(shell)

@@ -49,6 +49,6 @@ accelerator_exporter() {
 # (metrics_fail is metrics-agent.sh's, the only caller.)
 
 # lnc_applies: true on the instance types where the Logical NeuronCore config exists ("LNC applies only to Trn2 and
-# Trn3 instances"). The instance catalog says which (stacks/catalog.py InstanceType.lnc_applies, DI_LNC_APPLIES in
+# Trn3 instances"). The instance catalog says which (model/catalog.py InstanceType.lnc_applies, DI_LNC_APPLIES in
 # node.env), so no script reads a fact from an instance type's name.
 lnc_applies() { [[ ${DI_LNC_APPLIES:-0} == 1 ]]; }

@@ -17,7 +17,7 @@ engine_entrypoint() { printf '%s\n' vllm; }
 env_if() { [[ -z $2 ]] || printf '%s\n' -e "$1=$2"; }
 
 # nixl_side_channel_port INDEX: endpoint INDEX's VLLM_NIXL_SIDE_CHANNEL_PORT, base + stride x INDEX. The stride
-# (100, stacks/engines/nixl.py SIDE_CHANNEL_STRIDE) leaves room for one listener per TP rank: vLLM's NixlConnector
+# (100, model/engines/nixl.py SIDE_CHANNEL_STRIDE) leaves room for one listener per TP rank: vLLM's NixlConnector
 # has listened on VLLM_NIXL_SIDE_CHANNEL_PORT + tp_rank per worker, so endpoints one port apart collided from TP 2 on.
 nixl_side_channel_port() {
   printf '%s\n' "$((${DI_NIXL_SIDE_CHANNEL_BASE_PORT:?} + ${DI_NIXL_SIDE_CHANNEL_STRIDE:-100} * $1))"

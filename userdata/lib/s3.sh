@@ -11,7 +11,7 @@
 DI_S3_CONFIG=${DI_S3_CONFIG:-}
 
 # s3_config: the AWS config file the transfers use (written once). Its target bandwidth is DI_S3_TARGET_BANDWIDTH
-# from node.env (the instance catalog's figure for this type, stacks/catalog.py); empty leaves the CLI's default.
+# from node.env (the instance catalog's figure for this type, model/catalog.py); empty leaves the CLI's default.
 s3_config() {
   if [[ -z $DI_S3_CONFIG || ! -e $DI_S3_CONFIG ]]; then
     local bandwidth=${DI_S3_TARGET_BANDWIDTH:-}

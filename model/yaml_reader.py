@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from stacks.problems import ConfigError, Problem
+from model.problems import ConfigError, Problem
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
 

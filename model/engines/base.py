@@ -1,19 +1,19 @@
-"""What every KV-transfer engine module provides to the config layer (`stacks/engines/<name>.py`).
+"""What every KV-transfer engine module provides to the config layer (`model/engines/<name>.py`).
 
 An engine picks the worker's server family and how KV moves between prefill and decode. The config layer asks
 it for its rules, its node.env values, its default image and proxy, and its summary lines; nothing outside
-`stacks/engines/` branches on an engine's name.
+`model/engines/` branches on an engine's name.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Iterator
 
-from stacks import catalog, images
-from stacks.problems import Problem
+from model import catalog, images
+from model.problems import Problem
 
 if TYPE_CHECKING:
-    from stacks.config import DeploymentConfig
+    from model.config import DeploymentConfig
 
 
 class Engine:
@@ -51,7 +51,7 @@ class Engine:
         return images.for_engine(self.name, accelerator)[0].uri
 
     def check(self, config: DeploymentConfig) -> Iterator[Problem]:
-        """The engine's own rules (the shared ones live in stacks/rules.py)."""
+        """The engine's own rules (the shared ones live in model/rules.py)."""
         return iter(())
 
     def worker_values(self, config: DeploymentConfig, fleet_name: str) -> dict[str, str]:

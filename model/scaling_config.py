@@ -1,7 +1,7 @@
-"""Elasticity settings of a fleet and of the deployment (models used by `stacks/config.py`), and the figures the
+"""Elasticity settings of a fleet and of the deployment (models used by `model/config.py`), and the figures the
 stack derives from them: lifecycle-hook timeouts, the instance warm-up, each role's scaling signal.
 
-Never imports aws_cdk or stacks.config (config imports this module; `dictl` reads it too).
+Never imports aws_cdk or model.config (config imports this module; `dictl` reads it too).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stacks import naming
+from model import naming
 
 # Lifecycle hooks: "The range is from 30 to 7200 seconds"; a heartbeat restarts the wait, up to a global timeout of
 # 48 hours or 100 x HeartbeatTimeout, whichever is smaller (botocore autoscaling PutLifecycleHook.HeartbeatTimeout,
@@ -24,7 +24,7 @@ HEARTBEAT_MAX_SECONDS = 7200
 # which `docker stop -t 90` runs) plus revoking the etcd leases and CompleteLifecycleAction (60 s).
 DRAIN_MARGIN_SECONDS = 180
 DRAIN_TIMEOUT_MAX_SECONDS = HEARTBEAT_MAX_SECONDS - DRAIN_MARGIN_SECONDS
-# The proxy's shipper publishes the per-role load every 60 s (stacks/naming.py, PROXY_METRIC_*).
+# The proxy's shipper publishes the per-role load every 60 s (model/naming.py, PROXY_METRIC_*).
 PROXY_METRIC_PERIOD_SECONDS = 60
 # After the launch hook completes (the node completes it only once every endpoint answers /health and is registered),
 # the instance serves at once; what remains is the signal catching up: the next 60 s datapoint includes the new
@@ -32,7 +32,7 @@ PROXY_METRIC_PERIOD_SECONDS = 60
 # the default instance warmup. If you set the default instance warmup to 0 seconds, no additional waiting period is
 # imposed beyond the time needed for the lifecycle hook"
 # (https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-default-instance-warmup.html). The time to
-# serving itself (stacks/serving_time.py) is spent in Pending:Wait under the launch hook, whose timeout it sets.
+# serving itself (model/serving_time.py) is spent in Pending:Wait under the launch hook, whose timeout it sets.
 # A longer warm-up would do harm: "While scaling out, we do not consider instances that are warming up as part of
 # the current capacity", so a new, already-serving instance would be left out of the next scale-out's arithmetic.
 INSTANCE_WARMUP_SECONDS = 2 * PROXY_METRIC_PERIOD_SECONDS
@@ -40,7 +40,7 @@ INSTANCE_WARMUP_SECONDS = 2 * PROXY_METRIC_PERIOD_SECONDS
 # (https://docs.aws.amazon.com/autoscaling/ec2/userguide/launch-template-capacity-blocks.html).
 CAPACITY_BLOCK_RECLAIM_SECONDS = 30 * 60
 
-# Which proxy signal each role scales on (dimensions Deployment and Role, statistic Average; stacks/naming.py).
+# Which proxy signal each role scales on (dimensions Deployment and Role, statistic Average; model/naming.py).
 # A standard endpoint serves whole requests, so its load is its streams in flight like a decode endpoint's.
 ROLE_SIGNALS = {
     naming.ROLE_PREFILL: naming.PROXY_METRIC_PREFILL_LOAD,

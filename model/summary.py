@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from stacks import catalog, images
-from stacks.config import DeploymentConfig
+from model import catalog, images
+from model.config import DeploymentConfig
 
 
 def summarize(config: DeploymentConfig, template: dict) -> str:

@@ -1,9 +1,9 @@
 """One finding about a config file: where (dotted path), what, and how to fix it.
 
-Shared by the cross-field rules (`stacks/rules.py`) and each engine's own rules (`stacks/engines/`); the loader
+Shared by the cross-field rules (`model/rules.py`) and each engine's own rules (`model/engines/`); the loader
 turns the path into file:line.
 
-A file with type or schema errors still gets its rules run, on what parsed (`stacks/partial.py`): a setting that
+A file with type or schema errors still gets its rules run, on what parsed (`model/partial.py`): a setting that
 failed is unusable, and a rule that reads one raises `UnusableInput` (only inside `guarding()`). `skip_unusable`
 keeps the problems such a rule found before that read and skips the rest of it, so one bad value never turns into a
 follow-on error from a rule that would have judged a stand-in.

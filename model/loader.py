@@ -1,7 +1,7 @@
 """Read `config/NAME.yaml`, validate it, and report every problem with file, line, dotted path and fix.
 
 Type and schema errors and the rules' findings come in one report, ordered by line: where settings fail, the rules
-still run on the rest (`stacks/partial.py`), skipping only those that read a failed setting.
+still run on the rest (`model/partial.py`), skipping only those that read a failed setting.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, Callable, Mapping
 
 from pydantic import ValidationError
 
-from stacks import partial, rules, schema_errors, yaml_reader
-from stacks.config import DeploymentConfig
-from stacks.problems import ConfigError, Problem, UnusableInput, guarding
+from model import partial, rules, schema_errors, yaml_reader
+from model.config import DeploymentConfig
+from model.problems import ConfigError, Problem, UnusableInput, guarding
 
 __all__ = ["CONFIG_DIR", "REMOVE", "Change", "ConfigError", "available_environments", "load_config_file",
            "load_environment", "print_warning"]

@@ -1,7 +1,7 @@
 """The dashboard's layout as ASCII boxes, drawn from the synthesized dashboard body (each widget's x, y, width,
 height and title), so the README's picture is the dashboard the stack builds.
 
-    python -m stacks.observability.layout prod      # synthesizes config/prod.yaml (a few seconds), prints the layout
+    python bench/dashboard_layout.py prod      # synthesizes config/prod.yaml (a few seconds), prints the layout
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main(argv: Sequence[str]) -> int:
     import aws_cdk as cdk
 
     from stacks.app_builder import build_app
-    from stacks.loader import load_environment
+    from model.loader import load_environment
 
     env = argv[0] if argv else "prod"
     app = cdk.App(context={"env": env})

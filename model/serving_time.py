@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from stacks import catalog
-from stacks.config import DeploymentConfig, FleetConfig
+from model import catalog
+from model.config import DeploymentConfig, FleetConfig
 
 Basis = Literal["cited", "measured", "estimated"]
 
@@ -154,7 +154,7 @@ PULL_UNPACK_BPS = Fact(150 * MB, "estimated: gzip decompression, one layer at a 
 PULL_WARM = Fact(5, "estimated: the layers are on the root volume since the first boot (a stop keeps EBS, "
                     f"{STOP_API}); `docker pull` only compares the manifest", "estimated")
 
-# The GPU image (AWS's vLLM DLC, stacks/images.py): upstream vllm/vllm-openai (CUDA 13 runtime, PyTorch, FlashInfer
+# The GPU image (AWS's vLLM DLC, model/images.py): upstream vllm/vllm-openai (CUDA 13 runtime, PyTorch, FlashInfer
 # cubins, the KV-connector wheels) plus EFA 1.47.0 and the DLC's own packages (aws/deep-learning-containers
 # docker/vllm/Dockerfile@e0ecedea6a L3, L11, L73-74). No size is published where DiStack was built.
 GPU_IMAGE_COMPRESSED_GB = Fact(

@@ -21,9 +21,9 @@ from typing import Any, Iterable
 
 import yaml
 
-from stacks import naming
-from stacks.config import DeploymentConfig
-from stacks.observability import upstream
+from model import naming
+from model.config import DeploymentConfig
+from model.observability import upstream
 
 # Where metrics-agent.sh writes the scrape configuration (the agent JSON names this path).
 SCRAPE_CONFIG_PATH = "/etc/di/metrics-agent/prometheus.yaml"

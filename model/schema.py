@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from stacks.config import DeploymentConfig
+from model.config import DeploymentConfig
 
 
 def schema_text() -> str:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import zoneinfo
 from typing import Iterator
 
-from stacks import cron, naming
-from stacks.config import DeploymentConfig, FleetConfig
-from stacks.problems import Problem
-from stacks.scaling_config import (CAPACITY_BLOCK_RECLAIM_SECONDS, DRAIN_MARGIN_SECONDS, ROLE_SIGNALS,
+from model import cron, naming
+from model.config import DeploymentConfig, FleetConfig
+from model.problems import Problem
+from model.scaling_config import (CAPACITY_BLOCK_RECLAIM_SECONDS, DRAIN_MARGIN_SECONDS, ROLE_SIGNALS,
                                    ScheduledActionConfig)
 
 # What a role's target counts, for messages.

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator
 
-from stacks import catalog, images
-from stacks.engines.base import Engine
-from stacks.problems import Problem
+from model import catalog, images
+from model.engines.base import Engine
+from model.problems import Problem
 
 if TYPE_CHECKING:
-    from stacks.config import DeploymentConfig, FleetConfig
+    from model.config import DeploymentConfig, FleetConfig
 
 # Host memory left for the OS, Docker and weight loading when sizing NeuronConnector's host KV buffers.
 KV_HOST_MEMORY_SHARE = 0.8

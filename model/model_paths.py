@@ -1,7 +1,7 @@
 """Where a path of a config file lands in the config model: which model owns a key, its field, its allowed values.
 
 Used to word validation errors (did-you-mean among a model's keys, a field's description, a Literal's choices), to
-rebuild a partially valid config (`stacks/partial.py`), and by the test that every field has a description.
+rebuild a partially valid config (`model/partial.py`), and by the test that every field has a description.
 """
 
 from __future__ import annotations

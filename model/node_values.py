@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stacks import catalog, naming
-from stacks.config import DeploymentConfig
+from model import catalog, naming
+from model.config import DeploymentConfig
 
 
 @dataclass(frozen=True)
@@ -74,16 +74,16 @@ def worker_values(config: DeploymentConfig, fleet_name: str, refs: DeploymentRef
         # GPU-only values are empty on the other accelerator.
         "DI_ACCELERATOR": itype.accelerator,
         "DI_LNC": str(fleet.lnc or itype.default_lnc) if itype.neuron else "",
-        # 1 where the type has the LNC setting at all (stacks/catalog.py InstanceType.lnc_applies): the node then
+        # 1 where the type has the LNC setting at all (model/catalog.py InstanceType.lnc_applies): the node then
         # states DI_LNC to the runtime and compiler; facts about the type come from the catalog, never from its name.
         "DI_LNC_APPLIES": "1" if itype.lnc_applies else "0",
         "DI_ENDPOINTS": endpoints,
         "DI_EXPECTED_NEURON_DEVICES": str(itype.neuron_devices) if itype.neuron else "",
         "DI_EXPECTED_GPUS": "" if itype.neuron else str(itype.gpus),
         "DI_EXPECTED_EFA_INTERFACES": str(itype.efa_interfaces),
-        # NIXL's backend on this type (stacks/catalog.py InstanceType.nixl_backend), for every engine that uses NIXL.
+        # NIXL's backend on this type (model/catalog.py InstanceType.nixl_backend), for every engine that uses NIXL.
         "DI_NIXL_BACKEND": itype.nixl_backend,
-        # The CRT S3 client's target bandwidth on this type (stacks/catalog.py), empty for the CLI's default.
+        # The CRT S3 client's target bandwidth on this type (model/catalog.py), empty for the CLI's default.
         "DI_S3_TARGET_BANDWIDTH": itype.s3_target_bandwidth,
         # The same on every node of the deployment where the engine hashes KV with Python's hash() (lmcache).
         "DI_PYTHONHASHSEED": config.engine_module.python_hash_seed or "",
@@ -93,7 +93,7 @@ def worker_values(config: DeploymentConfig, fleet_name: str, refs: DeploymentRef
         "DI_LAUNCH_HOOK": naming.LAUNCH_HOOK,
         "DI_TERMINATION_HOOK": naming.TERMINATION_HOOK,
         "DI_DRAIN_TIMEOUT_SECONDS": str(config.drain.timeout_seconds),
-        # The engine's own variables (stacks/engines/<engine>.py), e.g. DI_KV_CONNECTOR or DI_KV_BUFFER_SIZE.
+        # The engine's own variables (model/engines/<engine>.py), e.g. DI_KV_CONNECTOR or DI_KV_BUFFER_SIZE.
         **config.engine_module.worker_values(config, fleet_name),
     }
 
@@ -120,6 +120,6 @@ def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_in
         "DI_PROXY_PACKAGE_URL": refs.proxy_package_url,
         "DI_PROXY_METRICS_NAMESPACE": naming.PROXY_METRICS_NAMESPACE,
         "DI_PROXY_API_KEY_SECRET": config.proxy_api_key_secret or "",
-        # The engine's own proxy settings (stacks/engines/<engine>.py), e.g. lmcache's decode TP and receiver ports.
+        # The engine's own proxy settings (model/engines/<engine>.py), e.g. lmcache's decode TP and receiver ports.
         **config.engine_module.control_values(config),
     }

@@ -1,6 +1,6 @@
 """Per-environment configuration: pydantic models (structure and defaults) for `config/NAME.yaml`.
 
-Cross-field rules live in `stacks/rules.py`; `stacks/loader.py` runs both and formats every problem at once.
+Cross-field rules live in `model/rules.py`; `model/loader.py` runs both and formats every problem at once.
 Never imports aws_cdk: `dictl` reads the same files.
 """
 
@@ -11,15 +11,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from stacks import catalog, engines, images, naming
-from stacks.engines.lmcache import LmcacheSettings
-from stacks.engines.nixl import NixlSettings
-from stacks.scaling_config import DrainConfig, ScalingConfig, ScheduledActionConfig, WarmPoolConfig
+from model import catalog, engines, images, naming
+from model.engines.lmcache import LmcacheSettings
+from model.engines.nixl import NixlSettings
+from model.scaling_config import DrainConfig, ScalingConfig, ScheduledActionConfig, WarmPoolConfig
 
-# The default worker image: the default engine's newest catalog image (stacks/images.py).
+# The default worker image: the default engine's newest catalog image (model/images.py).
 NEURON_DLC = engines.get(engines.DEFAULT).default_image
 # The host DLAMI the catalog names for the default image: the Ubuntu 24.04 Neuron base DLAMI, whatever the container's
-# Ubuntu ("The host OS does not need to match the container OS", stacks/images.py DLC_233). The legacy 0.9.1 images
+# Ubuntu ("The host OS does not need to match the container OS", model/images.py DLC_233). The legacy 0.9.1 images
 # name the 22.04 one, a parameter Neuron froze at its last 22.04 build when it stopped publishing 22.04 DLAMIs at
 # 2.30.0 (aws-neuron-sdk release-notes/components/dlamis.rst L72-78). That build carries a newer driver than the
 # 0.9.1 images' SDK 2.25 was released against; the legacy engine runs on it as far as Neuron's driver/runtime
@@ -231,7 +231,7 @@ class FleetConfig(_Model):
     capacity: CapacityConfig = Field(default=CapacityConfig(),
                                      description="How the instances are bought: on-demand, a reservation, a "
                                                  "Capacity Block.")
-    # Elasticity (stacks/scaling_config.py; rules in stacks/scaling_rules.py).
+    # Elasticity (model/scaling_config.py; rules in model/scaling_rules.py).
     min_count: int | None = Field(
         default=None, ge=0, le=256,
         description="Fewest instances the group keeps (its MinSize); dictl scale and the scaling policy stay at or "
@@ -370,10 +370,10 @@ class DeploymentConfig(_Model):
     image: str = Field(default=NEURON_DLC,
                        pattern=r"^[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+:[A-Za-z0-9._-]+(@sha256:[0-9a-f]{64})?$",
                        description="Worker container image, registry/repository:tag, optionally pinned as "
-                                   "...:tag@sha256:DIGEST. Default: the engine's newest image in stacks/images.py.")
+                                   "...:tag@sha256:DIGEST. Default: the engine's newest image in model/images.py.")
     image_unlisted: bool = Field(
         default=False,
-        description="Accept an image the catalog (stacks/images.py) does not list: synth then warns, the engine's "
+        description="Accept an image the catalog (model/images.py) does not list: synth then warns, the engine's "
                     "image check is skipped, and the worker AMI follows the tag's -ubuntuXX.YY suffix (or set "
                     "worker_ami).")
     network: NetworkConfig = Field(default=NetworkConfig(),
@@ -404,7 +404,7 @@ class DeploymentConfig(_Model):
                                        description="How long CloudFormation waits for the nodes' bootstrap.")
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig,
                                          description="Dashboard and alarms: alarm email, TTFT SLO, thresholds.")
-    # One section per engine with settings (stacks/engines/<name>.py); rules.py refuses a section of another engine.
+    # One section per engine with settings (model/engines/<name>.py); rules.py refuses a section of another engine.
     nixl: NixlSettings = Field(default_factory=NixlSettings, description="Settings of engine nixl.")
     lmcache: LmcacheSettings = Field(default_factory=LmcacheSettings, description="Settings of engine lmcache.")
 
@@ -445,7 +445,7 @@ class DeploymentConfig(_Model):
 
     @property
     def engine_module(self) -> engines.Engine:
-        """The engine's rules, node values and summary (stacks/engines/<engine>.py)."""
+        """The engine's rules, node values and summary (model/engines/<engine>.py)."""
         return engines.get(self.engine)
 
     @property

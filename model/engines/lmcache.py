@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stacks import naming
-from stacks.engines.base import Engine
-from stacks.problems import Problem
+from model import naming
+from model.engines.base import Engine
+from model.problems import Problem
 
 if TYPE_CHECKING:
-    from stacks.config import DeploymentConfig, FleetConfig
+    from model.config import DeploymentConfig, FleetConfig
 
 # Receiver ports of a decode endpoint serving on PORT, TP rank r: PORT + offset + stride * r (the proxy's
 # --lmcache-init-port-offset / --lmcache-alloc-port-offset / --lmcache-rank-port-stride defaults).

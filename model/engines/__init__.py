@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from stacks.engines import lmcache, neuron_connector, nixl
-from stacks.engines.base import Engine
+from model.engines import lmcache, neuron_connector, nixl
+from model.engines.base import Engine
 
 ENGINES: Mapping[str, Engine] = {module.ENGINE.name: module.ENGINE for module in (nixl, neuron_connector, lmcache)}
 NAMES = tuple(ENGINES)

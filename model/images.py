@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from stacks import catalog
+from model import catalog
 
 REPOSITORY = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx"
 DLC_README = "aws-neuron/deep-learning-containers README.md @ tag 2.32.0 (### vllm-inference-neuronx)"
@@ -79,7 +79,7 @@ class Image:
     ubuntu: str
     # Instance families from the README's "Supported EC2 Instance Types" column (trn1 includes trn1n).
     families: tuple[str, ...]
-    # Engines whose server this image carries (stacks/engines/<name>.py).
+    # Engines whose server this image carries (model/engines/<name>.py).
     engines: tuple[str, ...]
     status: str
     source: str = DLC_README
@@ -167,7 +167,7 @@ _IMAGES = (
 
 # GPU images. No registry is reachable where DiStack was built and no source gives their digests, so both are pinned
 # by tag only (UNVERIFIED against the registry): a wrong tag fails `docker pull` at boot and the node reports it.
-# families: the GPU types of stacks/catalog.py. Host: the Deep Learning Base GPU AMI (Ubuntu 24.04).
+# families: the GPU types of model/catalog.py. Host: the Deep Learning Base GPU AMI (Ubuntu 24.04).
 _GPU_FAMILIES = ("p5", "p5en", "g6")
 VLLM_DLC_REPOSITORY = "public.ecr.aws/deep-learning-containers/vllm"
 VLLM_REPOSITORY = "docker.io/vllm/vllm-openai"

@@ -10,9 +10,9 @@ import ipaddress
 import re
 from typing import Iterator
 
-from stacks import catalog, engines, images, naming, scaling_rules
-from stacks.config import LOG_RETENTION_DAYS, DeploymentConfig, FleetConfig, ResolvedEndpoint
-from stacks.problems import Problem, skip_unusable
+from model import catalog, engines, images, naming, scaling_rules
+from model.config import LOG_RETENTION_DAYS, DeploymentConfig, FleetConfig, ResolvedEndpoint
+from model.problems import Problem, skip_unusable
 
 __all__ = ["Problem", "check", "warnings"]
 
@@ -22,7 +22,7 @@ FLEET_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 def check(config: DeploymentConfig, *, file_stem: str | None = None) -> list[Problem]:
     """Every static rule violation in `config`, in file order where possible.
 
-    `config` may be partially valid (stacks/partial.py): each rule runs inside skip_unusable, so one that reads a
+    `config` may be partially valid (model/partial.py): each rule runs inside skip_unusable, so one that reads a
     setting which failed validation stops there and the others still run.
     """
     problems: list[Problem] = []
@@ -127,7 +127,7 @@ def _engine(config: DeploymentConfig) -> Iterator[Problem]:
 def _image(config: DeploymentConfig, engine: engines.Engine) -> Iterator[Problem]:
     entry = config.image_entry
     if entry is None and not config.image_unlisted:
-        yield Problem("image", f"'{config.image}' is not in DiStack's image catalog (stacks/images.py), so whether it "
+        yield Problem("image", f"'{config.image}' is not in DiStack's image catalog (model/images.py), so whether it "
                                f"carries engine {engine.name} is unknown",
                       f"use {engine.default_image}, or set image_unlisted: true to accept it (synth then warns)")
     elif entry is not None and engine.name not in entry.engines:
@@ -158,7 +158,7 @@ def _family(config: DeploymentConfig, engine: engines.Engine, name: str, fleet: 
     elif config.image_entry is not None and itype.family not in config.image_entry.families:
         yield Problem(f"fleets.{name}.instance_type",
                       f"image {config.image_entry.tag} supports {'/'.join(config.image_entry.families)}, "
-                      f"not {itype.name}", "use another instance type, or an image listed for it in stacks/images.py")
+                      f"not {itype.name}", "use another instance type, or an image listed for it in model/images.py")
 
 
 def warnings(config: DeploymentConfig) -> list[Problem]:
@@ -169,7 +169,7 @@ def warnings(config: DeploymentConfig) -> list[Problem]:
         found.append(Problem("image", f"'{config.image}' is not in DiStack's image catalog; accepted because "
                                       f"image_unlisted is true (worker AMI {ami} as set)",
                              f"make sure it carries engine {config.engine}'s server and run `dictl preflight`; "
-                             "add it to stacks/images.py once known"))
+                             "add it to model/images.py once known"))
     found += scaling_rules.warnings(config)
     return found
 
