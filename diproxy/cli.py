@@ -12,6 +12,7 @@ from diproxy.app import build_app
 from diproxy.auth import ApiKeyError, load_api_key
 from diproxy.config import parse_settings
 from diproxy.event_loop import loop_name, new_event_loop
+from diproxy.serving import RUNNER_OPTIONS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,5 +29,5 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       settings.mode, settings.engine, settings.host, settings.port,
                                       "required" if api_key else "not required", loop_name(loop))
     web.run_app(build_app(settings, api_key), host=settings.host, port=settings.port, print=None,
-                access_log=None, shutdown_timeout=10, loop=loop)
+                shutdown_timeout=10, loop=loop, **RUNNER_OPTIONS)
     return 0

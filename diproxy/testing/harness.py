@@ -8,6 +8,7 @@ from aiohttp import web
 
 from diproxy.app import STATE, ProxyState, build_app
 from diproxy.config import parse_settings
+from diproxy.serving import RUNNER_OPTIONS
 
 
 class RunningProxy:
@@ -34,7 +35,7 @@ class RunningProxy:
         return self.app[STATE]  # type: ignore[return-value]
 
     async def start(self) -> "RunningProxy":
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(self.app, **RUNNER_OPTIONS)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
