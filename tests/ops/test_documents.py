@@ -96,3 +96,20 @@ def test_parameters_dictl_sends_pass_the_documents_patterns(world) -> None:
         assert required <= set(sent), command["DocumentName"]
         for name, value in sent.items():
             assert re.match(declared[name]["allowedPattern"], value), (command["DocumentName"], name, value)
+
+
+@pytest.mark.parametrize("image", [
+    "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.29.0.1.2.0-neuronx-py314-sdk2.33.0-ubuntu26.04",
+    "docker.io/vllm/vllm-openai:v0.11.0@sha256:014a95f21c9edf6abe0aea6b07353f96baa4ec291c427bb1176dc7c93a85845c",
+    "registry.local:5000/team/vllm:dev",
+    "docker.io/vllm/vllm-openai:v0.11.0@sha256:014a95",  # a cut digest
+    "docker.io/vllm/vllm-openai@sha256:014a95f21c9edf6abe0aea6b07353f96baa4ec291c427bb1176dc7c93a85845c",  # no tag
+    "vllm-openai:v0.11.0; rm -rf /",
+    "",
+])
+def test_the_update_document_takes_exactly_the_images_dictl_rollout_takes(image: str) -> None:
+    from ops.cli import IMAGE
+
+    pattern = load(ROOT / "stacks" / "documents" / "update.yaml")["parameters"]["image"]["allowedPattern"]
+    # The document also takes "" (keep the current image); dictl never sends an empty --image.
+    assert bool(re.match(pattern, image)) == (image == "" or bool(IMAGE.match(image)))
