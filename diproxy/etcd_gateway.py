@@ -1,11 +1,20 @@
-"""Minimal etcd v3 client over the JSON gateway (HTTP): range, watch, put and leases; keys and values are base64."""
+"""Minimal etcd v3 client over the JSON gateway (HTTP or HTTPS): range, watch, put and leases; keys and values are
+base64. It speaks to every member of a cluster, moving to the next member when one is down, and authenticates with
+etcd's user/password auth when credentials are given.
+
+Why not an etcd client library: the proxy needs these six calls and the watch, over the gateway every etcd 3.5
+serves (https://etcd.io/docs/v3.5/dev-guide/api_grpc_gateway/); the maintained Python clients speak gRPC and would
+bring grpcio and protobuf onto the control host for them.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import ssl
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 import aiohttp
 
@@ -51,21 +60,95 @@ class WatchCompacted(EtcdError):
     """The requested start revision was compacted: the caller must re-read the whole range."""
 
 
+@dataclass(frozen=True)
+class EtcdCredentials:
+    """An etcd user (https://etcd.io/docs/v3.5/op-guide/authentication/rbac/): the proxy's user may only read the
+    registry prefix, a worker's may only write it."""
+
+    user: str
+    password: str
+
+
+# Errors that mean "this member cannot answer now", so the next member is tried: refused or reset connections, time-
+# outs, and a member without a leader or shutting down (HTTP 503 from the gateway).
+_MEMBER_DOWN = (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError)
+# etcd's answer to an expired or revoked auth token ("etcdserver: invalid auth token"): authenticate again once.
+_INVALID_TOKEN = "invalid auth token"
+
+
+def tls_context(ca_file: str, cert_file: str | None = None, key_file: str | None = None) -> ssl.SSLContext:
+    """Verify the members' certificates against CA_FILE; present a client certificate where etcd asks for one
+    (--client-cert-auth)."""
+    context = ssl.create_default_context(cafile=ca_file)
+    if cert_file:
+        context.load_cert_chain(cert_file, key_file)
+    return context
+
+
 class EtcdGateway:
-    def __init__(self, session: aiohttp.ClientSession, host: str, port: int, request_timeout: float = 5.0) -> None:
+    """HOST:PORT is the first member; OTHERS the rest of the cluster, tried in turn when a member is down."""
+
+    def __init__(self, session: aiohttp.ClientSession, host: str, port: int, request_timeout: float = 5.0, *,
+                 others: Sequence[tuple[str, int]] = (), tls: ssl.SSLContext | None = None,
+                 credentials: EtcdCredentials | None = None) -> None:
         self._session = session
-        self._base = f"http://{host}:{port}"
+        scheme = "https" if tls is not None else "http"
+        self._members = [f"{scheme}://{h}:{p}" for h, p in ((host, port), *others)]
+        self._current = 0
+        self._ssl: ssl.SSLContext | bool = tls if tls is not None else True
+        self._credentials = credentials
+        self._token: str | None = None
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
 
-    async def _call(self, path: str, body: dict) -> dict:
-        async with self._session.post(self._base + path, json=body, timeout=self._timeout) as response:
+    @property
+    def _base(self) -> str:
+        return self._members[self._current]
+
+    def _next_member(self) -> None:
+        self._current = (self._current + 1) % len(self._members)
+
+    async def _headers(self, renew: bool = False) -> dict[str, str]:
+        if self._credentials is None:
+            return {}
+        if self._token is None or renew:
+            self._token = None
+            reply = await self._post_once("/v3/auth/authenticate", {"name": self._credentials.user,
+                                                                    "password": self._credentials.password}, {})
+            token = reply.get("token")
+            if not token:
+                raise EtcdError("etcd authentication gave no token")
+            self._token = str(token)
+        return {"Authorization": self._token}
+
+    async def _post_once(self, path: str, body: dict, headers: dict[str, str]) -> dict:
+        async with self._session.post(self._base + path, json=body, timeout=self._timeout, headers=headers,
+                                      ssl=self._ssl) as response:
             text = await response.text()
+            if response.status == 503:
+                raise aiohttp.ClientConnectionError(f"{self._base} cannot serve: {text[:200]}")
             if response.status != 200:
                 raise EtcdError(f"{path} answered {response.status}: {text[:200]}")
         try:
             return json.loads(text)
         except ValueError as exc:
             raise EtcdError(f"{path} answered non-JSON: {text[:200]}") from exc
+
+    async def _call(self, path: str, body: dict) -> dict:
+        """POST to the current member, moving on to the next one while members are down (each tried once)."""
+        failures = []
+        for _ in self._members:
+            try:
+                try:
+                    return await self._post_once(path, body, await self._headers())
+                except EtcdError as exc:
+                    if _INVALID_TOKEN not in str(exc):
+                        raise
+                    return await self._post_once(path, body, await self._headers(renew=True))
+            except _MEMBER_DOWN as exc:
+                failures.append(f"{self._base}: {exc or type(exc).__name__}")
+                self._next_member()
+                self._token = None  # a token is a member's own unless the cluster uses JWT tokens
+        raise EtcdError(f"{path}: no etcd member answered ({'; '.join(failures)})")
 
     async def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
         """All keys under prefix and the store revision they were read at."""
@@ -79,8 +162,17 @@ class EtcdGateway:
         body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_range_end(prefix)),
                                    "start_revision": str(start_revision)}}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total, sock_read=read_timeout)
-        async with self._session.post(self._base + "/v3/watch", json=body, timeout=timeout) as response:
+        try:
+            headers = await self._headers()
+            response = await self._session.post(self._base + "/v3/watch", json=body, timeout=timeout,
+                                                headers=headers, ssl=self._ssl)
+        except _MEMBER_DOWN:
+            self._next_member()  # the caller watches again, from the next member
+            self._token = None
+            raise
+        async with response:
             if response.status != 200:
+                self._next_member()
                 raise EtcdError(f"/v3/watch answered {response.status}")
             async for line in response.content:
                 if not line.strip():
@@ -114,7 +206,8 @@ class EtcdGateway:
     async def keep_alive(self, lease_id: str) -> int:
         """One keep-alive round; returns the remaining TTL (0 when the lease is gone)."""
         async with self._session.post(self._base + "/v3/lease/keepalive", json={"ID": lease_id},
-                                      timeout=self._timeout) as response:
+                                      timeout=self._timeout, headers=await self._headers(),
+                                      ssl=self._ssl) as response:
             if response.status != 200:
                 raise EtcdError(f"keepalive answered {response.status}")
             line = await response.content.readline()
