@@ -1,5 +1,5 @@
-"""The README's and docs' commands: every `dictl` command line parses with today's CLI, every `make` line is a target
-make accepts (dry run), and the ones that need no AWS run."""
+"""The README's and docs' commands: the README opens with `make synth` and `make test`, every `dictl` command line
+parses with today's CLI, every `make` line is a target make accepts (dry run), and the ones that need no AWS run."""
 
 from __future__ import annotations
 
@@ -44,6 +44,12 @@ COMMANDS = sorted({(page.relative_to(ROOT).as_posix(), command)
                    for page in PAGES for command in _commands(page.read_text())})
 DICTL = [(page, command) for page, command in COMMANDS if re.match(r"(\.venv/bin/)?dictl ", command)]
 MAKE = [(page, command) for page, command in COMMANDS if command.startswith("make ")]
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert lines[:3] == ["# DiStack", "", "```sh"] and lines[5] == "```", lines[:6]
+    assert lines[3].startswith("make synth ") and lines[4].startswith("make test "), lines[3:5]
 
 
 def test_the_pages_show_dictl_and_make_commands() -> None:
