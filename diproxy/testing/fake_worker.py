@@ -21,7 +21,16 @@ rank (msgspec msgpack over a ZMQ PUSH socket to lmcache_proxy, the proxy's notif
 lmcache/v1/storage_backend/pd_backend.py@07e07869 sends it), before or after answering, delayed or never (Behaviour
 lmcache_notify*); lmcache_notified records when each report went out. A decode then finds the prompt's KV
 (lmcache_hits) or prefills it itself (lmcache_misses); a decode given a disagg_spec answers HTTP 400 (it is the
-prefiller's, never the decoder's)."""
+prefiller's, never the decoder's).
+
+With Behaviour.prefix_cache_blocks > 0 it keeps a prefix cache (diproxy/testing/cache_model.py: an LRU over blocks of
+ToyTokenizer tokens): a prefill, a standalone worker or a decode asked without kv_transfer_params (the PD decider's
+decode-alone case) waits prefill_per_block seconds per block of the prompt it lacks; a decode given a prefill's
+kv_transfer_params waits pull_per_block per block it lacks, as vLLM's NixlConnector pulls only the blocks decode has
+not cached (vllm/distributed/kv_transfer/kv_connector/v1/nixl/scheduler.py@053da34b get_num_new_matched_tokens:
+prompt tokens - num_computed_tokens). Either way the prompt's blocks are cached afterwards, and with
+Behaviour.kv_events the changes go out as vLLM's KV events on a ZMQ PUB socket (kv_events_endpoint), in vLLM's
+msgspec layout. With the default 0 nothing of this happens and the timings are as before."""
 
 from __future__ import annotations
 
@@ -39,10 +48,12 @@ import zmq
 import zmq.asyncio
 from aiohttp import web
 
+from diproxy.cache_routing.kv_events import encode_batch
 from diproxy.etcd_gateway import EtcdGateway
 from diproxy.event_loop import new_event_loop
 from diproxy.lmcache_notify import encode_notification
 from diproxy.protocols.lmcache import DISAGG_SPEC, receiver_ports
+from diproxy.testing.cache_model import PrefixCacheModel, ToyTokenizer
 
 FAIL_MODES = ("none", "status500", "hang", "die", "error_event")
 LMCACHE_NOTIFY = ("before", "after", "never")  # when a sender prefill reports its KV transfer done
@@ -84,6 +95,13 @@ class Behaviour:
     lmcache_notify: str = "after"
     lmcache_notify_delay: float = 0.0
     lmcache_notify_ranks: int | None = None
+    # Prefix cache (0: none). Blocks of block_tokens ToyTokenizer tokens; the waits are per block lacking.
+    prefix_cache_blocks: int = 0
+    block_tokens: int = 16
+    prefill_per_block: float = 0.0
+    pull_per_block: float = 0.0
+    kv_events: bool = False  # publish the cache's changes as vLLM KV events (needs prefix_cache_blocks > 0)
+    kv_events_topic: str = "kv"
 
 
 @dataclass
@@ -128,6 +146,11 @@ class FakeWorker:
         self.lmcache_notified: list[tuple[str, float]] = []  # prefill: (req_id, time.monotonic()) of each report sent
         self._zmq: zmq.asyncio.Context | None = None
         self._push: zmq.asyncio.Socket | None = None
+        self.cache: PrefixCacheModel | None = None  # set on start when behaviour.prefix_cache_blocks > 0
+        self.cache_log: list[dict[str, int]] = []  # per request: prompt blocks, cached, transferred or prefilled
+        self.kv_events_endpoint: str | None = None  # tcp://host:port of the KV events PUB socket
+        self._pub: zmq.asyncio.Socket | None = None
+        self._pub_seq = 0
         self._notifying: set[asyncio.Task] = set()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -163,6 +186,14 @@ class FakeWorker:
         self.side_channel_port = self.port + 1000
         self.engine_id = f"fake-engine-{self.host}-{self.port}"
         _ENGINES[self.engine_id] = self
+        if self.behaviour.prefix_cache_blocks > 0:
+            self.cache = PrefixCacheModel(self.behaviour.prefix_cache_blocks, self.behaviour.block_tokens)
+            if self.behaviour.kv_events:
+                self._zmq = self._zmq or zmq.asyncio.Context()
+                self._pub = self._zmq.socket(zmq.PUB)
+                self._pub.setsockopt(zmq.LINGER, 0)
+                port = self._pub.bind_to_random_port(f"tcp://{self.host}")
+                self.kv_events_endpoint = f"tcp://{self.host}:{port}"
         if self.role == "decode":
             self.lmcache_receiver = receiver_ports(self.port, 1)
             _RECEIVERS[(self.host, self.lmcache_receiver[0][0], self.lmcache_receiver[1][0])] = self
@@ -253,6 +284,9 @@ class FakeWorker:
         if self._push is not None:
             self._push.close(linger=0)
             self._push = None
+        if self._pub is not None:
+            self._pub.close(linger=0)
+            self._pub = None
         if self._zmq is not None:
             self._zmq.term()
             self._zmq = None
@@ -342,6 +376,9 @@ class FakeWorker:
                 landing.close()
         elif self.role == "decode" and self._take_lmcache_kv(body, request.path):
             first_token_delay = 0.0  # LMCache found the prompt's KV in its receive buffer
+        if self.cache is not None:
+            pulled = isinstance(kv_asked, dict) and bool(kv_asked.get("do_remote_prefill"))
+            first_token_delay += await self._use_cache(body, pulled)
         limit = body.get("max_completion_tokens") if chat and body.get("max_completion_tokens") else body.get("max_tokens")
         count = min(b.tokens, int(limit)) if limit else b.tokens
         finish = "length"
@@ -389,6 +426,23 @@ class FakeWorker:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def _use_cache(self, body: dict[str, Any], pulled: bool) -> float:
+        """The prompt through the prefix cache: the seconds its missing blocks cost (pulled from a prefill, or
+        prefilled here), and the blocks cached afterwards, published as KV events if asked."""
+        assert self.cache is not None
+        tokens = ToyTokenizer().tokens(body) or []
+        total = len(tokens) // self.cache.block_size
+        cached = self.cache.cached_blocks(tokens)
+        missing = total - cached
+        b = self.behaviour
+        self.cache_log.append({"blocks": total, "cached": cached, "transferred" if pulled else "prefilled": missing})
+        events = self.cache.store(tokens)
+        if events and self._pub is not None:
+            payload = encode_batch(events, time.time())
+            await self._pub.send_multipart((b.kv_events_topic.encode(), self._pub_seq.to_bytes(8, "big"), payload))
+            self._pub_seq += 1
+        return missing * (b.pull_per_block if pulled else b.prefill_per_block)
 
     def _hold_kv(self, remote_request_id: str) -> dict[str, Any]:
         """What vLLM's NixlConnectorScheduler.request_finished returns for a length-capped remote-decode prefill."""
@@ -521,10 +575,14 @@ async def _serve(args: argparse.Namespace) -> None:
     worker = FakeWorker(args.role, args.host, args.port, args.label, args.etcd, args.lease_ttl,
                         Behaviour(args.tokens, args.token_interval, args.first_token_delay, args.fail, args.fail_after,
                                   args.headers_first, lmcache_notify=args.lmcache_notify,
-                                  lmcache_notify_delay=args.lmcache_notify_delay))
+                                  lmcache_notify_delay=args.lmcache_notify_delay,
+                                  prefix_cache_blocks=args.prefix_cache_blocks, block_tokens=args.block_tokens,
+                                  prefill_per_block=args.prefill_per_block, pull_per_block=args.pull_per_block,
+                                  kv_events=args.kv_events))
     worker.lmcache_proxy = args.lmcache_proxy
     await worker.start()
-    print(f"READY {worker.address}", flush=True)
+    print(f"READY {worker.address}" + (f" KV_EVENTS {worker.kv_events_endpoint}" if worker.kv_events_endpoint
+                                        else ""), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -552,6 +610,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="engine lmcache, prefill: the proxy's notification socket to report transfers done to")
     parser.add_argument("--lmcache-notify", choices=LMCACHE_NOTIFY, default="after")
     parser.add_argument("--lmcache-notify-delay", type=float, default=0.0)
+    parser.add_argument("--prefix-cache-blocks", type=int, default=0, help="prefix cache size in blocks (0: none)")
+    parser.add_argument("--block-tokens", type=int, default=16)
+    parser.add_argument("--prefill-per-block", type=float, default=0.0, help="seconds per uncached block prefilled")
+    parser.add_argument("--pull-per-block", type=float, default=0.0, help="seconds per block pulled from prefill")
+    parser.add_argument("--kv-events", action="store_true", help="publish vLLM KV events (prints KV_EVENTS ENDPOINT)")
     # The proxy's own loop, so a benchmark's fake workers cost as little CPU as they can on a shared machine.
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(_serve(parser.parse_args(argv)))
