@@ -14,6 +14,7 @@ from aiohttp import web
 from diproxy.auth import bearer_matches
 from diproxy.config import Settings
 from diproxy.errors import ClientFacingError, error_response
+from diproxy.etcd_access import etcd_access
 from diproxy.etcd_gateway import EtcdGateway
 from diproxy.lmcache_notify import NotifyListener, TransferNotices
 from diproxy.metrics import ProxyMetrics
@@ -89,7 +90,8 @@ class ProxyState:
         if s.mode == "standard":
             add_static(self.registry, ((e.host, e.port) for e in s.endpoints))
         if s.etcd is not None:
-            gateway = EtcdGateway(self.session, s.etcd.host, s.etcd.port, request_timeout=max(s.connect_timeout, 2.0))
+            gateway = EtcdGateway(self.session, s.etcd.host, s.etcd.port, request_timeout=max(s.connect_timeout, 2.0),
+                                  **etcd_access(s))
             self.discovery = EtcdDiscovery(self.registry, gateway, s.etcd_prefix, s.resync_interval,
                                            s.etcd_retry_interval, standard=s.mode == "standard")
             self.tasks.append(asyncio.create_task(self.discovery.run(), name="etcd-discovery"))

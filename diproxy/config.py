@@ -28,14 +28,31 @@ def parse_host_port(text: str) -> HostPort:
     return HostPort(host.strip("[]"), int(port))
 
 
+def parse_host_ports(text: str) -> tuple[HostPort, ...]:
+    """HOST:PORT[,HOST:PORT...]: the members of an etcd cluster."""
+    members = tuple(parse_host_port(item) for item in text.split(",") if item.strip())
+    if not members:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT[,HOST:PORT...], got {text!r}")
+    return members
+
+
 @dataclass(frozen=True)
 class Settings:
     mode: str = "di"
     engine: str = DEFAULT_ENGINE
     host: str = "0.0.0.0"
     port: int = 8000
+    # The etcd cluster: the member read first, then the others, tried in turn when one is down.
     etcd: HostPort | None = None
+    etcd_others: tuple[HostPort, ...] = ()
     etcd_prefix: str = "/workers/"
+    # Client TLS to etcd (the cluster's CA; a client certificate where the members require one) and etcd's
+    # user/password auth; the password is read from a file so it never shows in a process listing.
+    etcd_ca_file: str | None = None
+    etcd_cert_file: str | None = None
+    etcd_key_file: str | None = None
+    etcd_user: str | None = None
+    etcd_password_file: str | None = None
     endpoints: tuple[HostPort, ...] = ()
     selection: str = "least-in-flight"
     pair_wait_timeout: float = 10.0
@@ -95,7 +112,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
            choices=tuple(ENGINES))
     option("--host", "host", str, defaults.host, "listen address")
     option("--port", "port", int, defaults.port, "listen port")
-    option("--etcd", "etcd", parse_host_port, None, "etcd HOST:PORT (v3 JSON gateway); required in di mode")
+    option("--etcd", "etcd", parse_host_ports, None, "etcd members HOST:PORT[,HOST:PORT...] (v3 JSON gateway); "
+           "required in di mode")
+    option("--etcd-ca-file", "etcd_ca_file", str, None, "CA bundle of the etcd members' certificates (speaks HTTPS)")
+    option("--etcd-cert-file", "etcd_cert_file", str, None, "client certificate for etcd (PEM)")
+    option("--etcd-key-file", "etcd_key_file", str, None, "key of --etcd-cert-file (PEM)")
+    option("--etcd-user", "etcd_user", str, None, "etcd user (etcd auth)")
+    option("--etcd-password-file", "etcd_password_file", str, None, "file holding --etcd-user's password")
     option("--etcd-prefix", "etcd_prefix", str, defaults.etcd_prefix, "key prefix the workers register under")
     env_endpoints = [parse_host_port(item) for item in env.get(_env_name("endpoints"), "").split(",") if item.strip()]
     parser.add_argument("--endpoint", dest="endpoints", type=parse_host_port, action="append", default=None,
@@ -156,6 +179,10 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         parser.error("--lmcache-notify-port must be a port number (0: a free one)")
     if args.lmcache_transfer_timeout < 0:
         parser.error("--lmcache-transfer-timeout must not be negative")
+    if (args.etcd_user is None) != (args.etcd_password_file is None):
+        parser.error("--etcd-user and --etcd-password-file go together")
+    if args.etcd_cert_file and not args.etcd_ca_file:
+        parser.error("--etcd-cert-file needs --etcd-ca-file (a client certificate is only sent over HTTPS)")
     if args.mode == "di" and args.etcd is None:
         parser.error("--etcd (or DIPROXY_ETCD) is required in di mode")
     if args.mode == "standard" and not endpoints and args.etcd is None:
@@ -163,6 +190,9 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     upstream_key = env.get(_env_name("upstream_api_key")) or env.get("OPENAI_API_KEY") or None
     values = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     values["endpoints"] = endpoints
+    if args.etcd is not None:
+        values["etcd"], *others = args.etcd
+        values["etcd_others"] = tuple(others)
     prefix = values["etcd_prefix"]
     values["etcd_prefix"] = prefix if prefix.endswith("/") else prefix + "/"
     return Settings(**values, upstream_api_key=upstream_key)

@@ -17,6 +17,8 @@ DEBIAN_PACKAGE = {
     "systemd-analyze": "systemd",
     "systemctl": "systemd",
     "etcd": "etcd-server",
+    # the control-plane rehearsal's stand-in for the internal Network Load Balancer (tests/rehearsal/)
+    "haproxy": "haproxy",
 }
 
 
@@ -26,7 +28,8 @@ def locate(tool: str) -> str | None:
             return etcd_binary()
         except EtcdMissing:
             return None
-    return shutil.which(tool)
+    # Daemons such as haproxy install to /usr/sbin, which a non-login PATH may lack.
+    return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/local/sbin")
 
 
 def require(tool: str) -> str:
