@@ -201,6 +201,16 @@ def test_a_lease_revoked_behind_its_back_is_replaced(etcd_server, health, regist
 
 
 @requires_etcd
+def test_a_key_deleted_under_its_live_lease_is_written_again(etcd_server, health, registrar):
+    reg = registrar(etcd_server.address, health.port)
+    first = wait_until(lambda: etcd_server.entry(reg.key), PROMPTLY, "registered")
+    etcd_server.call("/v3/kv/deleterange", {"key": base64.b64encode(reg.key.encode()).decode()})
+    back = wait_until(lambda: etcd_server.entry(reg.key), PROMPTLY, "the key written again")
+    assert back["lease"] == first["lease"] and back["value"] == first["value"]
+    reg.logged(f"{reg.key} was deleted under live lease {first['lease']}; writing it again")
+
+
+@requires_etcd
 def test_etcd_outage_and_wiped_restart_are_survived(etcd_server, health, registrar):
     reg = registrar(etcd_server.address, health.port)
     wait_until(lambda: etcd_server.entry(reg.key), PROMPTLY, "registered")
