@@ -9,6 +9,7 @@ from typing import Callable, Iterable
 import aiohttp
 
 from diproxy.etcd_gateway import EtcdError, EtcdGateway, KeyValue, WatchCompacted
+from diproxy.worker_policy import WorkerPolicy
 from diproxy.workers import DECODE, PREFILL, REGISTERED_STANDARD, STANDALONE, Worker
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,9 @@ class EtcdDiscovery:
     In standard mode (`standard=True`) only /workers/standard/ keys count, each as a STANDALONE worker."""
 
     def __init__(self, registry: WorkerRegistry, gateway: EtcdGateway, prefix: str, resync_interval: float,
-                 retry_interval: float, standard: bool = False) -> None:
+                 retry_interval: float, standard: bool = False, policy: WorkerPolicy | None = None) -> None:
         self._registry = registry
+        self._policy = policy or WorkerPolicy()
         self._gateway = gateway
         self._prefix = prefix
         self._resync_interval = resync_interval
@@ -168,7 +170,10 @@ class EtcdDiscovery:
         return revision
 
     def _apply_snapshot(self, kvs: list[KeyValue]) -> None:
-        keys = [k for k in (self._key(kv.key) for kv in kvs) if k is not None]
+        keys: list[WorkerKey] = []
+        for key in (self._key(kv.key) for kv in kvs):
+            if key is not None and self._policy.admits(key, len(keys)):
+                keys.append(key)
         self._registry.replace_source(ETCD_SOURCE, keys)
 
     async def _watch_once(self, revision: int) -> None:
@@ -178,7 +183,7 @@ class EtcdDiscovery:
                 continue
             if event.deleted:
                 self._registry.remove(key, ETCD_SOURCE)
-            else:
+            elif self._policy.admits(key, len(self._registry.workers())):
                 self._registry.add(*key, ETCD_SOURCE)
         raise EtcdError("watch stream ended")
 
