@@ -1,5 +1,5 @@
 """The dashboard's layout as ASCII boxes, drawn from the synthesized dashboard body (each widget's x, y, width,
-height and title), so the README's picture is the dashboard the stack builds.
+height and title), so the picture in docs/observability.md is the dashboard the stack builds.
 
     python bench/dashboard_layout.py prod      # synthesizes config/prod.yaml (a few seconds), prints the layout
 """

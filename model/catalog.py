@@ -1,7 +1,7 @@
 """Static facts about the instance types DiStack can place workers on.
 
 Synth never calls DescribeInstanceTypes; `dictl preflight` cross-checks this table against the live API.
-Sources are listed in the README ("Instance facts") and in research notes kept with the project's design.
+Sources are listed in docs/facts.md and in research notes kept with the project's design.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Turn successive scrapes of the proxy's /metrics into CloudWatch MetricDatum entries: the part of the proxy's
-telemetry the CloudWatch agent cannot carry (README "Observability"; the agent ships the proxy's journal).
+telemetry the CloudWatch agent cannot carry (docs/observability.md; the agent ships the proxy's journal).
 
 Histograms become per-interval distributions sent as ``Values``/``Counts``, one value per bucket, so CloudWatch
 percentiles and sample counts stay right to within a bucket's width
