@@ -189,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("smoke", "one completion through the proxy, from the control host")
     p.add_argument("--max-tokens", default=10, type=_positive, help="tokens to generate (default: 10)")
     rolling(p, "1", "0", 300)
+    p = command("canary", "the correctness canary: each prefill->decode pair must answer the decode's own tokens")
+    p.add_argument("--max-waiting", default=0, type=int,
+                   help="skip a pair whose endpoints have more requests waiting than this (default: 0)")
+    rolling(p, "1", "0", 600)
     p = command("bench", "LLMPerf against the proxy from the control host; results to s3://BUCKET/bench/")
     p.add_argument("--run-id", type=_pattern(RUN_ID, "run id ([A-Za-z0-9._-], 1-64)"),
                    help="name of the results prefix bench/RUN-ID/ (default: ENV-<UTC time>)")
@@ -368,6 +372,9 @@ def _run_verb(deployment: Any, args: argparse.Namespace) -> int:
                                    timeout=args.timeout, **common)
     if args.verb == "smoke":
         return verbs.smoke(deployment, max_tokens=args.max_tokens, **common)
+    if args.verb == "canary":
+        from ops.canary import canary
+        return canary(deployment, max_waiting=args.max_waiting, **common)
     if args.verb == "bench":
         workload = {"meanInputTokens": args.mean_input_tokens, "stddevInputTokens": args.stddev_input_tokens,
                     "meanOutputTokens": args.mean_output_tokens, "stddevOutputTokens": args.stddev_output_tokens,

@@ -20,6 +20,7 @@ from stacks.components.placement import ClusterPlacement
 from stacks.components.security import Security
 from stacks.components.worker_fleet import FleetLifecycle, FleetPlacement, WorkerFleet
 from model.config import DeploymentConfig
+from stacks.observability import kv_alarms
 from stacks.observability.node_metrics import NodeMetrics
 from stacks import nag
 
@@ -84,6 +85,7 @@ class DiStack(cdk.Stack):
             role.allow_bootstrap(scripts)
         node_metrics = NodeMetrics(self, "NodeMetrics", config=config, retention=retention)
         worker_role.allow_metrics_agent(node_metrics.worker_parameters(), node_metrics.log_group)
+        kv_alarms.allow_efa_metrics(worker_role, config)
         control_role.allow_metrics_agent(node_metrics.control_parameters(), node_metrics.log_group)
 
         state = ControlState(self, "ControlState", control=config.control_host, subnet=network.subnet,

@@ -13,10 +13,11 @@ import pytest
 import yaml
 from aws_cdk.assertions import Capture, Match
 
+from diproxy import canary
 from diproxy.shipper import metric_data
 from diproxy.shipper.metric_data import PROXY_UP, RULES
 from model import engines, naming
-from model.observability import agent_config, upstream
+from model.observability import agent_config, kv_telemetry, upstream
 from stacks.components import monitoring
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,7 @@ layout = importlib.util.module_from_spec(_LAYOUT_SPEC)
 _LAYOUT_SPEC.loader.exec_module(layout)
 
 DISTACK_ENVS = ("dev", "prod", "xpyd", "baseline")
-PROXY_METRICS = {rule.metric for rule in RULES} | {PROXY_UP}
+PROXY_METRICS = {rule.metric for rule in RULES} | {PROXY_UP} | set(canary.PUBLISHED)
 AGENT_SCHEMA = ROOT / "model" / "observability" / "cloudwatch-agent-schema.json"
 
 
@@ -295,7 +296,9 @@ def collected(config, template: dict) -> set[tuple[str, str, frozenset[str]]]:
     filters = {(t["MetricNamespace"], t["MetricName"], frozenset())
                for f in resources(template, "AWS::Logs::MetricFilter").values()
                for t in f["Properties"]["MetricTransformations"]}
-    return agent_config.published(config) | proxy | groups | filters
+    # The correctness canary publishes into the proxy's namespace (diproxy/canary.py PUBLISHED).
+    canary_metrics = {(naming.PROXY_METRICS_NAMESPACE, name, frozenset(dims)) for name, dims in canary.PUBLISHED.items()}
+    return agent_config.published(config) | proxy | groups | filters | canary_metrics
 
 
 def drawn(template: dict) -> list[tuple[str, str, frozenset[str]]]:
@@ -369,7 +372,8 @@ def test_agent_configuration_is_valid_for_the_agent_consistent_and_fits_a_parame
 
 def test_every_kept_name_is_one_its_source_defines():
     assert set(agent_config.KV_CACHE_METRIC) == set(engines.NAMES)
-    by_job = {agent_config.JOB_VLLM: upstream.VLLM_V0 | upstream.VLLM_V1,
+    by_job = {agent_config.JOB_VLLM: upstream.VLLM_V0 | upstream.VLLM_V1 | upstream.VLLM_NIXL | upstream.VLLM_V1_EXPOSED,
+              kv_telemetry.JOB_DCGM: upstream.DCGM_EXPORTER,
               agent_config.JOB_NEURON: upstream.NEURON_MONITOR, agent_config.JOB_ETCD: upstream.ETCD}
     for kept in agent_config.WORKER_KEPT + agent_config.CONTROL_KEPT:
         assert kept.name in by_job[kept.job], kept.name

@@ -23,7 +23,7 @@ import yaml
 
 from model import naming
 from model.config import DeploymentConfig
-from model.observability import upstream
+from model.observability import kv_telemetry, upstream
 
 # Where metrics-agent.sh writes the scrape configuration (the agent JSON names this path).
 SCRAPE_CONFIG_PATH = "/etc/di/metrics-agent/prometheus.yaml"
@@ -81,6 +81,10 @@ WORKER_KEPT: tuple[Kept, ...] = (
     # A counter: the agent sends the increase since its previous scrape (plugins/inputs/prometheus/
     # delta_calculator.go), so a minute's Sum is the errors of that minute.
     Kept(EXECUTION_ERRORS, JOB_NEURON, "Count", (PER_FLEET, PER_INSTANCE)),
+    # KV transfer (model/observability/kv_telemetry.py): NIXL's failure counters and prefill's prompt tokens.
+    *(Kept(name, JOB_VLLM, "Count", (PER_ROLE, PER_FLEET)) for name in kv_telemetry.NIXL_COUNTERS),
+    Kept(kv_telemetry.PROMPT_TOKENS, JOB_VLLM, "Count", (PER_ROLE,)),
+    *(Kept(name, kv_telemetry.JOB_DCGM, "None", (PER_FLEET, PER_INSTANCE)) for name in kv_telemetry.DCGM_METRICS),
 )
 CONTROL_KEPT: tuple[Kept, ...] = (
     Kept("etcd_server_has_leader", JOB_ETCD, "None", (PER_DEPLOYMENT,)),
@@ -114,7 +118,13 @@ def worker_agent(config: DeploymentConfig, fleet_name: str) -> AgentFiles:
                  for ep in fleet.resolved_endpoints]
     jobs = [_job(JOB_VLLM, endpoints, WORKER_KEPT),
             _job(JOB_NEURON, [{"targets": [f"127.0.0.1:{naming.NEURON_MONITOR_PORT}"], "labels": node}], WORKER_KEPT)]
-    return AgentFiles(_agent(config, naming.WORKER_METRICS_NAMESPACE, WORKER_KEPT), _scrape(jobs))
+    if kv_telemetry.gpu_fleet(config, fleet_name):
+        jobs.append(_job(kv_telemetry.JOB_DCGM, [{"targets": [f"127.0.0.1:{kv_telemetry.DCGM_PORT}"],
+                                                  "labels": node}], WORKER_KEPT))
+    agent = _agent(config, naming.WORKER_METRICS_NAMESPACE, WORKER_KEPT)
+    if kv_telemetry.efa_collected(config, fleet_name):
+        agent["metrics"] = kv_telemetry.efa_metrics_section()
+    return AgentFiles(agent, _scrape(jobs))
 
 
 def control_agent(config: DeploymentConfig) -> AgentFiles:
@@ -149,7 +159,7 @@ def published(config: DeploymentConfig) -> set[tuple[str, str, frozenset[str]]]:
     for namespace, kept in ((naming.WORKER_METRICS_NAMESPACE, WORKER_KEPT),
                             (naming.CONTROL_METRICS_NAMESPACE, CONTROL_KEPT)):
         found |= {(namespace, k.name, frozenset(dims)) for k in kept for dims in k.dimension_sets}
-    return found
+    return found | kv_telemetry.efa_published(config)
 
 
 def _job(job: str, targets: list[dict[str, Any]], kept: Iterable[Kept]) -> dict[str, Any]:

@@ -42,3 +42,20 @@ NEURON_DEVICE_MEMORY = "neuron_device"
 # quay.io/coreos/etcd:v3.5.17 (model/node_values.py), the same minor version.
 ETCD = frozenset({"etcd_server_has_leader", "etcd_server_leader_changes_seen_total",
                   "etcd_mvcc_db_total_size_in_bytes"})
+
+# vLLM's NIXL connector (vllm-project/vllm vllm/distributed/kv_transfer/kv_connector/v1/nixl/stats.py, NixlPromMetrics;
+# a stored main-line revision, not tag v0.27.1: model/observability/kv_telemetry.py says what a wrong name shows).
+# Counters as exposed (prometheus_client appends _total), then the histograms' family names.
+VLLM_NIXL = frozenset({
+    "vllm:nixl_num_failed_transfers_total", "vllm:nixl_num_failed_notifications_total",
+    "vllm:nixl_num_kv_expired_reqs_total", "vllm:nixl_xfer_time_seconds", "vllm:nixl_post_time_seconds",
+    "vllm:nixl_bytes_transferred", "vllm:nixl_num_descriptors",
+})
+# vLLM V1's prompt-token counter as exposed (VLLM_V1 lists the counter's declared name, vllm:prompt_tokens).
+VLLM_V1_EXPOSED = frozenset({"vllm:prompt_tokens_total", "vllm:generation_tokens_total"})
+
+# NVIDIA dcgm-exporter's default counters (NVIDIA/dcgm-exporter etc/default-counters.csv: DCGM_FI_DEV_GPU_UTIL
+# "GPU utilization (in %)", DCGM_FI_DEV_FB_USED "Framebuffer memory used (in MiB)", DCGM_FI_DEV_XID_ERRORS "Value of
+# the last XID error encountered"), read from the file's published copy, version not pinned to the image's tag.
+DCGM_EXPORTER = frozenset({"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_XID_ERRORS",
+                           "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_GPU_TEMP"})

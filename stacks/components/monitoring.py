@@ -26,6 +26,7 @@ from constructs import Construct, IConstruct
 from model import naming
 from model.config import DeploymentConfig, MonitoringConfig
 from model.observability import agent_config as agent
+from stacks.observability.kv_alarms import KvTelemetry
 
 # What the proxy's shipper publishes (diproxy/shipper/metric_data.py; the stack does not import the proxy's package,
 # tests/test_monitoring.py checks these names against it).
@@ -162,9 +163,12 @@ class Monitoring(Construct):
             self._pair_alarm()
             self._error_rate_alarm()
             self._ttft_alarm()
+        # KV transfer and the correctness canary: alarms now (the alarm widget lists them), panels last.
+        self.kv_telemetry = KvTelemetry(self, "KvTelemetry", config=config, fleet_group_names=fleet_group_names)
         self.dashboard = cw.Dashboard(self, "Dashboard", dashboard_name=dashboard_name(env),
                                       default_interval=cdk.Duration.hours(3))
         self._widgets(config, groups, node_log_group)
+        self.kv_telemetry.widgets(self.dashboard)
 
     # Metrics
 

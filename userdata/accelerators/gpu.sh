@@ -54,5 +54,26 @@ accelerator_probe_args() { printf '%s\n' --gpus all; }
 # accelerator_status_json: di-status's device fields.
 accelerator_status_json() { printf '"gpus":%s,"expected_gpus":%s' "$(gpu_count)" "${DI_EXPECTED_GPUS:-0}"; }
 
-# accelerator_exporter: no GPU exporter is installed yet; the CloudWatch agent still scrapes every vLLM /metrics.
-accelerator_exporter() { log "no GPU metrics exporter on this node (vLLM's own /metrics are still scraped)"; }
+# NVIDIA's DCGM exporter, which the CloudWatch agent scrapes like neuron-monitor on Trainium (job `dcgm`). Image and
+# port must match model/observability/kv_telemetry.py (DCGM_IMAGE, DCGM_PORT; a test holds them equal). Pinned by tag:
+# no source gave its digest.
+DI_DCGM_EXPORTER_IMAGE=${DI_DCGM_EXPORTER_IMAGE:-nvcr.io/nvidia/k8s/dcgm-exporter:4.4.1-4.6.0-ubuntu22.04}
+DI_DCGM_EXPORTER_PORT=${DI_DCGM_EXPORTER_PORT:-9400}
+
+# accelerator_exporter: the DCGM exporter as its README runs it (`docker run -d --gpus all --cap-add SYS_ADMIN -p
+# 9400:9400 IMAGE`, NVIDIA/dcgm-exporter README "Quickstart"), published on loopback only (the agent is local),
+# restarted by docker with the node. An exporter already running is left alone.
+accelerator_exporter() {
+  if [[ -n $(docker ps -q --filter name=^di-dcgm-exporter$ 2>/dev/null) ]]; then
+    log "DCGM exporter already running"
+    return 0
+  fi
+  docker rm -f di-dcgm-exporter >/dev/null 2>&1 || true
+  retry docker pull -q "$DI_DCGM_EXPORTER_IMAGE" >/dev/null ||
+    metrics_fail "cannot pull the DCGM exporter $DI_DCGM_EXPORTER_IMAGE: no GPU metrics"
+  docker run -d --name di-dcgm-exporter --restart unless-stopped --gpus all --cap-add SYS_ADMIN \
+    -p "127.0.0.1:$DI_DCGM_EXPORTER_PORT:9400" "$DI_DCGM_EXPORTER_IMAGE" >/dev/null ||
+    metrics_fail "the DCGM exporter did not start: no GPU metrics"
+  log "DCGM exporter running on 127.0.0.1:$DI_DCGM_EXPORTER_PORT"
+}
+# (metrics_fail is metrics-agent.sh's, the only caller.)
