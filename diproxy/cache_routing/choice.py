@@ -52,7 +52,7 @@ class Choice(Generic[W]):
     matched_blocks: int  # the chosen worker's cached prefix, in blocks
     best_matched_blocks: int  # the largest cached prefix among all candidates (before the load bound)
     total_blocks: int
-    capped: bool  # a candidate with a longer cached prefix was skipped for being at its load cap
+    capped: bool  # a candidate with a longer cached prefix was passed over (its load cap, or load_weight)
 
 
 def load_cap(loads: Sequence[int], epsilon: float) -> int:
