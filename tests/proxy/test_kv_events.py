@@ -164,10 +164,10 @@ def test_precise_mode_over_zmq_from_a_fake_worker():
             import aiohttp
             body = {"model": "fake-model", "messages": [{"role": "system", "content": "rules " * 200},
                                                         {"role": "user", "content": "hi"}], "max_tokens": 1}
-            async with aiohttp.ClientSession() as session:
+            async with aiohttp.ClientSession() as client:
                 # ZMQ drops what a SUB receives before its subscription reaches the PUB: repeat until one lands.
                 for _ in range(100):
-                    async with session.post(f"http://{address}/v1/chat/completions", json=body) as response:
+                    async with client.post(f"http://{address}/v1/chat/completions", json=body) as response:
                         assert response.status == 200
                     if sub.batches:
                         break
