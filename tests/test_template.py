@@ -472,9 +472,12 @@ def test_distack_proxy_metrics_may_go_to_its_own_namespace_only(variant, synth):
     (metrics,) = [s for s in _statements(raw, "ControlRole") if s["Action"] == "cloudwatch:PutMetricData"]
     assert metrics["Resource"] == "*"
     assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": naming.PROXY_METRICS_NAMESPACE}}
-    assert not [s for s in _statements(raw, "WorkerRole") if "cloudwatch:PutMetricData" in json.dumps(s)]
-    # With the 0.9.1 image's proxy nothing publishes metrics, so no role may.
-    assert "cloudwatch:PutMetricData" not in json.dumps(synth("tutorial").template_dict)
+    # Workers publish only the CloudWatch agent's EFA counters, into their own namespace (kv_telemetry.py).
+    assert [s["Condition"] for s in _statements(raw, "WorkerRole") if "cloudwatch:PutMetricData" in json.dumps(s)] \
+        == [{"StringEquals": {"cloudwatch:namespace": "DiStack/Efa"}}]
+    # With the 0.9.1 image's proxy the proxy publishes nothing, so only the workers' EFA statement remains.
+    tutorial = json.dumps(synth("tutorial").template_dict)
+    assert tutorial.count("cloudwatch:PutMetricData") == 1 and '"cloudwatch:namespace": "DiStack/Efa"' in tutorial
 
 
 def test_only_the_control_host_reads_the_proxy_api_key_and_its_node_env_names_it(variant, synth):
