@@ -5,7 +5,6 @@ from __future__ import annotations
 import aws_cdk as cdk
 from constructs import IConstruct
 
-SSM_MANAGED_POLICY = "Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore"
 
 
 def acknowledge(scope: IConstruct, rule: str, reason: str, finding: str | None = None) -> None:
@@ -22,9 +21,6 @@ def bucket_token(bucket: IConstruct) -> str:
 
 def acknowledge_node_role(role: IConstruct, bucket: IConstruct, write_prefixes: list[str]) -> None:
     """The findings every node role carries by design."""
-    acknowledge(role, "IAM4", "AmazonSSMManagedInstanceCore is AWS's maintained minimum for SSM Agent (Run "
-                              "Command, Session Manager); an inline copy would drift from what the agent needs.",
-                SSM_MANAGED_POLICY)
     arn = bucket_token(bucket)
     acknowledge(role, "IAM5", "Nodes read any object of their own deployment's artifacts bucket (models, "
                               "compiled artifacts); object keys are not known at deploy time.", f"Resource::{arn}/*")
@@ -74,3 +70,13 @@ def acknowledge_bucket(bucket: IConstruct) -> None:
     acknowledge(bucket, "S1", "Only the deployment's own instance roles and operators touch this bucket; "
                               "CloudTrail records its API calls, and a second bucket for access logs would "
                               "itself need access logs.")
+
+
+def acknowledge_edge(edge: IConstruct) -> None:
+    """The load balancer in front of the proxies, and the generated API key."""
+    acknowledge(edge, "ELB2", "An internal Network Load Balancer passing TCP/TLS connections: access logs would "
+                              "record only TLS handshakes; the proxy logs every request (containers log group) and "
+                              "the VPC flow logs record every connection.")
+    acknowledge(edge, "SMG4", "The proxy's generated API key is rotated by the operator (a new value in the secret, "
+                              "then `dictl rollout` of the control hosts): an automatic rotation would need a Lambda "
+                              "function and would lock out every client holding the old key at once.")

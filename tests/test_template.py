@@ -101,10 +101,23 @@ def test_proxy_reachable_only_from_client_cidrs_and_etcd_only_from_workers(synth
     by_port = {}
     for rule in rules:
         by_port.setdefault(rule["FromPort"], []).append(rule.get("CidrIp") or rule["SourceSecurityGroupId"])
+    edge = {"Fn::GetAtt": [edge_group_id(template), "GroupId"]}
+    # Clients reach the proxies only through the load balancer, whose own group admits the client networks; etcd
+    # takes workers directly and through the load balancer, and its members' peers.
     assert by_port == {
-        naming.PROXY_PORT: list(result.config.network.allowed_client_cidrs),
-        naming.ETCD_CLIENT_PORT: [{"Fn::GetAtt": [worker_group_id(template), "GroupId"]}],
+        naming.PROXY_PORT: [edge],
+        naming.ETCD_CLIENT_PORT: [{"Fn::GetAtt": [worker_group_id(template), "GroupId"]}, edge],
+        naming.ETCD_PEER_PORT: [{"Fn::GetAtt": [control, "GroupId"]}],
     }
+    edge_rules = resources(template, "AWS::EC2::SecurityGroup")[edge_group_id(template)]["Properties"]
+    assert sorted(r.get("CidrIp", "") for r in edge_rules["SecurityGroupIngress"]
+                  if r["FromPort"] == naming.PROXY_PORT) == sorted(result.config.network.allowed_client_cidrs)
+
+
+def edge_group_id(template: dict) -> str:
+    (group,) = [k for k, v in resources(template, "AWS::EC2::SecurityGroup").items()
+                if "load balancer" in v["Properties"]["GroupDescription"]]
+    return group
 
 
 def test_vllm_ports_open_to_workers_only_from_the_control_host(synth):
@@ -214,17 +227,21 @@ def test_no_update_policy_replaces_serving_instances(synth):
 def test_control_host_keeps_its_address_and_etcd_data(synth):
     result = synth("prod")
     template = result.template_dict
-    (volume,) = resources(template, "AWS::EC2::Volume").values()
-    assert volume["DeletionPolicy"] == "Retain" and volume["UpdateReplacePolicy"] == "Retain"
-    assert volume["Properties"]["Encrypted"] is True
-    assert volume["Properties"]["AvailabilityZone"] == result.config.availability_zone
-    (eni_id, eni), = resources(template, "AWS::EC2::NetworkInterface").items()
+    # Three etcd members, each with a retained, encrypted volume and a fixed interface of its own.
+    volumes = list(resources(template, "AWS::EC2::Volume").values())
+    assert len(volumes) == 3
+    for volume in volumes:
+        assert volume["DeletionPolicy"] == "Retain" and volume["UpdateReplacePolicy"] == "Retain"
+        assert volume["Properties"]["Encrypted"] is True
+        assert volume["Properties"]["AvailabilityZone"] == result.config.availability_zone
+    assert len(resources(template, "AWS::EC2::NetworkInterface")) == 3
     outputs = template["Outputs"]
-    assert eni_id in str(outputs[naming.OUTPUT_ETCD_ADDRESS]["Value"])
-    assert eni_id in str(outputs[naming.OUTPUT_PROXY_URL]["Value"])
+    (balancer,) = resources(template, "AWS::ElasticLoadBalancingV2::LoadBalancer")
+    assert balancer in str(outputs[naming.OUTPUT_ETCD_ADDRESS]["Value"])
+    assert balancer in str(outputs[naming.OUTPUT_PROXY_URL]["Value"])
     control = [v for v in resources(template, "AWS::AutoScaling::AutoScalingGroup").values()
                if "PlacementGroup" not in v["Properties"]]
-    assert [(g["Properties"]["MinSize"], g["Properties"]["MaxSize"]) for g in control] == [("1", "1")]
+    assert [(g["Properties"]["MinSize"], g["Properties"]["MaxSize"]) for g in control] == [("3", "3")]
     lt = launch_templates(template)[result.config.control_host.instance_type]
     assert lt["MetadataOptions"]["HttpTokens"] == "required"
     assert lt["ImageId"].startswith("resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023")
@@ -264,7 +281,9 @@ def test_node_roles_write_only_their_prefixes_and_read_only_their_secret(synth):
                 secrets += [str(t) for t in targets]
             assert not any(a.endswith(":*") or a == "*" for a in actions), statement
     assert puts and all(p in {"/compiled/*", "/logs/*", "/bench/*", "/commands/*"} for p in puts), puts
-    assert secrets and all("secret:distack/hf-token-??????" in s for s in secrets)
+    # The HF token by name, and the proxy's generated API key (prod names none but opens the proxy).
+    (generated,) = resources(template, "AWS::SecretsManager::Secret")
+    assert secrets and all("secret:distack/hf-token-??????" in s or s == str({"Ref": generated}) for s in secrets)
 
 
 @pytest.mark.parametrize("env", SHIPPED_ENVS)
@@ -403,8 +422,11 @@ def test_workers_complete_lifecycle_actions_of_their_deployment_only(synth):
     assert complete["Condition"] == {"StringEquals": {"autoscaling:ResourceTag/di:deployment": "prod"}}
     assert json.dumps(complete["Resource"]).endswith(':autoScalingGroup:*:autoScalingGroupName/*"]]}')
     (describe,) = [s for s in statements if "autoscaling:DescribeAutoScalingInstances" in s["Action"]]
-    assert describe["Action"] == "autoscaling:DescribeAutoScalingInstances" and describe["Resource"] == "*"
-    assert not [s for s in _statements(synth("prod").template_dict, "ControlRole") if "autoscaling:" in json.dumps(s)]
+    assert describe["Resource"] == "*" and "Condition" not in describe
+    # The control hosts complete their own launch hook the same way.
+    control = _statements(synth("prod").template_dict, "ControlRole")
+    assert [s["Condition"] for s in control if "autoscaling:CompleteLifecycleAction" in s["Action"]] == [
+        complete["Condition"]]
 
 
 # AWS-RunShellScript's own executionTimeout: "Maximum is 172800 (48 hours)", allowedPattern

@@ -67,8 +67,10 @@ class Network(Construct):
             subnet_configuration=subnets,
             restrict_default_security_group=False,
         )
+        # Retained: the connection record is the forensic trail of a deployment and must outlive its stack. The
+        # group has no fixed name, so a new stack of the same environment creates its own without a conflict.
         flow_logs = logs.LogGroup(self, "FlowLogs", retention=log_retention,
-                                  removal_policy=cdk.RemovalPolicy.DESTROY)
+                                  removal_policy=cdk.RemovalPolicy.RETAIN)
         vpc.add_flow_log("FlowLog", destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs),
                          traffic_type=ec2.FlowLogTrafficType.ALL)
         return vpc

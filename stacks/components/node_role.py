@@ -1,4 +1,5 @@
-"""Instance role for one kind of node: SSM management plus exactly the bucket, secret and log access it needs."""
+"""Instance role for one kind of node: what SSM Agent needs for Run Command and Session Manager, plus exactly the
+bucket, secret and log access the node needs."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ class NodeRole(Construct):
         self.role = iam.Role(
             self, "Role", assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description="DiStack node: SSM, artifacts bucket, logs",
-            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
         )
+        self.role.add_to_principal_policy(ssm_agent_statement())
         self.role.add_to_principal_policy(iam.PolicyStatement(
             actions=["s3:ListBucket"], resources=[bucket.bucket_arn]))
         self.role.add_to_principal_policy(iam.PolicyStatement(
@@ -110,3 +111,25 @@ class NodeRole(Construct):
         self.role.add_to_principal_policy(iam.PolicyStatement(
             actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
             resources=[log_group.log_group_arn]))
+
+
+# What SSM Agent calls to register the node and to take Run Command and Session Manager traffic, and nothing else:
+# AmazonSSMManagedInstanceCore also grants ssm:GetParameter(s) on every parameter of the account, GetDocument,
+# associations, inventory and patching, none of which DiStack uses. The agent's own calls are ssm:UpdateInstanceInformation
+# and the ec2messages and ssmmessages operations
+# (https://docs.aws.amazon.com/systems-manager/latest/userguide/systems-manager-setting-up-messageAPIs.html); Session
+# Manager's minimum instance permissions are UpdateInstanceInformation plus the four ssmmessages channel operations
+# (https://docs.aws.amazon.com/systems-manager/latest/userguide/getting-started-create-iam-instance-profile.html). None of
+# these operations has a resource type (Service Authorization Reference, ec2messages and ssmmessages), so "*".
+SSM_AGENT_ACTIONS = (
+    "ssm:UpdateInstanceInformation",
+    "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel",
+    "ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage", "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint", "ec2messages:GetMessages", "ec2messages:SendReply",
+)
+
+
+def ssm_agent_statement() -> iam.PolicyStatement:
+    """The scoped replacement of AmazonSSMManagedInstanceCore."""
+    return iam.PolicyStatement(actions=list(SSM_AGENT_ACTIONS), resources=["*"])

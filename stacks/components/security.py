@@ -37,9 +37,7 @@ class Security(Construct):
                 group.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(80),
                                       "HTTP: signed OS packages from the distribution mirrors")
 
-        for cidr in network.allowed_client_cidrs:
-            self.control_group.add_ingress_rule(ec2.Peer.ipv4(cidr), ec2.Port.tcp(naming.PROXY_PORT),
-                                                f"Proxy clients {cidr}")
+        # Clients reach the proxies through the load balancer, whose own group admits them (components/edge.py).
         for port in sorted(set(vllm_ports)):
             self.control_group.connections.allow_to(self.worker_group, ec2.Port.tcp(port),
                                                     f"Proxy to vLLM endpoint port {port}")

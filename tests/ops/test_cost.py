@@ -33,8 +33,8 @@ def _instance(sku: str, itype: str, usd: str, **extra: str) -> str:
 CATALOG = [
     _instance("TRN2", "trn2.48xlarge", "40.0000000000"),
     _instance("TRN2WIN", "trn2.48xlarge", "49.0000000000", operatingSystem="Windows"),
-    _instance("M5", "m5.xlarge", "0.1920000000"),
-    _instance("M5OTHER", "m5.xlarge", "0.2040000000", regionCode="us-west-2"),
+    _instance("M7I", "m7i.xlarge", "0.2016000000"),
+    _instance("M7IOTHER", "m7i.xlarge", "0.2116000000", regionCode="us-west-2"),
     _product("GP3", {"servicecode": "AmazonEC2", "regionCode": "us-east-2", "productFamily": "Storage",
                      "volumeApiName": "gp3", "usagetype": "USE2-EBS:VolumeUsage.gp3"}, "0.0800000000", "GB-Mo"),
     _product("NAT", {"servicecode": "AmazonEC2", "regionCode": "us-east-2", "productFamily": "NAT Gateway",

@@ -1,0 +1,150 @@
+"""The control plane in the template: control hosts behind an internal Network Load Balancer (TLS with the config's
+certificate), held out of service by a launch hook, replaced on failed load-balancer checks; the scoped SSM policy;
+the generated API key; the retained flow logs; and the rules on client networks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from model import naming, security_rules
+from model.loader import CONFIG_DIR, ConfigError, load_config_file
+from stacks.components.node_role import SSM_AGENT_ACTIONS
+from tests.test_template import resources
+
+CERT = "arn:aws:acm:us-east-2:123456789012:certificate/12345678-1234-1234-1234-123456789012"
+
+
+@pytest.fixture(scope="module")
+def tls_prod(synth, tmp_path_factory):
+    """config/prod.yaml with a certificate instead of plaintext_edge."""
+    data = yaml.safe_load((CONFIG_DIR / "prod.yaml").read_text())
+    data["control_plane"] = {"certificate_arn": CERT}
+    path = tmp_path_factory.mktemp("tls") / "prod.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return synth(path).template_dict
+
+
+def control_group(template: dict) -> dict:
+    (group,) = [v["Properties"] for v in resources(template, "AWS::AutoScaling::AutoScalingGroup").values()
+                if "PlacementGroup" not in v["Properties"] and "Tags" in v["Properties"]
+                and any(t["Value"] == naming.ROLE_CONTROL for t in v["Properties"]["Tags"])]
+    return group
+
+
+def test_three_control_hosts_serve_only_after_their_launch_hook_and_are_replaced_on_failed_checks(synth):
+    template = synth("prod").template_dict
+    group = control_group(template)
+    assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == ("3", "3", "3")
+    assert group["HealthCheckType"] == "ELB"
+    (hook,) = group["LifecycleHookSpecificationList"]
+    assert hook["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING" and hook["DefaultResult"] == "ABANDON"
+    targets = resources(template, "AWS::ElasticLoadBalancingV2::TargetGroup")
+    assert sorted(ref["Ref"] for ref in group["TargetGroupARNs"]) == sorted(targets)
+    by_port = {t["Properties"]["Port"]: t["Properties"] for t in targets.values()}
+    proxy, etcd = by_port[naming.PROXY_PORT], by_port[naming.ETCD_CLIENT_PORT]
+    assert (proxy["HealthCheckProtocol"], proxy["HealthCheckPath"]) == ("HTTP", "/health")
+    assert etcd["HealthCheckProtocol"] == "TCP"
+    # The control hosts signal CloudFormation each, and their node.env names the hook they complete.
+    (policy,) = [v for v in resources(template, "AWS::AutoScaling::AutoScalingGroup").values()
+                 if v["Properties"] is group]
+    assert policy["CreationPolicy"]["ResourceSignal"]["Count"] == 3
+
+
+def test_the_load_balancer_is_internal_and_admits_only_the_client_networks(synth):
+    template = synth("prod").template_dict
+    (balancer,) = resources(template, "AWS::ElasticLoadBalancingV2::LoadBalancer").values()
+    assert balancer["Properties"]["Scheme"] == "internal" and balancer["Properties"]["Type"] == "network"
+    listeners = {v["Properties"]["Port"]: v["Properties"]
+                 for v in resources(template, "AWS::ElasticLoadBalancingV2::Listener").values()}
+    # prod ships without a certificate and says so (plaintext_edge): TCP on the proxy port.
+    assert listeners[naming.PROXY_PORT]["Protocol"] == "TCP"
+    assert listeners[naming.ETCD_CLIENT_PORT]["Protocol"] == "TCP"
+
+
+def test_a_certificate_turns_the_client_listener_into_tls_on_443(tls_prod):
+    listeners = {v["Properties"]["Port"]: v["Properties"]
+                 for v in resources(tls_prod, "AWS::ElasticLoadBalancingV2::Listener").values()}
+    tls = listeners[443]
+    assert tls["Protocol"] == "TLS" and tls["Certificates"] == [{"CertificateArn": CERT}]
+    assert tls["SslPolicy"].startswith("ELBSecurityPolicy-TLS13")
+    assert naming.PROXY_PORT not in listeners
+    assert "https://" in json.dumps(tls_prod["Outputs"][naming.OUTPUT_PROXY_URL]["Value"])
+
+
+def test_dev_keeps_one_control_host_without_an_etcd_listener(synth):
+    template = synth("dev").template_dict
+    group = control_group(template)
+    assert (group["MinSize"], group["MaxSize"]) == ("1", "1")
+    ports = [v["Properties"]["Port"] for v in resources(template, "AWS::ElasticLoadBalancingV2::Listener").values()]
+    assert ports == [naming.PROXY_PORT]
+
+
+def test_nodes_get_the_scoped_ssm_statement_instead_of_the_managed_policy(synth):
+    template = synth("prod").template_dict
+    for role in resources(template, "AWS::IAM::Role").values():
+        assert "AmazonSSMManagedInstanceCore" not in json.dumps(role["Properties"].get("ManagedPolicyArns", []))
+    statements = [s for p in resources(template, "AWS::IAM::Policy").values()
+                  for s in p["Properties"]["PolicyDocument"]["Statement"]]
+    granted = {a for s in statements for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
+    assert set(SSM_AGENT_ACTIONS) <= granted
+    assert not {"ssm:GetParameters", "ssm:GetDocument", "ssm:ListAssociations"} & granted
+
+
+def test_an_open_proxy_without_a_named_key_gets_a_generated_one_and_only_the_control_role_reads_it(synth):
+    template = synth("prod").template_dict
+    (secret_id, secret), = resources(template, "AWS::SecretsManager::Secret").items()
+    generate = secret["Properties"]["GenerateSecretString"]
+    assert generate["PasswordLength"] >= 32 and generate["ExcludePunctuation"] is True
+    readers = [name for name, p in resources(template, "AWS::IAM::Policy").items()
+               if {"Ref": secret_id} in [r for s in p["Properties"]["PolicyDocument"]["Statement"]
+                                         for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])]]
+    assert len(readers) == 1 and readers[0].startswith("ControlRole")
+    # dev opens nothing: no key to generate.
+    assert not resources(synth("dev").template_dict, "AWS::SecretsManager::Secret")
+
+
+def test_flow_logs_outlive_the_stack(synth):
+    template = synth("prod").template_dict
+    (flow,) = [k for k in resources(template, "AWS::Logs::LogGroup") if "FlowLogs" in k]
+    assert template["Resources"][flow]["DeletionPolicy"] == "Retain"
+
+
+@pytest.mark.parametrize("cidrs, accepted", [
+    (["10.1.0.0/16", "172.16.4.0/24", "192.168.0.0/16", "100.64.0.0/16"], True),
+    (["0.0.0.0/1", "128.0.0.0/1"], False),
+    (["172.32.0.0/16"], False),   # just outside 172.16.0.0/12
+    (["10.0.0.0/15"], False),     # private but wider than one VPC
+    (["8.8.8.0/24"], False),
+])
+def test_client_networks_must_be_private_and_at_most_a_16(tmp_path, cidrs, accepted):
+    data = yaml.safe_load((CONFIG_DIR / "prod.yaml").read_text())
+    data["network"]["allowed_client_cidrs"] = cidrs
+    path = tmp_path / "prod.yaml"
+    path.write_text(yaml.safe_dump(data))
+    if accepted:
+        load_config_file(path)
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(path)
+    message = str(caught.value)
+    # Every refused network is reported, with the fix, in one message.
+    for i, _ in enumerate(cidrs):
+        assert f"network.allowed_client_cidrs[{i}]" in message
+    assert "fix:" in message and str(path) in message
+
+
+def test_open_networks_without_tls_or_a_key_are_refused_together(tmp_path):
+    data = yaml.safe_load((CONFIG_DIR / "tutorial.yaml").read_text())
+    data["network"] = {"allowed_client_cidrs": ["10.42.0.0/16", "0.0.0.0/0"]}
+    path = tmp_path / "tutorial.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(path)
+    message = str(caught.value)
+    assert "proxy neuron checks no API key" in message
+    assert "control_plane.certificate_arn: clients in allowed_client_cidrs would send prompts" in message
+    assert "allowed_client_cidrs[1]: 0.0.0.0/0 is not a private network" in message
+    assert security_rules.PRIVATE_NAMES in message
