@@ -16,10 +16,9 @@ from diproxy.config import Settings
 from diproxy.errors import ClientFacingError, error_response
 from diproxy.etcd_access import etcd_access
 from diproxy.etcd_gateway import EtcdGateway
-from diproxy.lmcache_notify import NotifyListener, TransferNotices
 from diproxy.metrics import ProxyMetrics
 from diproxy.protocols import protocol_for
-from diproxy.protocols.lmcache import LMCacheProtocol
+from diproxy.protocols.base import SideService
 from diproxy.registry import EtcdDiscovery, WorkerRegistry, add_static
 from diproxy.routing import Router
 from diproxy.workers import make_selector
@@ -41,11 +40,13 @@ class ProxyState:
         self.registry: WorkerRegistry | None = None
         self.discovery: EtcdDiscovery | None = None
         self.router: Router | None = None
-        self.protocol = protocol_for(settings.mode, settings.engine)
+        self.protocol = protocol_for(settings.mode, settings.engine, settings.engine_options)
         self.metrics = ProxyMetrics(self._pool_sizes, self._worker_in_flight, self._worker_backoff,
-                                    self.protocol.name, tuple(self.protocol.phases))
+                                    self.protocol.name, tuple(self.protocol.phases),
+                                    engine_metrics=self.protocol.metrics)
         self.tasks: list[asyncio.Task] = []
-        self.lmcache_listener: NotifyListener | None = None
+        # What the engine runs beside the proxy for its workers (diproxy/protocols/base.py SideService).
+        self.side_services: list[SideService] = []
 
     def _pool_sizes(self) -> dict[tuple[str, ...], float]:
         sizes: dict[tuple[str, ...], float] = {}
@@ -75,15 +76,10 @@ class ProxyState:
 
     async def start(self) -> None:
         s = self.settings
-        if isinstance(self.protocol, LMCacheProtocol):
-            # LMCache's senders report finished KV transfers here (diproxy/lmcache_notify.py). Bound first: a taken
-            # port fails the start before anything else runs.
-            notices = TransferNotices()
-            listener = NotifyListener(s.host, s.lmcache_notify_port, notices,
-                                      lambda: self.metrics.errors.inc("lmcache_notify_malformed"))
-            listener.start()
-            self.lmcache_listener = listener
-            self.protocol.notices = notices
+        # Bound first: a taken port fails the start before anything else runs.
+        for service in self.protocol.side_services(s.host, self.metrics.errors.inc):
+            service.start()
+            self.side_services.append(service)
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         self.registry = WorkerRegistry(self.session, s.health_interval, s.health_timeout, self._pools_changed)
@@ -96,16 +92,15 @@ class ProxyState:
                                            s.etcd_retry_interval, standard=s.mode == "standard")
             self.tasks.append(asyncio.create_task(self.discovery.run(), name="etcd-discovery"))
         self.tasks.append(asyncio.create_task(self.registry.run_health_checks(), name="health-checks"))
-        if self.lmcache_listener is not None:
-            self.tasks.append(asyncio.create_task(self.lmcache_listener.run(), name="lmcache-notify"))
+        self.tasks += [asyncio.create_task(service.run(), name=service.name) for service in self.side_services]
         self.router = Router(s, self.registry, self.session, self.metrics, make_selector(s.selection), self.protocol)
 
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.lmcache_listener is not None:
-            self.lmcache_listener.close()
+        for service in self.side_services:
+            service.close()
         if self.registry is not None:
             await self.registry.close()
         if self.session is not None:

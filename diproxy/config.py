@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from diproxy.protocols import DEFAULT_ENGINE, ENGINES
+from diproxy.protocols.base import Option
 
 ENV_PREFIX = "DIPROXY_"
 
@@ -72,21 +73,25 @@ class Settings:
     upstream_api_key: str | None = field(default=None, repr=False)
     max_request_bytes: int = 64 * 1024 * 1024
     log_level: str = "INFO"
-    # engine lmcache: where a decode endpoint's LMCache receiver listens, from its HTTP port (diproxy/protocols/
-    # lmcache.py receiver_ports; the node's generated receiver config follows the same rule).
-    lmcache_init_port_offset: int = 1000
-    lmcache_alloc_port_offset: int = 2000
-    lmcache_rank_port_stride: int = 100
-    lmcache_decode_tp: int = 1
-    # engine lmcache: the PULL socket LMCache's senders push "transfer done" to (their pd_proxy_port; 7500 as in
-    # LMCache's xpyd proxy, --nixl-proxy-port), and how long a request waits for it after prefill before decoding
-    # anyway (LMCache's proxies wait without a bound; diproxy/lmcache_notify.py).
-    lmcache_notify_port: int = 7500
-    lmcache_transfer_timeout: float = 5.0
+    # The engine's own options (its protocol's options_type, diproxy/protocols/<engine>), None for an engine without.
+    engine_options: Any = None
 
 
 def _env_name(dest: str) -> str:
     return ENV_PREFIX + dest.upper()
+
+
+def _option_dest(engine: str, option: Option) -> str:
+    """ENGINE_FIELD: --ENGINE-FIELD on the command line, DIPROXY_ENGINE_FIELD in the environment."""
+    return f"{engine.replace('-', '_')}_{option.field}"
+
+
+def _engine_options(args: argparse.Namespace) -> Any:
+    """The selected engine's options object, from its --ENGINE-* values (None when its protocol has none)."""
+    protocol = ENGINES[args.engine]
+    if protocol.options_type is None:
+        return None
+    return protocol.options_type(**{opt.field: getattr(args, _option_dest(args.engine, opt)) for opt in protocol.options})
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -147,20 +152,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     option("--aws-region", "aws_region", str, None, "region of --api-key-secret (default: the instance's)")
     option("--max-request-bytes", "max_request_bytes", int, defaults.max_request_bytes, "largest accepted request body")
     option("--log-level", "log_level", str, defaults.log_level, "logging level")
-    option("--lmcache-init-port-offset", "lmcache_init_port_offset", int, defaults.lmcache_init_port_offset,
-           "engine lmcache: a decode endpoint's LMCache receiver init port of TP rank 0 is its HTTP port + this")
-    option("--lmcache-alloc-port-offset", "lmcache_alloc_port_offset", int, defaults.lmcache_alloc_port_offset,
-           "engine lmcache: its receiver alloc port of TP rank 0 is its HTTP port + this")
-    option("--lmcache-rank-port-stride", "lmcache_rank_port_stride", int, defaults.lmcache_rank_port_stride,
-           "engine lmcache: TP rank r's receiver ports are rank 0's + r * this")
-    option("--lmcache-decode-tp", "lmcache_decode_tp", int, defaults.lmcache_decode_tp,
-           "engine lmcache: tensor-parallel size of the decode endpoints (one receiver port pair per rank)")
-    option("--lmcache-notify-port", "lmcache_notify_port", int, defaults.lmcache_notify_port,
-           "engine lmcache: port of the ZMQ PULL socket (on --host) where LMCache's prefill senders report a finished "
-           "KV transfer (their pd_proxy_port; 0 picks a free port)")
-    option("--lmcache-transfer-timeout", "lmcache_transfer_timeout", float, defaults.lmcache_transfer_timeout,
-           "engine lmcache: seconds a request waits after prefill for every decode TP rank's transfer-done report; "
-           "then decode goes ahead anyway (and recomputes what did not arrive)")
+    for engine, protocol in ENGINES.items():
+        if not protocol.options:
+            continue
+        group = parser.add_argument_group(f"engine {engine}", f"options of engine {engine}'s protocol")
+        for opt in protocol.options:
+            dest = _option_dest(engine, opt)
+            raw = env.get(_env_name(dest))
+            group.add_argument("--" + dest.replace("_", "-"), dest=dest, type=opt.kind,
+                               default=opt.kind(raw) if raw not in (None, "") else opt.default,
+                               help=f"engine {engine}: {opt.help} (default: %(default)s)")
     parser.set_defaults(_env_endpoints=tuple(env_endpoints))
     return parser
 
@@ -173,12 +174,10 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     if args.engine not in ENGINES:  # argparse checks choices for flags only, not for values from the environment
         parser.error(f"unknown engine {args.engine!r} (from {_env_name('engine')}); "
                      f"choose one of: {', '.join(ENGINES)}")
-    if args.lmcache_decode_tp < 1:
-        parser.error("--lmcache-decode-tp must be at least 1")
-    if not 0 <= args.lmcache_notify_port <= 65535:
-        parser.error("--lmcache-notify-port must be a port number (0: a free one)")
-    if args.lmcache_transfer_timeout < 0:
-        parser.error("--lmcache-transfer-timeout must not be negative")
+    for engine, protocol in ENGINES.items():
+        for opt in protocol.options:
+            if not opt.valid(getattr(args, _option_dest(engine, opt))):
+                parser.error(f"--{_option_dest(engine, opt).replace('_', '-')} {opt.requirement}")
     if (args.etcd_user is None) != (args.etcd_password_file is None):
         parser.error("--etcd-user and --etcd-password-file go together")
     if args.etcd_cert_file and not args.etcd_ca_file:
@@ -188,7 +187,9 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     if args.mode == "standard" and not endpoints and args.etcd is None:
         parser.error("standard mode needs at least one --endpoint (or --etcd)")
     upstream_key = env.get(_env_name("upstream_api_key")) or env.get("OPENAI_API_KEY") or None
-    values = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    engine_values = {_option_dest(engine, opt) for engine, protocol in ENGINES.items() for opt in protocol.options}
+    values = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in engine_values}
+    values["engine_options"] = _engine_options(args)
     values["endpoints"] = endpoints
     if args.etcd is not None:
         values["etcd"], *others = args.etcd

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol, Sequence
 
 from diproxy.load import RoleLoad
 
@@ -30,6 +30,12 @@ def _labels(names: Iterable[str], values: Iterable[str], extra: str = "") -> str
 
 def _number(value: float) -> str:
     return repr(float(value)) if value != int(value) else str(int(value))
+
+
+class Metric(Protocol):
+    """Anything that renders itself as exposition lines."""
+
+    def render(self) -> list[str]: ...
 
 
 class Counter:
@@ -100,18 +106,14 @@ class ProxyMetrics:
     def __init__(self, pool_sizes: Callable[[], dict[LabelValues, float]],
                  worker_in_flight: Callable[[], dict[LabelValues, float]],
                  worker_backoff: Callable[[], dict[LabelValues, float]] = dict, engine: str = "",
-                 load_roles: tuple[str, ...] = (), clock: Callable[[], float] = time.monotonic) -> None:
+                 load_roles: tuple[str, ...] = (), clock: Callable[[], float] = time.monotonic,
+                 engine_metrics: Sequence[Metric] = ()) -> None:
         self.requests = Counter("diproxy_requests_total", "Client requests by endpoint and final HTTP status.",
                                 ("endpoint", "status"))
         self.errors = Counter("diproxy_errors_total", "Failures by kind (upstream ones counted per attempt).", ("kind",))
         self.retries = Counter("diproxy_retries_total", "Upstream calls re-sent to another worker (or pair).")
-        self.kv_transfer_skipped = Counter(
-            "diproxy_kv_transfer_skipped_total",
-            "NIXL: prefill answers without kv_transfer_params (stopped before max_tokens); decode prefilled locally.")
-        self.lmcache_transfer_timeouts = Counter(
-            "diproxy_lmcache_transfer_timeouts_total",
-            "LMCache: requests sent to decode before every decode TP rank's transfer-done report arrived "
-            "(--lmcache-transfer-timeout); decode recomputed what had not landed.")
+        # The engine protocol's own metrics (diproxy/protocols/<engine> metrics), rendered after the shared counters.
+        self.engine_metrics = tuple(engine_metrics)
         self.ttft = Histogram("diproxy_time_to_first_token_seconds",
                               "From request arrival to the first byte of the answer sent to the client.", ("endpoint",))
         self.latency = Histogram("diproxy_request_duration_seconds", "From request arrival to the end of the answer.",
@@ -146,8 +148,7 @@ class ProxyMetrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.requests, self.errors, self.retries, self.kv_transfer_skipped,
-                       self.lmcache_transfer_timeouts, self.ttft, self.latency,
+        for metric in (self.requests, self.errors, self.retries, *self.engine_metrics, self.ttft, self.latency,
                        self.inter_token, *self._gauges):
             lines += metric.render()
         return "\n".join(lines) + "\n"

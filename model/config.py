@@ -9,12 +9,9 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from model import catalog, engines, images, naming
-from model.engines.lmcache import LmcacheSettings
-from model.control_plane import DEFAULT_CONTROL_TYPE, ControlPlaneConfig
-from model.engines.nixl import NixlSettings
+from model import catalog, engines, images, naming, proxies
 from model.scaling_config import DrainConfig, ScalingConfig, ScheduledActionConfig, WarmPoolConfig
 
 # The default worker image: the default engine's newest catalog image (model/images.py).
@@ -152,8 +149,10 @@ class ModelConfig(_Model):
                                description="vLLM --max-model-len: longest prompt plus output, in tokens.")
     max_num_seqs: int = Field(default=8, ge=1, le=1024,
                               description="vLLM --max-num-seqs: sequences one endpoint serves at once.")
-    kv_buffer_size: float = Field(default=2e11, gt=0,
-                                  description="NeuronConnector kv_buffer_size, bytes (engine neuron-connector only).")
+    # Moved to the engine's own section (model/engines/neuron_connector.py moved_settings); still read from here.
+    kv_buffer_size: float | None = Field(
+        default=None, gt=0, json_schema_extra={"deprecated": True},
+        description="Deprecated: use neuron_connector.kv_buffer_size (this old place still loads, with a warning).")
 
 
 class EndpointConfig(_Model):
@@ -297,9 +296,8 @@ class FleetConfig(_Model):
 class ControlHostConfig(_Model):
     """The small host that runs etcd and the proxy."""
 
-    instance_type: str = Field(default=DEFAULT_CONTROL_TYPE, pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$",
-                               description="EC2 type of the control hosts (no Neuron needed), one whose traffic "
-                                           "Nitro encrypts in transit (model/control_plane.py), e.g. m7i.xlarge.")
+    instance_type: str = Field(default="m5.xlarge", pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$",
+                               description="EC2 type of the control host (no Neuron needed), e.g. m5.xlarge.")
     root_volume_gib: int = Field(default=100, ge=30, le=16384,
                                  description="Holds the DLC image the proxy runs from (tens of GiB).")
     etcd_volume_gib: int = Field(default=20, ge=1, le=16384,
@@ -340,7 +338,7 @@ class MonitoringConfig(_Model):
         description="Alarm when more than this share of the proxy's answers in 5 minutes are 5xx.")
 
 
-class DeploymentConfig(_Model):
+class _Deployment(_Model):
     """One environment: everything `cdk deploy DiStack -c env=NAME` builds."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="DiStack environment")
@@ -361,10 +359,11 @@ class DeploymentConfig(_Model):
         default="disaggregated", description="disaggregated: prefill and decode endpoints with KV transfer; "
                                              "standard: plain vLLM endpoints (role standard) behind DiStack's proxy, "
                                              "for comparison runs.")
-    proxy: Literal["neuron", "distack"] = Field(
-        default="distack", description="distack: DiStack's own proxy (the default, and the only one with engine nixl "
-                                       "or in standard mode); neuron: the 0.9.1 image's neuron-proxy-server (the "
-                                       "default with engine neuron-connector in disaggregated mode).")
+    proxy: Literal[proxies.NAMES] = Field(  # type: ignore[valid-type]
+        default=proxies.DEFAULT,
+        description="distack: DiStack's own proxy (the default, and the only one with engine nixl or in standard mode); "
+                    "neuron: the 0.9.1 image's neuron-proxy-server (the default with engine neuron-connector in "
+                    "disaggregated mode).")
     proxy_api_key_secret: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9/_+=.@-]{1,512}$",
         description="Secrets Manager secret *name* holding the key clients send as `Authorization: Bearer KEY` "
@@ -404,13 +403,8 @@ class DeploymentConfig(_Model):
                                 "accepts (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, ...).")
     bootstrap: BootstrapConfig = Field(default=BootstrapConfig(),
                                        description="How long CloudFormation waits for the nodes' bootstrap.")
-    control_plane: ControlPlaneConfig = Field(default_factory=ControlPlaneConfig,
-                                              description="Control hosts, TLS and the load balancer clients call.")
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig,
                                          description="Dashboard and alarms: alarm email, TTFT SLO, thresholds.")
-    # One section per engine with settings (model/engines/<name>.py); rules.py refuses a section of another engine.
-    nixl: NixlSettings = Field(default_factory=NixlSettings, description="Settings of engine nixl.")
-    lmcache: LmcacheSettings = Field(default_factory=LmcacheSettings, description="Settings of engine lmcache.")
 
     @model_validator(mode="before")
     @classmethod
@@ -432,7 +426,7 @@ class DeploymentConfig(_Model):
         else:
             data.setdefault("image", engine.default_image_for(accelerator))
         if "proxy" not in data:
-            data["proxy"] = "distack" if data.get("mode") == "standard" else engine.proxies[0]
+            data["proxy"] = proxies.DISTACK.name if data.get("mode") == "standard" else engine.proxies[0]
         ami = data.get("worker_ami")
         if ami is None or (isinstance(ami, dict) and not ami.get("image_id") and not ami.get("ssm_parameter")):
             parameter = images.worker_ami_parameter(data["image"], accelerator) \
@@ -446,6 +440,16 @@ class DeploymentConfig(_Model):
         """What the workers' devices are (catalog.NEURON or catalog.GPU): the first known fleet type's accelerator
         (rules.py refuses fleets that mix them)."""
         return _accelerator_of(self.fleets)
+
+    @property
+    def proxy_kind(self) -> proxies.ProxyKind:
+        """The proxy the control host runs (model/proxies.py)."""
+        return proxies.get(self.proxy)
+
+    @property
+    def runs_distack_proxy(self) -> bool:
+        """DiStack's own proxy serves this deployment: its package, metrics, shipper and API key exist."""
+        return self.proxy_kind.distack
 
     @property
     def engine_module(self) -> engines.Engine:
@@ -489,6 +493,18 @@ class DeploymentConfig(_Model):
     def stack_name(self) -> str:
         """CloudFormation stack name."""
         return naming.stack_name(self.name)
+
+
+def _engine_sections() -> dict[str, Any]:
+    """One section per engine with settings, from the engine registry (model/engines/<name>.py settings_key and
+    settings_model); rules.py refuses a section of another engine."""
+    return {engine.settings_key: (engine.settings_model, Field(default_factory=engine.settings_model,
+                                                               description=f"Settings of engine {engine.name}."))
+            for engine in engines.ENGINES.values() if engine.settings_key and engine.settings_model}
+
+
+DeploymentConfig = create_model("DeploymentConfig", __base__=_Deployment, __module__=__name__,
+                                __doc__=_Deployment.__doc__, **_engine_sections())
 
 
 def _accelerator_of(fleets: Any) -> str:

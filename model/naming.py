@@ -26,8 +26,8 @@ KV_SIGNAL_PORT = 14579
 KV_BOOTSTRAP_PORT = 45645
 RESERVED_WORKER_PORTS = {ETCD_CLIENT_PORT: "etcd", KV_SIGNAL_PORT: "KV signal", KV_BOOTSTRAP_PORT: "KV bootstrap"}
 
-# CloudWatch namespace of the DiStack proxy's metrics; the control role may write to this one only. The control
-# host hands it to the proxy's shipper (DIPROXY_CLOUDWATCH_NAMESPACE in node.env); the shipper's own default,
+# CloudWatch namespace of the DiStack proxy's metrics; the control role may write to this one only. The synth hands
+# it to the proxy's shipper (DIPROXY_CLOUDWATCH_NAMESPACE in proxy.env); the shipper's own default,
 # diproxy/shipper/settings.py DEFAULT_NAMESPACE, is the same value (tests/ops/test_layering.py checks it).
 PROXY_METRICS_NAMESPACE = "DiStack/Proxy"
 # Per-role load signals the proxy publishes in that namespace (dimensions Deployment and Role), which each fleet's
@@ -43,6 +43,8 @@ LAUNCH_HOOK = "di-launch"
 TERMINATION_HOOK = "di-termination"
 
 NODE_ENV_PATH = "/etc/di/node.env"
+# DiStack's proxy settings on a control host (diproxy/deploy/distack-proxy.service EnvironmentFile).
+PROXY_ENV_PATH = "/etc/di/proxy.env"
 NODE_SCRIPTS_DIR = "/opt/di"
 KV_LOCK_FILE = "/tmp/nrt_kv_store_server.lock"
 

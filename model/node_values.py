@@ -4,9 +4,11 @@ plus the deploy-time references (addresses, bucket, log groups) the stack hands 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
-from model import catalog, naming
+from model import catalog, naming, node_contract
 from model.config import DeploymentConfig
+from model.node_contract import CONTROL, NODE_ENV, PROXY_ENV, WORKER
 
 
 @dataclass(frozen=True)
@@ -58,17 +60,18 @@ def common_values(config: DeploymentConfig, refs: DeploymentRefs) -> dict[str, s
 
 def worker_values(config: DeploymentConfig, fleet_name: str, refs: DeploymentRefs, *,
                   signal_resource: str = "") -> dict[str, str]:
-    """A worker's node.env: its fleet, endpoints (role:cores:port) and the hardware it must find at boot.
+    """A worker's node.env: its fleet, endpoints (role:cores:port) and the hardware it must find at boot, as the node
+    contract declares them (model/node_contract.py).
 
     ``signal_resource`` is the logical ID of the fleet's Auto Scaling group, which awaits the boot signal."""
     fleet = config.fleets[fleet_name]
     itype = catalog.WORKER_TYPES[fleet.instance_type]
     endpoints = " ".join(f"{ep.role}:{ep.cores}:{ep.port}" for ep in fleet.resolved_endpoints)
-    return {
+    engine = config.engine_module
+    return node_contract.checked(WORKER, NODE_ENV, {
         **common_values(config, refs),
         "DI_ROLE": fleet.role,
         "DI_FLEET": fleet_name,
-        "DI_INSTANCE_TYPE": itype.name,
         "DI_TENSOR_PARALLEL": str(fleet.tensor_parallel),
         # What DI_ENDPOINTS' ranges index: logical NeuronCores (neuron) or GPU indices (gpu); the Neuron-only and
         # GPU-only values are empty on the other accelerator.
@@ -94,8 +97,8 @@ def worker_values(config: DeploymentConfig, fleet_name: str, refs: DeploymentRef
         "DI_TERMINATION_HOOK": naming.TERMINATION_HOOK,
         "DI_DRAIN_TIMEOUT_SECONDS": str(config.drain.timeout_seconds),
         # The engine's own variables (model/engines/<engine>.py), e.g. DI_KV_CONNECTOR or DI_KV_BUFFER_SIZE.
-        **config.engine_module.worker_values(config, fleet_name),
-    }
+        **engine.worker_values(config, fleet_name),
+    }, engine.worker_keys)
 
 
 def min_data_gb(config: DeploymentConfig) -> int:
@@ -106,8 +109,8 @@ def min_data_gb(config: DeploymentConfig) -> int:
 
 def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_interface_id: str,
                    etcd_volume_id: str, signal_resource: str = "") -> dict[str, str]:
-    """The control host's node.env: the interface and volume it takes over at boot."""
-    return {
+    """The control host's node.env: the interface and volume it takes over at boot, and which proxy it runs."""
+    return node_contract.checked(CONTROL, NODE_ENV, {
         **common_values(config, refs),
         "DI_ROLE": naming.ROLE_CONTROL,
         "DI_FLEET": naming.ROLE_CONTROL,
@@ -117,9 +120,34 @@ def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_in
         "DI_ETCD_IMAGE": ETCD_IMAGE,
         "DI_ETCD_PEER_PORT": str(naming.ETCD_PEER_PORT),
         "DI_SIGNAL_RESOURCE": signal_resource,
+        # The proxy's systemd units, the serving one first (model/proxies.py), for control.sh, di-status, di-restart.
+        "DI_PROXY_UNITS": " ".join(config.proxy_kind.units),
         "DI_PROXY_PACKAGE_URL": refs.proxy_package_url,
-        "DI_PROXY_METRICS_NAMESPACE": naming.PROXY_METRICS_NAMESPACE,
         "DI_PROXY_API_KEY_SECRET": config.proxy_api_key_secret or "",
-        # The engine's own proxy settings (model/engines/<engine>.py), e.g. lmcache's decode TP and receiver ports.
-        **config.engine_module.control_values(config),
+    }, ())
+
+
+def proxy_values(config: DeploymentConfig, control_env: Mapping[str, str]) -> dict[str, str] | None:
+    """The control host's proxy.env, the settings of DiStack's proxy and its metrics shipper, from the deployment and
+    the control host's own node.env values (None when the deployment runs another proxy). The proxy reads
+    DIPROXY_<FLAG> as its --flag (diproxy/config.py), the shipper DIPROXY_CLOUDWATCH_<FLAG> (diproxy/shipper/
+    settings.py); the engine adds its own options (model/engines/<engine>.py proxy_values)."""
+    if not config.runs_distack_proxy:
+        return None
+    engine = config.engine_module
+    values = {
+        # Standard mode: every endpoint registered under /workers/ is a standalone one, balanced behind one URL.
+        "DIPROXY_MODE": "standard" if config.mode == "standard" else "di",
+        "DIPROXY_ENGINE": config.engine,
+        # The registry this control host reaches, as its own node scripts do.
+        "DIPROXY_ETCD": control_env["DI_ETCD"],
+        "DIPROXY_PORT": control_env["DI_PROXY_PORT"],
+        "DIPROXY_AWS_REGION": control_env["DI_REGION"],
+        # The *name* of the clients' API key secret: the proxy reads the key itself at start.
+        "DIPROXY_API_KEY_SECRET": control_env["DI_PROXY_API_KEY_SECRET"],
+        "DIPROXY_CLOUDWATCH_DEPLOYMENT": control_env["DI_DEPLOYMENT"],
+        # The namespace the control role may write to (stacks/components/node_role.py allow_metrics).
+        "DIPROXY_CLOUDWATCH_NAMESPACE": naming.PROXY_METRICS_NAMESPACE,
+        **engine.proxy_values(config),
     }
+    return node_contract.checked(CONTROL, PROXY_ENV, values, engine.proxy_keys)

@@ -10,8 +10,9 @@ import ipaddress
 import re
 from typing import Iterator
 
-from model import catalog, engines, images, naming, scaling_rules, security_rules
+from model import catalog, engines, images, naming, scaling_rules
 from model.config import LOG_RETENTION_DAYS, DeploymentConfig, FleetConfig, ResolvedEndpoint
+from model.engines.base import set_value
 from model.problems import Problem, skip_unusable
 
 __all__ = ["Problem", "check", "warnings"]
@@ -29,7 +30,6 @@ def check(config: DeploymentConfig, *, file_stem: str | None = None) -> list[Pro
     problems += skip_unusable(_name(config, file_stem))
     problems += skip_unusable(_region_and_zone(config))
     problems += skip_unusable(_network(config))
-    problems += security_rules.check(config)
     problems += skip_unusable(_engine(config))
     problems += skip_unusable(_model_size(config))
     problems += skip_unusable(_proxy(config))
@@ -86,7 +86,16 @@ def _network(config: DeploymentConfig) -> Iterator[Problem]:
     except ValueError as err:
         yield Problem("network.vpc_cidr", f"'{net.vpc_cidr}' is not an IPv4 network ({err})",
                       "use for example 10.42.0.0/16")
-    # Client networks: model/security_rules.py.
+    for i, cidr in enumerate(net.allowed_client_cidrs):
+        path = f"network.allowed_client_cidrs[{i}]"
+        try:
+            network = ipaddress.IPv4Network(cidr)
+        except ValueError as err:
+            yield Problem(path, f"'{cidr}' is not an IPv4 network ({err})", "write it as a.b.c.d/len, e.g. 10.0.0.0/8")
+            continue
+        if network.prefixlen == 0:
+            yield Problem(path, "the proxy must not be open to the whole internet",
+                          "list your clients' networks, or leave the list empty and use `dictl tunnel`")
     if config.control_host.private_ip is not None and not net.existing:
         try:
             inside = ipaddress.IPv4Address(config.control_host.private_ip) in ipaddress.IPv4Network(net.vpc_cidr)
@@ -105,6 +114,15 @@ def _engine(config: DeploymentConfig) -> Iterator[Problem]:
         if key and other is not engine and key in config.model_fields_set:
             yield Problem(key, f"the {key} section configures engine {other.name}, but engine is {engine.name}",
                           f"remove the {key} section, or set engine: {other.name}")
+        for old, name in other.moved_settings.items():
+            if set_value(config, old) is None:
+                continue
+            if other is not engine:
+                yield Problem(old, f"{old.rsplit('.', 1)[-1]} (now {key}.{name}) configures engine {other.name}, but "
+                                   f"engine is {engine.name}", f"remove it, or set engine: {other.name}")
+            elif set_value(config, f"{key}.{name}") is not None:
+                yield Problem(old, f"set twice: here and at {key}.{name}, its place now",
+                              f"remove {old}, keeping {key}.{name}")
     yield from _image(config, engine)
     for name, fleet in config.fleets.items():
         yield from _family(config, engine, name, fleet)
@@ -154,7 +172,7 @@ def _family(config: DeploymentConfig, engine: engines.Engine, name: str, fleet: 
 
 
 def warnings(config: DeploymentConfig) -> list[Problem]:
-    """What synth accepts but prints: an unlisted image taken on the user's word."""
+    """What synth accepts but prints: an unlisted image taken on the user's word, a setting at its old place."""
     found = []
     if config.image_entry is None and config.image_unlisted:
         ami = config.worker_ami.image_id or config.worker_ami.ssm_parameter
@@ -162,20 +180,27 @@ def warnings(config: DeploymentConfig) -> list[Problem]:
                                       f"image_unlisted is true (worker AMI {ami} as set)",
                              f"make sure it carries engine {config.engine}'s server and run `dictl preflight`; "
                              "add it to model/images.py once known"))
+    engine = config.engine_module
+    for old, name in engine.moved_settings.items():
+        value = set_value(config, old)
+        if value is not None:
+            found.append(Problem(old, f"deprecated: {old.rsplit('.', 1)[-1]} moved to {engine.settings_key}.{name}",
+                                 f"write it as {engine.settings_key}: {{{name}: {value:g}}} and remove {old}"
+                                 if isinstance(value, float) else f"move it to {engine.settings_key}.{name}"))
     found += scaling_rules.warnings(config)
     return found
 
 
 def _proxy(config: DeploymentConfig) -> Iterator[Problem]:
     engine = config.engine_module
-    if config.mode == "standard" and config.proxy != "distack":
+    if config.mode == "standard" and not config.runs_distack_proxy:
         yield Problem("proxy", "neuron-proxy-server only pairs prefill with decode workers; it cannot balance "
                                "standard endpoints", "set proxy: distack, or remove proxy (standard mode's default)")
     elif config.proxy not in engine.proxies:
         yield Problem("proxy", f"engine {engine.name} needs the {' or '.join(engine.proxies)} proxy: "
                                "neuron-proxy-server exists only in the 0.9.1 images and speaks only NeuronConnector's "
                                "protocol", f"set proxy: {engine.proxies[0]}, or remove proxy (the engine's default)")
-    elif config.proxy_api_key_secret is not None and config.proxy != "distack":
+    elif config.proxy_api_key_secret is not None and not config.runs_distack_proxy:
         yield Problem("proxy_api_key_secret", "neuron-proxy-server checks no API key, so the key would guard nothing",
                       "set proxy: distack, or remove proxy_api_key_secret")
 
@@ -185,7 +210,7 @@ PROXY_ALARM_KEYS = ("ttft_p99_slo_ms", "no_pair_minutes", "server_error_percent"
 
 
 def _monitoring(config: DeploymentConfig) -> Iterator[Problem]:
-    if config.proxy == "distack":
+    if config.runs_distack_proxy:
         return
     for key in PROXY_ALARM_KEYS:
         if key in config.monitoring.model_fields_set:

@@ -63,7 +63,7 @@ def _scaling(config: DeploymentConfig, at: str, fleet: FleetConfig) -> Iterator[
                       "split it into a prefill and a decode fleet to scale each on its own signal, or size it with "
                       "schedule and dictl scale")
         return
-    if config.proxy != "distack":
+    if not config.runs_distack_proxy:
         yield Problem(f"{at}.scaling", "the load signals come from DiStack's proxy; neuron-proxy-server publishes "
                                        "none, so the policy would never act",
                       "set proxy: distack, or remove scaling")

@@ -347,7 +347,7 @@ def _weights_to_hbm(config: DeploymentConfig, fleet: FleetConfig) -> tuple[float
         # Each endpoint loads its own copy over its GPUs; the node's loader rate is shared by all of them.
         total = weights * len(fleet.resolved_endpoints)
         return max(GPU_LOAD_FLOOR.value, total / GPU_LOAD_BPS.value), [GPU_LOAD_BPS, GPU_LOAD_FLOOR]
-    if config.engine == "neuron-connector":
+    if config.engine_module.weights_load == "per-server":
         # One NxDI process per server, servers side by side: each reads the whole checkpoint at its own pace.
         return weights / NXDI_LOAD_BPS.value, [NXDI_LOAD_BPS]
     # Each endpoint is its own server holding all the weights, sharded over its TP ranks; the instance's load

@@ -118,7 +118,7 @@ def bill_of_materials(config: DeploymentConfig) -> list[Line]:
         lines.append(Line("NAT gateway", "hour", 1, 1, PriceQuery(
             "AmazonEC2", (("regionCode", region), ("productFamily", "NAT Gateway")), "NatGateway-Hours")))
     if net.vpc_endpoints:
-        names = INTERFACE_ENDPOINTS + ((METRICS_ENDPOINT,) if config.proxy == "distack" else ())
+        names = INTERFACE_ENDPOINTS + ((METRICS_ENDPOINT,) if config.runs_distack_proxy else ())
         lines.append(Line("interface VPC endpoints", "hour", len(names), len(names),
                           PriceQuery("AmazonVPC", (("regionCode", region),), "VpcEndpoint-Hours"),
                           f"{', '.join(names)}; one AZ each"))

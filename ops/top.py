@@ -81,7 +81,7 @@ def endpoint_rows(deployment: Deployment) -> list[Row]:
 def queries(deployment: Deployment, rows: Sequence[Row]) -> list[Query]:
     config, env = deployment.config, deployment.name
     found = []
-    if config.proxy == "distack":
+    if config.runs_distack_proxy:
         found += [Query(PROXY_ROW, column, naming.PROXY_METRICS_NAMESPACE, metric, stat, ((agent.DEPLOYMENT, env),))
                   for column, metric, stat in PROXY_COLUMNS]
     kv = agent.kv_cache_metric(config)
@@ -142,7 +142,7 @@ def snapshot(deployment: Deployment, now: datetime | None = None) -> Snapshot:
         row.values = {column: values.get((row.key, column)) for column in
                       ("running", "waiting", "kv_cache", "neuroncore_util")}
     proxy = ({column: values[(PROXY_ROW, column)] for column, _, _ in PROXY_COLUMNS}
-             if deployment.config.proxy == "distack" else None)
+             if deployment.config.runs_distack_proxy else None)
     return Snapshot(deployment.name, now, proxy, rows)
 
 

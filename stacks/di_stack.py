@@ -8,11 +8,10 @@ import aws_cdk as cdk
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from model import control_plane, naming, node_values, scaling_config, serving_time
+from model import naming, node_values, scaling_config, serving_time
 from stacks import userdata
 from stacks.components.artifacts import Artifacts
 from stacks.components.control_host import ControlHost, ControlState
-from stacks.components.edge import Edge
 from stacks.components.monitoring import Monitoring
 from stacks.components.network import Network
 from stacks.components.node_role import NodeRole
@@ -60,7 +59,7 @@ class DiStack(cdk.Stack):
         retention = RETENTION[config.log_retention_days]
 
         network = Network(self, "Network", network=config.network, availability_zone=config.availability_zone,
-                          log_retention=retention, metrics_endpoint=config.proxy == "distack")
+                          log_retention=retention, metrics_endpoint=config.runs_distack_proxy)
         security = Security(self, "Security", vpc=network.vpc, network=config.network,
                             vllm_ports=[ep.port for f in config.fleets.values() for ep in f.resolved_endpoints],
                             engine_control_ports=config.engine_module.control_ports)
@@ -75,10 +74,9 @@ class DiStack(cdk.Stack):
                                       log_groups=list(groups.values()), secret=self.artifacts.hf_token_secret)
             nag.acknowledge_node_role(roles[role_id], bucket, prefixes)
         worker_role, control_role = roles["WorkerRole"], roles["ControlRole"]
-        nag.acknowledge_control_role(control_role, publishes_metrics=config.proxy == "distack")
-        for role in (worker_role, control_role):
-            role.allow_lifecycle(config.name)
-            nag.acknowledge_worker_lifecycle(role)
+        nag.acknowledge_control_role(control_role, publishes_metrics=config.runs_distack_proxy)
+        worker_role.allow_lifecycle(config.name)
+        nag.acknowledge_worker_lifecycle(worker_role)
         nag.acknowledge_bucket(bucket)
         nag.acknowledge_scaling_groups(self)
 
@@ -90,26 +88,17 @@ class DiStack(cdk.Stack):
         kv_alarms.allow_efa_metrics(worker_role, config)
         control_role.allow_metrics_agent(node_metrics.control_parameters(), node_metrics.log_group)
 
-        hosts = control_plane.control_hosts(config)
-        state = ControlState(self, "ControlState", control=config.control_host, hosts=hosts, subnet=network.subnet,
+        state = ControlState(self, "ControlState", control=config.control_host, subnet=network.subnet,
                              security_group=security.control_group)
-        edge = Edge(self, "Edge", config=config, vpc=network.vpc, subnet=network.subnet,
-                    control_group=security.control_group, worker_group=security.worker_group)
-        nag.acknowledge_edge(edge)
-        if edge.generated_api_key is not None:
-            edge.generated_api_key.grant_read(control_role.role)
         proxy_package = None
-        if config.proxy == "distack":
+        if config.runs_distack_proxy:
             proxy_package = userdata.proxy_package_asset(self, "ProxyPackage")
             control_role.allow_download(proxy_package)
             control_role.allow_metrics(naming.PROXY_METRICS_NAMESPACE)
             if self.artifacts.proxy_api_key_secret is not None:
                 control_role.allow_secret(self.artifacts.proxy_api_key_secret)
         refs = node_values.DeploymentRefs(
-            stack_name=self.stack_name, bucket_name=bucket.bucket_name,
-            # Workers' etcd: through the load balancer to every member, or the one control host's fixed address.
-            control_address=edge.load_balancer.load_balancer_dns_name if edge.etcd_endpoint
-            else state.members[0].address,
+            stack_name=self.stack_name, control_address=state.address, bucket_name=bucket.bucket_name,
             node_log_group=groups["nodes"].log_group_name, container_log_group=groups["containers"].log_group_name,
             scripts_url=scripts.s3_object_url,
             proxy_package_url=proxy_package.s3_object_url if proxy_package else "")
@@ -117,24 +106,14 @@ class DiStack(cdk.Stack):
         control_signal = userdata.SignalTarget()
         control_tags = self._role_tags(naming.ROLE_CONTROL, naming.ROLE_CONTROL)
         cdk.Tags.of(state).add(naming.TAG_ROLE, naming.ROLE_CONTROL)
-        first = state.members[0]
-        control_env = {
-            **node_values.control_values(config, refs, network_interface_id=first.network_interface.ref,
-                                         etcd_volume_id=first.etcd_volume.volume_id,
-                                         signal_resource=control_signal.logical_id),
-            **control_plane.control_plane_values(hosts, [
-                (m.network_interface.ref, m.etcd_volume.volume_id, m.address) for m in state.members]),
-            "DI_CONTROL_ADDRESS": first.address if hosts == 1 else "",
-            # The control hosts complete their launch hook once etcd and the proxy serve (components/control_host.py).
-            "DI_LAUNCH_HOOK": naming.LAUNCH_HOOK,
-        }
-        if edge.generated_api_key is not None:
-            control_env["DI_PROXY_API_KEY_SECRET"] = edge.generated_api_key.secret_arn
+        control_env = node_values.control_values(
+            config, refs, network_interface_id=state.network_interface.ref,
+            etcd_volume_id=state.etcd_volume.volume_id, signal_resource=control_signal.logical_id)
         self.control_host = ControlHost(
             self, "ControlHost", control=config.control_host, state=state, node_role=control_role,
-            user_data=userdata.render(control_env), tags=control_tags, target_group_arns=edge.target_group_arns)
-        control_signal.bind(self.control_host.auto_scaling_group, count=hosts, timeout_minutes=timeout)
-        self.edge = edge
+            user_data=userdata.render(control_env, node_values.proxy_values(config, control_env)),
+            tags=control_tags)
+        control_signal.bind(self.control_host.auto_scaling_group, count=1, timeout_minutes=timeout)
 
         # The stack's own cluster placement group, unless the config names an existing one (where an On-Demand
         # Capacity Reservation may have been created) or no fleet uses one.
@@ -170,16 +149,16 @@ class DiStack(cdk.Stack):
             fleet_group_names={name: fleet.auto_scaling_group.ref for name, fleet in self.fleets.items()},
             node_log_group=groups["nodes"],
             pool_alarms_after=[fleet.auto_scaling_group for fleet in self.fleets.values()])
-        self._outputs(config, edge.proxy_url, refs.control_address)
+        self._outputs(config, state.address)
 
     def _role_tags(self, role: str, fleet: str) -> dict[str, str]:
         return {naming.TAG_DEPLOYMENT: self.deployment, naming.TAG_ROLE: role, naming.TAG_FLEET: fleet}
 
-    def _outputs(self, config: DeploymentConfig, proxy_url: str, etcd_host: str) -> None:
+    def _outputs(self, config: DeploymentConfig, address: str) -> None:
         groups = self.artifacts.log_groups
         outputs = {
-            naming.OUTPUT_PROXY_URL: (proxy_url, "OpenAI-compatible endpoint (the internal load balancer)"),
-            naming.OUTPUT_ETCD_ADDRESS: (f"{etcd_host}:{naming.ETCD_CLIENT_PORT}", "Worker registry (etcd)"),
+            naming.OUTPUT_PROXY_URL: (f"http://{address}:{naming.PROXY_PORT}", "OpenAI-compatible endpoint"),
+            naming.OUTPUT_ETCD_ADDRESS: (f"{address}:{naming.ETCD_CLIENT_PORT}", "Worker registry (etcd)"),
             naming.OUTPUT_BUCKET: (self.artifacts.bucket.bucket_name, "Compiled models, weights, bench, logs"),
             naming.OUTPUT_NODE_LOG_GROUP: (groups["nodes"].log_group_name, "Bootstrap and node script logs"),
             naming.OUTPUT_CONTAINER_LOG_GROUP: (groups["containers"].log_group_name, "vLLM, proxy and etcd logs"),

@@ -4,7 +4,6 @@ stub that fetches the static `userdata/` tree (a CDK asset) into /opt/di; plus t
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Mapping
 
@@ -16,6 +15,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from model import naming
+from model.node_contract import env_file
 
 # EC2 rejects larger user data: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_RequestLaunchTemplateData.html
 USER_DATA_LIMIT_BYTES = 16 * 1024
@@ -36,17 +36,15 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(_Literal, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|"))
 
 
-def env_file(values: Mapping[str, str]) -> str:
-    """`KEY='value'` lines, sorted, shell-quoted (CDK tokens stay intact and resolve at deploy)."""
-    return "".join(f"{key}={shlex.quote(str(value))}\n" for key, value in sorted(values.items()))
-
-
-def render(values: Mapping[str, str]) -> str:
-    """cloud-config that installs node.env (root-only: it names the secret and the bucket) and the boot stub,
-    then runs the stub. Everything else arrives from the scripts asset named by DI_SCRIPTS_URL."""
+def render(values: Mapping[str, str], proxy_values: Mapping[str, str] | None = None) -> str:
+    """cloud-config that installs node.env (root-only: it names the secret and the bucket), proxy.env where DiStack's
+    proxy runs (systemd reads it as root for the proxy's unit), and the boot stub, then runs the stub. Everything else
+    arrives from the scripts asset named by DI_SCRIPTS_URL."""
     files = [
         {"path": naming.NODE_ENV_PATH, "permissions": "0600", "owner": "root:root",
          "content": _Literal(env_file(values))},
+        *([{"path": naming.PROXY_ENV_PATH, "permissions": "0600", "owner": "root:root",
+            "content": _Literal(env_file(proxy_values))}] if proxy_values is not None else []),
         {"path": BOOT_PATH, "permissions": "0755", "owner": "root:root",
          "content": _Literal(BOOT_SCRIPT.read_text(encoding="utf-8"))},
     ]

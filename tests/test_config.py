@@ -16,6 +16,7 @@ from model import engines, images, model_paths, node_values
 from model.config import DeploymentConfig
 from model.loader import CONFIG_DIR, ConfigError, available_environments, load_config_file, load_environment
 from tests.conftest import SHIPPED_ENVS
+from tests.userdata.conftest import REFS
 
 DLAMI_2404 = "/aws/service/neuron/dlami/base/ubuntu-24.04/latest/image_id"
 DLAMI_2204 = "/aws/service/neuron/dlami/base/ubuntu-22.04/latest/image_id"
@@ -197,7 +198,8 @@ def test_tutorial_reproduces_seed_000_on_the_legacy_engine():
     assert (tutorial.engine, tutorial.mode, tutorial.proxy, tutorial.image) == (
         "neuron-connector", "disaggregated", "neuron", SEED_IMAGE)
     assert tutorial.model.id == "meta-llama/Llama-3.3-70B-Instruct"
-    assert (tutorial.model.max_num_seqs, tutorial.model.max_model_len, tutorial.model.kv_buffer_size) == (8, 8192, 2e11)
+    assert (tutorial.model.max_num_seqs, tutorial.model.max_model_len) == (8, 8192)
+    assert tutorial.engine_module.settings(tutorial).kv_buffer_size == 2e11
     assert {n: (f.instance_type, f.count, f.tensor_parallel, [(e.cores, e.port) for e in f.resolved_endpoints])
             for n, f in tutorial.fleets.items()} == {"prefill": ("trn2.48xlarge", 1, 64, [("0-63", 8000)]),
                                                      "decode": ("trn2.48xlarge", 1, 64, [("0-63", 8000)])}
@@ -305,7 +307,7 @@ def test_each_engine_defaults_its_image_and_proxy(tmp_path):
     legacy = load_config_file(_write(tmp_path, "tutorial", data))
     assert (legacy.image, legacy.proxy) == (SEED_IMAGE, "neuron")
     data.update(engine="nixl")
-    del data["model"]["kv_buffer_size"]
+    del data["neuron_connector"]
     nixl = load_config_file(_write(tmp_path, "tutorial", data))
     assert (nixl.image, nixl.proxy, nixl.worker_ami.ssm_parameter) == (NIXL_IMAGE, "distack", DLAMI_2404)
     assert engines.DEFAULT == "nixl"
@@ -343,3 +345,20 @@ def test_defaults_fill_endpoint_ranges_and_ports(tmp_path):
     path.write_text(yaml.safe_dump(data))
     fleet = load_config_file(path).fleets["standard"]
     assert [(e.role, e.cores, e.port) for e in fleet.resolved_endpoints] == [("standard", "0-63", 8000)]
+
+
+def test_kv_buffer_size_at_its_old_place_still_loads_with_a_warning_naming_its_new_one(tmp_path):
+    data = yaml.safe_load((CONFIG_DIR / "tutorial.yaml").read_text())
+    size = data.pop("neuron_connector")["kv_buffer_size"]
+    data["model"]["kv_buffer_size"] = size / 2  # an old-style config, before the engine had its section
+    warnings: list[str] = []
+    old = load_config_file(_write(tmp_path, "tutorial", data), warn=warnings.append)
+    assert old.engine_module.settings(old).kv_buffer_size == size / 2
+    assert node_values.worker_values(old, "prefill", REFS)["DI_KV_BUFFER_SIZE"] == f"{size / 2:g}"
+    (warning,) = warnings
+    assert "model.kv_buffer_size: deprecated: kv_buffer_size moved to neuron_connector.kv_buffer_size" in warning
+    assert "tutorial.yaml:" in warning
+    data["neuron_connector"] = {"kv_buffer_size": size}
+    with pytest.raises(ConfigError) as raised:
+        load_config_file(_write(tmp_path, "tutorial", data))
+    assert "model.kv_buffer_size: set twice: here and at neuron_connector.kv_buffer_size" in str(raised.value)

@@ -87,8 +87,8 @@ def test_gpu_dev_is_single_node_nixl_over_ucx_on_the_cheap_type():
     values = node_values.worker_values(config, "colocated", REFS)
     assert values["DI_ENDPOINTS"] == "prefill:0-1:8000 decode:2-3:8001"
     # No GPUDirect RDMA on g6: UCX, vLLM's default NIXL backend.
-    assert (values["DI_INSTANCE_TYPE"], values["DI_NIXL_BACKEND"], values["DI_EXPECTED_GPUS"]) == (
-        "g6.12xlarge", "UCX", "4")
+    assert config.fleets["colocated"].instance_type == "g6.12xlarge"
+    assert (values["DI_NIXL_BACKEND"], values["DI_EXPECTED_GPUS"]) == ("UCX", "4")
 
 
 def test_gpu_lmcache_reproduces_seed_004_two_prefill_one_decode_on_one_instance():
@@ -105,7 +105,8 @@ def test_gpu_lmcache_reproduces_seed_004_two_prefill_one_decode_on_one_instance(
             values["DI_LMCACHE_RANK_PORT_STRIDE"]) == ("1000", "2000", "100")
     assert lmcache.receiver_ports(8200, 2) == [9200, 9300, 10200, 10300]
     control = node_values.control_values(config, REFS, network_interface_id="eni-1", etcd_volume_id="vol-1")
-    assert (control["DI_ENGINE"], control["DIPROXY_LMCACHE_DECODE_TP"], control["DIPROXY_LMCACHE_NOTIFY_PORT"]) == (
+    proxy = node_values.proxy_values(config, control)
+    assert (proxy["DIPROXY_ENGINE"], proxy["DIPROXY_LMCACHE_DECODE_TP"], proxy["DIPROXY_LMCACHE_NOTIFY_PORT"]) == (
         "lmcache", "1", "7500")
 
 

@@ -371,7 +371,9 @@ def test_agent_configuration_is_valid_for_the_agent_consistent_and_fits_a_parame
 
 
 def test_every_kept_name_is_one_its_source_defines():
-    assert set(agent_config.KV_CACHE_METRIC) == set(engines.NAMES)
+    # Each engine's KV-cache gauge is kept, and is one its vLLM generation defines.
+    assert set(agent_config.KV_CACHE_METRICS) == {e.kv_cache_metric for e in engines.ENGINES.values()}
+    assert all(e.kv_cache_metric in upstream.VLLM_V0 | upstream.VLLM_V1 for e in engines.ENGINES.values())
     by_job = {agent_config.JOB_VLLM: upstream.VLLM_V0 | upstream.VLLM_V1 | upstream.VLLM_NIXL | upstream.VLLM_V1_EXPOSED,
               kv_telemetry.JOB_DCGM: upstream.DCGM_EXPORTER,
               agent_config.JOB_NEURON: upstream.NEURON_MONITOR, agent_config.JOB_ETCD: upstream.ETCD}

@@ -9,9 +9,8 @@ DI_LIB_DIR=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib
 . "$DI_LIB_DIR/etcd.sh"
 . "$DI_LIB_DIR/imds.sh"
 . "$DI_LIB_DIR/report.sh"
-. "$DI_LIB_DIR/containers.sh"
 . "$DI_LIB_DIR/metrics.sh"
-. "$DI_LIB_DIR/members.sh"
+. "$DI_LIB_DIR/modules.sh"
 
 DI_ETCD_MOUNT=${DI_ETCD_MOUNT:-/var/lib/di-etcd}
 DI_DISK_BY_ID=${DI_DISK_BY_ID:-/dev/disk/by-id}
@@ -75,30 +74,6 @@ attach_interface() {
   log "serving address $DI_CONTROL_ADDRESS on $DI_CONTROL_ENI"
 }
 
-# try_claim INSTANCE_ID: claim the slot whose interface is attached here, else attach the first free one.
-try_claim() {
-  local index eni volume address
-  while read -r index eni volume address; do
-    DI_CONTROL_ENI=$eni
-    if eni_attached_here "$1"; then use_slot "$index" "$eni" "$volume" "$address"; return 0; fi
-  done < <(slots)
-  while read -r index eni volume address; do
-    DI_CONTROL_ENI=$eni
-    if eni_try_attach "$1"; then use_slot "$index" "$eni" "$volume" "$address"; return 0; fi
-  done < <(slots)
-  return 1
-}
-
-# claim_member: with DI_CONTROL_SLOTS, become one member (its interface attached); without, nothing to do.
-claim_member() {
-  [[ -n ${DI_CONTROL_SLOTS:-} ]] || return 0
-  local id
-  id=$(instance_id) || fail "cannot read the instance ID from instance metadata"
-  wait_until "$ATTACH_WAIT_SECONDS" "$ATTACH_WAIT_SLEEP" "a free control-plane member slot" try_claim "$id" ||
-    fail "no control-plane member slot is free (every member interface is attached to another host)"
-  log "this host is etcd member $DI_ETCD_MEMBER at $DI_CONTROL_ADDRESS ($DI_CONTROL_ENI, $DI_ETCD_VOLUME)"
-}
-
 volume_state() {
   aws ec2 describe-volumes --region "$DI_REGION" --volume-ids "$DI_ETCD_VOLUME" \
     --query 'Volumes[0].Attachments[0].[InstanceId,State]' --output text
@@ -153,29 +128,6 @@ start_etcd() {
   wait_for_etcd || fail "etcd does not answer on $DI_ETCD: journalctl -u di-etcd"
 }
 
-# write_proxy_env: the proxy's settings (with the *name* of its API key secret, which it reads at start), and where
-# its shipper sends the journal (next to the containers' logs) and the metrics (the namespace the role may write to).
-write_proxy_env() {
-  local mode=di
-  # Standard mode: every endpoint registered under /workers/ is a standalone one, balanced behind one URL.
-  [[ $DI_MODE == standard ]] && mode=standard
-  # The proxy speaks its engine's protocol (diproxy reads --engine from DIPROXY_ENGINE).
-  printf '%s\n' "DIPROXY_MODE=$mode" "DIPROXY_ENGINE=${DI_ENGINE:?}" "DIPROXY_ETCD=$DI_ETCD" "DIPROXY_PORT=$DI_PROXY_PORT" "DIPROXY_AWS_REGION=$DI_REGION" \
-    "DIPROXY_CLOUDWATCH_LOG_GROUP=${DI_LOG_GROUP_CONTAINERS:?}" \
-    "DIPROXY_CLOUDWATCH_LOG_STREAM=$(container_log_stream distack-proxy)" \
-    "DIPROXY_CLOUDWATCH_DEPLOYMENT=$DI_DEPLOYMENT" \
-    "DIPROXY_CLOUDWATCH_NAMESPACE=${DI_PROXY_METRICS_NAMESPACE:?}"
-  if [[ -n ${DI_PROXY_API_KEY_SECRET:-} ]]; then printf '%s\n' "DIPROXY_API_KEY_SECRET=$DI_PROXY_API_KEY_SECRET"; fi
-  write_proxy_engine_env
-}
-
-# write_proxy_engine_env: the engine's own proxy settings, which node.env carries under the proxy's names
-# (DIPROXY_<FLAG>, model/engines/base.py control_values): handed over as they are, so no engine is named here.
-write_proxy_engine_env() {
-  local name
-  for name in $(compgen -v DIPROXY_ || true); do printf '%s\n' "$name=${!name}"; done
-}
-
 proxy_serving() { [[ $(health_code "$DI_PROXY_PORT") == 200 ]]; }
 
 # wait_for_distack_proxy: the unit starting is not the proxy serving: it exits at once when it cannot read its API
@@ -186,7 +138,8 @@ wait_for_distack_proxy() {
   log "DiStack proxy answers on :$DI_PROXY_PORT"
 }
 
-# install_distack_proxy: the proxy package (a stack asset) into a venv, its settings from node.env, its unit.
+# install_distack_proxy: the proxy package (a stack asset) into a venv and its units, reading the settings that user
+# data wrote (proxy.env).
 install_distack_proxy() {
   [[ -n ${DI_PROXY_PACKAGE_URL:-} ]] || fail "DI_PROXY=distack but node.env has no DI_PROXY_PACKAGE_URL"
   command -v "$DI_PROXY_PYTHON" >/dev/null || retry dnf install -y -q "$DI_PROXY_PYTHON" ||
@@ -195,46 +148,57 @@ install_distack_proxy() {
   retry aws s3 cp --only-show-errors --region "$DI_REGION" "$DI_PROXY_PACKAGE_URL" "$DI_PROXY_SRC/diproxy.zip" ||
     fail "cannot download the proxy package $DI_PROXY_PACKAGE_URL"
   unzip -q -o "$DI_PROXY_SRC/diproxy.zip" -d "$DI_PROXY_SRC/diproxy" || fail "the proxy package does not unzip"
-  install -d -m 0755 "${DI_PROXY_ENV%/*}"
-  write_proxy_env >"$DI_PROXY_ENV"
+  # Written by user data with node.env (model/node_values.py proxy_values): installed here as it is.
+  [[ -s $DI_PROXY_ENV ]] || fail "DI_PROXY=distack but there is no $DI_PROXY_ENV (user data writes it with node.env)"
   PROXY_PYTHON=$DI_PROXY_PYTHON PROXY_START=no PROXY_ENV_FILE=$DI_PROXY_ENV PROXY_UNIT_DIR=$DI_SYSTEMD_DIR \
     retry bash "$DI_PROXY_INSTALLER" "$DI_PROXY_SRC" || fail "the proxy package did not install (pip, PyPI egress?)"
 }
 
-# start_proxy: neuron = the DLC's neuron-proxy-server; distack = DiStack's own proxy, installed from its package.
+# start_proxy: the proxy kind the config names (model/proxies.py), through its own start; DI_PROXY_UNITS lists its
+# units, the serving one first.
 start_proxy() {
-  local unit
   case $DI_PROXY in
-    neuron)
-      retry docker pull "$DI_IMAGE" || fail "cannot pull $DI_IMAGE (egress to public.ecr.aws?)"
-      unit="$DI_HOME/units/di-proxy.service"
-      ;;
-    distack)
-      install_distack_proxy
-      unit="$DI_SYSTEMD_DIR/distack-proxy.service"
-      [[ -f $unit && -f $DI_SYSTEMD_DIR/distack-proxy-shipper.service ]] ||
-        fail "the proxy installer left no $unit or no distack-proxy-shipper.service"
-      ;;
+    neuron) start_neuron_proxy ;;
+    distack) start_distack_proxy ;;
     *) fail "unknown DI_PROXY '$DI_PROXY'" ;;
   esac
-  [[ $unit == "$DI_SYSTEMD_DIR/"* ]] || install_unit "$unit"
+}
+
+# start_neuron_proxy: the 0.9.1 image's neuron-proxy-server, in a container under the node scripts' own unit.
+start_neuron_proxy() {
+  local unit=${DI_PROXY_UNITS%% *}
+  retry docker pull "$DI_IMAGE" || fail "cannot pull $DI_IMAGE (egress to public.ecr.aws?)"
+  install_unit "$DI_HOME/units/$unit"
   systemctl daemon-reload
-  systemctl enable --now "${unit##*/}" || fail "${unit##*/} did not start"
-  if [[ $DI_PROXY == distack ]]; then
-    wait_for_distack_proxy ||
-      fail "distack-proxy.service does not answer /health after ${PROXY_WAIT_SECONDS}s: journalctl -u distack-proxy"
-    systemctl enable --now distack-proxy-shipper.service ||
-      fail "distack-proxy-shipper.service did not start: journalctl -u distack-proxy-shipper"
-  fi
+  systemctl enable --now "$unit" || fail "$unit did not start"
+}
+
+# start_distack_proxy: DiStack's proxy from its package, then its metrics shipper once the proxy serves.
+start_distack_proxy() {
+  local units unit
+  read -ra units <<<"$DI_PROXY_UNITS"
+  install_distack_proxy
+  for unit in "${units[@]}"; do
+    [[ -f $DI_SYSTEMD_DIR/$unit ]] || fail "the proxy installer left no $DI_SYSTEMD_DIR/$unit"
+  done
+  systemctl daemon-reload
+  systemctl enable --now "${units[0]}" || fail "${units[0]} did not start"
+  wait_for_distack_proxy ||
+    fail "${units[0]} does not answer /health after ${PROXY_WAIT_SECONDS}s: journalctl -u ${units[0]%.service}"
+  for unit in "${units[@]:1}"; do
+    systemctl enable --now "$unit" || fail "$unit did not start: journalctl -u ${unit%.service}"
+  done
 }
 
 control_main() {
   install_docker
-  claim_member
   attach_interface
   attach_etcd_volume
   # Both modes and engines: DI workers register through NeuronConnector or di-register, standard ones through di-register.
   start_etcd
+  # The engine's own control-host needs, when its module has any (lib/modules.sh load_engine).
+  load_engine_module
+  run_engine_hook engine_control_start
   start_proxy
   "$DI_SCRIPTS_DIR/metrics-agent.sh" || log "metrics agent not started: this node's metrics stay empty (see metrics-agent.sh)"
 }

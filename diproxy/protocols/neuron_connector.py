@@ -126,3 +126,6 @@ class NeuronConnectorProtocol(EngineProtocol):
         rewrite_id(payload, client_id)
         router.first_byte(call)
         return web.json_response(payload, headers={"X-Request-Id": client_id})
+
+
+PROTOCOL = NeuronConnectorProtocol

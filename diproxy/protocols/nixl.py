@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from aiohttp import web
 
 from diproxy import load
+from diproxy.metrics import Counter, Metric
 from diproxy.protocols.base import EngineProtocol, cap_tokens_at_one
 from diproxy.routing import Call, EventStreamResponse, Router, new_uid
 from diproxy.sse import StreamEvent, rewrite_id
@@ -78,6 +79,16 @@ class NixlProtocol(EngineProtocol):
     phases = {load.PREFILL: PREFILL, load.DECODE: DECODE}
     summary = "prefill first with kv_transfer_params, then decode with prefill's (NixlConnector, vLLM Neuron plugin)"
 
+    def __init__(self, options: object = None) -> None:
+        super().__init__(options)
+        self.kv_transfer_skipped = Counter(
+            "diproxy_kv_transfer_skipped_total",
+            "NIXL: prefill answers without kv_transfer_params (stopped before max_tokens); decode prefilled locally.")
+
+    @property
+    def metrics(self) -> Sequence[Metric]:
+        return (self.kv_transfer_skipped,)
+
     async def serve(self, router: Router, call: Call) -> web.StreamResponse:
         handoff = await router.attempt(call, (PREFILL,), lambda workers: self._prefill(router, call, workers[0]))
         router.enter(call, load.DECODE)
@@ -92,7 +103,7 @@ class NixlProtocol(EngineProtocol):
         if not isinstance(params, dict) or not params:
             # vLLM returns them only when prefill stopped at max_tokens (FINISHED_LENGTH_CAPPED); a prompt that ends
             # on EOS or a stop string at once has none, and decode then prefills it locally.
-            router.metrics.kv_transfer_skipped.inc()
+            self.kv_transfer_skipped.inc()
             log.info("prefill %s returned no kv_transfer_params; decode prefills locally", prefill.address)
             return Handoff(uid, prefill, None)
         # vLLM reports its side-channel bind address (0.0.0.0 in the Neuron tutorial); decode needs a routable one.
@@ -145,3 +156,6 @@ async def answer_from_decode(router: Router, call: Call, decode: Worker, body: d
 
 def _client_event(event: StreamEvent, client_id: str) -> bytes:
     return event.encode() if event.is_done else event.encode_with_id(client_id)
+
+
+PROTOCOL = NixlProtocol

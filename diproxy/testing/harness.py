@@ -27,8 +27,8 @@ class RunningProxy:
     @property
     def lmcache_notify(self) -> str | None:
         """HOST:PORT of the LMCache notification socket (engine lmcache, once started), for fake senders."""
-        listener = self.state.lmcache_listener
-        return None if listener is None else f"127.0.0.1:{listener.port}"
+        listener = next((service for service in self.state.side_services if service.name == "lmcache-notify"), None)
+        return None if listener is None else f"127.0.0.1:{getattr(listener, 'port')}"
 
     @property
     def state(self) -> ProxyState:

@@ -1,19 +1,27 @@
 """The KV-transfer engines DiStack can deploy, one module each; `engine:` in config/NAME.yaml picks one.
 
-Adding an engine (a GPU one, say) is a new module with an `ENGINE` (a `base.Engine`) and one line below; the
-config key's allowed values, the shared rules, node.env and the summary follow from the registry.
+Adding an engine (a GPU one, say) is a new module with an `ENGINE` (a `base.Engine`) and one line in MODULES; the
+config key's allowed values, its settings section, the shared rules, node.env and proxy.env, the metric names and the
+summary follow from the registry.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Mapping
 
-from model.engines import lmcache, neuron_connector, nixl
 from model.engines.base import Engine
 
-ENGINES: Mapping[str, Engine] = {module.ENGINE.name: module.ENGINE for module in (nixl, neuron_connector, lmcache)}
+# The registry: a line per engine, naming its module here, which exports ENGINE.
+MODULES = (
+    "nixl",
+    "neuron_connector",
+    "lmcache",
+)
+ENGINES: Mapping[str, Engine] = {
+    engine.name: engine for engine in (importlib.import_module(f"{__name__}.{module}").ENGINE for module in MODULES)}
 NAMES = tuple(ENGINES)
-DEFAULT = nixl.ENGINE.name
+DEFAULT = "nixl"
 
 
 def get(name: str) -> Engine:

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from model import naming
+from model.proxies import DISTACK
 from model.engines.base import Engine
+from model.node_contract import CONTROL, WORKER, key
 from model.problems import Problem
 
 if TYPE_CHECKING:
@@ -67,10 +69,27 @@ class Lmcache(Engine):
                    "(LMCache's PD sender/receiver), DiStack's registrar and proxy (prefill max_tokens 1, then decode)")
     status = "GPU only; synthesized and tested, not yet run on hardware"
     instance_families = ("p5", "p5en", "g6")
-    proxies = ("distack",)
+    proxies = (DISTACK.name,)
     settings_key = "lmcache"
+    settings_model = LmcacheSettings
     python_hash_seed = PYTHON_HASH_SEED
     control_ports = (PROXY_NOTIFY_PORT,)
+    worker_keys = tuple(key(name, type_, "userdata/engines/lmcache.sh", doc, nodes=(WORKER,)) for name, type_, doc in (
+        ("DI_LMCACHE_CHUNK_SIZE", "int", "LMCache chunk_size, tokens"),
+        ("DI_LMCACHE_NIXL_BUFFER_SIZE", "int", "NIXL transfer buffer per endpoint, bytes"),
+        ("DI_LMCACHE_NIXL_BUFFER_DEVICE", "text", "cuda or cpu"),
+        ("DI_LMCACHE_INIT_PORT_OFFSET", "int", "a receiver's init port: decode port + this + stride x rank"),
+        ("DI_LMCACHE_ALLOC_PORT_OFFSET", "int", "a receiver's alloc port: decode port + this + stride x rank"),
+        ("DI_LMCACHE_RANK_PORT_STRIDE", "int", "ports between a receiver's TP ranks"),
+        ("DI_LMCACHE_PROXY_PORT", "int", "where senders report finished transfers (the proxy's notify port)")))
+    # The proxy's options of the same contract (diproxy/protocols/lmcache/options.py reads DIPROXY_LMCACHE_*).
+    proxy_keys = tuple(key(name, "int", "diproxy/protocols/lmcache/options.py", doc, nodes=(CONTROL,),
+                           optional=optional) for name, doc, optional in (
+        ("DIPROXY_LMCACHE_INIT_PORT_OFFSET", "the receivers' init port offset, as the workers'", False),
+        ("DIPROXY_LMCACHE_ALLOC_PORT_OFFSET", "the receivers' alloc port offset, as the workers'", False),
+        ("DIPROXY_LMCACHE_RANK_PORT_STRIDE", "the receivers' rank stride, as the workers'", False),
+        ("DIPROXY_LMCACHE_NOTIFY_PORT", "the PULL socket the senders report to", False),
+        ("DIPROXY_LMCACHE_DECODE_TP", "the decode TP: receiver ports per decoder and reports per transfer", True)))
 
     def check(self, config: DeploymentConfig) -> Iterator[Problem]:
         if config.mode != "disaggregated":
@@ -88,8 +107,8 @@ class Lmcache(Engine):
             **_port_values(),
         }
 
-    def control_values(self, config: DeploymentConfig) -> dict[str, str]:
-        """The proxy's lmcache settings (DIPROXY_*, handed over as they are): the decode TP sets how many receiver
+    def proxy_values(self, config: DeploymentConfig) -> dict[str, str]:
+        """The proxy's lmcache options: the decode TP sets how many receiver
         ports it names per decoder and how many transfer-done notices it awaits (one per prefill rank, the same TP:
         _one_tp); the offsets and stride are the workers' (_port_values), the notify port their pd_proxy_port."""
         decode_tps = sorted({f.tensor_parallel for f in config.fleets.values()
@@ -98,8 +117,8 @@ class Lmcache(Engine):
                   "DIPROXY_LMCACHE_ALLOC_PORT_OFFSET": str(ALLOC_PORT_OFFSET),
                   "DIPROXY_LMCACHE_RANK_PORT_STRIDE": str(RANK_PORT_STRIDE),
                   "DIPROXY_LMCACHE_NOTIFY_PORT": str(PROXY_NOTIFY_PORT)}
-        if decode_tps:
-            values["DIPROXY_LMCACHE_DECODE_TP"] = str(decode_tps[0])
+        # Empty without decode endpoints (standard mode, where the proxy relays and reads no engine option).
+        values["DIPROXY_LMCACHE_DECODE_TP"] = str(decode_tps[0]) if decode_tps else ""
         return values
 
     def summary(self, config: DeploymentConfig) -> list[str]:

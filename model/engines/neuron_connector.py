@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from model import catalog, images
+from model.proxies import DISTACK, NEURON
 from model.engines.base import Engine
+from model.node_contract import WORKER, key
 from model.problems import Problem
 
 if TYPE_CHECKING:
@@ -20,6 +24,16 @@ if TYPE_CHECKING:
 
 # Host memory left for the OS, Docker and weight loading when sizing NeuronConnector's host KV buffers.
 KV_HOST_MEMORY_SHARE = 0.8
+
+
+class NeuronConnectorSettings(BaseModel):
+    """Settings of engine neuron-connector (the `--kv-transfer-config` of the tutorial's api_server)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kv_buffer_size: float = Field(default=2e11, gt=0,
+                                  description="NeuronConnector kv_buffer_size: each endpoint's host KV buffer, bytes "
+                                              "(seed 000: 2e11). Formerly model.kv_buffer_size, which still loads.")
 
 
 class NeuronConnector(Engine):
@@ -31,7 +45,16 @@ class NeuronConnector(Engine):
     status = "legacy (unsupported by Neuron since 2.28; reproduces seed 000)"
     # The tutorial: "This tutorial works with trn2.48xlarge and trn1.32xlarge instances."
     instance_families = ("trn1", "trn2")
-    proxies = ("neuron", "distack")
+    proxies = (NEURON.name, DISTACK.name)
+    settings_key = "neuron_connector"
+    settings_model = NeuronConnectorSettings
+    moved_settings = {"model.kv_buffer_size": "kv_buffer_size"}
+    # vLLM V0's name for the KV-cache gauge (model/observability/upstream.py).
+    kv_cache_metric = "vllm:gpu_cache_usage_perc"
+    # One NxDI process per server, servers side by side: each reads the whole checkpoint at its own pace.
+    weights_load = "per-server"
+    worker_keys = (key("DI_KV_BUFFER_SIZE", "number", "userdata/engines/neuron-connector.sh",
+                       "NeuronConnector's kv_buffer_size, bytes", nodes=(WORKER,)),)
 
     @property
     def default_image(self) -> str:
@@ -47,13 +70,13 @@ class NeuronConnector(Engine):
             yield from _kv_buffers(config, name, fleet)
 
     def worker_values(self, config: DeploymentConfig, fleet_name: str) -> dict[str, str]:
-        return {"DI_KV_BUFFER_SIZE": f"{config.model.kv_buffer_size:g}"}
+        return {"DI_KV_BUFFER_SIZE": f"{self.settings(config).kv_buffer_size:g}"}
 
     def summary(self, config: DeploymentConfig) -> list[str]:
         if config.mode != "disaggregated":
             return ["  neuron-connector: legacy api_server without KV transfer (standard mode)"]
         return [f"  neuron-connector: NeuronConnector, workers register in etcd themselves; "
-                f"kv_buffer_size {config.model.kv_buffer_size:g} bytes per endpoint"]
+                f"kv_buffer_size {self.settings(config).kv_buffer_size:g} bytes per endpoint"]
 
 
 def _same_tp(config: DeploymentConfig) -> Iterator[Problem]:
@@ -73,16 +96,23 @@ def _kv_buffers(config: DeploymentConfig, name: str, fleet: FleetConfig) -> Iter
     itype = catalog.WORKER_TYPES.get(fleet.instance_type)
     if itype is None or not itype.efa:
         return  # reported by the shared instance-type rules
-    model = config.model
+    size = ENGINE.settings(config).kv_buffer_size
     buffers = len(fleet.resolved_endpoints)
-    need_gib = buffers * model.kv_buffer_size / catalog.GIB
+    need_gib = buffers * size / catalog.GIB
     budget_gib = itype.memory_gib * KV_HOST_MEMORY_SHARE
     if need_gib > budget_gib:
-        yield Problem("model.kv_buffer_size",
-                      f"{buffers} x {model.kv_buffer_size:.3g} bytes = {need_gib:.0f} GiB of KV buffers on one "
+        yield Problem(_kv_buffer_path(config),
+                      f"{buffers} x {size:.3g} bytes = {need_gib:.0f} GiB of KV buffers on one "
                       f"{itype.name} in fleet {name}, over {KV_HOST_MEMORY_SHARE:.0%} of its "
                       f"{itype.memory_gib} GiB host memory",
                       f"lower kv_buffer_size to at most {budget_gib / buffers * catalog.GIB:.3g}")
+
+
+def _kv_buffer_path(config: DeploymentConfig) -> str:
+    """Where the file states kv_buffer_size: the engine's section, or the old model.kv_buffer_size."""
+    in_section = "kv_buffer_size" in config.neuron_connector.model_fields_set
+    in_model = "kv_buffer_size" in config.model.model_fields_set
+    return "model.kv_buffer_size" if in_model and not in_section else "neuron_connector.kv_buffer_size"
 
 
 ENGINE = NeuronConnector()

@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from model import catalog, naming
+from model.proxies import DISTACK
 from model.engines.base import Engine
+from model.node_contract import WORKER, key
 from model.problems import Problem
 
 if TYPE_CHECKING:
@@ -123,15 +125,24 @@ class Nixl(Engine):
                    "GPUDirect RDMA on p5/p5en, UCX on g6); DiStack's registrar and proxy")
     status = "supported (Neuron 2.31+); GPU: synthesized and tested, not yet run on hardware"
     instance_families = ("trn2", "trn3", "p5", "p5en", "g6")
-    proxies = ("distack",)
+    proxies = (DISTACK.name,)
     settings_key = "nixl"
+    settings_model = NixlSettings
+    worker_keys = tuple(key(name, type_, "userdata/engines/nixl.sh", doc, nodes=(WORKER,), optional=optional)
+                        for name, type_, doc, optional in (
+        ("DI_KV_CONNECTOR", "text", "NixlConnector or NeuronNixlConnector", False),
+        ("DI_NIXL_SIDE_CHANNEL_BASE_PORT", "int", "endpoint 0's VLLM_NIXL_SIDE_CHANNEL_PORT", False),
+        ("DI_NIXL_SIDE_CHANNEL_STRIDE", "int", "ports between endpoints' side channels", False),
+        ("DI_MAX_NUM_BATCHED_TOKENS", "int", "--max-num-batched-tokens", True),
+        ("DI_BLOCK_SIZE", "int", "--block-size", True),
+        ("DI_OPTIMIZATION_LEVEL", "int", "--optimization-level", True),
+        ("DI_NEURON_CONFIG", "json", "--additional-config's neuron_config", True),
+        ("DI_COMPILE_TIMEOUT_SECONDS", "int", "VLLM_NEURON_COMPILATION_TIMEOUT", False),
+        ("DI_READY_TIMEOUT_SECONDS", "int", "VLLM_ENGINE_READY_TIMEOUT_S", False),
+        ("DI_EXECUTE_MODEL_TIMEOUT_SECONDS", "int", "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", False)))
 
     def check(self, config: DeploymentConfig) -> Iterator[Problem]:
         settings = config.nixl
-        if "kv_buffer_size" in config.model.model_fields_set:
-            yield Problem("model.kv_buffer_size", "kv_buffer_size sizes NeuronConnector's host buffer; NIXL moves KV "
-                                                  "between the engines' device memory and uses no such buffer",
-                          "remove kv_buffer_size (or set engine: neuron-connector)")
         if SLIDING_WINDOW_MODELS.search(config.model.id) and settings.kv_connector == NIXL_CONNECTOR:
             yield Problem("nixl.kv_connector", f"{config.model.id} uses sliding-window attention, which the generic "
                                                "NixlConnector does not align for Neuron",

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from model import naming
+from model import engines, naming, proxies
 from model.config import DeploymentConfig
 from model.observability import kv_telemetry, upstream
 
@@ -31,7 +31,7 @@ SCRAPE_CONFIG_PATH = "/etc/di/metrics-agent/prometheus.yaml"
 # its own instance ID before the agent reads the file (the agent does not expand variables in it).
 INSTANCE_PLACEHOLDER = "__DI_INSTANCE_ID__"
 # The DiStack proxy's unit (diproxy/deploy/distack-proxy.service) and its stream in the container log group.
-PROXY_UNIT = "distack-proxy.service"
+PROXY_UNIT = proxies.DISTACK.unit
 PROXY_LOG_STREAM = "distack-proxy"
 # One sample per series and minute: a per-minute Sum over a role's endpoints is then their total.
 SCRAPE_INTERVAL_SECONDS = 60
@@ -47,11 +47,11 @@ PER_DEPLOYMENT = (DEPLOYMENT,)
 
 JOB_VLLM, JOB_NEURON, JOB_ETCD = "vllm", "neuron", "etcd"
 
-# vLLM renamed its KV-cache gauge in V1 (upstream.VLLM_V1); each engine's image exports one of the two.
-# lmcache: LMCache's image runs vLLM V1, which names the gauge kv_cache_usage_perc like the nixl images (UNVERIFIED
-# for the pinned lmcache/vllm-openai tag: a wrong name shows as an empty KV-cache widget, not a failure).
-KV_CACHE_METRIC = {"nixl": "vllm:kv_cache_usage_perc", "neuron-connector": "vllm:gpu_cache_usage_perc",
-                   "lmcache": "vllm:kv_cache_usage_perc"}
+# vLLM renamed its KV-cache gauge in V1 (upstream.VLLM_V1); each engine names the one its image exports
+# (model/engines/<engine>.py kv_cache_metric). lmcache: LMCache's image runs vLLM V1, which names the gauge
+# kv_cache_usage_perc like the nixl images (UNVERIFIED for the pinned lmcache/vllm-openai tag: a wrong name shows as an
+# empty KV-cache widget, not a failure).
+KV_CACHE_METRICS = tuple(sorted({engine.kv_cache_metric for engine in engines.ENGINES.values()}))
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 NEURONCORE_UTILIZATION = "neuroncore_utilization_ratio"
@@ -74,7 +74,7 @@ class Kept:
 WORKER_KEPT: tuple[Kept, ...] = (
     Kept(RUNNING, JOB_VLLM, "Count", (PER_ENDPOINT, PER_ROLE)),
     Kept(WAITING, JOB_VLLM, "Count", (PER_ENDPOINT, PER_ROLE)),
-    *(Kept(name, JOB_VLLM, "None", (PER_ENDPOINT, PER_ROLE)) for name in sorted(set(KV_CACHE_METRIC.values()))),
+    *(Kept(name, JOB_VLLM, "None", (PER_ENDPOINT, PER_ROLE)) for name in KV_CACHE_METRICS),
     Kept(NEURONCORE_UTILIZATION, JOB_NEURON, "None", (PER_FLEET, PER_INSTANCE)),
     Kept(DEVICE_MEMORY, JOB_NEURON, "Bytes", (PER_FLEET, PER_INSTANCE),
          only=("memory_location", upstream.NEURON_DEVICE_MEMORY)),
@@ -107,7 +107,7 @@ class AgentFiles:
 
 def kv_cache_metric(config: DeploymentConfig) -> str:
     """The KV-cache gauge this deployment's engine exports."""
-    return KV_CACHE_METRIC[config.engine]
+    return config.engine_module.kv_cache_metric
 
 
 def worker_agent(config: DeploymentConfig, fleet_name: str) -> AgentFiles:
@@ -138,7 +138,7 @@ def control_agent(config: DeploymentConfig) -> AgentFiles:
     node = {DEPLOYMENT: config.name, FLEET: naming.ROLE_CONTROL, ROLE: naming.ROLE_CONTROL, INSTANCE: INSTANCE_PLACEHOLDER}
     jobs = [_job(JOB_ETCD, [{"targets": [f"127.0.0.1:{naming.ETCD_CLIENT_PORT}"], "labels": node}], CONTROL_KEPT)]
     agent = _agent(config, naming.CONTROL_METRICS_NAMESPACE, CONTROL_KEPT)
-    if config.proxy == "distack":
+    if config.runs_distack_proxy:
         agent["logs"]["logs_collected"] = {"journald": {"collect_list": [{
             "log_group_name": naming.log_group(config.name, "containers"),
             "log_stream_name": f"{naming.ROLE_CONTROL}/{{instance_id}}/{PROXY_LOG_STREAM}",

@@ -134,7 +134,7 @@ class Monitoring(Construct):
         self.pool_alarms_after = tuple(pool_alarms_after)
         self.env_name = env = config.name
         self.settings: MonitoringConfig = config.monitoring
-        self.proxy_metrics = config.proxy == "distack"
+        self.proxy_metrics = config.runs_distack_proxy
         self.roles = pool_roles(config)
         self.topic = AlarmTopic(self, "AlarmTopic", env_name=env, email=self.settings.alarm_email).topic
         self.alarms: dict[str, cw.IAlarm] = {}

@@ -21,7 +21,7 @@ MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 
 WORKER = {"DI_DEPLOYMENT": "prod", "DI_ENGINE": "neuron-connector", "DI_ROLE": "prefill", "DI_FLEET": "prefill",
           "DI_MODE": "disaggregated",
-          "DI_PROXY": "neuron", "DI_PROXY_PORT": "8000", "DI_IMAGE": IMAGE, "DI_MODEL_ID": MODEL,
+          "DI_PROXY": "neuron", "DI_PROXY_UNITS": "di-proxy.service", "DI_PROXY_PORT": "8000", "DI_IMAGE": IMAGE, "DI_MODEL_ID": MODEL,
           "DI_MODEL_SOURCE": "huggingface", "DI_HF_TOKEN_SECRET": "distack/hf-token", "DI_MAX_MODEL_LEN": "8192",
           "DI_MAX_NUM_SEQS": "8", "DI_BUCKET": "di-prod-artifacts", "DI_REGION": "us-east-2",
           "DI_ETCD": "10.42.0.10:8989", "DI_TENSOR_PARALLEL": "64", "DI_LNC": "2",

@@ -144,7 +144,9 @@ def test_engine_flag_and_variable_choose_the_protocol_and_unknown_ones_are_refus
     assert parse_settings(["--etcd", "h:1", "--engine", "nixl"], env={"DIPROXY_ENGINE": "neuron-connector"}).engine \
         == "nixl"
     lmcache = parse_settings(["--etcd", "h:1"], env={"DIPROXY_ENGINE": "lmcache", "DIPROXY_LMCACHE_DECODE_TP": "4"})
-    assert (lmcache.engine, lmcache.lmcache_decode_tp, lmcache.lmcache_init_port_offset) == ("lmcache", 4, 1000)
+    # The engine's own options, from its protocol's declarations (diproxy/protocols/lmcache/options.py).
+    assert (lmcache.engine, lmcache.engine_options.decode_tp, lmcache.engine_options.init_port_offset) == (
+        "lmcache", 4, 1000)
     for argv, env, message in ((["--engine", "gpu"], {}, "argument --engine: invalid choice: 'gpu'"),
                                ([], {"DIPROXY_ENGINE": "gpu"}, "unknown engine 'gpu' (from DIPROXY_ENGINE); "
                                                                "choose one of: nixl, neuron-connector, lmcache")):

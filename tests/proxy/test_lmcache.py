@@ -141,14 +141,14 @@ def test_decode_dying_before_first_byte_prefills_again_for_the_next_decoder(etcd
     run(scenario)
 
 
-# -- LMCache's "transfer done" reports (diproxy/lmcache_notify.py) ------------------------------------------------
+# -- LMCache's "transfer done" reports (diproxy/protocols/lmcache/notify.py) ------------------------------------------------
 
 
 def test_lmcaches_proxy_notif_wire_format_is_decoded_and_anything_else_refused() -> None:
     import msgspec
     import pytest
 
-    from diproxy.lmcache_notify import decode_notification, encode_notification
+    from diproxy.protocols.lmcache.notify import decode_notification, encode_notification
 
     # pd_backend.py@07e07869: ProxyNotif(PDMsgBase) with PDMsgBase(msgspec.Struct, tag=True), msgspec.msgpack.encode:
     # a map {"type": "ProxyNotif", "req_id": ...} (msgspec's tag field "type", tag the class name).
@@ -164,7 +164,7 @@ def test_lmcaches_proxy_notif_wire_format_is_decoded_and_anything_else_refused()
 
 
 def test_unclaimed_reports_expire_and_stay_bounded() -> None:
-    from diproxy.lmcache_notify import TransferNotices
+    from diproxy.protocols.lmcache.notify import TransferNotices
 
     now = [0.0]
     notices = TransferNotices(ttl=10.0, max_pending=3, clock=lambda: now[0])
@@ -201,8 +201,8 @@ def test_decode_is_called_only_after_the_transfer_done_report(etcd, prefix) -> N
             prefill.behaviour = Behaviour(tokens=3, lmcache_notify="before")
             result = await post_stream(session, proxy.url + "/v1/completions", {"prompt": "y", "max_tokens": 3})
             assert result.status == 200 and (decode.lmcache_hits, decode.lmcache_misses) == (2, 0)
-            assert proxy.state.metrics.lmcache_transfer_timeouts.value() == 0
-            assert len(proxy.state.lmcache_listener.notices) == 0  # every report claimed
+            assert proxy.state.protocol.transfer_timeouts.value() == 0
+            assert len(proxy.state.protocol.listener.notices) == 0  # every report claimed
 
     run(scenario)
 
@@ -219,7 +219,7 @@ def test_missing_report_times_out_quickly_and_the_request_still_succeeds(etcd, p
                 assert result.status == 200 and result.done and len(result.texts) == 3
                 assert 0.2 <= loop.time() - start < 1.5
             assert not prefill.lmcache_notified and decode.lmcache_misses == 2  # decode recomputed
-            assert proxy.state.metrics.lmcache_transfer_timeouts.value() == 2
+            assert proxy.state.protocol.transfer_timeouts.value() == 2
             assert proxy.state.metrics.retries.value() == 0 and not proxy.state.metrics.errors.values
             async with session.get(proxy.url + "/metrics") as r:
                 assert "diproxy_lmcache_transfer_timeouts_total 2" in await r.text()
@@ -240,12 +240,12 @@ def test_tp2_waits_for_both_ranks_reports(etcd, prefix) -> None:
             assert result.status == 200 and result.done
             reports = [at for _, at in prefill.lmcache_notified]
             assert len(reports) == 2 and decode.requests[-1].at >= max(reports)
-            assert proxy.state.metrics.lmcache_transfer_timeouts.value() == 0
+            assert proxy.state.protocol.transfer_timeouts.value() == 0
             prefill.behaviour = one_rank  # one of two ranks reports: the wait runs out
             result = await post_stream(session, proxy.url + "/v1/completions", {"prompt": "one"})
             assert result.status == 200 and result.done
             assert len(prefill.lmcache_notified) == 3
-            assert proxy.state.metrics.lmcache_transfer_timeouts.value() == 1
+            assert proxy.state.protocol.transfer_timeouts.value() == 1
 
     run(scenario)
 
@@ -267,7 +267,7 @@ def test_malformed_messages_are_ignored_and_counted(etcd, prefix) -> None:
                 await push.send_multipart([b"two", b"frames"])
                 await push.send(msgspec.msgpack.encode({"type": "ProxyNotif", "req_id": "nobody-waits"}))
                 metrics = proxy.state.metrics
-                listener = proxy.state.lmcache_listener
+                listener = proxy.state.protocol.listener
                 await wait_until(lambda: listener.received == 1, what="the valid report")
                 assert metrics.errors.value("lmcache_notify_malformed") == 3 == listener.malformed
                 assert len(listener.notices) == 1  # kept until it expires
@@ -276,7 +276,7 @@ def test_malformed_messages_are_ignored_and_counted(etcd, prefix) -> None:
                 context.term()
             result = await post_stream(session, proxy.url + "/v1/completions", {"prompt": "still works"})
             assert result.status == 200 and result.done and decode.lmcache_hits == 1
-            assert proxy.state.metrics.lmcache_transfer_timeouts.value() == 0
+            assert proxy.state.protocol.transfer_timeouts.value() == 0
 
     run(scenario)
 
@@ -287,9 +287,9 @@ def test_notification_socket_only_with_engine_lmcache_and_a_taken_port_fails_the
 
     async def scenario() -> None:
         async with RunningProxy(di_flags("nixl", etcd.address, prefix)) as nixl:
-            assert nixl.state.lmcache_listener is None and nixl.lmcache_notify is None
+            assert not nixl.state.side_services and nixl.lmcache_notify is None
         async with RunningProxy(di_flags("lmcache", etcd.address, prefix)) as first:
-            port = first.state.lmcache_listener.port
+            port = first.state.protocol.listener.port
             taken = RunningProxy(di_flags("lmcache", etcd.address, prefix, "--lmcache-notify-port", str(port)))
             with pytest.raises(zmq.ZMQError):
                 await taken.start()

@@ -112,7 +112,7 @@ def test_prefill_stopping_on_eos_hands_nothing_over_and_decode_prefills_locally(
             assert prefill.kv_blocks == {}
             # Neither prefill's nothing nor the client's own params reach decode.
             assert decode.requests[-1].body == {"prompt": "x", "max_tokens": 3, "stream": True}
-            assert proxy.state.metrics.kv_transfer_skipped.value() == 1
+            assert proxy.state.protocol.kv_transfer_skipped.value() == 1
             async with session.get(proxy.url + "/metrics") as r:
                 assert "diproxy_kv_transfer_skipped_total 1" in (await r.text()).splitlines()
 

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import aiohttp
 
 from diproxy.metrics import ProxyMetrics
+from diproxy.protocols.lmcache import LMCacheProtocol
 from diproxy.shipper.metric_data import RULES, MetricTranslator, published
 from diproxy.shipper.prometheus_text import parse
 from diproxy.shipper.service import run
@@ -37,7 +38,8 @@ def _value(datums: list[dict], name: str, **dimensions: str) -> float | None:
 def _proxy_metrics(monkeypatch, started: float, clock=time.monotonic) -> ProxyMetrics:
     monkeypatch.setattr("diproxy.metrics.time.time", lambda: started)
     return ProxyMetrics(lambda: {("decode", "healthy"): 2.0, ("prefill", "unhealthy"): 1.0}, lambda: {},
-                        load_roles=ROLES, clock=clock)
+                        load_roles=ROLES, clock=clock,
+                        engine_metrics=LMCacheProtocol().metrics)
 
 
 def test_counters_are_sent_as_deltas_and_a_failed_publish_folds_into_the_next(monkeypatch) -> None:
@@ -134,7 +136,8 @@ def test_every_rule_reads_a_family_the_proxy_exposes(monkeypatch) -> None:
     proxy.requests.inc(COMPLETIONS, "200")
     proxy.errors.inc("upstream_connect")
     proxy.retries.inc()
-    proxy.lmcache_transfer_timeouts.inc()
+    (transfer_timeouts,) = proxy.engine_metrics  # engine lmcache's own counter
+    transfer_timeouts.inc()
     proxy.ttft.observe(0.1, COMPLETIONS)
     proxy.latency.observe(0.1, COMPLETIONS)
     proxy.inter_token.observe(0.02)

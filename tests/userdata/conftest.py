@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model import node_values
+from model import node_values, proxies
 from stacks import userdata
 from model.loader import load_environment
 
@@ -42,6 +42,15 @@ def _rendered_values(env: str, fleet: str | None) -> dict[str, str]:
         return node_values.control_values(config, REFS, network_interface_id="eni-0aaaabbbbccccdddd",
                                           etcd_volume_id="vol-0123456789abcdef0", signal_resource="ControlHostGroup")
     return node_values.worker_values(config, fleet, REFS, signal_resource=f"{fleet.title()}FleetGroup")
+
+
+def proxy_env_text(env: str) -> str | None:
+    """The control host's proxy.env as user data installs it (None when the config runs another proxy)."""
+    values = node_values.proxy_values(load_environment(env), rendered_values(env, None))
+    if values is None:
+        return None
+    document = yaml.safe_load(userdata.render(rendered_values(env, None), values))
+    return next(f["content"] for f in document["write_files"] if f["path"] == "/etc/di/proxy.env")
 
 
 @functools.cache  # rendered once per node of a config and session: many tests boot the same node
@@ -93,6 +102,9 @@ class Node:
     def signals(self) -> list[list[str]]:
         return [argv for argv in self.calls("aws") if argv[:2] == ["cloudformation", "signal-resource"]]
 
+
+# What the renderer writes for a control host with proxy: distack (model/proxies.py), for a legacy config switched to it.
+DISTACK_PROXY = {"DI_PROXY": proxies.DISTACK.name, "DI_PROXY_UNITS": " ".join(proxies.DISTACK.units)}
 
 SEED_IMAGE = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.9.1-neuronx-py310-sdk2.25.1-ubuntu22.04"
 

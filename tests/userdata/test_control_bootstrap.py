@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
-from tests.userdata.conftest import INSTANCE_ID, ROOT, find_fleet
+from tests.userdata.conftest import DISTACK_PROXY, INSTANCE_ID, ROOT, find_fleet, proxy_env_text
 
 # The shipped config that reproduces the tutorial: legacy engine, its neuron-proxy-server on the control host.
 LEGACY = find_fleet(engine="neuron-connector", role="prefill")[0]
@@ -85,7 +86,7 @@ def test_interface_held_by_the_old_host_fails_with_a_reason_after_the_wait(node)
 def test_distack_proxy_without_its_package_fails_loudly(node):
     n = node(LEGACY)
     prepare_volume_link(n)
-    n.override(DI_PROXY="distack")
+    n.override(**DISTACK_PROXY)
     proc = boot(n)
     assert proc.returncode != 0
     assert "DI_PROXY=distack but node.env has no DI_PROXY_PACKAGE_URL" in proc.stderr
@@ -103,21 +104,25 @@ done
 """
 
 
-def boot_with_distack_proxy(n, tmp_path, **extra):
-    """Boot the control host with proxy: distack, its package in fake S3 and INSTALLER standing in for install.sh."""
+def boot_with_distack_proxy(n, tmp_path, proxy_env: str | None = "", **extra):
+    """Boot the control host with proxy: distack, its package in fake S3, INSTALLER standing in for install.sh, and
+    proxy.env as user data wrote it (PROXY_ENV, or none at all when None)."""
     prepare_volume_link(n)
+    if proxy_env is not None:
+        (tmp_path / "proxy.env").write_text(proxy_env or "DIPROXY_MODE=di\n")
     package = tmp_path / "diproxy.zip"
     shutil.make_archive(str(package.with_suffix("")), "zip", root_dir=ROOT / "diproxy")
     (n.state / "s3-object").write_bytes(package.read_bytes())
     (tmp_path / "install.sh").write_text(INSTALLER)
-    n.override(DI_PROXY="distack", DI_PROXY_PACKAGE_URL="s3://cdk-assets/proxy.zip")
+    n.override(**DISTACK_PROXY, DI_PROXY_PACKAGE_URL="s3://cdk-assets/proxy.zip")
     return boot(n, DI_PROXY_INSTALLER=str(tmp_path / "install.sh"), DI_PROXY_ENV=str(tmp_path / "proxy.env"),
                 DI_PROXY_PYTHON="python3", DI_PROXY_SRC=str(tmp_path / "proxy-src"), PROXY_WAIT_SLEEP="0", **extra)
 
 
-def test_distack_proxy_is_installed_from_its_package_and_started(node, tmp_path):
+def test_distack_proxy_is_installed_from_its_package_and_started_with_the_proxy_env_user_data_wrote(node, tmp_path):
     n = node("prod")
-    proc = boot_with_distack_proxy(n, tmp_path)
+    rendered = proxy_env_text("prod")
+    proc = boot_with_distack_proxy(n, tmp_path, rendered)
     assert proc.returncode == 0, proc.stderr
     installer, proxy_env, source = tmp_path / "install.sh", tmp_path / "proxy.env", tmp_path / "proxy-src"
     (download,) = [a for a in n.calls("aws") if a[:2] == ["s3", "cp"] and "s3://cdk-assets/proxy.zip" in a]
@@ -125,19 +130,24 @@ def test_distack_proxy_is_installed_from_its_package_and_started(node, tmp_path)
     assert (source / "diproxy" / "__main__.py").exists()
     assert installer.with_name("install.sh.calls").read_text().splitlines() == [
         str(source), "PROXY_PYTHON=python3", "PROXY_START=no", f"PROXY_ENV_FILE={proxy_env}"]
-    assert proxy_env.read_text().splitlines() == [
-        "DIPROXY_MODE=di", "DIPROXY_ENGINE=nixl", "DIPROXY_ETCD=10.42.0.10:8989", "DIPROXY_PORT=8000", "DIPROXY_AWS_REGION=us-east-2",
-        "DIPROXY_CLOUDWATCH_LOG_GROUP=/distack/test/containers",
-        f"DIPROXY_CLOUDWATCH_LOG_STREAM=control/{INSTANCE_ID}/distack-proxy",
-        "DIPROXY_CLOUDWATCH_DEPLOYMENT=prod", "DIPROXY_CLOUDWATCH_NAMESPACE=DiStack/Proxy"]
+    # The control host installs the file as the synth wrote it.
+    assert proxy_env.read_text() == rendered
     # The settings the shipper reads from that file are complete: it parses them without a flag.
     from diproxy.shipper.settings import parse_settings
-    env = dict(line.split("=", 1) for line in proxy_env.read_text().splitlines())
+    env = dict(shlex.split(line)[0].split("=", 1) for line in proxy_env.read_text().splitlines())
     shipper = parse_settings([], env=env)
     assert (shipper.deployment, shipper.namespace, shipper.metrics_url, shipper.region) == (
         "prod", "DiStack/Proxy", "http://127.0.0.1:8000/metrics", "us-east-2")
     assert started_units(n) == ["docker", "di-etcd.service", "distack-proxy.service", "distack-proxy-shipper.service"]
     assert "di-proxy.service" not in [p.name for p in (n.root / "systemd").iterdir()]
+
+
+def test_distack_proxy_without_the_proxy_env_from_user_data_fails_loudly(node, tmp_path):
+    n = node("prod")
+    proc = boot_with_distack_proxy(n, tmp_path, None)
+    assert proc.returncode != 0
+    assert f"there is no {tmp_path / 'proxy.env'} (user data writes it with node.env)" in proc.stderr
+    assert started_units(n) == ["docker", "di-etcd.service"]
 
 
 def test_distack_proxy_reads_its_api_key_secret_and_a_proxy_that_never_serves_fails_the_boot(node, tmp_path):
@@ -147,7 +157,6 @@ def test_distack_proxy_reads_its_api_key_secret_and_a_proxy_that_never_serves_fa
     proc = boot_with_distack_proxy(n, tmp_path, PROXY_WAIT_SECONDS="0")
     assert proc.returncode != 0
     assert "distack-proxy.service does not answer /health after 0s: journalctl -u distack-proxy" in proc.stderr
-    assert "DIPROXY_API_KEY_SECRET=distack/proxy-api-key" in (tmp_path / "proxy.env").read_text().splitlines()
     # The proxy reads the secret itself: the boot script never fetches the key.
     assert not [a for a in n.calls("aws") if a[:1] == ["secretsmanager"]]
     assert started_units(n) == ["docker", "di-etcd.service", "distack-proxy.service"]
@@ -158,9 +167,9 @@ def test_distack_proxy_reads_its_api_key_secret_and_a_proxy_that_never_serves_fa
 def test_standard_mode_control_host_balances_registered_endpoints_with_the_distack_proxy(node, tmp_path):
     n = node("baseline")
     assert n.values["DI_PROXY"] == "distack"
-    proc = boot_with_distack_proxy(n, tmp_path)
+    proc = boot_with_distack_proxy(n, tmp_path, proxy_env_text("baseline"))
     assert proc.returncode == 0, proc.stderr
-    settings = dict(line.split("=", 1) for line in (tmp_path / "proxy.env").read_text().splitlines())
+    settings = dict(shlex.split(line)[0].split("=", 1) for line in (tmp_path / "proxy.env").read_text().splitlines())
     assert (settings["DIPROXY_MODE"], settings["DIPROXY_ETCD"]) == ("standard", "10.42.0.10:8989")
     from diproxy.config import parse_settings
     proxy = parse_settings([], env=settings)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.userdata.conftest import SCRIPTS, find_fleet
+from tests.userdata.conftest import DISTACK_PROXY, SCRIPTS, find_fleet
 
 LEGACY = find_fleet(engine="neuron-connector", role="prefill")[0]
 LEGACY_COLOCATED = find_fleet(engine="neuron-connector", role="colocated")
@@ -109,7 +109,7 @@ def test_status_of_the_control_host(node):
 
 def test_status_of_a_control_host_with_the_distack_proxy_shows_its_shipper(node):
     n = node(LEGACY)
-    n.override(DI_PROXY="distack")
+    n.override(**DISTACK_PROXY)
     n.set("units-failed", "distack-proxy-shipper.service")
     status = json.loads(n.run("di-status").stdout)
     assert status["units"][1:] == [{"name": "distack-proxy.service", "state": "active"},

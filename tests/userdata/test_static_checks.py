@@ -22,6 +22,8 @@ ENGINES = sorted((SCRIPTS / "engines").glob("*.sh"))
 ENGINE_FUNCTIONS = {"engine_entrypoint", "engine_env", "engine_server_args", "engine_self_registers",
                     "engine_preflight", "engine_prepare", "engine_compile", "engine_kv_hold_seconds",
                     "engine_registry_fields"}
+# Optional control-host hooks: control.sh calls each one a module defines (lib/modules.sh run_engine_hook).
+ENGINE_HOOKS = {"engine_control_start"}
 # The accelerator modules, sourced by load_accelerator (lib/modules.sh): accelerator_* functions (and their helpers) only.
 ACCELERATORS = sorted((SCRIPTS / "accelerators").glob("*.sh"))
 ACCELERATOR_FUNCTIONS = {"accelerator_preflight", "accelerator_docker_args", "accelerator_probe_args",

@@ -48,10 +48,17 @@ load_accelerator() {
 #   engine_compile KEY         fill /data/compiled/KEY the engine's way (ops/compile.sh uploads it)
 #   engine_kv_hold_seconds ROLE   how long a server may keep a finished request's KV for a peer (ops/drain.sh waits)
 #   engine_registry_fields ROLE INDEX   extra JSON members of the etcd value di-register writes (",\"k\":v" or nothing)
+# and, optionally, its control-host hooks (load_engine_hooks):
+#   engine_control_start       on the control host after etcd and before the proxy, e.g. a side service its workers reach
 # Adding an engine means adding a file there; nothing else branches on DI_ENGINE. The accelerator module comes first
 # (an engine may run on more than one family and uses its functions).
 load_engine() {
   load_accelerator
+  load_engine_module
+}
+
+# load_engine_module: the engine's file alone (the control host has no accelerator).
+load_engine_module() {
   local file="$DI_SCRIPTS_DIR/engines/${DI_ENGINE:-}.sh" known
   if [[ -z ${DI_ENGINE:-} || ! -r $file ]]; then
     known=$(cd "$DI_SCRIPTS_DIR/engines" && printf '%s ' *.sh)
@@ -59,6 +66,11 @@ load_engine() {
   fi
   # shellcheck source=/dev/null
   . "$file"
+}
+
+# run_engine_hook NAME ARGS...: call the engine's optional hook NAME when its module defines it.
+run_engine_hook() {
+  if declare -F "$1" >/dev/null; then "$@"; fi
 }
 
 # kv_role ROLE: the kv_role a DI endpoint's --kv-transfer-config gives vLLM, whichever the connector.

@@ -133,7 +133,10 @@ class TransferNotices:
 
 
 class NotifyListener:
-    """The PULL socket LMCache's senders push to, in the proxy's event loop (zmq.asyncio)."""
+    """The PULL socket LMCache's senders push to, in the proxy's event loop (zmq.asyncio): engine lmcache's side
+    service (diproxy/protocols/base.py SideService)."""
+
+    name = "lmcache-notify"
 
     def __init__(self, host: str, port: int, notices: TransferNotices,
                  on_malformed: Callable[[], None] = lambda: None) -> None:

@@ -7,7 +7,7 @@ prompt's KV to a decoder's receiver), as LMCache's XpYd proxy speaks it, with Di
    "receiver_init_port", "receiver_alloc_port"}} naming that decoder's receiver (one init and one alloc port per
    decode TP rank). LMCache's sender pushes the KV there over NIXL; its answer (one token) is not shown.
 3. Transfer done: each of the sender's TP ranks reports the finished transfer with LMCache's ProxyNotif{req_id} on
-   the proxy's ZMQ PULL socket (--lmcache-notify-port, the senders' pd_proxy_port; diproxy/lmcache_notify.py).
+   the proxy's ZMQ PULL socket (--lmcache-notify-port, the senders' pd_proxy_port; notify.py beside this file).
    After prefill has answered, the request waits until --lmcache-decode-tp reports for its req_id arrived (reports
    that came before the answer count), at most --lmcache-transfer-timeout seconds. One report comes per PREFILL
    rank, and prefill rank r writes to the decoder's port of index r (pd_backend.py@07e07869,
@@ -20,7 +20,7 @@ prompt's KV to a decoder's receiver), as LMCache's XpYd proxy speaks it, with Di
 Both legs carry the same X-Request-Id; the disagg_spec's req_id is that id (new for every attempt). The KV went to
 one decoder, so a failure before the client's first byte, prefill's or decode's, retries the pair (untried workers
 first): a prefill failure is retried on another prefill worker, and a decode failure prefills again for the new
-decoder. Reports for an attempt nobody waits for any more expire (bounded; lmcache_notify.TransferNotices).
+decoder. Reports for an attempt nobody waits for any more expire (bounded; notify.TransferNotices).
 
 Receiver ports: the proxy knows a decode endpoint only by its etcd key (IP and HTTP port), so its receiver's ports
 follow from the HTTP port (receiver_ports; the node must generate the receiver's pd_peer_init_port/pd_peer_alloc_port
@@ -43,13 +43,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from aiohttp import web
 
 from diproxy import load
-from diproxy.lmcache_notify import TransferNotices
-from diproxy.protocols.base import EngineProtocol
+from diproxy.metrics import Counter, Metric
+from diproxy.protocols.base import EngineProtocol, SideService
+from diproxy.protocols.lmcache.notify import NotifyListener, TransferNotices
+from diproxy.protocols.lmcache.options import OPTIONS, LMCacheOptions
 from diproxy.protocols.nixl import answer_from_decode, decode_request, prefill_request
 from diproxy.routing import Call, Router, new_uid
 from diproxy.workers import DECODE, PREFILL, Worker
@@ -79,21 +81,42 @@ class LMCacheProtocol(EngineProtocol):
     summary = ("decode picked first, prefill (max_tokens 1) told its receiver in kv_transfer_params.disagg_spec, "
                "then the request to decode (LMCache XpYd over NIXL)")
 
+    options = OPTIONS
+    options_type = LMCacheOptions
+
     TIMEOUT_LOG_INTERVAL = 60.0
 
-    def __init__(self) -> None:
-        # LMCache's transfer-done reports, set by the proxy when its listener runs (diproxy/app.py); None: no wait.
+    def __init__(self, options: LMCacheOptions | None = None) -> None:
+        super().__init__(options or LMCacheOptions())
+        self.engine_options: LMCacheOptions
+        # LMCache's transfer-done reports, once the side service listens (side_services); None: no wait.
         self.notices: TransferNotices | None = None
+        self.listener: NotifyListener | None = None
+        self.transfer_timeouts = Counter(
+            "diproxy_lmcache_transfer_timeouts_total",
+            "LMCache: requests sent to decode before every decode TP rank's transfer-done report arrived "
+            "(--lmcache-transfer-timeout); decode recomputed what had not landed.")
         self._timeouts_unlogged = 0
         self._timeout_logged_at = float("-inf")
+
+    @property
+    def metrics(self) -> Sequence[Metric]:
+        return (self.transfer_timeouts,)
+
+    def side_services(self, host: str, count_error: Callable[[str], None]) -> Sequence[SideService]:
+        """The socket LMCache's senders report finished KV transfers to (notify.py)."""
+        self.notices = TransferNotices()
+        self.listener = NotifyListener(host, self.engine_options.notify_port, self.notices,
+                                       lambda: count_error("lmcache_notify_malformed"))
+        return (self.listener,)
 
     async def serve(self, router: Router, call: Call) -> web.StreamResponse:
         return await router.attempt(call, self.roles, lambda workers: self._pair(router, call, *workers))
 
     def spec_for(self, router: Router, uid: str, decode: Worker) -> dict[str, Any]:
-        s = router.settings
-        init_ports, alloc_ports = receiver_ports(decode.port, s.lmcache_decode_tp, s.lmcache_init_port_offset,
-                                                 s.lmcache_alloc_port_offset, s.lmcache_rank_port_stride)
+        o = self.engine_options
+        init_ports, alloc_ports = receiver_ports(decode.port, o.decode_tp, o.init_port_offset, o.alloc_port_offset,
+                                                 o.rank_port_stride)
         return disagg_spec(uid, decode.host, init_ports, alloc_ports)
 
     async def _pair(self, router: Router, call: Call, prefill: Worker, decode: Worker) -> web.StreamResponse:
@@ -112,18 +135,18 @@ class LMCacheProtocol(EngineProtocol):
         """Wait for every decode TP rank's transfer-done report for uid, bounded; never fails the request."""
         if self.notices is None:
             return
-        s = router.settings
-        needed = s.lmcache_decode_tp
-        got = await self.notices.wait(uid, needed, s.lmcache_transfer_timeout)
+        o = self.engine_options
+        needed = o.decode_tp
+        got = await self.notices.wait(uid, needed, o.transfer_timeout)
         if got >= needed:
             return
-        router.metrics.lmcache_transfer_timeouts.inc()
+        self.transfer_timeouts.inc()
         self._timeouts_unlogged += 1
         now = time.monotonic()
         if now - self._timeout_logged_at >= self.TIMEOUT_LOG_INTERVAL:
             log.warning("LMCache: %d request(s) went to decode without every KV transfer reported done within %.1f s "
                         "(latest %s: %d of %d reports); decode recomputes what did not land. Check the senders' "
                         "pd_proxy_host/pd_proxy_port and --lmcache-decode-tp", self._timeouts_unlogged,
-                        s.lmcache_transfer_timeout, uid, got, needed)
+                        o.transfer_timeout, uid, got, needed)
             self._timeouts_unlogged = 0
             self._timeout_logged_at = now
