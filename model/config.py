@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from model import catalog, engines, images, naming, proxies
+from model.control_plane import DEFAULT_CONTROL_TYPE, ControlPlaneConfig
 from model.scaling_config import DrainConfig, ScalingConfig, ScheduledActionConfig, WarmPoolConfig
 
 # The default worker image: the default engine's newest catalog image (model/images.py).
@@ -296,8 +297,9 @@ class FleetConfig(_Model):
 class ControlHostConfig(_Model):
     """The small host that runs etcd and the proxy."""
 
-    instance_type: str = Field(default="m5.xlarge", pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$",
-                               description="EC2 type of the control host (no Neuron needed), e.g. m5.xlarge.")
+    instance_type: str = Field(default=DEFAULT_CONTROL_TYPE, pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$",
+                               description="EC2 type of the control hosts (no Neuron needed), one whose traffic "
+                                           "Nitro encrypts in transit (model/control_plane.py), e.g. m7i.xlarge.")
     root_volume_gib: int = Field(default=100, ge=30, le=16384,
                                  description="Holds the DLC image the proxy runs from (tens of GiB).")
     etcd_volume_gib: int = Field(default=20, ge=1, le=16384,
@@ -403,6 +405,8 @@ class _Deployment(_Model):
                                 "accepts (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, ...).")
     bootstrap: BootstrapConfig = Field(default=BootstrapConfig(),
                                        description="How long CloudFormation waits for the nodes' bootstrap.")
+    control_plane: ControlPlaneConfig = Field(default_factory=ControlPlaneConfig,
+                                              description="Control hosts, TLS and the load balancer clients call.")
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig,
                                          description="Dashboard and alarms: alarm email, TTFT SLO, thresholds.")
 

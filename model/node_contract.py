@@ -52,7 +52,7 @@ TYPES: Mapping[str, Callable[[str], bool]] = {
 @dataclass(frozen=True)
 class Key:
     """One key of a node file: its type, the files (repository paths) that read it, for which nodes it is written
-    (worker, control), whether it may be empty, and what it means."""
+    (worker, control), whether it may be empty or left out (written only where it applies), and what it means."""
 
     name: str
     type: str
@@ -60,6 +60,7 @@ class Key:
     doc: str
     nodes: tuple[str, ...] = (WORKER, CONTROL)
     optional: bool = False
+    always: bool = True
 
     @property
     def file(self) -> str:
@@ -74,9 +75,9 @@ class Key:
 
 
 def key(name: str, type_: str, consumers: str, doc: str, *, nodes: tuple[str, ...] = (WORKER, CONTROL),
-        optional: bool = False) -> Key:
+        optional: bool = False, always: bool = True) -> Key:
     """A Key with its consumers as one space-separated string (the declarations below stay one line each)."""
-    return Key(name, type_, tuple(consumers.split()), doc, nodes, optional)
+    return Key(name, type_, tuple(consumers.split()), doc, nodes, optional, always)
 
 
 W, C = (WORKER,), (CONTROL,)
@@ -127,16 +128,20 @@ WORKER_ONLY: tuple[Key, ...] = (
     key("DI_PYTHONHASHSEED", "text", U + "engines/nixl.sh " + U + "engines/lmcache.sh",
         "PYTHONHASHSEED every node sets (engine lmcache)", nodes=W, optional=True),
     key("DI_MIN_DATA_GB", "int", U + "worker.sh", "local NVMe the worker needs", nodes=W),
-    key("DI_LAUNCH_HOOK", "text", U + "di-bootstrap " + U + "di-lifecycle", "the launch lifecycle hook", nodes=W),
+    key("DI_LAUNCH_HOOK", "text", U + "di-bootstrap " + U + "di-lifecycle", "the launch lifecycle hook"),
     key("DI_TERMINATION_HOOK", "text", U + "di-lifecycle", "the termination lifecycle hook", nodes=W),
     key("DI_DRAIN_TIMEOUT_SECONDS", "int", U + "di-lifecycle " + U + "ops/drain.sh", "longest drain", nodes=W),
 )
 
 # The control host's node.env (model/node_values.py control_values).
 CONTROL_ONLY: tuple[Key, ...] = (
-    key("DI_CONTROL_ADDRESS", "text", U + "control.sh " + U + "di-status", "the fixed address", nodes=C),
-    key("DI_CONTROL_ENI", "text", U + "control.sh", "the interface taken over at boot", nodes=C),
-    key("DI_ETCD_VOLUME", "text", U + "control.sh", "the retained etcd volume", nodes=C),
+    # Empty with several control hosts: each claims a slot of DI_CONTROL_SLOTS at boot (userdata/lib/members.sh).
+    key("DI_CONTROL_ADDRESS", "text", U + "control.sh " + U + "di-status", "the fixed address", nodes=C,
+        optional=True),
+    key("DI_CONTROL_ENI", "text", U + "control.sh", "the interface taken over at boot", nodes=C, optional=True),
+    key("DI_ETCD_VOLUME", "text", U + "control.sh", "the retained etcd volume", nodes=C, optional=True),
+    key("DI_CONTROL_SLOTS", "words", U + "lib/members.sh", "every member's interface,volume,address (several hosts)",
+        nodes=C, always=False),
     key("DI_ETCD_IMAGE", "text", U + "control.sh " + U + "di-run", "etcd's pinned image", nodes=C),
     key("DI_ETCD_PEER_PORT", "int", U + "di-run", "etcd's peer port", nodes=C),
     key("DI_PROXY_UNITS", "words", U + "control.sh " + U + "di-status " + U + "di-restart",
@@ -189,6 +194,9 @@ LOCAL_KNOBS: tuple[Knob, ...] = (
     knob("DI_RUN_DIR", "lib/node.sh", "runtime state, gone after a stop"),
     knob("DI_STATE_DIR", "lib/node.sh", "state that survives a stop"),
     knob("DI_DATA_DIR", "lib/node.sh", "the model and compiled-artifact volume"),
+    knob("DI_MEMBER_ENV", "lib/members.sh", "the etcd member slot this control host claimed"),
+    knob("DI_ETCD_MEMBER", "lib/members.sh", "that member's name, set when the slot is claimed"),
+    knob("DI_ETCDCTL", "lib/members.sh", "a local etcdctl instead of the pinned image's"),
     knob("DI_DATA_ON_ROOT", "worker.sh", "1: keep data on the root volume"),
     knob("DI_DEV_ROOT", "lib/node.sh", "where device nodes are"),
     knob("DI_KV_LOCK", "lib/node.sh", "NeuronConnector's stale lock file"),
@@ -234,8 +242,8 @@ def problems(node: str, file: str, values: Mapping[str, str], engine_keys: Itera
     keys = declared(node, file, engine_keys)
     found = [f"{name} is not declared in model/node_contract.py (nor by the engine)" for name in sorted(values)
              if name not in keys]
-    found += [f"{name} is declared for the {node}'s {file} but not produced" for name in sorted(keys)
-              if name not in values]
+    found += [f"{name} is declared for the {node}'s {file} but not produced" for name, k in sorted(keys.items())
+              if k.always and name not in values]
     found += [f"{name}={values[name]!r} is not of type {k.type}" for name, k in sorted(keys.items())
               if name in values and not k.accepts(str(values[name]))]
     return found

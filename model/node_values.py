@@ -4,9 +4,9 @@ plus the deploy-time references (addresses, bucket, log groups) the stack hands 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
-from model import catalog, naming, node_contract
+from model import catalog, control_plane, naming, node_contract
 from model.config import DeploymentConfig
 from model.node_contract import CONTROL, NODE_ENV, PROXY_ENV, WORKER
 
@@ -107,23 +107,35 @@ def min_data_gb(config: DeploymentConfig) -> int:
     return max(MIN_DATA_GB_FLOOR, int(billions * 2 * 3))
 
 
-def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_interface_id: str,
-                   etcd_volume_id: str, signal_resource: str = "") -> dict[str, str]:
-    """The control host's node.env: the interface and volume it takes over at boot, and which proxy it runs."""
+def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_interface_id: str = "",
+                   etcd_volume_id: str = "", signal_resource: str = "",
+                   members: Sequence[tuple[str, str, str]] = (), api_key_secret: str | None = None) -> dict[str, str]:
+    """A control host's node.env: the interface and volume it takes over at boot (with several control hosts, every
+    member's slot, which it claims one of: model/control_plane.py), which proxy it runs and its API key's secret.
+
+    ``members`` are every control-plane member's (interface, etcd volume, address) in member order; without them, one
+    host with NETWORK_INTERFACE_ID, ETCD_VOLUME_ID and the deployment's control address. ``api_key_secret`` names a
+    key the stack generated, which wins over the config's."""
+    members = tuple(members) or ((network_interface_id, etcd_volume_id, refs.control_address),)
+    interface, volume, address = members[0]
     return node_contract.checked(CONTROL, NODE_ENV, {
         **common_values(config, refs),
         "DI_ROLE": naming.ROLE_CONTROL,
         "DI_FLEET": naming.ROLE_CONTROL,
-        "DI_CONTROL_ADDRESS": refs.control_address,
-        "DI_CONTROL_ENI": network_interface_id,
-        "DI_ETCD_VOLUME": etcd_volume_id,
+        "DI_CONTROL_ADDRESS": address,
+        "DI_CONTROL_ENI": interface,
+        "DI_ETCD_VOLUME": volume,
         "DI_ETCD_IMAGE": ETCD_IMAGE,
         "DI_ETCD_PEER_PORT": str(naming.ETCD_PEER_PORT),
         "DI_SIGNAL_RESOURCE": signal_resource,
+        # The control hosts complete their launch hook once etcd and the proxy serve (components/control_host.py).
+        "DI_LAUNCH_HOOK": naming.LAUNCH_HOOK,
         # The proxy's systemd units, the serving one first (model/proxies.py), for control.sh, di-status, di-restart.
         "DI_PROXY_UNITS": " ".join(config.proxy_kind.units),
         "DI_PROXY_PACKAGE_URL": refs.proxy_package_url,
-        "DI_PROXY_API_KEY_SECRET": config.proxy_api_key_secret or "",
+        "DI_PROXY_API_KEY_SECRET": api_key_secret or config.proxy_api_key_secret or "",
+        # Several members: each one's slot, and this host's own etcd member on loopback.
+        **control_plane.control_plane_values(len(members), list(members)),
     }, ())
 
 

@@ -10,7 +10,7 @@ import ipaddress
 import re
 from typing import Iterator
 
-from model import catalog, engines, images, naming, scaling_rules
+from model import catalog, engines, images, naming, scaling_rules, security_rules
 from model.config import LOG_RETENTION_DAYS, DeploymentConfig, FleetConfig, ResolvedEndpoint
 from model.engines.base import set_value
 from model.problems import Problem, skip_unusable
@@ -30,6 +30,7 @@ def check(config: DeploymentConfig, *, file_stem: str | None = None) -> list[Pro
     problems += skip_unusable(_name(config, file_stem))
     problems += skip_unusable(_region_and_zone(config))
     problems += skip_unusable(_network(config))
+    problems += security_rules.check(config)
     problems += skip_unusable(_engine(config))
     problems += skip_unusable(_model_size(config))
     problems += skip_unusable(_proxy(config))
@@ -86,16 +87,7 @@ def _network(config: DeploymentConfig) -> Iterator[Problem]:
     except ValueError as err:
         yield Problem("network.vpc_cidr", f"'{net.vpc_cidr}' is not an IPv4 network ({err})",
                       "use for example 10.42.0.0/16")
-    for i, cidr in enumerate(net.allowed_client_cidrs):
-        path = f"network.allowed_client_cidrs[{i}]"
-        try:
-            network = ipaddress.IPv4Network(cidr)
-        except ValueError as err:
-            yield Problem(path, f"'{cidr}' is not an IPv4 network ({err})", "write it as a.b.c.d/len, e.g. 10.0.0.0/8")
-            continue
-        if network.prefixlen == 0:
-            yield Problem(path, "the proxy must not be open to the whole internet",
-                          "list your clients' networks, or leave the list empty and use `dictl tunnel`")
+    # Client networks: model/security_rules.py.
     if config.control_host.private_ip is not None and not net.existing:
         try:
             inside = ipaddress.IPv4Address(config.control_host.private_ip) in ipaddress.IPv4Network(net.vpc_cidr)

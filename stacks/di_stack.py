@@ -8,10 +8,11 @@ import aws_cdk as cdk
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from model import naming, node_values, scaling_config, serving_time
+from model import control_plane, naming, node_values, scaling_config, serving_time
 from stacks import userdata
 from stacks.components.artifacts import Artifacts
 from stacks.components.control_host import ControlHost, ControlState
+from stacks.components.edge import Edge
 from stacks.components.monitoring import Monitoring
 from stacks.components.network import Network
 from stacks.components.node_role import NodeRole
@@ -75,8 +76,9 @@ class DiStack(cdk.Stack):
             nag.acknowledge_node_role(roles[role_id], bucket, prefixes)
         worker_role, control_role = roles["WorkerRole"], roles["ControlRole"]
         nag.acknowledge_control_role(control_role, publishes_metrics=config.runs_distack_proxy)
-        worker_role.allow_lifecycle(config.name)
-        nag.acknowledge_worker_lifecycle(worker_role)
+        for role in (worker_role, control_role):
+            role.allow_lifecycle(config.name)
+            nag.acknowledge_worker_lifecycle(role)
         nag.acknowledge_bucket(bucket)
         nag.acknowledge_scaling_groups(self)
 
@@ -88,8 +90,14 @@ class DiStack(cdk.Stack):
         kv_alarms.allow_efa_metrics(worker_role, config)
         control_role.allow_metrics_agent(node_metrics.control_parameters(), node_metrics.log_group)
 
-        state = ControlState(self, "ControlState", control=config.control_host, subnet=network.subnet,
+        hosts = control_plane.control_hosts(config)
+        state = ControlState(self, "ControlState", control=config.control_host, hosts=hosts, subnet=network.subnet,
                              security_group=security.control_group)
+        edge = Edge(self, "Edge", config=config, vpc=network.vpc, subnet=network.subnet,
+                    control_group=security.control_group, worker_group=security.worker_group)
+        nag.acknowledge_edge(edge)
+        if edge.generated_api_key is not None:
+            edge.generated_api_key.grant_read(control_role.role)
         proxy_package = None
         if config.runs_distack_proxy:
             proxy_package = userdata.proxy_package_asset(self, "ProxyPackage")
@@ -98,7 +106,10 @@ class DiStack(cdk.Stack):
             if self.artifacts.proxy_api_key_secret is not None:
                 control_role.allow_secret(self.artifacts.proxy_api_key_secret)
         refs = node_values.DeploymentRefs(
-            stack_name=self.stack_name, control_address=state.address, bucket_name=bucket.bucket_name,
+            stack_name=self.stack_name, bucket_name=bucket.bucket_name,
+            # Workers' etcd: through the load balancer to every member, or the one control host's fixed address.
+            control_address=edge.load_balancer.load_balancer_dns_name if edge.etcd_endpoint
+            else state.members[0].address,
             node_log_group=groups["nodes"].log_group_name, container_log_group=groups["containers"].log_group_name,
             scripts_url=scripts.s3_object_url,
             proxy_package_url=proxy_package.s3_object_url if proxy_package else "")
@@ -107,13 +118,15 @@ class DiStack(cdk.Stack):
         control_tags = self._role_tags(naming.ROLE_CONTROL, naming.ROLE_CONTROL)
         cdk.Tags.of(state).add(naming.TAG_ROLE, naming.ROLE_CONTROL)
         control_env = node_values.control_values(
-            config, refs, network_interface_id=state.network_interface.ref,
-            etcd_volume_id=state.etcd_volume.volume_id, signal_resource=control_signal.logical_id)
+            config, refs, signal_resource=control_signal.logical_id,
+            members=[(m.network_interface.ref, m.etcd_volume.volume_id, m.address) for m in state.members],
+            api_key_secret=edge.generated_api_key.secret_arn if edge.generated_api_key is not None else None)
         self.control_host = ControlHost(
             self, "ControlHost", control=config.control_host, state=state, node_role=control_role,
             user_data=userdata.render(control_env, node_values.proxy_values(config, control_env)),
-            tags=control_tags)
-        control_signal.bind(self.control_host.auto_scaling_group, count=1, timeout_minutes=timeout)
+            tags=control_tags, target_group_arns=edge.target_group_arns)
+        control_signal.bind(self.control_host.auto_scaling_group, count=hosts, timeout_minutes=timeout)
+        self.edge = edge
 
         # The stack's own cluster placement group, unless the config names an existing one (where an On-Demand
         # Capacity Reservation may have been created) or no fleet uses one.
@@ -149,16 +162,16 @@ class DiStack(cdk.Stack):
             fleet_group_names={name: fleet.auto_scaling_group.ref for name, fleet in self.fleets.items()},
             node_log_group=groups["nodes"],
             pool_alarms_after=[fleet.auto_scaling_group for fleet in self.fleets.values()])
-        self._outputs(config, state.address)
+        self._outputs(config, edge.proxy_url, refs.control_address)
 
     def _role_tags(self, role: str, fleet: str) -> dict[str, str]:
         return {naming.TAG_DEPLOYMENT: self.deployment, naming.TAG_ROLE: role, naming.TAG_FLEET: fleet}
 
-    def _outputs(self, config: DeploymentConfig, address: str) -> None:
+    def _outputs(self, config: DeploymentConfig, proxy_url: str, etcd_host: str) -> None:
         groups = self.artifacts.log_groups
         outputs = {
-            naming.OUTPUT_PROXY_URL: (f"http://{address}:{naming.PROXY_PORT}", "OpenAI-compatible endpoint"),
-            naming.OUTPUT_ETCD_ADDRESS: (f"{address}:{naming.ETCD_CLIENT_PORT}", "Worker registry (etcd)"),
+            naming.OUTPUT_PROXY_URL: (proxy_url, "OpenAI-compatible endpoint (the internal load balancer)"),
+            naming.OUTPUT_ETCD_ADDRESS: (f"{etcd_host}:{naming.ETCD_CLIENT_PORT}", "Worker registry (etcd)"),
             naming.OUTPUT_BUCKET: (self.artifacts.bucket.bucket_name, "Compiled models, weights, bench, logs"),
             naming.OUTPUT_NODE_LOG_GROUP: (groups["nodes"].log_group_name, "Bootstrap and node script logs"),
             naming.OUTPUT_CONTAINER_LOG_GROUP: (groups["containers"].log_group_name, "vLLM, proxy and etcd logs"),

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model import node_values  # noqa: E402
+from model import control_plane, node_values  # noqa: E402
 from model.loader import CONFIG_DIR, load_environment  # noqa: E402
 from model.node_contract import env_file  # noqa: E402
 
@@ -36,8 +36,9 @@ def render(env: str) -> dict[str, str]:
     """File name -> content of one environment's node files."""
     config = load_environment(env, warn=lambda _: None)
     deployment = refs(config.stack_name)
-    control = node_values.control_values(config, deployment, network_interface_id="<control-eni>",
-                                         etcd_volume_id="<etcd-volume>", signal_resource="<control-group>")
+    hosts = control_plane.control_hosts(config)
+    members = [(f"<control-eni-{i}>", f"<etcd-volume-{i}>", f"<control-address-{i}>") for i in range(hosts)]
+    control = node_values.control_values(config, deployment, members=members, signal_resource="<control-group>")
     files = {"control.node.env": env_file(control)}
     proxy = node_values.proxy_values(config, control)
     if proxy is not None:

@@ -10,6 +10,7 @@ DI_LIB_DIR=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib
 . "$DI_LIB_DIR/imds.sh"
 . "$DI_LIB_DIR/report.sh"
 . "$DI_LIB_DIR/metrics.sh"
+. "$DI_LIB_DIR/members.sh"
 . "$DI_LIB_DIR/modules.sh"
 
 DI_ETCD_MOUNT=${DI_ETCD_MOUNT:-/var/lib/di-etcd}
@@ -72,6 +73,30 @@ attach_interface() {
   wait_until "$ATTACH_WAIT_SECONDS" "$ATTACH_WAIT_SLEEP" "address $DI_CONTROL_ADDRESS up" address_present ||
     fail "interface $DI_CONTROL_ENI attached but $DI_CONTROL_ADDRESS never came up"
   log "serving address $DI_CONTROL_ADDRESS on $DI_CONTROL_ENI"
+}
+
+# try_claim INSTANCE_ID: claim the slot whose interface is attached here, else attach the first free one.
+try_claim() {
+  local index eni volume address
+  while read -r index eni volume address; do
+    DI_CONTROL_ENI=$eni
+    if eni_attached_here "$1"; then use_slot "$index" "$eni" "$volume" "$address"; return 0; fi
+  done < <(slots)
+  while read -r index eni volume address; do
+    DI_CONTROL_ENI=$eni
+    if eni_try_attach "$1"; then use_slot "$index" "$eni" "$volume" "$address"; return 0; fi
+  done < <(slots)
+  return 1
+}
+
+# claim_member: with DI_CONTROL_SLOTS, become one member (its interface attached); without, nothing to do.
+claim_member() {
+  [[ -n ${DI_CONTROL_SLOTS:-} ]] || return 0
+  local id
+  id=$(instance_id) || fail "cannot read the instance ID from instance metadata"
+  wait_until "$ATTACH_WAIT_SECONDS" "$ATTACH_WAIT_SLEEP" "a free control-plane member slot" try_claim "$id" ||
+    fail "no control-plane member slot is free (every member interface is attached to another host)"
+  log "this host is etcd member $DI_ETCD_MEMBER at $DI_CONTROL_ADDRESS ($DI_CONTROL_ENI, $DI_ETCD_VOLUME)"
 }
 
 volume_state() {
@@ -192,6 +217,7 @@ start_distack_proxy() {
 
 control_main() {
   install_docker
+  claim_member
   attach_interface
   attach_etcd_volume
   # Both modes and engines: DI workers register through NeuronConnector or di-register, standard ones through di-register.
