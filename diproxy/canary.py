@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import aiohttp
 
+from diproxy.config import HostPort
 from diproxy.etcd_gateway import EtcdGateway
 from diproxy.protocols.nixl import KV_TRANSFER_PARAMS, decode_request, prefill_request
 from diproxy.registry import parse_worker_key
@@ -56,13 +57,8 @@ PUBLISHED = {MATCH: ("Deployment", "Pair"), MISMATCHES: ("Deployment",), CHECKS:
              ERRORS: ("Deployment",), SKIPPED: ("Deployment",)}
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+# A worker endpoint as the proxy's settings spell one (HOST:PORT).
+Endpoint = HostPort
 
     @property
     def base_url(self) -> str:

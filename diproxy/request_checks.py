@@ -100,6 +100,16 @@ def _messages_problems(messages: Any) -> list[str]:
     return [f"messages[{bad[0]}] must be an object with a string role"] if bad else []
 
 
+def _positive_int(body: dict[str, Any], field: str, bound: int, above: str) -> list[str]:
+    """The problem with BODY[FIELD] as a positive integer at most BOUND (none when absent)."""
+    value = body.get(field)
+    if value is None:
+        return []
+    if not _is_int(value) or value < 1:
+        return [f"{field} must be a positive integer"]
+    return [f"{field} {value} is {above}"] if value > bound else []
+
+
 def check(path: str, body: dict[str, Any], limits: RequestLimits) -> None:
     """Raise one 400 listing every problem of BODY for PATH (/v1/completions or /v1/chat/completions)."""
     problems: list[str] = []
@@ -113,21 +123,10 @@ def check(path: str, body: dict[str, Any], limits: RequestLimits) -> None:
     if options is not None and not isinstance(options, dict):
         problems.append("stream_options must be an object")
     for field in ("n", "best_of"):
-        value = body.get(field)
-        if value is None:
-            continue
-        if not _is_int(value) or value < 1:
-            problems.append(f"{field} must be a positive integer")
-        elif value > limits.max_n:
-            problems.append(f"{field} {value} is above {limits.max_n}{limits.n_reason}")
+        problems += _positive_int(body, field, limits.max_n, f"above {limits.max_n}{limits.n_reason}")
     for field in ("max_tokens", "max_completion_tokens"):
-        value = body.get(field)
-        if value is None:
-            continue
-        if not _is_int(value) or value < 1:
-            problems.append(f"{field} must be a positive integer")
-        elif value > limits.max_model_len:
-            problems.append(f"{field} {value} is above the model's max_model_len {limits.max_model_len}")
+        problems += _positive_int(body, field, limits.max_model_len,
+                                  f"above the model's max_model_len {limits.max_model_len}")
     for field, value in body.items():
         if isinstance(value, float) and not math.isfinite(value):  # only reachable for bodies built in Python
             problems.append(f"{field} must be a finite number")
