@@ -57,8 +57,8 @@ PUBLISHED = {MATCH: ("Deployment", "Pair"), MISMATCHES: ("Deployment",), CHECKS:
              ERRORS: ("Deployment",), SKIPPED: ("Deployment",)}
 
 
-# A worker endpoint as the proxy's settings spell one (HOST:PORT).
-Endpoint = HostPort
+class Endpoint(HostPort):
+    """A worker endpoint: the proxy's HOST:PORT, and where its HTTP API is."""
 
     @property
     def base_url(self) -> str:
