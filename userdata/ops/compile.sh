@@ -9,6 +9,9 @@ DI_LIB_DIR=${DI_LIB_DIR:-/opt/di/lib}
 . "$DI_LIB_DIR/node.sh"
 . "$DI_LIB_DIR/s3.sh"
 . "$DI_LIB_DIR/checksums.sh"
+# Named explicitly: looked up by its name in this folder, it would be this script itself, and shellcheck would
+# follow it into itself over and over.
+# shellcheck source=../lib/compile.sh
 . "$DI_LIB_DIR/compile.sh"
 . "$DI_LIB_DIR/modules.sh"
 
