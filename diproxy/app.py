@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import signal
 import time
 from typing import Any, AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
-from diproxy.auth import bearer_matches
-from diproxy.config import Settings
+from diproxy.admission import Admission
+from diproxy.auth import ApiKeySource, bearer_matches
+from diproxy.config import DI_MAX_N_REASON, Settings, request_body_limit
 from diproxy.errors import ClientFacingError, error_response
 from diproxy.etcd_access import etcd_access
 from diproxy.etcd_gateway import EtcdGateway
@@ -20,13 +23,21 @@ from diproxy.metrics import ProxyMetrics
 from diproxy.protocols import protocol_for
 from diproxy.protocols.base import SideService
 from diproxy.registry import EtcdDiscovery, WorkerRegistry, add_static
+from diproxy.request_checks import RequestLimits, check, parse_body
 from diproxy.routing import Router
+from diproxy.worker_policy import WorkerPolicy
 from diproxy.workers import make_selector
 
 log = logging.getLogger(__name__)
 
 COMPLETION_PATHS = ("/v1/completions", "/v1/chat/completions")
 STATE = web.AppKey("state", object)
+# The errors metric's kind for each refusal (None: the refusal's own code, proxy_at_capacity or client_at_capacity).
+REFUSAL_KINDS = {400: "bad_request", 413: "request_too_large", 429: None}
+# Who may read /metrics without the API key: the metrics shipper beside the proxy, which scrapes 127.0.0.1
+# (diproxy/shipper/settings.py --metrics-url). /metrics names every worker's address, so anyone else needs the key,
+# and with no key configured nobody else may read it.
+LOCAL_SCRAPERS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
 class ProxyState:
@@ -34,7 +45,8 @@ class ProxyState:
 
     def __init__(self, settings: Settings, api_key: str | None) -> None:
         self.settings = settings
-        self.api_key = api_key
+        self.keys = ApiKeySource(api_key, settings.api_key_secret, settings.api_key_file, settings.aws_region)
+        self.local_scrapers = LOCAL_SCRAPERS
         self.started = time.time()
         self.session: aiohttp.ClientSession | None = None
         self.registry: WorkerRegistry | None = None
@@ -45,8 +57,19 @@ class ProxyState:
                                     self.protocol.name, tuple(self.protocol.phases),
                                     engine_metrics=self.protocol.metrics)
         self.tasks: list[asyncio.Task] = []
+        self.limits = RequestLimits(settings.max_model_len, max_n=settings.max_n,
+                                    n_reason=DI_MAX_N_REASON if settings.mode == "di" else "")
+        self.admission = Admission(settings.max_in_flight, settings.max_in_flight_per_client, settings.retry_after)
+        self.worker_policy = WorkerPolicy(settings.worker_networks, settings.max_workers,
+                                          on_refused=self.metrics.errors.inc)
+        self._reload_key = asyncio.Event()
+        self._sighup = False
         # What the engine runs beside the proxy for its workers (diproxy/protocols/base.py SideService).
         self.side_services: list[SideService] = []
+
+    @property
+    def api_key(self) -> str | None:
+        return self.keys.key
 
     def _pool_sizes(self) -> dict[tuple[str, ...], float]:
         sizes: dict[tuple[str, ...], float] = {}
@@ -89,13 +112,31 @@ class ProxyState:
             gateway = EtcdGateway(self.session, s.etcd.host, s.etcd.port, request_timeout=max(s.connect_timeout, 2.0),
                                   **etcd_access(s))
             self.discovery = EtcdDiscovery(self.registry, gateway, s.etcd_prefix, s.resync_interval,
-                                           s.etcd_retry_interval, standard=s.mode == "standard")
+                                           s.etcd_retry_interval, standard=s.mode == "standard",
+                                           policy=self.worker_policy)
             self.tasks.append(asyncio.create_task(self.discovery.run(), name="etcd-discovery"))
         self.tasks.append(asyncio.create_task(self.registry.run_health_checks(), name="health-checks"))
         self.tasks += [asyncio.create_task(service.run(), name=service.name) for service in self.side_services]
         self.router = Router(s, self.registry, self.session, self.metrics, make_selector(s.selection), self.protocol)
+        if self.keys.reloadable:
+            self.tasks.append(asyncio.create_task(self._reload_api_key(), name="api-key-reload"))
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_key.set)
+                self._sighup = True
+
+    async def _reload_api_key(self) -> None:
+        """Re-read the key every --api-key-reload-interval, and at once on SIGHUP (`systemctl reload`, or
+        `kill -HUP`): a rotated secret takes effect without a restart, so no stream is dropped."""
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._reload_key.wait(), self.settings.api_key_reload_interval)
+            self._reload_key.clear()
+            await asyncio.to_thread(self.keys.reload)
 
     async def stop(self) -> None:
+        if self._sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            self._sighup = False
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -129,6 +170,23 @@ async def _errors_and_auth(request: web.Request, handler: Any) -> web.StreamResp
         return exc.response()
 
 
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The body, or a 413 in the API's error shape (aiohttp's own is plain text) once it passes the limit."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ClientFacingError(413, f"request body is larger than {limit} bytes, the limit for this model's context "
+                                "length; send fewer or shorter prompts per request", "invalid_request_error",
+                                "request_too_large") from None
+
+
+def _client(request: web.Request) -> str:
+    """Who the per-client cap counts: the connection's peer. The load balancer preserves client addresses on the
+    proxies' target group (stacks/components/edge.py), so this is the client, never a forwarded header anyone may
+    write."""
+    return request.remote or "unknown"
+
+
 async def completions(request: web.Request) -> web.StreamResponse:
     state: ProxyState = request.app[STATE]
     assert state.router is not None
@@ -136,19 +194,17 @@ async def completions(request: web.Request) -> web.StreamResponse:
     state.metrics.in_flight += 1
     status = 500
     try:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            state.metrics.errors.inc("bad_request")
-            raise ClientFacingError(400, "request body must be a JSON object", "invalid_request_error",
-                                    "invalid_json")
-        response = await state.router.handle(request, body)
+        # Refused before the body is read: a client over its cap costs no memory and no parsing.
+        with state.admission.admit(_client(request)):
+            body = parse_body(await _read_body(request, request.app[BODY_LIMIT]), request.charset)
+            check(request.path, body, state.limits)
+            response = await state.router.handle(request, body)
         status = response.status
         return response
     except ClientFacingError as exc:
         status = exc.status
+        if status in REFUSAL_KINDS:
+            state.metrics.errors.inc(REFUSAL_KINDS[status] or exc.code)
         raise
     finally:
         state.metrics.in_flight -= 1
@@ -171,6 +227,11 @@ async def ready(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state: ProxyState = request.app[STATE]
+    if not _local_scraper(state, request.remote) and not (
+            state.api_key and bearer_matches(request.headers.get("Authorization"), state.api_key)):
+        state.metrics.errors.inc("metrics_refused")
+        return error_response(403, "/metrics names the workers' addresses: send the API key, or scrape it on the "
+                              "proxy's host (127.0.0.1)", "permission_error", "metrics_refused")
     return web.Response(text=state.metrics.render(), content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 
@@ -190,9 +251,22 @@ async def models(request: web.Request) -> web.StreamResponse:
     raise ClientFacingError(502, "worker did not answer /v1/models", "upstream_error", "upstream_connect")
 
 
+def _local_scraper(state: ProxyState, remote: str | None) -> bool:
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:  # a Unix socket has no address
+        return False
+    return any(address in network for network in state.local_scrapers)
+
+
+BODY_LIMIT = web.AppKey("body_limit", int)
+
+
 def build_app(settings: Settings, api_key: str | None = None) -> web.Application:
-    app = web.Application(middlewares=[_errors_and_auth], client_max_size=settings.max_request_bytes,
+    limit = request_body_limit(settings)
+    app = web.Application(middlewares=[_errors_and_auth], client_max_size=limit,
                           handler_args={"tcp_keepalive": True})
+    app[BODY_LIMIT] = limit
     app[STATE] = ProxyState(settings, api_key)
     app.cleanup_ctx.append(_lifecycle)
     for path in COMPLETION_PATHS:

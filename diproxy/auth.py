@@ -1,10 +1,14 @@
-"""Client API key: loaded once at start from Secrets Manager or a file, checked as a Bearer token."""
+"""Client API key: loaded at start from Secrets Manager or a file, re-read while the proxy runs (ApiKeySource), and
+checked as a Bearer token."""
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # The JSON keys a secret may hold the key under (the console's key/value form); userdata/lib/secrets.sh reads the same ones.
 SECRET_FIELDS = ("api_key", "apiKey", "API_KEY", "key")
@@ -63,3 +67,35 @@ def bearer_matches(header: str | None, api_key: str) -> bool:
     if not header or not header.startswith("Bearer "):
         return False
     return hmac.compare_digest(header[len("Bearer "):].strip().encode(), api_key.encode())
+
+
+class ApiKeySource:
+    """The key in force and where it comes from. `reload()` re-reads it: a rotated secret or a rewritten file takes
+    effect for the next request, while requests already admitted (streams included) go on, since the key is checked
+    once, when a request arrives. A source that cannot be read keeps the key in force: a passing Secrets Manager error
+    must not lock every client out, and the error is logged."""
+
+    def __init__(self, key: str | None, secret_id: str | None = None, key_file: str | None = None,
+                 region: str | None = None) -> None:
+        self.key = key
+        self._secret_id, self._key_file, self._region = secret_id, key_file, region
+        self.reloads = 0
+
+    @property
+    def reloadable(self) -> bool:
+        return bool(self._secret_id or self._key_file)
+
+    def reload(self) -> bool:
+        """Read the source again (blocking: run it off the event loop); True when the key changed."""
+        try:
+            key = load_api_key(self._secret_id, self._key_file, self._region)
+        except ApiKeyError as exc:
+            log.error("API key not reloaded, the previous one stays in force: %s", exc)
+            return False
+        finally:
+            self.reloads += 1
+        if key == self.key:
+            return False
+        self.key = key
+        log.info("API key reloaded: a new key is in force")
+        return True

@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import aiohttp
 
-from diproxy.config import HostPort
+from diproxy.config import HostPort, parse_host_ports
 from diproxy.etcd_gateway import EtcdGateway
 from diproxy.protocols.nixl import KV_TRANSFER_PARAMS, decode_request, prefill_request
 from diproxy.registry import parse_worker_key
@@ -173,8 +173,10 @@ class Canary:
 
 async def registered(session: aiohttp.ClientSession, etcd: str, prefix: str) -> tuple[list[Endpoint], list[Endpoint]]:
     """The prefill and decode endpoints registered in etcd, as the proxy finds them (diproxy/registry.py)."""
-    host, _, port = etcd.rpartition(":")
-    pairs, _ = await EtcdGateway(session, host, int(port)).get_prefix(prefix)
+    # HOST:PORT[,HOST:PORT...] as proxy.env lists the members: the first, then the others in turn.
+    first, *others = parse_host_ports(etcd)
+    pairs, _ = await EtcdGateway(session, first.host, first.port,
+                                 others=[(m.host, m.port) for m in others]).get_prefix(prefix)
     found: dict[str, list[Endpoint]] = {PREFILL: [], DECODE: []}
     for kv in pairs:
         key = parse_worker_key(kv.key, prefix)
@@ -206,7 +208,7 @@ def _client(region: str | None) -> Any:
 def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m diproxy.canary", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=env.get("DI_MODEL_ID"), help="served model id (default: DI_MODEL_ID)")
-    parser.add_argument("--etcd", default=env.get("DIPROXY_ETCD"), help="etcd HOST:PORT (default: DIPROXY_ETCD)")
+    parser.add_argument("--etcd", default=env.get("DIPROXY_ETCD"), help="etcd HOST:PORT[,HOST:PORT...] (default: DIPROXY_ETCD)")
     parser.add_argument("--etcd-prefix", default=env.get("DIPROXY_ETCD_PREFIX") or "/workers/")
     parser.add_argument("--deployment", default=env.get("DIPROXY_CLOUDWATCH_DEPLOYMENT"))
     parser.add_argument("--namespace", default=env.get("DIPROXY_CLOUDWATCH_NAMESPACE") or NAMESPACE)

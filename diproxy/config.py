@@ -71,10 +71,62 @@ class Settings:
     api_key_file: str | None = None
     aws_region: str | None = None
     upstream_api_key: str | None = field(default=None, repr=False)
-    max_request_bytes: int = 64 * 1024 * 1024
+    # The model's context (vLLM --max-model-len): bounds max_tokens, token-id prompts and the request body.
+    max_model_len: int = 8192
+    # Largest accepted body; None: derived from max_model_len (request_body_limit).
+    max_request_bytes: int | None = None
+    # n/best_of: 1 in di mode (DI_MAX_N_REASON); in standard mode vLLM samples n sequences in one request (the synth
+    # sets the model's max_num_seqs: each sequence takes one of an endpoint's places).
+    max_n: int = 1
+    # Requests in flight in all, and per client (the connection's peer address), answered 429 beyond.
+    max_in_flight: int = 256
+    max_in_flight_per_client: int = 64
+    # Networks a registered worker's address must be in (empty: any IPv4 literal), and how many workers at most.
+    worker_networks: tuple[str, ...] = ()
+    max_workers: int = 1024
+    # Seconds between re-reads of the API key (a rotated key takes effect without a restart; also on SIGHUP).
+    api_key_reload_interval: float = 60.0
     log_level: str = "INFO"
     # The engine's own options (its protocol's options_type, diproxy/protocols/<engine>), None for an engine without.
     engine_options: Any = None
+
+
+# Why n (and best_of) is 1 behind a disaggregated proxy: the prefill hop computes one request's KV cache and hands it to
+# decode under that request's transfer parameters, while vLLM runs an n > 1 request as n child requests
+# (vllm/v1/engine/parallel_sampling.py), each of which would claim the same transfer. That the connectors serve n > 1
+# correctly is unverified, so it is refused with this reason rather than risk wrong or failed answers; --max-n raises
+# it knowingly.
+DI_MAX_N_REASON = (" in a disaggregated deployment (one KV transfer per request, from prefill to decode); "
+                   "send n separate requests instead")
+STANDARD_MAX_N = 8
+
+# Bytes a request body may spend per token of the model's context, and a fixed allowance for everything else.
+# Text: a token is about 4 bytes of English, but JSON-escaped non-Latin text (\uXXXX, 6 bytes per UTF-16 unit, 12 for
+# an emoji's surrogate pair) and runs of whitespace (one token for an indentation of 16 spaces) reach 12-16 bytes per
+# token; 32 leaves twice that. Token ids: at most 10 digits and ", " (12 bytes; vocabularies below 2**18 need 8).
+# Chat: a message's JSON wrapper ({"role": "assistant", "content": ""}, about 40 bytes) also costs the chat template
+# several tokens (role header and end marker), so under 10 bytes per token. The allowance covers sampling
+# parameters, stop strings, logit_bias and tool definitions. 8192 tokens: 320 KiB; 131072: 4.06 MiB. A batch of
+# prompts (request_checks.RequestLimits.max_prompts) shares one model length's worth of bytes: split bigger batches.
+BYTES_PER_TOKEN = 32
+BODY_ALLOWANCE = 64 * 1024
+
+
+def request_body_limit(settings: Settings) -> int:
+    """The largest body the proxy reads: --max-request-bytes, or derived from max_model_len."""
+    if settings.max_request_bytes is not None:
+        return settings.max_request_bytes
+    return settings.max_model_len * BYTES_PER_TOKEN + BODY_ALLOWANCE
+
+
+def parse_networks(text: str) -> tuple[str, ...]:
+    """CIDR[,CIDR...]: the worker networks, each checked here so a typo fails the start, not every registration."""
+    import ipaddress
+
+    try:
+        return tuple(str(ipaddress.IPv4Network(item.strip())) for item in text.split(",") if item.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected IPv4 CIDR[,CIDR...], got {text!r}: {exc}") from None
 
 
 def _env_name(dest: str) -> str:
@@ -150,7 +202,21 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     option("--api-key-secret", "api_key_secret", str, None, "Secrets Manager secret holding the client API key")
     option("--api-key-file", "api_key_file", str, None, "file holding the client API key")
     option("--aws-region", "aws_region", str, None, "region of --api-key-secret (default: the instance's)")
-    option("--max-request-bytes", "max_request_bytes", int, defaults.max_request_bytes, "largest accepted request body")
+    option("--max-model-len", "max_model_len", int, defaults.max_model_len,
+           "the model's context in tokens (vLLM --max-model-len): bounds max_tokens, token-id prompts and the body")
+    option("--max-request-bytes", "max_request_bytes", int, None, "largest accepted request body (default: "
+           f"{BYTES_PER_TOKEN} bytes per token of --max-model-len plus {BODY_ALLOWANCE // 1024} KiB)")
+    option("--max-n", "max_n", int, None, f"largest n and best_of (default: 1 in di mode{DI_MAX_N_REASON}; "
+           f"{STANDARD_MAX_N} in standard mode)")
+    option("--max-in-flight", "max_in_flight", int, defaults.max_in_flight,
+           "completion requests in flight at once; more are answered 429 with Retry-After")
+    option("--max-in-flight-per-client", "max_in_flight_per_client", int, defaults.max_in_flight_per_client,
+           "completion requests in flight per client address; more are answered 429 with Retry-After")
+    option("--worker-networks", "worker_networks", parse_networks, (), "IPv4 CIDR[,CIDR...] a registered worker's "
+           "address must be in (default: any IPv4 literal)")
+    option("--max-workers", "max_workers", int, defaults.max_workers, "registered workers taken at most")
+    option("--api-key-reload-interval", "api_key_reload_interval", float, defaults.api_key_reload_interval,
+           "seconds between re-reads of the API key (SIGHUP re-reads it at once)")
     option("--log-level", "log_level", str, defaults.log_level, "logging level")
     for engine, protocol in ENGINES.items():
         if not protocol.options:
@@ -182,6 +248,19 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         parser.error("--etcd-user and --etcd-password-file go together")
     if args.etcd_cert_file and not args.etcd_ca_file:
         parser.error("--etcd-cert-file needs --etcd-ca-file (a client certificate is only sent over HTTPS)")
+    for flag, value, least in (("--max-model-len", args.max_model_len, 1), ("--max-n", args.max_n, 1),
+                               ("--max-in-flight", args.max_in_flight, 1),
+                               ("--max-in-flight-per-client", args.max_in_flight_per_client, 1),
+                               ("--max-workers", args.max_workers, 1),
+                               ("--max-request-bytes", args.max_request_bytes, 1024)):
+        if value is not None and value < least:
+            parser.error(f"{flag} must be at least {least}, got {value}")
+    if args.max_n is None:
+        args.max_n = 1 if args.mode == "di" else STANDARD_MAX_N
+    if args.max_in_flight_per_client > args.max_in_flight:
+        parser.error("--max-in-flight-per-client cannot exceed --max-in-flight")
+    if args.api_key_reload_interval <= 0:
+        parser.error("--api-key-reload-interval must be positive")
     if args.mode == "di" and args.etcd is None:
         parser.error("--etcd (or DIPROXY_ETCD) is required in di mode")
     if args.mode == "standard" and not endpoints and args.etcd is None:

@@ -56,6 +56,16 @@ class ControlPlaneConfig(BaseModel):
         description="Accept clients in clear text (TCP on the proxy port) when allowed_client_cidrs is not empty and "
                     "no certificate_arn is set. Prompts, answers and the API key then cross the network unencrypted.")
 
+    max_in_flight: int = Field(
+        default=256, ge=1, le=100_000,
+        description="Completion requests one proxy carries at once; more are answered 429 with Retry-After. Bounds the "
+                    "proxy's memory and the workers' queues.")
+    max_in_flight_per_client: int = Field(
+        default=64, ge=1, le=100_000,
+        description="Completion requests one client address may have in flight at one proxy; more are answered 429. "
+                    "`dictl bench` and the smoke test call from the control host itself, so their concurrency counts "
+                    "as one client. At most max_in_flight.")
+
     @property
     def tls(self) -> bool:
         """True when the load balancer terminates TLS."""

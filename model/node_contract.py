@@ -45,6 +45,8 @@ TYPES: Mapping[str, Callable[[str], bool]] = {
     "flag": lambda v: v in ("0", "1"),
     "json": _json,
     "host:port": lambda v: re.fullmatch(r"[^\s:]+:\d+", v) is not None,
+    "host:ports": lambda v: re.fullmatch(r"[^\s:,]+:\d+(,[^\s:,]+:\d+)*", v) is not None,
+    "cidrs": lambda v: re.fullmatch(r"[^\s,]+/\d+(,[^\s,]+/\d+)*", v) is not None,
     "words": lambda v: "\n" not in v,
 }
 
@@ -159,11 +161,18 @@ SHIPPER = "diproxy/shipper/settings.py"
 PROXY_ONLY: tuple[Key, ...] = (
     key("DIPROXY_MODE", "text", PROXY, "di (prefill/decode pairs) or standard", nodes=C),
     key("DIPROXY_ENGINE", "text", PROXY, "the protocol spoken to the workers", nodes=C),
-    key("DIPROXY_ETCD", "host:port", PROXY, "the registry the workers register in", nodes=C),
+    key("DIPROXY_ETCD", "host:ports", PROXY, "the registry's members: this host's own first, then every member",
+        nodes=C),
     key("DIPROXY_PORT", "int", f"{PROXY} {SHIPPER}", "the proxy's port (the shipper scrapes its /metrics)", nodes=C),
     key("DIPROXY_AWS_REGION", "text", f"{PROXY} {SHIPPER}", "Region of the API key secret and the metrics", nodes=C),
     key("DIPROXY_API_KEY_SECRET", "text", PROXY, "Secrets Manager name of the clients' API key", nodes=C,
         optional=True),
+    key("DIPROXY_MAX_MODEL_LEN", "int", PROXY, "the model's context: bounds max_tokens, prompts and bodies", nodes=C),
+    key("DIPROXY_MAX_N", "int", PROXY, "largest n and best_of (1 in disaggregated mode)", nodes=C),
+    key("DIPROXY_MAX_IN_FLIGHT", "int", PROXY, "requests in flight at once (control_plane.max_in_flight)", nodes=C),
+    key("DIPROXY_MAX_IN_FLIGHT_PER_CLIENT", "int", PROXY, "the same per client address", nodes=C),
+    key("DIPROXY_WORKER_NETWORKS", "cidrs", PROXY, "the networks registered workers must be in", nodes=C),
+    key("DIPROXY_MAX_WORKERS", "int", PROXY, "registered workers taken at most", nodes=C),
     key("DIPROXY_CLOUDWATCH_DEPLOYMENT", "text", SHIPPER, "the metrics' Deployment dimension", nodes=C),
     key("DIPROXY_CLOUDWATCH_NAMESPACE", "text", SHIPPER, "the namespace the control role may write to", nodes=C),
 )

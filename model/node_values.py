@@ -139,24 +139,59 @@ def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_in
     }, ())
 
 
-def proxy_values(config: DeploymentConfig, control_env: Mapping[str, str]) -> dict[str, str] | None:
+# Registered workers the proxy takes, per endpoint the fleets may run at their ceiling: a replacement registers
+# while the worker it replaces may still be draining, so twice as many, and never fewer than MIN_WORKERS.
+WORKERS_PER_ENDPOINT = 2
+MIN_WORKERS = 16
+
+
+def max_workers(config: DeploymentConfig) -> int:
+    """How many registered workers the proxy takes: every fleet at its ceiling (max_count), each endpoint counted."""
+    endpoints = sum((fleet.max_count or fleet.count) * len(fleet.resolved_endpoints) for fleet in config.fleets.values())
+    return max(MIN_WORKERS, WORKERS_PER_ENDPOINT * endpoints)
+
+
+def etcd_members(control_env: Mapping[str, str]) -> str:
+    """The etcd members the proxy reads: this host's own (node.env DI_ETCD) first, then every member's fixed address
+    (DI_CONTROL_SLOTS), so the proxy keeps its registry while its own member is down or rejoining."""
+    own = control_env["DI_ETCD"]
+    slots = control_env.get("DI_CONTROL_SLOTS", "").split()
+    others = [f"{slot.split(',')[2]}:{naming.ETCD_CLIENT_PORT}" for slot in slots]
+    return ",".join([own, *others])
+
+
+def proxy_values(config: DeploymentConfig, control_env: Mapping[str, str],
+                 worker_networks: Sequence[str] | None = None) -> dict[str, str] | None:
     """The control host's proxy.env, the settings of DiStack's proxy and its metrics shipper, from the deployment and
     the control host's own node.env values (None when the deployment runs another proxy). The proxy reads
     DIPROXY_<FLAG> as its --flag (diproxy/config.py), the shipper DIPROXY_CLOUDWATCH_<FLAG> (diproxy/shipper/
-    settings.py); the engine adds its own options (model/engines/<engine>.py proxy_values)."""
+    settings.py); the engine adds its own options (model/engines/<engine>.py proxy_values).
+
+    ``worker_networks`` are the CIDRs of the subnet(s) the workers are in, as the stack created them; None: the VPC
+    the config names (network.vpc_cidr), for a subnet the stack imports without its CIDR."""
     if not config.runs_distack_proxy:
         return None
     engine = config.engine_module
+    plane = config.control_plane
+    networks = tuple(worker_networks) if worker_networks else (config.network.vpc_cidr,)
     values = {
         # Standard mode: every endpoint registered under /workers/ is a standalone one, balanced behind one URL.
         "DIPROXY_MODE": "standard" if config.mode == "standard" else "di",
         "DIPROXY_ENGINE": config.engine,
-        # The registry this control host reaches, as its own node scripts do.
-        "DIPROXY_ETCD": control_env["DI_ETCD"],
+        # The registry: this host's member, as its own node scripts reach it, then every member.
+        "DIPROXY_ETCD": etcd_members(control_env),
         "DIPROXY_PORT": control_env["DI_PROXY_PORT"],
         "DIPROXY_AWS_REGION": control_env["DI_REGION"],
         # The *name* of the clients' API key secret: the proxy reads the key itself at start.
         "DIPROXY_API_KEY_SECRET": control_env["DI_PROXY_API_KEY_SECRET"],
+        # The bounds (diproxy/request_checks.py, admission.py, worker_policy.py): the model's context; n of 1 behind
+        # prefill/decode pairs (diproxy/config.py DI_MAX_N_REASON), else as many sequences as an endpoint serves.
+        "DIPROXY_MAX_MODEL_LEN": str(config.model.max_model_len),
+        "DIPROXY_MAX_N": str(config.model.max_num_seqs) if config.mode == "standard" else "1",
+        "DIPROXY_MAX_IN_FLIGHT": str(plane.max_in_flight),
+        "DIPROXY_MAX_IN_FLIGHT_PER_CLIENT": str(plane.max_in_flight_per_client),
+        "DIPROXY_WORKER_NETWORKS": ",".join(networks),
+        "DIPROXY_MAX_WORKERS": str(max_workers(config)),
         "DIPROXY_CLOUDWATCH_DEPLOYMENT": control_env["DI_DEPLOYMENT"],
         # The namespace the control role may write to (stacks/components/node_role.py allow_metrics).
         "DIPROXY_CLOUDWATCH_NAMESPACE": naming.PROXY_METRICS_NAMESPACE,

@@ -21,7 +21,17 @@ def check(config: DeploymentConfig) -> list[Problem]:
     problems += skip_unusable(_client_networks(config))
     problems += skip_unusable(_edge(config))
     problems += skip_unusable(_control_hosts(config))
+    problems += skip_unusable(_in_flight_caps(config))
     return problems
+
+
+def _in_flight_caps(config: DeploymentConfig) -> Iterator[Problem]:
+    plane = config.control_plane
+    if plane.max_in_flight_per_client > plane.max_in_flight:
+        yield Problem("control_plane.max_in_flight_per_client",
+                      f"{plane.max_in_flight_per_client} is above control_plane.max_in_flight "
+                      f"({plane.max_in_flight}), so the per-client cap never applies",
+                      f"set it to at most {plane.max_in_flight}, or raise max_in_flight")
 
 
 def _client_networks(config: DeploymentConfig) -> Iterator[Problem]:

@@ -123,7 +123,8 @@ class DiStack(cdk.Stack):
             api_key_secret=edge.generated_api_key.secret_arn if edge.generated_api_key is not None else None)
         self.control_host = ControlHost(
             self, "ControlHost", control=config.control_host, state=state, node_role=control_role,
-            user_data=userdata.render(control_env, node_values.proxy_values(config, control_env)),
+            user_data=userdata.render(control_env, node_values.proxy_values(
+                config, control_env, worker_networks=network.worker_networks)),
             tags=control_tags, target_group_arns=edge.target_group_arns)
         control_signal.bind(self.control_host.auto_scaling_group, count=hosts, timeout_minutes=timeout)
         self.edge = edge

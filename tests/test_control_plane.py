@@ -148,3 +148,46 @@ def test_open_networks_without_tls_or_a_key_are_refused_together(tmp_path):
     assert "control_plane.certificate_arn: clients in allowed_client_cidrs would send prompts" in message
     assert "allowed_client_cidrs[1]: 0.0.0.0/0 is not a private network" in message
     assert security_rules.PRIVATE_NAMES in message
+
+
+def test_the_proxies_see_client_addresses_and_their_bounds_come_from_the_config(synth):
+    """The per-client cap counts the connection's peer: client IP preservation is on for the proxies' targets (and
+    off for etcd's), and the control hosts still admit only the load balancer's group. proxy.env carries the bounds,
+    the worker subnet CDK allocated, and every etcd member."""
+    from diproxy.config import parse_settings
+    from tests.test_seams import control_files, env_values
+
+    template = synth("prod").template_dict
+    targets = {t["Properties"]["Port"]: t["Properties"]
+               for t in resources(template, "AWS::ElasticLoadBalancingV2::TargetGroup").values()}
+
+    def preserved(group: dict) -> str:
+        return {a["Key"]: a["Value"] for a in group["TargetGroupAttributes"]}["preserve_client_ip.enabled"]
+
+    assert preserved(targets[naming.PROXY_PORT]) == "true"
+    assert preserved(targets[naming.ETCD_CLIENT_PORT]) == "false"
+    proxy_port_sources = [rule for rule in resources(template, "AWS::EC2::SecurityGroupIngress").values()
+                          if rule["Properties"].get("FromPort") == naming.PROXY_PORT]
+    assert proxy_port_sources and all("SourceSecurityGroupId" in r["Properties"] for r in proxy_port_sources)
+
+    proxy_env = env_values(control_files(template)[naming.PROXY_ENV_PATH])
+    (subnet,) = [s["Properties"]["CidrBlock"] for s in resources(template, "AWS::EC2::Subnet").values()
+                 if {"Key": "aws-cdk:subnet-type", "Value": "Private"} in s["Properties"]["Tags"]]
+    settings = parse_settings([], env=proxy_env)
+    assert settings.worker_networks == (subnet,)
+    assert (settings.max_model_len, settings.max_n) == (16384, 1)
+    assert (settings.max_in_flight, settings.max_in_flight_per_client) == (256, 64)
+    assert settings.max_workers >= 16
+    assert str(settings.etcd) == "127.0.0.1:8989" and len(settings.etcd_others) == 3
+
+
+def test_a_per_client_cap_above_the_global_one_is_refused_naming_both(tmp_path):
+    data = yaml.safe_load((CONFIG_DIR / "prod.yaml").read_text())
+    data["control_plane"] = {**data.get("control_plane", {}), "max_in_flight": 10, "max_in_flight_per_client": 20}
+    path = tmp_path / "prod.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(path)
+    message = str(caught.value)
+    assert str(path) in message and "control_plane.max_in_flight_per_client" in message
+    assert "20 is above control_plane.max_in_flight (10)" in message and "set it to at most 10" in message

@@ -40,6 +40,8 @@ def render(env: str) -> dict[str, str]:
     members = [(f"<control-eni-{i}>", f"<etcd-volume-{i}>", f"<control-address-{i}>") for i in range(hosts)]
     control = node_values.control_values(config, deployment, members=members, signal_resource="<control-group>")
     files = {"control.node.env": env_file(control)}
+    # DIPROXY_WORKER_NETWORKS here is the VPC's CIDR: the synth narrows it to the worker subnet CDK allocates in a VPC
+    # it creates (stacks/components/network.py worker_networks; tests/test_control_plane.py checks the template).
     proxy = node_values.proxy_values(config, control)
     if proxy is not None:
         files["control.proxy.env"] = env_file(proxy)

@@ -55,7 +55,8 @@ class Edge(Construct):
             elbv2.HealthCheck(protocol=elbv2.Protocol.HTTP if distack else elbv2.Protocol.TCP,
                               path="/health" if distack else None, port=str(naming.PROXY_PORT),
                               interval=cdk.Duration.seconds(10), healthy_threshold_count=2,
-                              unhealthy_threshold_count=2))
+                              unhealthy_threshold_count=2),
+            preserve_client_ip=True)
         listener_props = dict(port=TLS_PORT, protocol=elbv2.Protocol.TLS, ssl_policy=TLS_POLICY,
                               certificates=[elbv2.ListenerCertificate.from_arn(plane.certificate_arn)]) \
             if plane.tls else dict(port=naming.PROXY_PORT, protocol=elbv2.Protocol.TCP)
@@ -105,15 +106,22 @@ class Edge(Construct):
                     password_length=GENERATED_KEY_LENGTH, exclude_punctuation=True, include_space=False),
                 removal_policy=cdk.RemovalPolicy.DESTROY)
 
-    def _target_group(self, construct_id: str, vpc: ec2.IVpc, port: int,
-                      health_check: elbv2.HealthCheck) -> elbv2.NetworkTargetGroup:
+    def _target_group(self, construct_id: str, vpc: ec2.IVpc, port: int, health_check: elbv2.HealthCheck,
+                      preserve_client_ip: bool = False) -> elbv2.NetworkTargetGroup:
         return elbv2.NetworkTargetGroup(
             self, construct_id, vpc=vpc, port=port, protocol=elbv2.Protocol.TCP, target_type=elbv2.TargetType.INSTANCE,
             health_check=health_check,
-            # Connections come from the load balancer's own addresses, so the control hosts' group admits the load
-            # balancer's group rather than every client network, and a target may reach itself through it
-            # (https://docs.aws.amazon.com/elasticloadbalancing/latest/network/edit-target-group-attributes.html#client-ip-preservation).
-            preserve_client_ip=False,
+            # The proxies see each client's own address, which their per-client in-flight cap counts (diproxy/
+            # admission.py): with client IP preservation on, "Instance type (IPv4)" targets receive the "Client IPv4
+            # address" (https://docs.aws.amazon.com/elasticloadbalancing/latest/network/edit-target-group-attributes.html
+            # #client-ip-preservation). The control hosts' group still admits only the load balancer's group: that
+            # rule holds "even if you enable client IP preservation"
+            # (https://docs.aws.amazon.com/elasticloadbalancing/latest/network/load-balancer-security-groups.html).
+            # The cost: a target that connects to the load balancer is refused when routed to itself (internal load
+            # balancers do not support hairpinning, https://docs.aws.amazon.com/elasticloadbalancing/latest/network/
+            # load-balancer-troubleshooting.html#loopback-timeout); the control hosts call their proxy on localhost
+            # (userdata/ops/smoke.sh, bench.sh). etcd keeps preservation off: its clients are workers, counted nowhere.
+            preserve_client_ip=preserve_client_ip,
             # A leaving target keeps its open connections this long, so streams in flight can finish.
             deregistration_delay=cdk.Duration.seconds(60))
 

@@ -42,6 +42,10 @@ class Network(Construct):
             subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS if self._has_egress(network)
             else ec2.SubnetType.PRIVATE_ISOLATED).subnets[0]
         self.subnet_id = self.subnet.subnet_id
+        # The networks the proxy takes registered workers from: the worker subnet's CIDR, which CDK allocates at synth
+        # for a VPC it creates; an imported subnet has no CIDR here, and the proxy then takes the VPC's (the config's
+        # vpc_cidr, model/node_values.py proxy_values).
+        self.worker_networks: tuple[str, ...] = () if network.existing else (self.subnet.ipv4_cidr_block,)
         if network.vpc_endpoints:
             self._add_endpoints(network, metrics_endpoint)
 

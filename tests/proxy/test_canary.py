@@ -8,6 +8,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
+import aiohttp
 import boto3
 from botocore.stub import ANY, Stubber
 
@@ -172,3 +173,17 @@ def test_what_the_canary_publishes_is_a_valid_put_metric_data_call() -> None:
     assert {d["MetricName"] for d in data} == set(canary.PUBLISHED)
     for d in data:
         assert tuple(x["Name"] for x in d["Dimensions"]) == canary.PUBLISHED[d["MetricName"]]
+
+
+def test_the_canary_reads_every_member_proxy_env_lists(etcd, prefix) -> None:
+    # proxy.env's DIPROXY_ETCD lists this host's member, then every member: a first member down is passed over.
+    async def scenario() -> None:
+        workers = await start(etcd.address, prefix)
+        try:
+            async with aiohttp.ClientSession() as session:
+                prefills, decodes = await canary.registered(session, f"127.0.0.1:1,{etcd.address}", prefix)
+        finally:
+            await stop(workers)
+        assert len(prefills) == 2 and len(decodes) == 2
+
+    run(scenario)

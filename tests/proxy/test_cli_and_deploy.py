@@ -213,11 +213,14 @@ def test_proxy_refuses_to_start_without_the_key_it_is_told_to_require(tmp_path, 
 
 
 def _verify_unit(name: str, unit_text: str, root: Path) -> list[str]:
-    """systemd-analyze verify in a scratch root holding the venv python and env file the units expect."""
+    """systemd-analyze verify in a scratch root holding the venv python, kill and env file the units expect."""
     (root / "opt/di/proxy/venv/bin").mkdir(parents=True)
     python = root / "opt/di/proxy/venv/bin/python"
     python.write_text("#!/bin/sh\n")
     python.chmod(0o755)
+    (root / "bin").mkdir()  # ExecReload's kill, which every host has in /bin
+    (root / "bin/kill").write_text("#!/bin/sh\n")
+    (root / "bin/kill").chmod(0o755)
     (root / "etc/di").mkdir(parents=True)
     (root / "etc/di/proxy.env").write_text("DIPROXY_ETCD=127.0.0.1:8989\n")
     (root / "etc/systemd/system").mkdir(parents=True)

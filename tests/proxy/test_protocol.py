@@ -24,11 +24,11 @@ async def _pair(etcd: str, prefix: str, tokens: int = 5) -> tuple[FakeWorker, Fa
 
 
 @asynccontextmanager
-async def _proxied_pair(etcd: str, prefix: str, tokens: int = 5) -> AsyncIterator[tuple]:
+async def _proxied_pair(etcd: str, prefix: str, tokens: int = 5, *flags: str) -> AsyncIterator[tuple]:
     """A registered prefill/decode pair behind a ready proxy, with a client session; all stopped afterwards."""
     prefill, decode = await _pair(etcd, prefix, tokens)
     try:
-        async with RunningProxy(di_flags("neuron-connector", etcd, prefix)) as proxy, \
+        async with RunningProxy(di_flags("neuron-connector", etcd, prefix, *flags)) as proxy, \
                 aiohttp.ClientSession() as session:
             await wait_ready(session, proxy.url)
             yield prefill, decode, proxy, session
@@ -88,9 +88,10 @@ def test_streaming_chat_caps_both_token_limits_for_prefill(etcd, prefix) -> None
 
 def test_first_decode_chunk_is_skipped_per_choice_index(etcd, prefix) -> None:
     async def scenario() -> None:
-        async with _proxied_pair(etcd.address, prefix, tokens=3) as (prefill, decode, proxy, session):
+        async with _proxied_pair(etcd.address, prefix, 3, "--max-n", "2") as (prefill, decode, proxy, session):
             result = await post_stream(session, proxy.url + "/v1/completions",
                                        {"prompt": "x", "max_tokens": 3, "n": 2})
+            assert result.status == 200, "--max-n 2 lets n = 2 through (the default in di mode is 1)"
             by_index: dict[int, list[str]] = {0: [], 1: []}
             for event in result.events:
                 if isinstance(event, dict):
@@ -175,7 +176,7 @@ def test_standard_mode_balances_static_endpoints(prefix) -> None:
                             for _ in range(4)]
                 assert all(r.status == 200 and r.done for r in streamed)
                 assert sorted(r.texts[0] for r in streamed) == [" S00", " S00", " S10", " S10"]
-                async with session.post(proxy.url + "/v1/chat/completions", json={"messages": []}) as r:
+                async with session.post(proxy.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}) as r:
                     assert r.status == 200
                     assert (await r.json())["choices"][0]["message"]["content"].startswith(" S")
                 for worker in workers:
