@@ -98,6 +98,10 @@ class PrefixRouting:
                                   "events (its view is cleared).", ("role",))
         self.event_batches = Counter("diproxy_kv_event_batches_total", "Precise routing: KV event batches applied.",
                                      ("role",))
+        # Rendered from the start (at 0), so a rate over them exists before the first event.
+        self.decode_alone.inc(amount=0)
+        for outcome in ("ok", "failed", "refused"):
+            self.migrations.inc(outcome, amount=0)
         self.metrics: Sequence[Metric] = (
             Gauge("diproxy_routing_info", "The routing mode (always 1).", ("mode",), lambda: {(self.mode,): 1.0}),
             self.blocks, self.hit_blocks,

@@ -330,9 +330,8 @@ class Router:
             raise UpstreamFailure(leg.worker, "stream", f"{leg.worker.role} stream ended without [DONE]")
         await self.write(response, b"", last=True)  # no-op if the last write already ended the stream
 
-    def migrates(self, call: Call) -> bool:
-        return (self.routing is not None and self.routing.migration_limit > 0 and self.protocol.migrates
-                and refusal(call.body) is None)
+    def migrates(self) -> bool:
+        return self.routing is not None and self.routing.migration_limit > 0 and self.protocol.migrates
 
     async def relay_to_end(self, call: Call, response: EventStreamResponse, leg: Leg, client_id: str,
                            first: StreamEvent) -> None:
@@ -340,10 +339,18 @@ class Router:
         carry the stream to a new pair (protocol.reopen) with the prompt and the tokens so far, up to
         --migration-limit times, with the same id and no token repeated or lost (diproxy/cache_routing/
         migration.py gives the semantics and the limits)."""
-        if not self.migrates(call):
+        if not self.migrates():
             await self.relay(response, leg, client_id)
             return
         assert self.routing is not None
+        if refusal(call.body) is not None:
+            try:
+                await self.relay(response, leg, client_id)
+            except UpstreamFailure as failure:
+                if failure.kind in MIGRATING_KINDS and not failure.forwarded:
+                    self.routing.migrations.inc("refused")
+                raise
+            return
         progress = StreamProgress()
         progress.observe(first)
         dead: list[Worker] = []
