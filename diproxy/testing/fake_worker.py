@@ -156,6 +156,9 @@ class FakeWorker:
         self._push: zmq.asyncio.Socket | None = None
         self.cache: PrefixCacheModel | None = None  # set on start when behaviour.prefix_cache_blocks > 0
         self.cache_log: list[dict[str, int]] = []  # per request: prompt blocks, cached, transferred or prefilled
+        # Totals of the same, by whether the prompt was computed here or pulled from a prefill (bench/, via /metrics).
+        self.cache_totals: dict[str, list[int]] = {"computed": [0, 0], "pulled": [0, 0]}  # [blocks, cached]
+        self.completions = 0
         self.kv_events_endpoint: str | None = None  # tcp://host:port of the KV events PUB socket
         self.kv_events_port: int | None = None
         self._pub: zmq.asyncio.Socket | None = None
@@ -331,6 +334,10 @@ class FakeWorker:
         text = "".join(f"# TYPE {name} gauge\n{name}{labels} {value}\n" for name, value in (
             ("vllm:num_requests_running", float(self.in_flight)), ("vllm:num_requests_waiting", 0.0),
             ("vllm:kv_cache_usage_perc", usage)))
+        # The fake's own figures (bench/routing_loopback.py): requests answered and its prefix cache's blocks.
+        text += f"fake_requests_total {self.completions}\n"
+        for kind, (blocks, cached) in self.cache_totals.items():
+            text += f'fake_prefix_blocks_total{{kind="{kind}"}} {blocks}\nfake_prefix_cached_blocks_total{{kind="{kind}"}} {cached}\n'
         return web.Response(text=text, content_type="text/plain")
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -353,6 +360,7 @@ class FakeWorker:
         if transport is not None:
             self._transports.add(transport)
         self.in_flight += 1
+        self.completions += 1
         try:
             return await self._answer(request)
         finally:
@@ -457,6 +465,11 @@ class FakeWorker:
         missing = total - cached
         b = self.behaviour
         self.cache_log.append({"blocks": total, "cached": cached, "transferred" if pulled else "prefilled": missing})
+        if len(self.cache_log) > 10_000:  # long benchmark runs: the totals below keep the sums
+            del self.cache_log[:5_000]
+        totals = self.cache_totals["pulled" if pulled else "computed"]
+        totals[0] += total
+        totals[1] += cached
         events = self.cache.store(tokens)
         if events and self._pub is not None:
             payload = encode_batch(events, time.time())
