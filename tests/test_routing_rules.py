@@ -66,3 +66,10 @@ def test_migration_is_refused_where_the_engines_protocol_cannot_migrate(tmp_path
         load_config_file(_config(tmp_path, "gpu-lmcache", routing={"migration_limit": 2}))
     assert "routing.migration_limit: engine lmcache's protocol does not carry streams" in str(caught.value)
     load_config_file(_config(tmp_path, "gpu-lmcache", routing={"migration_limit": 0}))
+
+
+def test_routing_is_refused_with_the_neuron_proxy_which_does_none(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(_config(tmp_path, "legacy-trn1", routing={"mode": "approximate"}))
+    assert "routing: the neuron proxy does no cache-aware routing" in str(caught.value)
+    assert "remove routing, or set proxy: distack" in str(caught.value)
