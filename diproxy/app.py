@@ -20,6 +20,8 @@ from diproxy.errors import ClientFacingError, error_response
 from diproxy.etcd_access import etcd_access
 from diproxy.etcd_gateway import EtcdGateway
 from diproxy.metrics import ProxyMetrics
+from diproxy.cache_routing.tokenizer import Tokenizer
+from diproxy.prefix_routing import PrefixRouting
 from diproxy.protocols import protocol_for
 from diproxy.protocols.base import SideService
 from diproxy.registry import EtcdDiscovery, WorkerRegistry, add_static
@@ -43,7 +45,7 @@ LOCAL_SCRAPERS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1
 class ProxyState:
     """Everything one running proxy owns; built on startup, torn down on cleanup."""
 
-    def __init__(self, settings: Settings, api_key: str | None) -> None:
+    def __init__(self, settings: Settings, api_key: str | None, tokenizer: Tokenizer | None = None) -> None:
         self.settings = settings
         self.keys = ApiKeySource(api_key, settings.api_key_secret, settings.api_key_file, settings.aws_region)
         self.local_scrapers = LOCAL_SCRAPERS
@@ -53,9 +55,11 @@ class ProxyState:
         self.discovery: EtcdDiscovery | None = None
         self.router: Router | None = None
         self.protocol = protocol_for(settings.mode, settings.engine, settings.engine_options)
+        # Cache-aware routing (raises RoutingSetupError when its settings cannot be served: the proxy refuses to start).
+        self.routing = PrefixRouting(settings, tokenizer)
         self.metrics = ProxyMetrics(self._pool_sizes, self._worker_in_flight, self._worker_backoff,
                                     self.protocol.name, tuple(self.protocol.phases),
-                                    engine_metrics=self.protocol.metrics)
+                                    engine_metrics=(*self.protocol.metrics, *self.routing.metrics))
         self.tasks: list[asyncio.Task] = []
         self.limits = RequestLimits(settings.max_model_len, max_n=settings.max_n,
                                     n_reason=DI_MAX_N_REASON if settings.mode == "di" else "")
@@ -84,6 +88,7 @@ class ProxyState:
         assert self.registry is not None
         self.metrics.load.set_endpoints({phase: len(self.registry.usable(role))
                                          for phase, role in self.protocol.phases.items()})
+        self.routing.sync(self.registry.workers())
 
     def _worker_in_flight(self) -> dict[tuple[str, ...], float]:
         if self.registry is None:
@@ -117,7 +122,8 @@ class ProxyState:
             self.tasks.append(asyncio.create_task(self.discovery.run(), name="etcd-discovery"))
         self.tasks.append(asyncio.create_task(self.registry.run_health_checks(), name="health-checks"))
         self.tasks += [asyncio.create_task(service.run(), name=service.name) for service in self.side_services]
-        self.router = Router(s, self.registry, self.session, self.metrics, make_selector(s.selection), self.protocol)
+        self.router = Router(s, self.registry, self.session, self.metrics, make_selector(s.selection), self.protocol,
+                             self.routing)
         if self.keys.reloadable:
             self.tasks.append(asyncio.create_task(self._reload_api_key(), name="api-key-reload"))
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
@@ -142,6 +148,7 @@ class ProxyState:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         for service in self.side_services:
             service.close()
+        await self.routing.close()
         if self.registry is not None:
             await self.registry.close()
         if self.session is not None:
@@ -262,12 +269,12 @@ def _local_scraper(state: ProxyState, remote: str | None) -> bool:
 BODY_LIMIT = web.AppKey("body_limit", int)
 
 
-def build_app(settings: Settings, api_key: str | None = None) -> web.Application:
+def build_app(settings: Settings, api_key: str | None = None, tokenizer: Tokenizer | None = None) -> web.Application:
     limit = request_body_limit(settings)
     app = web.Application(middlewares=[_errors_and_auth], client_max_size=limit,
                           handler_args={"tcp_keepalive": True})
     app[BODY_LIMIT] = limit
-    app[STATE] = ProxyState(settings, api_key)
+    app[STATE] = ProxyState(settings, api_key, tokenizer)
     app.cleanup_ctx.append(_lifecycle)
     for path in COMPLETION_PATHS:
         app.router.add_post(path, completions)

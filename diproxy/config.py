@@ -87,6 +87,18 @@ class Settings:
     # Seconds between re-reads of the API key (a rotated key takes effect without a restart; also on SIGHUP).
     api_key_reload_interval: float = 60.0
     log_level: str = "INFO"
+    # Cache-aware routing (diproxy/prefix_routing.py, docs/routing.md): blind keeps --selection; approximate and
+    # precise choose by cached prefix under bounded load. pd_max_uncached_tokens 0 turns the PD decider off;
+    # migration_limit 0 never carries a stream to a new pair (Dynamo's default).
+    routing: str = "blind"
+    routing_epsilon: float = 0.25
+    routing_load_weight: float = 0.0
+    routing_block_bytes: int = 256
+    routing_capacity: int = 16384
+    pd_max_uncached_tokens: int = 0
+    pd_max_uncached_ratio: float = 0.7
+    migration_limit: int = 0
+    tokenizer_file: str | None = None
     # The engine's own options (its protocol's options_type, diproxy/protocols/<engine>), None for an engine without.
     engine_options: Any = None
 
@@ -218,6 +230,25 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     option("--api-key-reload-interval", "api_key_reload_interval", float, defaults.api_key_reload_interval,
            "seconds between re-reads of the API key (SIGHUP re-reads it at once)")
     option("--log-level", "log_level", str, defaults.log_level, "logging level")
+    option("--routing", "routing", str, defaults.routing, "worker choice: blind (--selection), approximate (cached "
+           "prefix from the request's text, on every engine) or precise (from the workers' KV events; needs "
+           "--tokenizer-file)", choices=("blind", "approximate", "precise"))
+    option("--routing-epsilon", "routing_epsilon", float, defaults.routing_epsilon,
+           "bounded load: no worker above (1 + epsilon) of its fair share of requests in flight")
+    option("--routing-load-weight", "routing_load_weight", float, defaults.routing_load_weight,
+           "blocks of cached prefix one request in flight is worth")
+    option("--routing-block-bytes", "routing_block_bytes", int, defaults.routing_block_bytes,
+           "approximate mode: bytes of prompt text per block")
+    option("--routing-capacity", "routing_capacity", int, defaults.routing_capacity,
+           "blocks remembered per worker (size it to the worker's KV cache)")
+    option("--pd-max-uncached-tokens", "pd_max_uncached_tokens", int, defaults.pd_max_uncached_tokens,
+           "PD decider: decode serves alone when the prompt part it lacks is below this many tokens (0: always "
+           "prefill first)")
+    option("--pd-max-uncached-ratio", "pd_max_uncached_ratio", float, defaults.pd_max_uncached_ratio,
+           "PD decider: ... and below this share of the prompt")
+    option("--migration-limit", "migration_limit", int, defaults.migration_limit,
+           "times a stream whose decode died after the first byte is carried to a new pair (0: never)")
+    option("--tokenizer-file", "tokenizer_file", str, None, "precise routing: the model's tokenizer.json")
     for engine, protocol in ENGINES.items():
         if not protocol.options:
             continue
@@ -261,6 +292,12 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         parser.error("--max-in-flight-per-client cannot exceed --max-in-flight")
     if args.api_key_reload_interval <= 0:
         parser.error("--api-key-reload-interval must be positive")
+    if args.routing_epsilon < 0 or args.routing_load_weight < 0 or args.routing_block_bytes < 16 \
+            or args.routing_capacity < 1 or args.pd_max_uncached_tokens < 0 \
+            or not 0 <= args.pd_max_uncached_ratio <= 1 or args.migration_limit < 0:
+        parser.error("--routing-epsilon, --routing-load-weight, --pd-max-uncached-tokens and --migration-limit must be "
+                     ">= 0, --routing-block-bytes >= 16, --routing-capacity >= 1, --pd-max-uncached-ratio within "
+                     "[0, 1]")
     if args.mode == "di" and args.etcd is None:
         parser.error("--etcd (or DIPROXY_ETCD) is required in di mode")
     if args.mode == "standard" and not endpoints and args.etcd is None:

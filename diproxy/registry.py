@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Callable, Iterable
 
@@ -27,6 +28,18 @@ def parse_worker_key(key: str, prefix: str, roles: tuple[str, ...] = (PREFILL, D
     if len(parts) != 3 or parts[0] not in roles or not parts[2].isdigit():
         return None
     return parts[0], parts[1], int(parts[2])
+
+
+def kv_events_port(value: str) -> int | None:
+    """The KV-events port a worker announces in its registry value, {"kv_events_port": PORT, ...} (docs/routing.md);
+    None when absent or invalid. Only a port is taken, never a host: the events are read from the worker's own
+    address, which the worker policy has admitted, so a registry writer cannot point the proxy elsewhere."""
+    try:
+        parsed = json.loads(value) if value else None
+    except ValueError:
+        return None
+    port = parsed.get("kv_events_port") if isinstance(parsed, dict) else None
+    return port if isinstance(port, int) and not isinstance(port, bool) and 1024 <= port <= 65535 else None
 
 
 class WorkerRegistry:
@@ -171,10 +184,17 @@ class EtcdDiscovery:
 
     def _apply_snapshot(self, kvs: list[KeyValue]) -> None:
         keys: list[WorkerKey] = []
-        for key in (self._key(kv.key) for kv in kvs):
+        ports: dict[WorkerKey, int | None] = {}
+        for kv in kvs:
+            key = self._key(kv.key)
             if key is not None and self._policy.admits(key, len(keys)):
                 keys.append(key)
+                ports[key] = kv_events_port(kv.value)
         self._registry.replace_source(ETCD_SOURCE, keys)
+        for worker in self._registry.workers():
+            key = (worker.role, worker.host, worker.port)
+            if key in ports:
+                worker.kv_events_port = ports[key]
 
     async def _watch_once(self, revision: int) -> None:
         async for event in self._gateway.watch_prefix(self._prefix, revision + 1):
@@ -184,7 +204,7 @@ class EtcdDiscovery:
             if event.deleted:
                 self._registry.remove(key, ETCD_SOURCE)
             elif self._policy.admits(key, len(self._registry.workers())):
-                self._registry.add(*key, ETCD_SOURCE)
+                self._registry.add(*key, ETCD_SOURCE).kv_events_port = kv_events_port(event.value)
         raise EtcdError("watch stream ended")
 
     async def run(self) -> None:

@@ -2,7 +2,10 @@
 one fake decode worker; one streaming completion goes through and its flow is printed (neuron-connector: the pair
 and its request ids; lmcache: the decode picked first, prefill's request with the disagg_spec naming that decode's
 receiver, the KV pushed there, what decode got, the streamed answer; nixl: prefill's request with kv_transfer_params
-asked, what prefill returned, what decode got, the streamed answer). Everything stops at the end."""
+asked, what prefill returned, what decode got, the streamed answer). Then cache-aware routing on engine nixl: a
+second turn finds its prefix cached on the decode that served the first and is served there alone (the PD decider),
+and a stream whose decode is killed mid-stream is carried to a new pair and completes token-exact. Everything stops
+at the end."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import aiohttp
 
 from diproxy.protocols import ENGINES
 from diproxy.testing.etcd_server import EtcdMissing, EtcdServer, etcd_binary
-from diproxy.testing.fake_worker import Behaviour, FakeWorker
+from diproxy.testing.fake_worker import Behaviour, FakeWorker, greedy_context, greedy_tokens
 from diproxy.testing.harness import RunningProxy
 
 DEADLINE_SECONDS = 30.0
@@ -133,12 +136,83 @@ async def _rehearse(etcd: EtcdServer, engine: str) -> int:
             await worker.stop()
 
 
+SYSTEM = "You are a careful assistant. Follow the house rules exactly. " * 40
+
+
+def _text(event: dict[str, Any]) -> str:
+    return (event.get("choices") or [{}])[0].get("text") or ""
+
+
+async def _rehearse_routing(etcd: EtcdServer) -> int:
+    """Cache-aware routing: a cache hit served on decode alone, then a migration."""
+    prefix = "/rehearse-routing/workers/"
+    behaviour = Behaviour(tokens=10, token_interval=0.05, greedy=True, prefix_cache_blocks=4000)
+    workers = [FakeWorker(role, label=f"{role[0].upper()}{i}", etcd=etcd.address, prefix=prefix, behaviour=behaviour)
+               for role in ("prefill", "decode") for i in (1, 2)]
+    flags = ["--routing", "approximate", "--pd-max-uncached-tokens", "2048", "--migration-limit", "1"]
+    proxy = RunningProxy(["--engine", "nixl", "--etcd", etcd.address, "--etcd-prefix", prefix,
+                          "--health-interval", "0.1", "--pair-wait-timeout", "5", *flags])
+    print(f"== cache-aware routing (engine nixl, {' '.join(flags)})")
+    try:
+        for worker in workers:
+            await worker.start()
+        await proxy.start()
+        decodes = [w for w in workers if w.role == "decode"]
+        routing = proxy.state.routing
+        async with aiohttp.ClientSession() as session:
+            for _ in range(500):
+                async with session.get(proxy.url + "/ready") as reply:
+                    if reply.status == 200 and all(len(proxy.state.registry.usable(r)) == 2
+                                                   for r in ("prefill", "decode")):
+                        break
+                await asyncio.sleep(0.01)
+            for turn, question in enumerate((" Question one?", " Question one? Answer. Question two?"), 1):
+                body = {"model": "fake-model", "prompt": SYSTEM + question, "max_tokens": 4}
+                async with session.post(proxy.url + "/v1/completions", json=body) as reply:
+                    await reply.read()
+                decode = max(decodes, key=lambda w: w.requests[-1].at if w.requests else 0)
+                log = decode.cache_log[-1]
+                kv = "with kv_transfer_params (prefill first)" if decode.requests[-1].body.get(
+                    "kv_transfer_params") else "alone, no prefill hop (PD decider)"
+                print(f"turn {turn}: HTTP {reply.status}, decode {decode.address} {kv}; it held {log['cached']} of "
+                      f"{log['blocks']} prompt blocks")
+            hits = routing.hit_blocks.value("decode")
+            print(f"cache hit: the proxy found {hits:.0f} of {routing.blocks.value('decode'):.0f} prompt blocks cached "
+                  f"on the decodes it chose; decode alone {routing.decode_alone.value():.0f}")
+            body = {"model": "fake-model", "prompt": "Tell a story.", "max_tokens": 10, "stream": True}
+            expected = greedy_tokens(greedy_context(body, False), 10)
+            got: list[str] = []
+            killed = ""
+            async with session.post(proxy.url + "/v1/completions", json=body) as reply:
+                async for line in reply.content:
+                    text = line.decode().strip()
+                    if not text.startswith("data: ") or text.endswith("[DONE]"):
+                        continue
+                    got.append(_text(json.loads(text[6:])))
+                    if len(got) == 3 and not killed:
+                        serving = next(w for w in decodes if w.in_flight)
+                        killed = serving.address
+                        await serving.kill()
+            print(f"migration: decode {killed} killed after 3 tokens; the stream went on from a new pair "
+                  f"({routing.migrations.value('ok'):.0f} migration)")
+            print(f"client  <-{''.join(got)}")
+            exact = got == expected
+            print(f"token-exact: {'yes' if exact else 'NO'} ({len(got)} tokens, none repeated or missing)")
+        return 0 if exact and hits > 0 else 1
+    finally:
+        await proxy.stop()
+        for worker in workers:
+            await worker.stop()
+
+
 async def _rehearse_all(etcd: EtcdServer) -> int:
     failed = 0
     for number, engine in enumerate(ORDER):
         if number:
             print()
         failed |= await _rehearse(etcd, engine)
+    print()
+    failed |= await _rehearse_routing(etcd)
     return failed
 
 

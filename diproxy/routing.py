@@ -1,6 +1,7 @@
-"""What every protocol shares: picking workers (least in flight, skipping backed-off ones), bounded retries before
-the first byte to the client, upstream legs, writing SSE to the client, metrics. The engine's request flow is a
-protocol module (diproxy/protocols/); the Router knows none of them."""
+"""What every protocol shares: picking workers (blind: least in flight or round robin; or by cached prefix,
+diproxy/prefix_routing.py; skipping backed-off ones), bounded retries before the first byte to the client, carrying
+a stream to a new pair when its decode dies after it (diproxy/stream_migration.py), upstream legs, writing SSE to the
+client, metrics. The engine's request flow is a protocol module (diproxy/protocols/); the Router knows none of them."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 import aiohttp
 from aiohttp import web
 
+from diproxy.cache_routing.migration import plan, refusal
 from diproxy.errors import ClientFacingError, worker_error
 from diproxy.metrics import ProxyMetrics
+from diproxy.prefix_routing import PrefixRouting, Route
 from diproxy.registry import WorkerRegistry
 from diproxy.sse import DONE_EVENT, StreamEvent, error_event
+from diproxy.stream_migration import MIGRATING_KINDS, StreamProgress
 from diproxy.upstream import Leg, UpstreamFailure
-from diproxy.workers import Selector, Worker, not_backed_off, prefer_untried
+from diproxy.workers import DECODE, Selector, Worker, not_backed_off, prefer_untried
 
 if TYPE_CHECKING:
     from diproxy.config import Settings
@@ -62,6 +66,7 @@ class Call:
     start: float
     deadline: float  # loop-independent monotonic time after which no worker is waited for
     phase: str | None = None  # diproxy/load.py: where the request is, for the per-role load
+    route: Route | None = None  # cache-aware routing's state for this request (None: blind)
 
     @property
     def path(self) -> str:
@@ -112,8 +117,10 @@ async def settle(task: asyncio.Future) -> None:
 
 class Router:
     def __init__(self, settings: "Settings", registry: WorkerRegistry, session: aiohttp.ClientSession,
-                 metrics: ProxyMetrics, selector: Selector, protocol: "EngineProtocol") -> None:
+                 metrics: ProxyMetrics, selector: Selector, protocol: "EngineProtocol",
+                 routing: PrefixRouting | None = None) -> None:
         self.settings = settings
+        self.routing = routing if routing is not None and routing.enabled else None
         self.registry = registry
         self.session = session
         self.metrics = metrics
@@ -138,19 +145,44 @@ class Router:
             return None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        picked = tuple(self.selector.pick(not_backed_off(prefer_untried(self.registry.usable(role), attempts.tried),
-                                                         now)) for role in roles)
+        chosen: dict[str, Worker] = {}
+        # Decode first: with cache-aware routing, decode's choice is made before prefill's (llm-d's order).
+        for role in sorted(roles, key=lambda r: r != DECODE):
+            chosen[role] = self._choose(call, role, not_backed_off(
+                prefer_untried(self.registry.usable(role), attempts.tried), now))
+        picked = tuple(chosen[role] for role in roles)
         wait = max(w.backoff_until for w in picked) - now
         if wait > 0:
             await asyncio.sleep(wait)
         return picked
 
+    def _choose(self, call: Call, role: str, candidates: list[Worker]) -> Worker:
+        route = call.route
+        if route is None or self.routing is None:
+            return self.selector.pick(candidates)
+        if role == DECODE and route.decode is not None:
+            decode, route.decode = route.decode, None  # chosen before prefill: only the first decode pick uses it
+            if decode in candidates:
+                return decode
+        return self.routing.choose(role, candidates, route)
+
+    def decode_first(self, call: Call) -> bool:
+        """Cache-aware routing: choose the decode worker now, before prefill, for the first decode pick; True when
+        the PD decider has decode serve the request alone (no prefill hop, no kv_transfer_params)."""
+        if call.route is None or self.routing is None:
+            return False
+        candidates = not_backed_off(self.registry.usable(DECODE), asyncio.get_running_loop().time())
+        if not candidates:
+            return False  # the prefill attempt waits for a pair as before
+        return self.routing.choose_decode_first(call.route, candidates)
+
     # -- attempts -----------------------------------------------------------------------------
     async def attempt(self, call: Call, roles: tuple[str, ...],
-                      run: Callable[[tuple[Worker, ...]], Awaitable[T]]) -> T:
+                      run: Callable[[tuple[Worker, ...]], Awaitable[T]], avoid: tuple[Worker, ...] = ()) -> T:
         """run(workers) on freshly picked workers until it succeeds, fails in a way no other worker would fix
-        (UpstreamFailure.retryable), or --max-retries extra attempts are spent; the last failure is raised."""
-        attempts = Attempts()
+        (UpstreamFailure.retryable), or --max-retries extra attempts are spent; the last failure is raised.
+        avoid: workers counted as already tried (a migration's dead decode)."""
+        attempts = Attempts(tried=set(avoid))
         while True:
             workers = await self._pick(call, roles, attempts)
             if workers is None:
@@ -186,6 +218,8 @@ class Router:
     async def handle(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         start = time.monotonic()
         call = Call(request, body, start, start + self.settings.pair_wait_timeout)
+        if self.routing is not None:
+            call.route = self.routing.route(body)
         self.enter(call, next(iter(self.protocol.phases)))
         try:
             return await self.protocol.serve(self, call)
@@ -265,7 +299,7 @@ class Router:
             pass
 
     async def relay(self, response: EventStreamResponse, leg: Leg, client_id: str,
-                    skip: Callable[[StreamEvent], bool] | None = None) -> None:
+                    skip: Callable[[StreamEvent], bool] | None = None, progress: StreamProgress | None = None) -> None:
         """Forward leg's events with their ids set to client_id, until [DONE]; whatever arrived in one upstream read
         goes out in one write. A worker's error event is forwarded as sent and ends the stream (without [DONE])."""
         finished = False
@@ -285,6 +319,8 @@ class Router:
                     failure = UpstreamFailure.from_worker_error(leg.worker, error)
                     failure.forwarded = True
                     raise failure
+                if progress is not None:
+                    progress.observe(event)
                 out.append(event.encode_with_id(client_id))
             # A clean end read together with [DONE] closes the client's stream in the same write.
             last = finished and leg.ended
@@ -293,6 +329,74 @@ class Router:
         if not finished:
             raise UpstreamFailure(leg.worker, "stream", f"{leg.worker.role} stream ended without [DONE]")
         await self.write(response, b"", last=True)  # no-op if the last write already ended the stream
+
+    def migrates(self) -> bool:
+        return self.routing is not None and self.routing.migration_limit > 0 and self.protocol.migrates
+
+    async def relay_to_end(self, call: Call, response: EventStreamResponse, leg: Leg, client_id: str,
+                           first: StreamEvent) -> None:
+        """relay() the rest of a decode stream whose first event the client has; if the decode's connection breaks,
+        carry the stream to a new pair (protocol.reopen) with the prompt and the tokens so far, up to
+        --migration-limit times, with the same id and no token repeated or lost (diproxy/cache_routing/
+        migration.py gives the semantics and the limits)."""
+        if not self.migrates():
+            await self.relay(response, leg, client_id)
+            return
+        assert self.routing is not None
+        if refusal(call.body) is not None:
+            try:
+                await self.relay(response, leg, client_id)
+            except UpstreamFailure as failure:
+                if failure.kind in MIGRATING_KINDS and not failure.forwarded:
+                    self.routing.migrations.inc("refused")
+                raise
+            return
+        progress = StreamProgress()
+        progress.observe(first)
+        dead: list[Worker] = []
+        current, own = leg, None  # own: a continuation leg this method opened, and must close
+        try:
+            while True:
+                try:
+                    await self.relay(response, current, client_id, progress=progress)
+                    return
+                except UpstreamFailure as failure:
+                    if failure.kind not in MIGRATING_KINDS or failure.forwarded:
+                        raise
+                    cont = plan(call.body, call.path, progress.text, progress.tokens, len(dead),
+                                self.routing.migration_limit)
+                    if cont is None:
+                        self.routing.migrations.inc("refused")
+                        raise
+                    dead.append(failure.worker)
+                    log.warning("decode %s died after %d tokens; migrating the stream (%d of at most %d)",
+                                failure.worker.address, progress.tokens, cont.attempt, self.routing.migration_limit)
+                    sub = Call(call.request, cont.body, time.monotonic(), time.monotonic()
+                               + self.settings.pair_wait_timeout, phase=call.phase)
+                    sub.route = self.routing.route(cont.body)
+                    try:
+                        new_leg, new_first = await self.protocol.reopen(self, sub, tuple(dead))
+                    except (UpstreamFailure, ClientFacingError) as exc:
+                        self.routing.migrations.inc("failed")
+                        raise failure from exc
+                    self.routing.migrations.inc("ok")
+                    self.record_failure(failure)
+                    if own is not None:
+                        own[0].close()
+                        own[1].in_flight -= 1
+                    own = (new_leg, new_leg.worker)
+                    new_leg.worker.in_flight += 1  # attempt() let go of it when the leg opened
+                    current = new_leg
+                    progress.continuing(cont.drop_role)
+                    if new_first.is_done:
+                        await self.write(response, new_first.encode(), last=True)
+                        return
+                    progress.observe(new_first)
+                    await self.write(response, new_first.encode_with_id(client_id))
+        finally:
+            if own is not None:
+                own[0].close()
+                own[1].in_flight -= 1
 
     async def first_event(self, leg: Leg, wanted: Callable[[StreamEvent], bool]) -> StreamEvent:
         """The first event wanted() accepts; a worker's error event before it fails the attempt with the worker's

@@ -32,6 +32,9 @@ class Worker:
     sources: set[str] = field(default_factory=set)
     refusals: int = 0  # connections refused in a row
     backoff_until: float = 0.0  # loop time before which the worker is not picked if another one is ready
+    # The port of the worker's KV-events publisher on its own IP, as its registry value announces it
+    # (registry.kv_events_port); None: it publishes none (precise routing then learns nothing from it).
+    kv_events_port: int | None = None
 
     def refused(self, now: float) -> float:
         """Record a refused connection; returns the back-off it earned, in seconds."""

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from model import catalog, engines, images, naming, proxies
 from model.control_plane import DEFAULT_CONTROL_TYPE, ControlPlaneConfig
+from model.routing_config import RoutingConfig
 from model.scaling_config import DrainConfig, ScalingConfig, ScheduledActionConfig, WarmPoolConfig
 
 # The default worker image: the default engine's newest catalog image (model/images.py).
@@ -409,6 +410,9 @@ class _Deployment(_Model):
                                               description="Control hosts, TLS and the load balancer clients call.")
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig,
                                          description="Dashboard and alarms: alarm email, TTFT SLO, thresholds.")
+    routing: RoutingConfig = Field(default_factory=RoutingConfig,
+                                   description="How DiStack's proxy chooses workers: by cached prefix (approximate, "
+                                               "the default), the PD decider, stream migration (docs/routing.md).")
 
     @model_validator(mode="before")
     @classmethod

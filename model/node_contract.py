@@ -173,6 +173,15 @@ PROXY_ONLY: tuple[Key, ...] = (
     key("DIPROXY_MAX_IN_FLIGHT_PER_CLIENT", "int", PROXY, "the same per client address", nodes=C),
     key("DIPROXY_WORKER_NETWORKS", "cidrs", PROXY, "the networks registered workers must be in", nodes=C),
     key("DIPROXY_MAX_WORKERS", "int", PROXY, "registered workers taken at most", nodes=C),
+    # Cache-aware routing (model/routing_config.py proxy_env, diproxy/prefix_routing.py).
+    key("DIPROXY_ROUTING", "text", PROXY, "blind, approximate or precise", nodes=C),
+    key("DIPROXY_ROUTING_EPSILON", "number", PROXY, "bounded load's epsilon", nodes=C),
+    key("DIPROXY_ROUTING_LOAD_WEIGHT", "number", PROXY, "blocks one request in flight is worth", nodes=C),
+    key("DIPROXY_ROUTING_BLOCK_BYTES", "int", PROXY, "approximate mode's prompt bytes per block", nodes=C),
+    key("DIPROXY_ROUTING_CAPACITY", "int", PROXY, "blocks remembered per worker", nodes=C),
+    key("DIPROXY_PD_MAX_UNCACHED_TOKENS", "int", PROXY, "PD decider's token bound (0: off)", nodes=C),
+    key("DIPROXY_PD_MAX_UNCACHED_RATIO", "number", PROXY, "PD decider's share-of-prompt bound", nodes=C),
+    key("DIPROXY_MIGRATION_LIMIT", "int", PROXY, "stream migrations per request (0: never)", nodes=C),
     key("DIPROXY_CLOUDWATCH_DEPLOYMENT", "text", SHIPPER, "the metrics' Deployment dimension", nodes=C),
     key("DIPROXY_CLOUDWATCH_NAMESPACE", "text", SHIPPER, "the namespace the control role may write to", nodes=C),
 )

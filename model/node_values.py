@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from model import catalog, control_plane, naming, node_contract
+from model import catalog, control_plane, naming, node_contract, routing_config
 from model.config import DeploymentConfig
 from model.node_contract import CONTROL, NODE_ENV, PROXY_ENV, WORKER
 
@@ -195,6 +195,7 @@ def proxy_values(config: DeploymentConfig, control_env: Mapping[str, str],
         "DIPROXY_CLOUDWATCH_DEPLOYMENT": control_env["DI_DEPLOYMENT"],
         # The namespace the control role may write to (stacks/components/node_role.py allow_metrics).
         "DIPROXY_CLOUDWATCH_NAMESPACE": naming.PROXY_METRICS_NAMESPACE,
+        **routing_config.proxy_env(config.routing),
         **engine.proxy_values(config),
     }
     return node_contract.checked(CONTROL, PROXY_ENV, values, engine.proxy_keys)

@@ -10,7 +10,7 @@ import ipaddress
 import re
 from typing import Iterator
 
-from model import catalog, engines, images, naming, scaling_rules, security_rules
+from model import catalog, engines, images, naming, routing_rules, scaling_rules, security_rules
 from model.config import LOG_RETENTION_DAYS, DeploymentConfig, FleetConfig, ResolvedEndpoint
 from model.engines.base import set_value
 from model.problems import Problem, skip_unusable
@@ -39,6 +39,7 @@ def check(config: DeploymentConfig, *, file_stem: str | None = None) -> list[Pro
     problems += skip_unusable(_roles(config))
     problems += skip_unusable(_placement(config))
     problems += skip_unusable(scaling_rules.check(config))
+    problems += skip_unusable(routing_rules.check(config))
     problems += skip_unusable(_log_retention(config))
     return problems
 

@@ -13,6 +13,9 @@ from aiohttp import web
 if TYPE_CHECKING:
     from diproxy.metrics import Metric
     from diproxy.routing import Call, Router
+    from diproxy.sse import StreamEvent
+    from diproxy.upstream import Leg
+    from diproxy.workers import Worker
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class EngineProtocol:
     # The engine's own options (see Option) and the class that holds their values.
     options: ClassVar[tuple[Option, ...]] = ()
     options_type: ClassVar[type | None] = None
+    # Whether reopen() can carry a stream whose decode died to a new pair (Router.relay_to_end).
+    migrates: ClassVar[bool] = False
 
     def __init__(self, options: Any = None) -> None:
         self.engine_options = options
@@ -72,6 +77,12 @@ class EngineProtocol:
         return ()
 
     async def serve(self, router: "Router", call: "Call") -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def reopen(self, router: "Router", call: "Call",
+                     avoid: tuple["Worker", ...]) -> tuple["Leg", "StreamEvent"]:
+        """A migration's continuation (call.body) through the protocol's flow, up to decode's first event, on a
+        decode other than avoid where one is usable; only where migrates is True."""
         raise NotImplementedError
 
 

@@ -10,6 +10,10 @@ vLLM Neuron examples' toy_proxy_server.py speak it, with DiStack's pools, retrie
 Both legs carry the same X-Request-Id. Prefill and decode are picked independently. A prefill failure retries on
 another prefill worker; a decode failure before the client's first byte retries on another decode worker with the
 same kv_transfer_params (the blocks are still held).
+With cache-aware routing (diproxy/prefix_routing.py) decode is chosen first, and when the PD decider finds that it
+lacks only a short part of the prompt, decode serves the request alone: no prefill hop and no kv_transfer_params,
+so vLLM prefills locally (scheduler.py@053da34b get_num_new_matched_tokens: nothing to pull without them).
+A stream whose decode dies after the client's first byte can be carried to a new pair (reopen, Router.relay_to_end).
 Sources: vllm-project/vllm:tests/v1/kv_connector/nixl_integration/toy_proxy_server.py@030ea52e
 (send_request_to_service), jinhuang12/vllm-neuron:examples/vllm_neuron/vllm/disaggregated_inference/
 toy_proxy_server.py@ed3580d0 (remote_host rewrite), vllm-project/vllm:vllm/distributed/kv_transfer/kv_connector/
@@ -29,7 +33,7 @@ from diproxy.metrics import Counter, Metric
 from diproxy.protocols.base import EngineProtocol, cap_tokens_at_one
 from diproxy.routing import Call, EventStreamResponse, Router, new_uid
 from diproxy.sse import StreamEvent, rewrite_id
-from diproxy.upstream import UpstreamFailure
+from diproxy.upstream import Leg, UpstreamFailure
 from diproxy.workers import DECODE, PREFILL, Worker
 
 log = logging.getLogger(__name__)
@@ -69,7 +73,7 @@ class Handoff:
     """What a finished prefill hands to decode."""
 
     uid: str  # the X-Request-Id both legs carry
-    prefill: Worker
+    prefill: Worker | None  # None: decode serves alone (the PD decider)
     kv_params: dict[str, Any] | None  # None: prefill stopped before max_tokens and returned none
 
 
@@ -78,6 +82,7 @@ class NixlProtocol(EngineProtocol):
     roles = (PREFILL, DECODE)
     phases = {load.PREFILL: PREFILL, load.DECODE: DECODE}
     summary = "prefill first with kv_transfer_params, then decode with prefill's (NixlConnector, vLLM Neuron plugin)"
+    migrates = True
 
     def __init__(self, options: object = None) -> None:
         super().__init__(options)
@@ -90,11 +95,23 @@ class NixlProtocol(EngineProtocol):
         return (self.kv_transfer_skipped,)
 
     async def serve(self, router: Router, call: Call) -> web.StreamResponse:
-        handoff = await router.attempt(call, (PREFILL,), lambda workers: self._prefill(router, call, workers[0]))
+        handoff = await self._handoff(router, call)
         router.enter(call, load.DECODE)
         body = decode_request(call.body, handoff.kv_params)
         return await router.attempt(call, (DECODE,),
                                     lambda workers: self._decode(router, call, workers[0], body, handoff))
+
+    async def _handoff(self, router: Router, call: Call) -> Handoff:
+        if router.decode_first(call):
+            return Handoff(new_uid(), None, None)  # the PD decider: decode prefills the short uncached part itself
+        return await router.attempt(call, (PREFILL,), lambda workers: self._prefill(router, call, workers[0]))
+
+    async def reopen(self, router: Router, call: Call,
+                     avoid: tuple[Worker, ...]) -> tuple[Leg, StreamEvent]:
+        handoff = await self._handoff(router, call)
+        body = decode_request(call.body, handoff.kv_params)
+        return await router.attempt(call, (DECODE,), lambda workers: open_decode_stream(
+            router, call, workers[0], body, handoff.uid), avoid)
 
     async def _prefill(self, router: Router, call: Call, prefill: Worker) -> Handoff:
         uid = new_uid()
@@ -111,8 +128,8 @@ class NixlProtocol(EngineProtocol):
 
     async def _decode(self, router: Router, call: Call, decode: Worker, body: dict[str, Any],
                       handoff: Handoff) -> web.StreamResponse:
-        log.debug("routing %s: prefill %s, decode %s", call.client_id(handoff.uid), handoff.prefill.address,
-                  decode.address)
+        log.debug("routing %s: prefill %s, decode %s", call.client_id(handoff.uid),
+                  handoff.prefill.address if handoff.prefill else "none (decode alone)", decode.address)
         return await answer_from_decode(router, call, decode, body, handoff.uid)
 
 
@@ -134,24 +151,39 @@ async def answer_from_decode(router: Router, call: Call, decode: Worker, body: d
             rewrite_id(payload, client_id)
             router.first_byte(call)
             return web.json_response(payload, headers={"X-Request-Id": client_id})
-        try:
-            async with asyncio.timeout(router.settings.first_token_timeout):
-                await leg.open()
-                first = await router.first_event(leg, lambda event: True)
-        except asyncio.TimeoutError as exc:
-            raise UpstreamFailure(decode, "timeout", "no first token in time") from exc
+        first = await _first_event(router, leg)
 
         async def stream_body(response: EventStreamResponse) -> None:
             await router.write(response, _client_event(first, client_id))
             router.first_byte(call)
             if not first.is_done:
-                await router.relay(response, leg, client_id)
+                await router.relay_to_end(call, response, leg, client_id, first)
             else:
                 await router.write(response, b"", last=True)
 
         return await router.stream(call, client_id, stream_body)
     finally:
         leg.close()
+
+
+async def _first_event(router: Router, leg: Leg) -> StreamEvent:
+    try:
+        async with asyncio.timeout(router.settings.first_token_timeout):
+            await leg.open()
+            return await router.first_event(leg, lambda event: True)
+    except asyncio.TimeoutError as exc:
+        raise UpstreamFailure(leg.worker, "timeout", "no first token in time") from exc
+
+
+async def open_decode_stream(router: Router, call: Call, decode: Worker, body: dict[str, Any],
+                             uid: str) -> tuple[Leg, StreamEvent]:
+    """A decode stream opened up to its first event (a migration's continuation); the leg is closed on failure."""
+    leg = router.leg(decode, call.path, body, uid)
+    try:
+        return leg, await _first_event(router, leg)
+    except BaseException:
+        leg.close()
+        raise
 
 
 def _client_event(event: StreamEvent, client_id: str) -> bytes:

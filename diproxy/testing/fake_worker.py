@@ -30,13 +30,20 @@ kv_transfer_params waits pull_per_block per block it lacks, as vLLM's NixlConnec
 not cached (vllm/distributed/kv_transfer/kv_connector/v1/nixl/scheduler.py@053da34b get_num_new_matched_tokens:
 prompt tokens - num_computed_tokens). Either way the prompt's blocks are cached afterwards, and with
 Behaviour.kv_events the changes go out as vLLM's KV events on a ZMQ PUB socket (kv_events_endpoint), in vLLM's
-msgspec layout. With the default 0 nothing of this happens and the timings are as before."""
+msgspec layout. With the default 0 nothing of this happens and the timings are as before. The worker announces the
+events' port in its registry value ({"connections": [], "kv_events_port": PORT}), as docs/routing.md asks a worker to.
+
+With Behaviour.greedy the answer's tokens are a function of the context alone (the prompt, or the chat rendered as
+greedy_context renders it, plus the tokens generated so far), like greedy decoding by one model on every worker: a
+stream carried to another worker with the prompt and the tokens so far continues with exactly the tokens the first
+would have produced (greedy_tokens gives the expected answer)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import signal
 import time
@@ -51,7 +58,7 @@ from aiohttp import web
 from diproxy.cache_routing.kv_events import encode_batch
 from diproxy.etcd_gateway import EtcdGateway
 from diproxy.event_loop import new_event_loop
-from diproxy.lmcache_notify import encode_notification
+from diproxy.protocols.lmcache.notify import encode_notification
 from diproxy.protocols.lmcache import DISAGG_SPEC, receiver_ports
 from diproxy.testing.cache_model import PrefixCacheModel, ToyTokenizer
 
@@ -102,6 +109,7 @@ class Behaviour:
     pull_per_block: float = 0.0
     kv_events: bool = False  # publish the cache's changes as vLLM KV events (needs prefix_cache_blocks > 0)
     kv_events_topic: str = "kv"
+    greedy: bool = False  # tokens from the context (greedy_tokens) instead of LABEL + index
 
 
 @dataclass
@@ -148,7 +156,11 @@ class FakeWorker:
         self._push: zmq.asyncio.Socket | None = None
         self.cache: PrefixCacheModel | None = None  # set on start when behaviour.prefix_cache_blocks > 0
         self.cache_log: list[dict[str, int]] = []  # per request: prompt blocks, cached, transferred or prefilled
+        # Totals of the same, by whether the prompt was computed here or pulled from a prefill (bench/, via /metrics).
+        self.cache_totals: dict[str, list[int]] = {"computed": [0, 0], "pulled": [0, 0]}  # [blocks, cached]
+        self.completions = 0
         self.kv_events_endpoint: str | None = None  # tcp://host:port of the KV events PUB socket
+        self.kv_events_port: int | None = None
         self._pub: zmq.asyncio.Socket | None = None
         self._pub_seq = 0
         self._notifying: set[asyncio.Task] = set()
@@ -192,7 +204,7 @@ class FakeWorker:
                 self._zmq = self._zmq or zmq.asyncio.Context()
                 self._pub = self._zmq.socket(zmq.PUB)
                 self._pub.setsockopt(zmq.LINGER, 0)
-                port = self._pub.bind_to_random_port(f"tcp://{self.host}")
+                self.kv_events_port = port = self._pub.bind_to_random_port(f"tcp://{self.host}")
                 self.kv_events_endpoint = f"tcp://{self.host}:{port}"
         if self.role == "decode":
             self.lmcache_receiver = receiver_ports(self.port, 1)
@@ -227,8 +239,16 @@ class FakeWorker:
         self._session = self._session or aiohttp.ClientSession()
         gateway = EtcdGateway(self._session, host, int(port))
         self._lease = await gateway.grant_lease(self.lease_ttl)
-        await gateway.put(self.etcd_key, json.dumps({"connections": []}), self._lease)
+        await gateway.put(self.etcd_key, self.registry_value, self._lease)
         self._keepalive = asyncio.create_task(self._keep_alive(gateway, self._lease))
+
+    @property
+    def registry_value(self) -> str:
+        """NeuronConnector's value, plus the KV-events port where the worker publishes events (docs/routing.md)."""
+        value: dict[str, Any] = {"connections": []}
+        if self.kv_events_port is not None:
+            value["kv_events_port"] = self.kv_events_port
+        return json.dumps(value)
 
     async def _keep_alive(self, gateway: EtcdGateway, lease: str) -> None:
         while True:
@@ -237,7 +257,7 @@ class FakeWorker:
                 if await gateway.keep_alive(lease) <= 0:
                     # The lease died (etcd lost it or it expired): register again, as a restarted worker would.
                     self._lease = lease = await gateway.grant_lease(self.lease_ttl)
-                    await gateway.put(self.etcd_key, json.dumps({"connections": []}), lease)
+                    await gateway.put(self.etcd_key, self.registry_value, lease)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
                 continue
 
@@ -314,6 +334,10 @@ class FakeWorker:
         text = "".join(f"# TYPE {name} gauge\n{name}{labels} {value}\n" for name, value in (
             ("vllm:num_requests_running", float(self.in_flight)), ("vllm:num_requests_waiting", 0.0),
             ("vllm:kv_cache_usage_perc", usage)))
+        # The fake's own figures (bench/routing_loopback.py): requests answered and its prefix cache's blocks.
+        text += f"fake_requests_total {self.completions}\n"
+        for kind, (blocks, cached) in self.cache_totals.items():
+            text += f'fake_prefix_blocks_total{{kind="{kind}"}} {blocks}\nfake_prefix_cached_blocks_total{{kind="{kind}"}} {cached}\n'
         return web.Response(text=text, content_type="text/plain")
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -336,6 +360,7 @@ class FakeWorker:
         if transport is not None:
             self._transports.add(transport)
         self.in_flight += 1
+        self.completions += 1
         try:
             return await self._answer(request)
         finally:
@@ -386,6 +411,8 @@ class FakeWorker:
             count, finish = b.eos_after, "stop"
         choices = int(body.get("n", 1) or 1)
         streaming = bool(body.get("stream"))
+        texts = (greedy_tokens(greedy_context(body, chat), count) if b.greedy
+                 else [self._token(i) for i in range(count)])
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         if streaming and b.headers_first:
             await response.prepare(request)
@@ -397,7 +424,7 @@ class FakeWorker:
                 return web.Response()
             if b.fail == "error_event":
                 return web.json_response(_vllm_error(b.error_message, b.error_status), status=b.error_status)
-            answer = self._whole(upstream_id, chat, count, choices, finish)
+            answer = self._whole(upstream_id, chat, texts, choices, finish)
             if isinstance(kv_asked, dict) and kv_asked.get("do_remote_decode") and limit == 1 and finish == "length":
                 answer["kv_transfer_params"] = self._hold_kv(f"{upstream_id}-0")
             return web.json_response(answer)
@@ -422,7 +449,8 @@ class FakeWorker:
             if i == count:
                 break
             for index in range(choices):
-                await response.write(self._chunk(upstream_id, chat, i, index, finish if i == count - 1 else None))
+                await response.write(self._chunk(upstream_id, chat, i, index, finish if i == count - 1 else None,
+                                                 texts[i]))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -437,6 +465,11 @@ class FakeWorker:
         missing = total - cached
         b = self.behaviour
         self.cache_log.append({"blocks": total, "cached": cached, "transferred" if pulled else "prefilled": missing})
+        if len(self.cache_log) > 10_000:  # long benchmark runs: the totals below keep the sums
+            del self.cache_log[:5_000]
+        totals = self.cache_totals["pulled" if pulled else "computed"]
+        totals[0] += total
+        totals[1] += cached
         events = self.cache.store(tokens)
         if events and self._pub is not None:
             payload = encode_batch(events, time.time())
@@ -530,22 +563,24 @@ class FakeWorker:
     def _token(self, i: int) -> str:
         return f" {self.label}{i}"
 
-    def _chunk(self, upstream_id: str, chat: bool, i: int, index: int, finish: str | None) -> bytes:
+    def _chunk(self, upstream_id: str, chat: bool, i: int, index: int, finish: str | None, text: str) -> bytes:
         if chat:
-            delta: dict[str, Any] = {"content": self._token(i)}
+            delta: dict[str, Any] = {"content": text}
             if i == 0:
                 delta["role"] = "assistant"
             choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish}
             obj = "chat.completion.chunk"
         else:
-            choice = {"index": index, "text": self._token(i), "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
             obj = "text_completion"
         payload = {"id": upstream_id, "object": obj, "created": int(time.time()), "model": "fake-model",
                    "choices": [choice]}
         return f"data: {json.dumps(payload)}\n\n".encode()
 
-    def _whole(self, upstream_id: str, chat: bool, count: int, choices: int, finish: str = "length") -> dict[str, Any]:
-        text = "".join(self._token(i) for i in range(count))
+    def _whole(self, upstream_id: str, chat: bool, texts: list[str], choices: int,
+               finish: str = "length") -> dict[str, Any]:
+        count = len(texts)
+        text = "".join(texts)
         items = [({"index": n, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
                   if chat else {"index": n, "text": text, "logprobs": None, "finish_reason": finish})
                  for n in range(choices)]
@@ -558,6 +593,31 @@ class FakeWorker:
 _ENGINES: dict[str, FakeWorker] = {}
 # Fake decodes of this process by LMCache receiver (host, init port of rank 0, alloc port of rank 0).
 _RECEIVERS: dict[tuple[str, int, int], FakeWorker] = {}
+
+
+def greedy_context(body: dict[str, Any], chat: bool) -> bytes:
+    """The context a greedy fake model continues: the prompt, or the chat rendered "role: content" a line each, then
+    "assistant: " (vLLM's add_generation_prompt); with continue_final_message the last message is left open instead,
+    so messages + [assistant: text so far] renders exactly as the original chat plus that text."""
+    if not chat:
+        prompt = body.get("prompt")
+        return (prompt if isinstance(prompt, str) else json.dumps(prompt)).encode()
+    parts = [f"{m.get('role')}: {m.get('content')}" for m in body.get("messages") or [] if isinstance(m, dict)]
+    if body.get("continue_final_message"):
+        return "\n".join(parts).encode()
+    opening = "assistant: " if body.get("add_generation_prompt", True) else ""
+    return ("".join(part + "\n" for part in parts) + opening).encode()
+
+
+def greedy_tokens(context: bytes, count: int) -> list[str]:
+    """The next count tokens after context, each a function of the context and the tokens before it."""
+    state = hashlib.blake2b(context, digest_size=8)
+    out = []
+    for _ in range(count):
+        token = " w" + state.copy().hexdigest()[:6]
+        out.append(token)
+        state.update(token.encode())
+    return out
 
 
 def _prompt_key(body: dict[str, Any], path: str) -> str:
@@ -578,7 +638,7 @@ async def _serve(args: argparse.Namespace) -> None:
                                   lmcache_notify_delay=args.lmcache_notify_delay,
                                   prefix_cache_blocks=args.prefix_cache_blocks, block_tokens=args.block_tokens,
                                   prefill_per_block=args.prefill_per_block, pull_per_block=args.pull_per_block,
-                                  kv_events=args.kv_events))
+                                  kv_events=args.kv_events, greedy=args.greedy))
     worker.lmcache_proxy = args.lmcache_proxy
     await worker.start()
     print(f"READY {worker.address}" + (f" KV_EVENTS {worker.kv_events_endpoint}" if worker.kv_events_endpoint
@@ -615,6 +675,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefill-per-block", type=float, default=0.0, help="seconds per uncached block prefilled")
     parser.add_argument("--pull-per-block", type=float, default=0.0, help="seconds per block pulled from prefill")
     parser.add_argument("--kv-events", action="store_true", help="publish vLLM KV events (prints KV_EVENTS ENDPOINT)")
+    parser.add_argument("--greedy", action="store_true", help="tokens from the context, the same on every worker")
     # The proxy's own loop, so a benchmark's fake workers cost as little CPU as they can on a shared machine.
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(_serve(parser.parse_args(argv)))

@@ -7,16 +7,17 @@ from typing import Sequence
 from aiohttp import web
 
 from diproxy.app import STATE, ProxyState, build_app
+from diproxy.cache_routing.tokenizer import Tokenizer
 from diproxy.config import parse_settings
 from diproxy.serving import RUNNER_OPTIONS
 
 
 class RunningProxy:
-    def __init__(self, args: Sequence[str], api_key: str | None = None) -> None:
+    def __init__(self, args: Sequence[str], api_key: str | None = None, tokenizer: Tokenizer | None = None) -> None:
         # engine lmcache: the notification socket on a free port too (args may name one).
         self.settings = parse_settings(["--host", "127.0.0.1", "--port", "0", "--lmcache-notify-port", "0", *args],
                                        env={})
-        self.app = build_app(self.settings, api_key)
+        self.app = build_app(self.settings, api_key, tokenizer)
         self._runner: web.AppRunner | None = None
         self.port = 0
 

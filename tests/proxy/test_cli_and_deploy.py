@@ -102,6 +102,7 @@ def test_rehearsal_shows_each_protocols_flow_and_cleans_up(capsys) -> None:
     out, err = capsys.readouterr()
     assert returncode == 0, out + err
     legacy, _, nixl = out.partition("== engine nixl")
+    nixl, _, routed = nixl.partition("== cache-aware routing")
     assert legacy.startswith("== engine neuron-connector")
     legacy, _, lmcache = legacy.partition("== engine lmcache")
     lines = legacy.splitlines()
@@ -121,7 +122,14 @@ def test_rehearsal_shows_each_protocols_flow_and_cleans_up(capsys) -> None:
     assert returned["remote_host"] == "0.0.0.0" and handed == {**returned, "remote_host": "127.0.0.1"}
     answer = [json.loads(x.split("data: ", 1)[1]) for x in lines if x.startswith("client  <- data: {")]
     assert [a["choices"][0]["text"] for a in answer] == [f" D-{i}" for i in range(6)]
-    assert lines[-1] == "client  <- data: [DONE]"
+    assert lines[-2] == "client  <- data: [DONE]"  # then the blank line before the routing section
+
+    lines = routed.splitlines()
+    turns = [x for x in lines if x.startswith("turn ")]
+    assert "with kv_transfer_params (prefill first); it held 0 of" in turns[0]
+    assert "alone, no prefill hop (PD decider)" in turns[1] and turns[0].split()[5] == turns[1].split()[5]
+    assert re.search(r"cache hit: the proxy found [1-9]\d* of \d+ prompt blocks", routed)
+    assert "the stream went on from a new pair (1 migration)" in routed and lines[-1].startswith("token-exact: yes")
 
     lines = lmcache.splitlines()
     receiver = next(x for x in lines if x.startswith("1 decode"))
