@@ -149,7 +149,8 @@ async def _release_read(router: Router, call: Call, handoff: Handoff) -> None:
     says why this way); its answer is discarded."""
     body = decode_request(prefill_request(call.body, {}), handoff.kv_params)
     start = time.monotonic()
-    release = Call(call.request, body, start, start + router.settings.pair_wait_timeout)
+    # In the decode phase: it needs a decode only, whatever became of the prefills.
+    release = Call(call.request, body, start, start + router.settings.pair_wait_timeout, phase=load.DECODE)
     await router.attempt(release, (DECODE,),
                          lambda workers: router.one_token_answer(workers[0], call.path, body, new_uid()))
 
