@@ -113,6 +113,7 @@ class ProxyState:
         self.registry = WorkerRegistry(self.session, s.health_interval, s.health_timeout, self._pools_changed)
         if s.mode == "standard":
             add_static(self.registry, ((e.host, e.port) for e in s.endpoints))
+        gateway: EtcdGateway | None = None
         if s.etcd is not None:
             gateway = EtcdGateway(self.session, s.etcd.host, s.etcd.port, request_timeout=max(s.connect_timeout, 2.0),
                                   **etcd_access(s))
@@ -122,6 +123,7 @@ class ProxyState:
             self.tasks.append(asyncio.create_task(self.discovery.run(), name="etcd-discovery"))
         self.tasks.append(asyncio.create_task(self.registry.run_health_checks(), name="health-checks"))
         self.tasks += [asyncio.create_task(service.run(), name=service.name) for service in self.side_services]
+        self.tasks.append(asyncio.create_task(self.protocol.run_beside(gateway, s.etcd_prefix), name="engine"))
         self.router = Router(s, self.registry, self.session, self.metrics, make_selector(s.selection), self.protocol,
                              self.routing)
         if self.keys.reloadable:

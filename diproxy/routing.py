@@ -139,9 +139,12 @@ class Router:
 
     async def _pick(self, call: Call, roles: tuple[str, ...], attempts: Attempts) -> tuple[Worker, ...] | None:
         """One worker per role, once every role of the protocol has a usable worker (a prefill is not started
-        while no decode could take its KV). Untried workers first, then those outside their back-off; if all are
-        backed off, the request waits for the earliest one's back-off to end (at most workers.BACKOFF_MAX)."""
-        if not await self.registry.wait_for(self.has_capacity, max(0.0, call.deadline - time.monotonic())):
+        while no decode could take its KV); a request past its first phase needs only ROLES (a decode for KV already
+        prefilled, even while its prefill drains). Untried workers first, then those outside their back-off; if all
+        are backed off, the request waits for the earliest one's back-off to end (at most workers.BACKOFF_MAX)."""
+        first = call.phase in (None, next(iter(self.protocol.phases), None))
+        ready = self.has_capacity if first else (lambda: all(self.registry.usable(role) for role in roles))
+        if not await self.registry.wait_for(ready, max(0.0, call.deadline - time.monotonic())):
             return None
         loop = asyncio.get_running_loop()
         now = loop.time()

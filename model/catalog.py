@@ -61,6 +61,14 @@ class InstanceType:
     # trn1.32xlarge 600, trn1n.32xlarge 800) but falls back to 10 Gb/s where its bundled version does not, so it is
     # said explicitly. Empty leaves the CLI's default. Rendered as DI_S3_TARGET_BANDWIDTH (userdata/lib/s3.sh).
     s3_target_bandwidth: str = ""
+    # EFA bandwidth of the instance, Gb/s (0: no EFA): bounds how long moving KV over EFA may take
+    # (stacks/observability/kv_alarms.py). trn1/trn1n: the Neuron docs' Trn1 architecture table, "EFA bandwidth
+    # (Gbps)" 800 / 1,600 (https://awsdocs-neuron.readthedocs-hosted.com/en/latest/general/arch/neuron-hardware/
+    # trn1-arch.html). trn2.48xlarge, p5 and p5en: 3,200 as EC2's accelerated computing specifications list them
+    # (https://docs.aws.amazon.com/ec2/latest/instancetypes/ac.html, "Network specifications"); UNVERIFIED where
+    # this was written (the table could not be read). Too high a figure makes the handoff alarm stricter, so it
+    # fires rather than stays silent.
+    efa_gbps: int = 0
 
     def logical_cores(self, lnc: int | None = None) -> int:
         """Logical NeuronCores the runtime sees: what an endpoint's core range indexes (as NEURON_VISIBLE_DEVICES
@@ -120,6 +128,7 @@ WORKER_TYPES: Mapping[str, InstanceType] = {
     for t in (
         InstanceType(
             name="trn2.48xlarge",
+            efa_gbps=3200,
             family="trn2",
             s3_target_bandwidth="400Gb/s",
             network_cards=16,
@@ -136,6 +145,7 @@ WORKER_TYPES: Mapping[str, InstanceType] = {
         ),
         InstanceType(
             name="trn1.32xlarge",
+            efa_gbps=800,
             family="trn1",
             s3_target_bandwidth="600Gb/s",
             network_cards=8,
@@ -151,6 +161,7 @@ WORKER_TYPES: Mapping[str, InstanceType] = {
         ),
         InstanceType(
             name="trn1n.32xlarge",
+            efa_gbps=1600,
             family="trn1",
             s3_target_bandwidth="800Gb/s",
             network_cards=16,
@@ -174,6 +185,7 @@ WORKER_TYPES: Mapping[str, InstanceType] = {
         # GPUDirect RDMA (3,200 Gbps).
         InstanceType(
             name="p5.48xlarge",
+            efa_gbps=3200,
             family="p5",
             network_cards=32,
             efa=True,
@@ -188,6 +200,7 @@ WORKER_TYPES: Mapping[str, InstanceType] = {
         # p5en.48xlarge: 8 x H200 141 GB HBM3e, 192 vCPU, 2,048 GiB, 8 x 3.84 TB NVMe, 16 network cards (EFAv3).
         InstanceType(
             name="p5en.48xlarge",
+            efa_gbps=3200,
             family="p5en",
             network_cards=16,
             efa=True,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from model import catalog
 from model.loader import load_environment
 from model.observability import agent_config, kv_telemetry
 from tests.test_monitoring import collected, drawn, resources
@@ -41,6 +42,30 @@ def test_kv_panels_and_alarms_read_what_a_collector_emits_and_exist_where_their_
     assert (f"distack-{env}-canary-mismatch" in alarms) == (nixl and config.proxy == "distack")
     if kv_telemetry.kv_over_efa(config):
         assert set(kv_telemetry.EFA_RDMA_BYTES) <= names
+    # The proxy's handoff panel wherever it tracks handoffs; the alarm only where an EFA bound exists.
+    shipped = nixl and config.proxy == "distack"
+    assert (kv_telemetry.HANDOFF_TIME in names) == shipped
+    assert (f"distack-{env}-kv-handoff-slow" in alarms) == (shipped and kv_telemetry.kv_over_efa(config))
+
+
+def test_handoff_alarm_bound_is_a_prefill_endpoints_memory_over_the_instances_efa_bandwidth(synth):
+    result = synth("prod")
+    config = result.config
+    (props,) = [v["Properties"] for v in resources(result.template_dict, "AWS::CloudWatch::Alarm").values()
+                if v["Properties"]["AlarmName"] == "distack-prod-kv-handoff-slow"]
+    (query,) = props["Metrics"]
+    stat = query["MetricStat"]
+    assert (stat["Metric"]["MetricName"], stat["Stat"], stat["Metric"]["Namespace"]) == (
+        kv_telemetry.HANDOFF_TIME, "p99", "DiStack/Proxy")
+    expected = 0.0
+    for fleet in config.fleets.values():
+        itype = catalog.WORKER_TYPES[fleet.instance_type]
+        for ep in fleet.resolved_endpoints:
+            if ep.role == "prefill":
+                memory = (ep.last_core - ep.first_core + 1) * itype.memory_gib_per_device(fleet.lnc) * 2**30
+                expected = max(expected, memory * 8 / (itype.efa_gbps * 1e9))
+    assert props["Threshold"] == pytest.approx((expected + kv_telemetry.HANDOFF_ALLOWANCE_SECONDS) * 1000, abs=100)
+    assert props["EvaluationPeriods"] == 3 and props["TreatMissingData"] == "notBreaching"
 
 
 def test_fallback_alarm_fires_on_prompts_without_rdma_bytes_from_every_fleet(synth):

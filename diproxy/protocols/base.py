@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, Sequence
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from diproxy.etcd_gateway import EtcdGateway
     from diproxy.metrics import Metric
     from diproxy.routing import Call, Router
     from diproxy.sse import StreamEvent
@@ -75,6 +76,11 @@ class EngineProtocol:
         """The side services the engine needs on this proxy (on listen address HOST), once per proxy start;
         count_error(kind) adds to diproxy_errors_total."""
         return ()
+
+    async def run_beside(self, gateway: "EtcdGateway | None", etcd_prefix: str) -> None:
+        """The engine's own background work while the proxy runs, as one task cancelled at stop (NIXL: publishing
+        its pending KV handoffs in the registry the workers read, GATEWAY, under ETCD_PREFIX's parent). None: none."""
+        return None
 
     async def serve(self, router: "Router", call: "Call") -> web.StreamResponse:
         raise NotImplementedError

@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from aiohttp import web
 
 from diproxy import load
+from diproxy.etcd_gateway import EtcdGateway
+from diproxy.handoff_registry import HandoffPublisher
+from diproxy.handoffs import HandoffTracker, Pending
 from diproxy.metrics import Counter, Metric
 from diproxy.protocols.base import EngineProtocol, cap_tokens_at_one
 from diproxy.routing import Call, EventStreamResponse, Router, new_uid
@@ -89,17 +93,41 @@ class NixlProtocol(EngineProtocol):
         self.kv_transfer_skipped = Counter(
             "diproxy_kv_transfer_skipped_total",
             "NIXL: prefill answers without kv_transfer_params (stopped before max_tokens); decode prefilled locally.")
+        # Handoffs from prefill answered to decode started, and the release of abandoned ones (diproxy/handoffs.py).
+        self.handoffs = HandoffTracker()
 
     @property
     def metrics(self) -> Sequence[Metric]:
-        return (self.kv_transfer_skipped,)
+        return (self.kv_transfer_skipped, *self.handoffs.metrics)
+
+    async def run_beside(self, gateway: EtcdGateway | None, etcd_prefix: str) -> None:
+        publisher = HandoffPublisher(self.handoffs, gateway, etcd_prefix) if gateway is not None else None
+        try:
+            if publisher is not None:
+                await publisher.run()
+            else:
+                await asyncio.Event().wait()
+        finally:
+            await self.handoffs.close()
+            if publisher is not None:
+                await publisher.close()
 
     async def serve(self, router: Router, call: Call) -> web.StreamResponse:
         handoff = await self._handoff(router, call)
         router.enter(call, load.DECODE)
         body = decode_request(call.body, handoff.kv_params)
-        return await router.attempt(call, (DECODE,),
-                                    lambda workers: self._decode(router, call, workers[0], body, handoff))
+        pending = self.handoffs.open(handoff.prefill.address) if handoff.kv_params is not None else None
+        try:
+            return await router.attempt(call, (DECODE,),
+                                        lambda workers: self._decode(router, call, workers[0], body, handoff, pending))
+        finally:
+            if pending is not None and not pending.closed:
+                if pending.decode_sent:
+                    # A decode worker may hold the request: vLLM's own abort (or its pull) frees the blocks.
+                    pending.close()
+                else:
+                    # The client left (or no decode took it) before any decode had the request: read and free them.
+                    self.handoffs.release(pending, lambda: _release_read(router, call, handoff))
 
     async def _handoff(self, router: Router, call: Call) -> Handoff:
         if router.decode_first(call):
@@ -127,19 +155,33 @@ class NixlProtocol(EngineProtocol):
         return Handoff(uid, prefill, {**params, "remote_host": prefill.host})
 
     async def _decode(self, router: Router, call: Call, decode: Worker, body: dict[str, Any],
-                      handoff: Handoff) -> web.StreamResponse:
+                      handoff: Handoff, pending: Pending | None = None) -> web.StreamResponse:
         log.debug("routing %s: prefill %s, decode %s", call.client_id(handoff.uid),
                   handoff.prefill.address if handoff.prefill else "none (decode alone)", decode.address)
-        return await answer_from_decode(router, call, decode, body, handoff.uid)
+        return await answer_from_decode(router, call, decode, body, handoff.uid, pending)
+
+
+async def _release_read(router: Router, call: Call, handoff: Handoff) -> None:
+    """The one-token decode that reads an abandoned handoff's blocks, so its prefill frees them (diproxy/handoffs.py
+    says why this way); its answer is discarded."""
+    body = decode_request(prefill_request(call.body, {}), handoff.kv_params)
+    start = time.monotonic()
+    # In the decode phase: it needs a decode only, whatever became of the prefills.
+    release = Call(call.request, body, start, start + router.settings.pair_wait_timeout, phase=load.DECODE)
+    await router.attempt(release, (DECODE,),
+                         lambda workers: router.one_token_answer(workers[0], call.path, body, new_uid()))
 
 
 async def answer_from_decode(router: Router, call: Call, decode: Worker, body: dict[str, Any],
-                             uid: str) -> web.StreamResponse:
+                             uid: str, pending: Pending | None = None) -> web.StreamResponse:
     """Decode's whole answer (or stream, as the client asked) to the client, ids rewritten to the client's; a
     failure before the client's first byte raises UpstreamFailure for the caller's attempt to retry. Shared by the
-    protocols whose decode leg generates the whole answer (nixl, lmcache)."""
+    protocols whose decode leg generates the whole answer (nixl, lmcache). PENDING (NIXL) is the handoff this decode
+    ends: marked sent before the request goes out, closed at decode's answer (streamed: its first event)."""
     client_id = call.client_id(uid)
     leg = router.leg(decode, call.path, body, uid)
+    if pending is not None:
+        pending.decode_sent = True
     try:
         if not call.streaming:
             try:
@@ -147,11 +189,15 @@ async def answer_from_decode(router: Router, call: Call, decode: Worker, body: d
                     await leg.open()
             except asyncio.TimeoutError as exc:
                 raise UpstreamFailure(decode, "timeout", "decode did not answer in time") from exc
+            if pending is not None:
+                pending.close(started=True)
             payload = router.whole_answer(leg, await leg.read_body(router.settings.total_timeout))
             rewrite_id(payload, client_id)
             router.first_byte(call)
             return web.json_response(payload, headers={"X-Request-Id": client_id})
         first = await _first_event(router, leg)
+        if pending is not None:
+            pending.close(started=True)
 
         async def stream_body(response: EventStreamResponse) -> None:
             await router.write(response, _client_event(first, client_id))
@@ -162,6 +208,10 @@ async def answer_from_decode(router: Router, call: Call, decode: Worker, body: d
                 await router.write(response, b"", last=True)
 
         return await router.stream(call, client_id, stream_body)
+    except UpstreamFailure as failure:
+        if pending is not None and failure.kind == "connect":
+            pending.decode_sent = False  # the request never reached that decode: no vLLM holds it
+        raise
     finally:
         leg.close()
 

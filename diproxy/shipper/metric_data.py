@@ -83,6 +83,15 @@ RULES: tuple[MetricRule, ...] = (
                description="between successive chunks of a stream written to the client"),
     MetricRule("RequestDuration", "diproxy_request_duration_seconds", "histogram", "Milliseconds",
                description="request arrival to the end of the answer"),
+    # NIXL handoffs (diproxy/handoffs.py): the proxy's own measure of KV moving, docs/kv-handoffs.md.
+    MetricRule("KvHandoffTime", "diproxy_kv_handoff_seconds", "histogram", "Milliseconds",
+               description="engine nixl: a prefill's answer with kv_transfer_params to its decode's start (the KV "
+                           "transfer, decode's queueing and, streamed, its first step)"),
+    MetricRule("KvHandoffsPending", "diproxy_kv_handoffs_pending", "gauge", "Count",
+               description="engine nixl: handoffs whose prefill holds KV no decode has started on, all endpoints"),
+    MetricRule("KvReleases", "diproxy_kv_releases_total", "counter", "Count", ("outcome",),
+               description="engine nixl: KV blocks of clients that left before decode, by outcome (released, "
+                           "failed, dropped)"),
     MetricRule("InFlightRequests", "diproxy_in_flight_requests", "gauge", "Count",
                description="client requests in flight"),
     MetricRule("HealthyWorkers", "diproxy_pool_workers", "gauge", "Count", ("role",), (("state", "healthy"),),

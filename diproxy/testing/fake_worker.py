@@ -140,6 +140,7 @@ class FakeWorker:
         self.healthy = True
         self.requests: list[ReceivedRequest] = []
         self.in_flight = 0  # completion requests being answered (vllm:num_requests_running)
+        self.metrics_reads = 0  # /metrics scrapes (a drain's polls)
         self.side_channel_port = 0  # NIXL side channel a prefill reports (VLLM_NIXL_SIDE_CHANNEL_PORT); set on start
         self.kv_blocks: dict[str, KvBlocks] = {}  # prefill: by remote_request_id
         self.kv_received: list[dict[str, Any]] = []  # decode: the kv_transfer_params it accepted
@@ -329,6 +330,7 @@ class FakeWorker:
         return web.json_response({}, status=200 if self.healthy else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        self.metrics_reads += 1
         labels = '{engine="0",model_name="fake-model"}'
         usage = (self.kv_blocks_held + 2 * self.in_flight) / KV_CACHE_BLOCKS
         text = "".join(f"# TYPE {name} gauge\n{name}{labels} {value}\n" for name, value in (

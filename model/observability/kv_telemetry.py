@@ -107,3 +107,34 @@ def efa_published(config: DeploymentConfig) -> set[tuple[str, str, frozenset[str
     if not any(efa_collected(config, name) for name in config.fleets):
         return set()
     return {(EFA_NAMESPACE, name, frozenset({EFA_DIMENSION})) for name in EFA_MEASUREMENTS}
+
+
+# The proxy's own measure of a handoff (diproxy/handoffs.py, shipped by diproxy/shipper as KvHandoffTime): from a
+# prefill's answer with kv_transfer_params to its decode's start. What the EFA bandwidth allows: one request's KV can
+# be no larger than its prefill endpoint's device memory, and moving all of it at the instance's EFA bandwidth takes
+# memory / bandwidth; HANDOFF_ALLOWANCE_SECONDS adds decode's scheduling and first step. A p99 above that cannot be a
+# healthy transfer over EFA: KV on TCP, a decode queue, or a hung read. A loose bound on purpose: it needs no fact
+# about the model (its KV bytes per token), only the catalog's.
+HANDOFF_TIME = "KvHandoffTime"
+HANDOFFS_PENDING = "KvHandoffsPending"
+KV_RELEASES = "KvReleases"
+HANDOFF_ALLOWANCE_SECONDS = 2.0
+
+
+def handoff_bound_seconds(config: DeploymentConfig) -> float | None:
+    """The longest a handoff over EFA may take at p99 (see above); None unless KV rides EFA and every fleet with a
+    prefill endpoint has a known EFA bandwidth (model/catalog.py InstanceType.efa_gbps)."""
+    if not kv_over_efa(config):
+        return None
+    longest = 0.0
+    for fleet in config.fleets.values():
+        itype = catalog.WORKER_TYPES[fleet.instance_type]
+        for endpoint in fleet.resolved_endpoints:
+            if endpoint.role != "prefill":
+                continue
+            if not itype.efa_gbps:
+                return None
+            devices = endpoint.last_core - endpoint.first_core + 1
+            memory_bytes = devices * itype.memory_gib_per_device(fleet.lnc) * 2**30
+            longest = max(longest, memory_bytes / (itype.efa_gbps * 1e9 / 8))
+    return round(longest + HANDOFF_ALLOWANCE_SECONDS, 1) if longest else None

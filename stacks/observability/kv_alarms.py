@@ -8,6 +8,9 @@ Alarms (each only where its signal exists):
 - kv-tcp-fallback: prompts reach prefill while the fleets' EFA RDMA byte counters stay flat: KV is not riding RDMA
   (libfabric built without EFA, a TCP provider, or KV recomputed at decode). Only where NIXL runs LIBFABRIC.
 - canary-mismatch: the canary's prefill->decode answer differed from the decode's own.
+- kv-handoff-slow: the proxy's handoff time (prefill answered to decode started, KvHandoffTime) has a p99 above what
+  moving a prefill endpoint's whole device memory over the instance's EFA would take
+  (model/observability/kv_telemetry.py handoff_bound_seconds). Only where KV rides EFA and the DiStack proxy runs.
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ def canary_runs(config: DeploymentConfig) -> bool:
     return kv.nixl_engine(config) and config.proxy == "distack"
 
 
+def handoffs_shipped(config: DeploymentConfig) -> bool:
+    """The DiStack proxy tracks NIXL handoffs (diproxy/handoffs.py) and its shipper publishes them."""
+    return kv.nixl_engine(config) and config.proxy == "distack"
+
+
 def allow_efa_metrics(role: "NodeRole", config: DeploymentConfig) -> None:
     """Workers with EFA publish the agent's efa input (PutMetricData into DiStack/Efa) and read their own
     aws:autoscaling:groupName tag for its AutoScalingGroupName dimension (ec2:DescribeTags has no resource type:
@@ -77,6 +85,9 @@ class KvTelemetry(Construct):
             self._fallback_alarm()
         if canary_runs(config):
             self._canary()
+        self.handoff_bound = kv.handoff_bound_seconds(config) if handoffs_shipped(config) else None
+        if self.handoff_bound is not None:
+            self._handoff_alarm(self.handoff_bound)
 
     # Metrics
 
@@ -147,6 +158,16 @@ class KvTelemetry(Construct):
                     f"{self.env}, then dictl preflight --env {self.env} (libfabric's efa provider) and dictl canary "
                     f"--env {self.env}.", periods=FALLBACK_PERIODS)
 
+    def _handoff_alarm(self, bound: float) -> None:
+        self._alarm("KvHandoffSlow", "kv-handoff-slow",
+                    self.m.proxy(kv.HANDOFF_TIME, "p99", minutes=PERIOD_MINUTES, label="handoff time p99"),
+                    f"The p99 of the proxy's KV handoff time on {self.env} (a prefill's answer to its decode's start) "
+                    f"stayed above {bound:g} s for {FALLBACK_PERIODS * PERIOD_MINUTES} minutes: longer than moving a "
+                    "prefill endpoint's whole device memory over the instance's EFA takes. KV is not moving at EFA "
+                    "speed (TCP fallback, a failing link) or decode is saturated. Run first: dictl status --env "
+                    f"{self.env}, then dictl canary --env {self.env} and dictl preflight --env {self.env}.",
+                    periods=FALLBACK_PERIODS, threshold=bound * 1000)
+
     def _canary(self) -> None:
         self._alarm("CanaryMismatch", "canary-mismatch", self._canary_metric("CanaryMismatches"),
                     f"The correctness canary of {self.env} got different token ids through a prefill->decode pair "
@@ -203,6 +224,8 @@ class KvTelemetry(Construct):
                                f"{agent.DEPLOYMENT}=\"{self.env}\"', 'Minimum', {CANARY_RATE_MINUTES * 60})",
                     label="", period=cdk.Duration.minutes(CANARY_RATE_MINUTES))],
                 left_y_axis=cw.YAxisProps(min=0), right_y_axis=cw.YAxisProps(min=0, max=1)))
+        if handoffs_shipped(self.config):
+            row.append(self._handoff_panel())
         gpu = [name for name in self.config.fleets if kv.gpu_fleet(self.config, name)]
         if gpu:
             row.append(cw.GraphWidget(
@@ -210,3 +233,16 @@ class KvTelemetry(Construct):
                 left=[self.m.worker(kv.DCGM_GPU_UTIL, "Average", label=f, Fleet=f) for f in gpu]))
         if row:
             board.add_widgets(*row)
+
+    def _handoff_panel(self) -> cw.GraphWidget:
+        """The proxy's handoff time p50/p99 (with the EFA bound where there is one), its pending handoffs and the
+        releases of clients that left after prefill."""
+        bound = [cw.HorizontalAnnotation(value=self.handoff_bound * 1000, label="EFA bound")] \
+            if self.handoff_bound is not None else []
+        return cw.GraphWidget(
+            title="KV handoffs: prefill answered to decode started (proxy)", width=8,
+            left=[self.m.proxy(kv.HANDOFF_TIME, stat, label=f"handoff time {stat} (ms)") for stat in ("p50", "p99")],
+            right=[self.m.proxy(kv.HANDOFFS_PENDING, "Maximum", label="pending handoffs"),
+                   *(self.m.proxy(kv.KV_RELEASES, "Sum", label=f"releases {outcome}", Outcome=outcome)
+                     for outcome in ("released", "failed", "dropped"))],
+            left_annotations=bound, left_y_axis=cw.YAxisProps(min=0), right_y_axis=cw.YAxisProps(min=0))

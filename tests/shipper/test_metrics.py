@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 import aiohttp
 
+from diproxy.handoffs import HandoffTracker
 from diproxy.metrics import ProxyMetrics
 from diproxy.protocols.lmcache import LMCacheProtocol
 from diproxy.shipper.metric_data import RULES, MetricTranslator, published
@@ -35,11 +36,11 @@ def _value(datums: list[dict], name: str, **dimensions: str) -> float | None:
     return None
 
 
-def _proxy_metrics(monkeypatch, started: float, clock=time.monotonic) -> ProxyMetrics:
+def _proxy_metrics(monkeypatch, started: float, clock=time.monotonic, engine_metrics=None) -> ProxyMetrics:
     monkeypatch.setattr("diproxy.metrics.time.time", lambda: started)
     return ProxyMetrics(lambda: {("decode", "healthy"): 2.0, ("prefill", "unhealthy"): 1.0}, lambda: {},
                         load_roles=ROLES, clock=clock,
-                        engine_metrics=LMCacheProtocol().metrics)
+                        engine_metrics=LMCacheProtocol().metrics if engine_metrics is None else engine_metrics)
 
 
 def test_counters_are_sent_as_deltas_and_a_failed_publish_folds_into_the_next(monkeypatch) -> None:
@@ -132,12 +133,16 @@ def test_a_failed_scrape_reports_the_proxy_down_and_keeps_the_baseline(monkeypat
 
 
 def test_every_rule_reads_a_family_the_proxy_exposes(monkeypatch) -> None:
-    proxy = _proxy_metrics(monkeypatch, 1.0)
+    (transfer_timeouts,) = LMCacheProtocol().metrics  # engine lmcache's own counter
+    handoffs = HandoffTracker()  # engine nixl's
+    proxy = _proxy_metrics(monkeypatch, 1.0, engine_metrics=(transfer_timeouts, *handoffs.metrics))
     proxy.requests.inc(COMPLETIONS, "200")
     proxy.errors.inc("upstream_connect")
     proxy.retries.inc()
-    (transfer_timeouts,) = proxy.engine_metrics  # engine lmcache's own counter
     transfer_timeouts.inc()
+    handoffs.open("10.0.0.1:8000").close(started=True)
+    handoffs.open("10.0.0.1:8000")
+    handoffs.releases.inc("released")
     proxy.ttft.observe(0.1, COMPLETIONS)
     proxy.latency.observe(0.1, COMPLETIONS)
     proxy.inter_token.observe(0.02)

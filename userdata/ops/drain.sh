@@ -5,7 +5,9 @@
 #   1. deregister: stop each endpoint's registrar, which revokes its etcd lease, or delete the key of a server that
 #      registers itself; the proxy watches etcd and stops picking the endpoint;
 #   2. wait until vLLM's own metrics show no request running or waiting, and, where the engine keeps a finished
-#      request's KV blocks for a peer to read (a NIXL prefill), until those are read; at most TIMEOUT seconds;
+#      request's KV blocks for a peer to read (a NIXL prefill), until those are read: until the proxies count no
+#      handoff from the endpoint pending (they publish the counts in etcd, diproxy/handoff_registry.py), or, where no
+#      proxy publishes or etcd cannot be asked, until its KV cache usage is zero; at most TIMEOUT seconds;
 #   3. stop the servers (SIGTERM through the unit; SIGKILL for one still running at TIMEOUT, or DRAIN_STOP_GRACE_SECONDS
 #      after the stop when less was left; TIMEOUT 0 stops hard at once);
 #   4. with --lifecycle HOOKS: complete this instance's lifecycle action with CONTINUE, on the first of HOOKS
@@ -39,6 +41,8 @@ TIMEOUT=0
 START_TIME=$EPOCHREALTIME
 # KV cache usage at or below which a server holds no blocks for a peer (vLLM's get_usage is 0 with every block free).
 DRAIN_KV_IDLE_USAGE=${DRAIN_KV_IDLE_USAGE:-0}
+# Where the proxies publish their pending KV handoffs: beside the workers' keys (diproxy/handoff_registry.py).
+DRAIN_HANDOFFS_PREFIX=${DRAIN_HANDOFFS_PREFIX:-/handoffs/}
 
 usage() { die "usage: drain.sh [--lifecycle HOOKS] [all|INDEX] [TIMEOUT_SECONDS]"; }
 
@@ -77,6 +81,38 @@ etcd_delete() {
 }
 
 endpoint_key() { printf '/workers/%s/%s/%s\n' "$1" "$IP" "$2"; }
+
+# etcd_prefix_range PREFIX [count_only]: etcd's range answer for every key under PREFIX (which ends in "/", so the
+# range ends at the same prefix with "0", the next byte); fails when etcd does not answer.
+etcd_prefix_range() {
+  local prefix=$1 end=${1%/}0 extra=""
+  [[ ${2:-} != count_only ]] || extra=',"count_only":true'
+  curl -fsS --max-time 5 -X POST \
+    -d "{\"key\":\"$(printf '%s' "$prefix" | base64 -w0)\",\"range_end\":\"$(printf '%s' "$end" | base64 -w0)\"$extra}" \
+    "$(etcd_url /v3/kv/range)" 2>/dev/null
+}
+
+# handoffs_pending PORT: HANDOFFS_COUNT, the handoffs from this node's endpoint on PORT that the proxies still count
+# (each proxy's count is one key's value); fails, the reason in HANDOFFS_WHY, when etcd does not answer or no proxy
+# publishes. Not run in a subshell: it sets both.
+HANDOFFS_WHY="" HANDOFFS_COUNT=0
+handoffs_pending() {
+  local port=$1 body value sum=0
+  [[ -n $IP ]] || { HANDOFFS_WHY="this node's IP is unknown"; return 1; }
+  body=$(etcd_prefix_range "${DRAIN_HANDOFFS_PREFIX}proxies/" count_only) ||
+    { HANDOFFS_WHY="etcd at $DI_ETCD does not answer"; return 1; }
+  if ! [[ $body =~ \"count\":\ *\"?([1-9][0-9]*) ]]; then
+    HANDOFFS_WHY="no proxy publishes its handoffs under ${DRAIN_HANDOFFS_PREFIX}proxies/"
+    return 1
+  fi
+  body=$(etcd_prefix_range "${DRAIN_HANDOFFS_PREFIX}pending/$IP/$port/") ||
+    { HANDOFFS_WHY="etcd at $DI_ETCD does not answer"; return 1; }
+  while read -r value; do
+    value=$(printf '%s' "$value" | base64 -d 2>/dev/null) || continue
+    [[ ! $value =~ ^[0-9]+$ ]] || sum=$((sum + value))
+  done < <(grep -o '"value":"[^"]*"' <<<"$body" | cut -d'"' -f4)
+  HANDOFFS_COUNT=$sum
+}
 
 # deregister: step 1. Registrar endpoints lose their key with the registrar's lease (di-register revokes it when
 # stopped). A server that registers itself (NeuronConnector) keeps its own lease alive, so its key is deleted, and
@@ -128,7 +164,7 @@ keep_deregistered() {
 # zero, with WHY empty when nothing listens or its counters cannot be read. KV_IDLE_SINCE[N] is when it first showed no
 # request; a wait for held KV blocks ends engine_kv_hold_seconds after that, when the server frees them itself.
 # UNOBSERVED lists endpoints whose in-flight requests cannot be seen (no vLLM metrics on /metrics).
-declare -A KV_IDLE_SINCE=() UNOBSERVED=()
+declare -A KV_IDLE_SINCE=() UNOBSERVED=() HANDOFFS_SEEN=() HANDOFFS_FALLBACK=()
 WHY=""
 endpoint_busy() {
   local n=$1 body status=0 running waiting usage hold
@@ -148,6 +184,20 @@ endpoint_busy() {
   WHY="idle"
   hold=$(engine_kv_hold_seconds "${ROLES[n]}")
   ((hold > 0)) || return 1
+  # The proxies know which handoffs from this endpoint no decode has started on: when they can say, that decides.
+  if handoffs_pending "${PORTS[n]}"; then
+    if ((HANDOFFS_COUNT > 0)); then
+      WHY="$HANDOFFS_COUNT KV handoffs pending at the proxies"
+      return 0
+    fi
+    [[ -n ${HANDOFFS_SEEN[$n]:-} ]] || log "$(unit_name "${INDEXES[n]}"): the proxies count no KV handoff pending"
+    HANDOFFS_SEEN[$n]=1
+    return 1
+  fi
+  if [[ -z ${HANDOFFS_FALLBACK[$n]:-} ]]; then
+    log "$(unit_name "${INDEXES[n]}"): cannot ask the proxies for pending KV handoffs ($HANDOFFS_WHY); waiting for its KV cache usage to reach zero instead (at most ${hold}s)"
+    HANDOFFS_FALLBACK[$n]=1
+  fi
   [[ -n ${KV_IDLE_SINCE[$n]:-} ]] || KV_IDLE_SINCE[$n]=$SECONDS
   if ((SECONDS - KV_IDLE_SINCE[$n] >= hold)); then
     log "$(unit_name "${INDEXES[n]}"): KV blocks still held after ${hold}s; the server frees them itself now"
