@@ -100,3 +100,10 @@ def control_hosts(config: DeploymentConfig) -> int:
     if "hosts" in plane.model_fields_set:
         return plane.hosts
     return 1 if config.engine_module.control_ports else 3
+
+
+def etcd_secured(config: DeploymentConfig) -> bool:
+    """Whether the deployment's etcd serves clients over TLS with client certificates and etcd's auth
+    (userdata/lib/etcd_trust.sh): always, except where the engine's own server writes the registry (NeuronConnector has
+    no TLS or credential option) or a proxy other than DiStack's reads it (neuron-proxy-server, the same)."""
+    return config.runs_distack_proxy and not config.engine_module.self_registers

@@ -23,6 +23,9 @@ class DeploymentRefs:
     # s3:// URL of the zipped `userdata/` tree (a CDK asset) that every node unpacks into /opt/di.
     scripts_url: str = ""
     proxy_package_url: str = ""
+    # The etcd trust's secrets (stacks/components/etcd_trust.py), when etcd is secured (model/control_plane.py).
+    etcd_ca_secret: str = ""
+    etcd_client_secret: str = ""
 
 
 # Pinned etcd release (official image); the seeds' flags are in userdata/di-run.
@@ -55,6 +58,8 @@ def common_values(config: DeploymentConfig, refs: DeploymentRefs) -> dict[str, s
         "DI_ETCD": f"{refs.control_address}:{naming.ETCD_CLIENT_PORT}",
         "DI_PROXY_PORT": str(naming.PROXY_PORT),
         "DI_SCRIPTS_URL": refs.scripts_url,
+        "DI_ETCD_TLS": "1" if control_plane.etcd_secured(config) else "0",
+        "DI_ETCD_CLIENT_SECRET": refs.etcd_client_secret if control_plane.etcd_secured(config) else "",
     }
 
 
@@ -127,6 +132,9 @@ def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_in
         "DI_ETCD_VOLUME": volume,
         "DI_ETCD_IMAGE": ETCD_IMAGE,
         "DI_ETCD_PEER_PORT": str(naming.ETCD_PEER_PORT),
+        "DI_ETCD_CA_SECRET": refs.etcd_ca_secret if control_plane.etcd_secured(config) else "",
+        # What workers dial (refs.control_address: the load balancer's name, or the one host's address).
+        "DI_ETCD_SERVER_NAME": refs.control_address,
         "DI_SIGNAL_RESOURCE": signal_resource,
         # The control hosts complete their launch hook once etcd and the proxy serve (components/control_host.py).
         "DI_LAUNCH_HOOK": naming.LAUNCH_HOOK,
@@ -198,4 +206,25 @@ def proxy_values(config: DeploymentConfig, control_env: Mapping[str, str],
         **routing_config.proxy_env(config.routing),
         **engine.proxy_values(config),
     }
+    if control_plane.etcd_secured(config):
+        values.update(proxy_etcd_values(config.proxy_kind.units[0]))
     return node_contract.checked(CONTROL, PROXY_ENV, values, engine.proxy_keys)
+
+
+# The etcd user the control hosts create for the proxy, with read access to the registry only
+# (userdata/lib/etcd_trust.sh ETCD_PROXY_USER).
+ETCD_PROXY_USER = "di-proxy"
+
+
+def proxy_etcd_values(unit: str) -> dict[str, str]:
+    """The proxy's etcd TLS and credentials: the files systemd hands the proxy's dynamic user under
+    /run/credentials/UNIT/ (control.sh proxy_etcd_credentials, LoadCredential=;
+    https://systemd.io/CREDENTIALS/ names that directory)."""
+    directory = f"/run/credentials/{unit}"
+    return {
+        "DIPROXY_ETCD_CA_FILE": f"{directory}/etcd-ca.pem",
+        "DIPROXY_ETCD_CERT_FILE": f"{directory}/etcd-client.pem",
+        "DIPROXY_ETCD_KEY_FILE": f"{directory}/etcd-client-key.pem",
+        "DIPROXY_ETCD_USER": ETCD_PROXY_USER,
+        "DIPROXY_ETCD_PASSWORD_FILE": f"{directory}/etcd-password",
+    }

@@ -13,6 +13,7 @@ from stacks import userdata
 from stacks.components.artifacts import Artifacts
 from stacks.components.control_host import ControlHost, ControlState
 from stacks.components.edge import Edge
+from stacks.components.etcd_trust import EtcdTrust
 from stacks.components.monitoring import Monitoring
 from stacks.components.network import Network
 from stacks.components.node_role import NodeRole
@@ -98,6 +99,12 @@ class DiStack(cdk.Stack):
         nag.acknowledge_edge(edge)
         if edge.generated_api_key is not None:
             edge.generated_api_key.grant_read(control_role.role)
+        etcd_trust = None
+        if control_plane.etcd_secured(config):
+            etcd_trust = EtcdTrust(self, "EtcdTrust", deployment=config.name)
+            etcd_trust.grant_control(control_role.role)
+            etcd_trust.grant_workers(worker_role.role)
+            nag.acknowledge_etcd_trust(etcd_trust)
         proxy_package = None
         if config.runs_distack_proxy:
             proxy_package = userdata.proxy_package_asset(self, "ProxyPackage")
@@ -112,7 +119,9 @@ class DiStack(cdk.Stack):
             else state.members[0].address,
             node_log_group=groups["nodes"].log_group_name, container_log_group=groups["containers"].log_group_name,
             scripts_url=scripts.s3_object_url,
-            proxy_package_url=proxy_package.s3_object_url if proxy_package else "")
+            proxy_package_url=proxy_package.s3_object_url if proxy_package else "",
+            etcd_ca_secret=etcd_trust.ca_secret.secret_arn if etcd_trust else "",
+            etcd_client_secret=etcd_trust.client_secret.secret_arn if etcd_trust else "")
         timeout = config.bootstrap.timeout_minutes
         control_signal = userdata.SignalTarget()
         control_tags = self._role_tags(naming.ROLE_CONTROL, naming.ROLE_CONTROL)

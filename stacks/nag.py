@@ -72,6 +72,14 @@ def acknowledge_bucket(bucket: IConstruct) -> None:
                               "itself need access logs.")
 
 
+def acknowledge_etcd_trust(trust: IConstruct) -> None:
+    """The etcd CA and credentials, made once by the first control host."""
+    acknowledge(trust, "SMG4", "The etcd CA and passwords are made once by control host m0 (userdata/lib/"
+                               "etcd_trust.sh); a rotation must re-issue every member's and worker's certificate and "
+                               "reset etcd's users together, which an automatic single-secret rotation cannot: the "
+                               "operator's procedure is in docs/security.md.")
+
+
 def acknowledge_edge(edge: IConstruct) -> None:
     """The load balancer in front of the proxies, and the generated API key."""
     acknowledge(edge, "ELB2", "An internal Network Load Balancer passing TCP/TLS connections: access logs would "

@@ -95,7 +95,8 @@ def test_nodes_get_the_scoped_ssm_statement_instead_of_the_managed_policy(synth)
 
 def test_an_open_proxy_without_a_named_key_gets_a_generated_one_and_only_the_control_role_reads_it(synth):
     template = synth("prod").template_dict
-    (secret_id, secret), = resources(template, "AWS::SecretsManager::Secret").items()
+    (secret_id, secret), = [(k, v) for k, v in resources(template, "AWS::SecretsManager::Secret").items()
+                            if k.startswith("EdgeApiKey")]
     generate = secret["Properties"]["GenerateSecretString"]
     assert generate["PasswordLength"] >= 32 and generate["ExcludePunctuation"] is True
     readers = [name for name, p in resources(template, "AWS::IAM::Policy").items()
@@ -103,7 +104,37 @@ def test_an_open_proxy_without_a_named_key_gets_a_generated_one_and_only_the_con
                                          for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])]]
     assert len(readers) == 1 and readers[0].startswith("ControlRole")
     # dev opens nothing: no key to generate.
-    assert not resources(synth("dev").template_dict, "AWS::SecretsManager::Secret")
+    assert not [k for k in resources(synth("dev").template_dict, "AWS::SecretsManager::Secret")
+                if k.startswith("EdgeApiKey")]
+
+
+def statements_on(template: dict, secret_id: str) -> dict[str, set[str]]:
+    """Policy name -> the actions it grants on one secret."""
+    found: dict[str, set[str]] = {}
+    for name, policy in resources(template, "AWS::IAM::Policy").items():
+        for s in policy["Properties"]["PolicyDocument"]["Statement"]:
+            targets = s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
+            if {"Ref": secret_id} in targets:
+                actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+                found.setdefault(name, set()).update(actions)
+    return found
+
+
+def test_the_etcd_ca_is_the_control_roles_alone_and_workers_only_read_the_registrars_credentials(synth):
+    template = synth("prod").template_dict
+    secrets = resources(template, "AWS::SecretsManager::Secret")
+    (ca,) = [k for k in secrets if k.startswith("EtcdTrustCa")]
+    (registrar,) = [k for k in secrets if k.startswith("EtcdTrustRegistrar")]
+    # Created empty: a generated placeholder, nothing of the CA in the template.
+    assert all("SecretString" not in secrets[k]["Properties"] for k in (ca, registrar))
+    on_ca, on_registrar = statements_on(template, ca), statements_on(template, registrar)
+    assert list(on_ca) == [next(n for n in on_ca if n.startswith("ControlRole"))]
+    assert on_ca[next(iter(on_ca))] == {"secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"}
+    workers = {n: a for n, a in on_registrar.items() if n.startswith("WorkerRole")}
+    assert list(workers.values()) == [{"secretsmanager:GetSecretValue"}]
+    # The legacy engine's etcd stays plain: no trust to create.
+    assert not [k for k in resources(synth("legacy-trn1").template_dict, "AWS::SecretsManager::Secret")
+                if k.startswith("EtcdTrust")]
 
 
 def test_flow_logs_outlive_the_stack(synth):

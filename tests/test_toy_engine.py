@@ -137,7 +137,8 @@ refs = node_values.DeploymentRefs(stack_name="di-toy", control_address="10.0.0.1
 worker = node_values.worker_values(config, "colocated", refs)
 control = node_values.control_values(config, refs, network_interface_id="eni", etcd_volume_id="vol")
 proxy_env = node_values.proxy_values(config, control)
-settings = parse_settings([], env=proxy_env)
+# The etcd TLS files exist only on a control host (systemd credentials); this start needs no etcd.
+settings = parse_settings([], env={k: v for k, v in proxy_env.items() if k not in node_values.proxy_etcd_values("u")})
 state = ProxyState(settings, None)
 
 async def start_stop():

@@ -7,6 +7,7 @@ DI_LIB_DIR=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib
 . "$DI_LIB_DIR/node.sh"
 . "$DI_LIB_DIR/units.sh"
 . "$DI_LIB_DIR/etcd.sh"
+. "$DI_LIB_DIR/etcd_trust.sh"
 . "$DI_LIB_DIR/imds.sh"
 . "$DI_LIB_DIR/report.sh"
 . "$DI_LIB_DIR/metrics.sh"
@@ -153,6 +154,20 @@ start_etcd() {
   wait_for_etcd || fail "etcd does not answer on $DI_ETCD: journalctl -u di-etcd"
 }
 
+# proxy_etcd_credentials: the proxy runs as a dynamic user, which cannot read root's files: systemd hands it copies of
+# the CA, the host's client certificate and its etcd password under /run/credentials/UNIT/ (LoadCredential=,
+# https://www.freedesktop.org/software/systemd/man/latest/systemd.exec.html#Credentials), the paths proxy.env names
+# (model/node_values.py proxy_values).
+proxy_etcd_credentials() {
+  etcd_tls || return 0
+  local unit=${DI_PROXY_UNITS%% *}
+  install -d -m 0755 "$DI_SYSTEMD_DIR/$unit.d"
+  printf '%s\n' '[Service]' "LoadCredential=etcd-ca.pem:$DI_ETCD_DIR/ca.pem" \
+    "LoadCredential=etcd-client.pem:$DI_ETCD_DIR/client.pem" \
+    "LoadCredential=etcd-client-key.pem:$DI_ETCD_DIR/client-key.pem" \
+    "LoadCredential=etcd-password:$DI_ETCD_DIR/proxy-password" >"$DI_SYSTEMD_DIR/$unit.d/etcd-credentials.conf"
+}
+
 proxy_serving() { [[ $(health_code "$DI_PROXY_PORT") == 200 ]]; }
 
 # wait_for_distack_proxy: the unit starting is not the proxy serving: it exits at once when it cannot read its API
@@ -203,6 +218,7 @@ start_distack_proxy() {
   local units unit
   read -ra units <<<"$DI_PROXY_UNITS"
   install_distack_proxy
+  proxy_etcd_credentials
   for unit in "${units[@]}"; do
     [[ -f $DI_SYSTEMD_DIR/$unit ]] || fail "the proxy installer left no $DI_SYSTEMD_DIR/$unit"
   done
@@ -220,8 +236,10 @@ control_main() {
   claim_member
   attach_interface
   attach_etcd_volume
+  etcd_control_trust || fail "no etcd certificate for this host (secret $DI_ETCD_CA_SECRET; see the log above)"
   # Both modes and engines: DI workers register through NeuronConnector or di-register, standard ones through di-register.
   start_etcd
+  etcd_auth_setup || fail "cannot set up etcd's users and roles (see the log above)"
   # The engine's own control-host needs, when its module has any (lib/modules.sh load_engine).
   load_engine_module
   run_engine_hook engine_control_start

@@ -12,6 +12,7 @@ DI_LIB_DIR=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib
 . "$DI_LIB_DIR/node.sh"
 . "$DI_LIB_DIR/units.sh"
 . "$DI_LIB_DIR/etcd.sh"
+. "$DI_LIB_DIR/etcd_trust.sh"
 . "$DI_LIB_DIR/report.sh"
 . "$DI_LIB_DIR/secrets.sh"
 . "$DI_LIB_DIR/s3.sh"
@@ -314,6 +315,8 @@ worker_prepare() {
 
 worker_main() {
   worker_prepare
+  # The registrar's etcd certificate and user, once the control plane created them (lib/etcd_trust.sh).
+  etcd_worker_trust || fail "no etcd credentials in ${DI_ETCD_CLIENT_SECRET:-?}: is the control plane up? (dictl status)"
   # NeuronConnector needs etcd when vLLM starts; di-register (standard mode, nixl) waits for it by itself.
   if engine_self_registers && [[ $DI_MODE == disaggregated ]]; then
     wait_for_etcd || fail "etcd at $DI_ETCD unreachable: is the control host up? (dictl status)"

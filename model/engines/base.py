@@ -50,6 +50,9 @@ class Engine:
     # PYTHONHASHSEED every node of a deployment sets (None: the engine needs none). LMCache hashes KV chunks with
     # Python's hash(), so prefill and decode must agree on the seed.
     python_hash_seed: ClassVar[str | None] = None
+    # True when the engine's server writes its own registry keys in etcd (NeuronConnector), over plain HTTP with no
+    # credentials: the deployment's etcd then keeps its plain client port (model/control_plane.py etcd_secured).
+    self_registers: ClassVar[bool] = False
     # TCP ports on the control host (the proxy) that workers reach for the engine, e.g. lmcache's transfer notices.
     control_ports: ClassVar[tuple[int, ...]] = ()
 

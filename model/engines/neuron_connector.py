@@ -40,6 +40,7 @@ class NeuronConnector(Engine):
     """The legacy engine of the Neuron DI tutorial."""
 
     name = "neuron-connector"
+    self_registers = True
     description = ("legacy: vLLM V0 fork's NeuronConnector, etcd registration by vLLM itself, the image's "
                    "neuron-proxy-server (or DiStack's proxy)")
     status = "legacy (unsupported by Neuron since 2.28; reproduces seed 000)"

@@ -27,7 +27,9 @@ INSTANCE_ID = "i-0123456789abcdef0"
 REFS = node_values.DeploymentRefs(
     stack_name="di-test", control_address="10.42.0.10", bucket_name="di-test-artifactsbucket-abc123",
     node_log_group="/distack/test/nodes", container_log_group="/distack/test/containers",
-    scripts_url="s3://cdk-hnb659fds-assets-123456789012-us-east-2/0123abcd.zip")
+    scripts_url="s3://cdk-hnb659fds-assets-123456789012-us-east-2/0123abcd.zip",
+    etcd_ca_secret="arn:aws:secretsmanager:us-east-2:123456789012:secret:EtcdTrustCa-abc123",
+    etcd_client_secret="arn:aws:secretsmanager:us-east-2:123456789012:secret:EtcdTrustRegistrar-def456")
 
 
 def rendered_values(env: str, fleet: str | None) -> dict[str, str]:
@@ -171,6 +173,10 @@ def make_node(tmp_path: Path, env: str, fleet: str | None, *, fakes: list[str] |
     for sub in ("systemd", "run", "data", "etcd", "by-id", "state"):
         (root / sub).mkdir()
     (root / "fake-state").mkdir()
+    # The registrar's etcd credentials as control host m0 leaves them (userdata/lib/etcd_trust.sh): a worker reads them.
+    registrar = REFS.etcd_client_secret.replace("/", "_").replace(":", "_")
+    (root / "fake-state" / f"secret-{registrar}").write_text(json.dumps(
+        {"ca_cert": "CA\n", "cert": "CERT\n", "key": "KEY\n", "user": "di-register", "password": "pw"}))
     node = Node(root=root, values=rendered_values(env, fleet), env={
         "PATH": f"{bin_dir}:/usr/bin:/bin",
         "HOME": str(root),
@@ -196,6 +202,9 @@ def make_node(tmp_path: Path, env: str, fleet: str | None, *, fakes: list[str] |
         "ETCD_WAIT_SECONDS": "0",
         "DI_SETTLE_SECONDS": "0",
         "DI_STATE_DIR": str(root / "state"),
+        "DI_ETCD_DIR": str(root / "etcd-tls"),
+        "ETCD_TRUST_WAIT_SECONDS": "0",
+        "ETCD_TRUST_SLEEP": "0",
         # Lifecycle and drain waits in milliseconds (the fakes answer at once).
         "LIFECYCLE_STATE_WAIT_SECONDS": "0",
         "LIFECYCLE_POLL_SECONDS": "0.01",

@@ -158,7 +158,7 @@ def test_distack_proxy_reads_its_api_key_secret_and_a_proxy_that_never_serves_fa
     assert proc.returncode != 0
     assert "distack-proxy.service does not answer /health after 0s: journalctl -u distack-proxy" in proc.stderr
     # The proxy reads the secret itself: the boot script never fetches the key.
-    assert not [a for a in n.calls("aws") if a[:1] == ["secretsmanager"]]
+    assert not [a for a in n.calls("aws") if a[:1] == ["secretsmanager"] and "distack/proxy-api-key" in a]
     assert started_units(n) == ["docker", "di-etcd.service", "distack-proxy.service"]
     (signal,) = n.signals()
     assert signal[signal.index("--status") + 1] == "FAILURE"

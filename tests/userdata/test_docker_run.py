@@ -310,22 +310,35 @@ def test_an_unknown_engine_names_the_known_ones(node):
     assert n.docker_runs() == []
 
 
-def test_control_host_etcd_uses_the_tutorial_flags_on_the_fixed_address(node):
+def test_control_host_etcd_serves_clients_over_https_with_client_certificates_on_the_fixed_address(node):
     n = node("prod")
     n.run("di-run", "run", "etcd")
     (argv,) = n.docker_runs()
+    tls = n.env["DI_ETCD_DIR"]
     assert argv == ["run", "--rm", "--name", "di-etcd", "--network", "host",
                     "--log-driver", "awslogs", "--log-opt", "awslogs-region=us-east-2",
                     "--log-opt", "awslogs-group=/distack/test/containers",
                     "--log-opt", f"awslogs-stream=control/{INSTANCE_ID}/etcd",
+                    "-v", f"{tls}:{tls}:ro",
                     "-v", f"{n.root / 'etcd'}/data:/etcd-data", "quay.io/coreos/etcd:v3.5.17", "/usr/local/bin/etcd",
                     "--data-dir=/etcd-data",
-                    "--listen-client-urls=http://0.0.0.0:8989",
-                    "--advertise-client-urls=http://10.42.0.10:8989",
+                    "--listen-client-urls=https://0.0.0.0:8989",
+                    "--advertise-client-urls=https://10.42.0.10:8989",
+                    "--client-cert-auth", f"--trusted-ca-file={tls}/ca.pem", f"--cert-file={tls}/server.pem",
+                    f"--key-file={tls}/server-key.pem",
                     "--listen-peer-urls=http://127.0.0.1:21323",
                     "--initial-advertise-peer-urls=http://127.0.0.1:21323",
                     "--initial-cluster=default=http://127.0.0.1:21323",
                     "--name=default"]
+
+
+def test_the_legacy_engines_etcd_keeps_plain_http_for_neuronconnector(node):
+    # NeuronConnector and neuron-proxy-server have no TLS or credential option: their etcd stays as in the tutorial.
+    n = node(find_fleet(engine="neuron-connector", role="prefill")[0])
+    n.run("di-run", "run", "etcd")
+    (argv,) = n.docker_runs()
+    assert [a for a in argv if a.startswith("--listen-client-urls")] == ["--listen-client-urls=http://0.0.0.0:8989"]
+    assert not [a for a in argv if "cert" in a or a.endswith(":ro")]
 
 
 def test_control_host_proxy_is_the_dlc_neuron_proxy_server(node):

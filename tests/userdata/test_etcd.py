@@ -33,6 +33,8 @@ def register(address: str, key: str) -> None:
 def real_curl_node(node, env, fleet):
     n = node(env, fleet, fakes=[c for c in FAKE_COMMANDS if c != "curl"])
     n.env.update({"DI_INSTANCE_ID": INSTANCE_ID, "DI_LOCAL_IP": "10.42.1.5"})
+    # A plain etcd, as engine neuron-connector keeps it; TLS and auth: tests/userdata/test_etcd_trust.py.
+    n.override(DI_ETCD_TLS="0")
     return n
 
 

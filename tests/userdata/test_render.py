@@ -27,6 +27,9 @@ DEPLOY_TIME = {
     "Ref:ArtifactsContainersLogGroup": "/distack/" + "n" * 20 + "/containers",
     "GetAtt:ControlStateNetworkInterface": "255.255.255.255",
     # The generated API key's ARN and the load balancer's DNS name (the longest each can be).
+    "Ref:EtcdTrustCa": "arn:aws:secretsmanager:us-east-2:123456789012:secret:EtcdTrustCa" + "x" * 40 + "-abcdef",
+    "Ref:EtcdTrustRegistrar": "arn:aws:secretsmanager:us-east-2:123456789012:secret:EtcdTrustRegistrar" + "x" * 40
+                              + "-abcdef",
     "Ref:EdgeApiKey": "arn:aws:secretsmanager:us-east-2:123456789012:secret:EdgeApiKey" + "x" * 40 + "-abcdef",
     "GetAtt:EdgeLoadBalancer": "internal-di-prod-EdgeL-" + "x" * 9 + "-0123456789.elb.us-east-2.amazonaws.com",
 }

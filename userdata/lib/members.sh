@@ -5,6 +5,8 @@
 # terminates), and with it that member's name (m0, m1, ...), address and retained etcd volume. Sourced, never run.
 # shellcheck source=log.sh
 . "${BASH_SOURCE[0]%/*}/log.sh"
+# shellcheck source=etcd.sh
+. "${BASH_SOURCE[0]%/*}/etcd.sh"
 
 DI_MEMBER_ENV=${DI_MEMBER_ENV:-/etc/di/member.env}
 ETCD_JOIN_TIMEOUT=${ETCD_JOIN_TIMEOUT:-10s}
@@ -55,18 +57,29 @@ etcd_initial_cluster() {
 etcd_other_endpoints() {
   local index address out=()
   while read -r index _ _ address; do
-    [[ m$index == "$DI_ETCD_MEMBER" ]] || out+=("http://$address:${DI_ETCD##*:}")
+    [[ m$index == "$DI_ETCD_MEMBER" ]] || out+=("$(etcd_scheme)://$address:${DI_ETCD##*:}")
   done < <(slots)
   (IFS=,; printf '%s\n' "${out[*]}")
 }
 
-# di_etcdctl ARG...: etcdctl from the pinned etcd image (DI_ETCDCTL names a local binary instead, for tests).
+# di_etcdctl ARG...: etcdctl from the pinned etcd image (DI_ETCDCTL names a local binary instead, for tests). With
+# DI_ETCD_TLS=1 it presents the host's member certificate and acts as root (membership changes need root once auth
+# is on); root's password reaches etcdctl through its environment (ETCDCTL_USER), never argv.
 di_etcdctl() {
+  local tls=() env=(ETCDCTL_API=3)
+  if etcd_tls; then
+    tls=("--cacert=$DI_ETCD_DIR/ca.pem" "--cert=$DI_ETCD_DIR/client.pem" "--key=$DI_ETCD_DIR/client-key.pem")
+    [[ -s $DI_ETCD_DIR/root-password ]] && env+=("ETCDCTL_USER=root:$(<"$DI_ETCD_DIR/root-password")")
+  fi
   if [[ -n ${DI_ETCDCTL:-} ]]; then
-    ETCDCTL_API=3 "$DI_ETCDCTL" --dial-timeout="$ETCD_JOIN_TIMEOUT" --command-timeout="$ETCD_JOIN_TIMEOUT" "$@"
+    env "${env[@]}" "$DI_ETCDCTL" --dial-timeout="$ETCD_JOIN_TIMEOUT" --command-timeout="$ETCD_JOIN_TIMEOUT" \
+      "${tls[@]}" "$@"
   else
-    docker run --rm --network host -e ETCDCTL_API=3 "${DI_ETCD_IMAGE:?}" etcdctl \
-      --dial-timeout="$ETCD_JOIN_TIMEOUT" --command-timeout="$ETCD_JOIN_TIMEOUT" "$@"
+    local passed=() pair
+    for pair in "${env[@]}"; do passed+=(-e "${pair%%=*}"); done
+    env "${env[@]}" docker run --rm --network host "${passed[@]}" ${tls[@]:+-v "$DI_ETCD_DIR:$DI_ETCD_DIR:ro"} \
+      "${DI_ETCD_IMAGE:?}" etcdctl --dial-timeout="$ETCD_JOIN_TIMEOUT" --command-timeout="$ETCD_JOIN_TIMEOUT" \
+      "${tls[@]}" "$@"
   fi
 }
 

@@ -70,14 +70,12 @@ elapsed() { awk -v a="$START_TIME" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f",
 # etcd_count KEY: how many keys KEY matches (0 or 1); fails when etcd does not answer.
 etcd_count() {
   local body
-  body=$(curl -fsS --max-time 5 -X POST -d "{\"key\":\"$(printf '%s' "$1" | base64 -w0)\",\"count_only\":true}" \
-    "$(etcd_url /v3/kv/range)" 2>/dev/null) || return 1
+  body=$(etcd_call /v3/kv/range "{\"key\":\"$(printf '%s' "$1" | base64 -w0)\",\"count_only\":true}") || return 1
   if [[ $body =~ \"count\":\ *\"?([0-9]+) ]]; then echo "${BASH_REMATCH[1]}"; else echo 0; fi
 }
 
 etcd_delete() {
-  curl -fsS --max-time 5 -X POST -d "{\"key\":\"$(printf '%s' "$1" | base64 -w0)\"}" \
-    "$(etcd_url /v3/kv/deleterange)" >/dev/null 2>&1
+  etcd_call /v3/kv/deleterange "{\"key\":\"$(printf '%s' "$1" | base64 -w0)\"}" >/dev/null
 }
 
 endpoint_key() { printf '/workers/%s/%s/%s\n' "$1" "$IP" "$2"; }
