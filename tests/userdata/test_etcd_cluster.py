@@ -32,6 +32,8 @@ class Cluster:
         self.procs: dict[int, subprocess.Popen] = {}
         self.env = {"PATH": "/usr/bin:/bin", "DI_DEPLOYMENT": "test", "DI_ETCD": f"127.0.0.1:{self.client_port}",
                     "DI_ETCD_PEER_PORT": str(self.peer_port), "DI_ETCDCTL": etcdctl(), "ETCD_JOIN_TIMEOUT": "3s",
+                    # Retry the member add often: etcd refuses it until the cluster has been healthy for 5 s.
+                    "ETCD_ADD_SLEEP": "0.2",
                     "DI_CONTROL_SLOTS": " ".join(f"eni-{i},vol-{i},{a}" for i, a in enumerate(ADDRESSES)),
                     "DI_RUN_DIR": str(root / "run"), "DI_NODE_ENV": "/nonexistent"}
 
