@@ -18,6 +18,12 @@ WORKER_ROLES = (ROLE_PREFILL, ROLE_DECODE, ROLE_COLOCATED, ROLE_STANDARD)
 
 PROXY_PORT = 8000
 ETCD_CLIENT_PORT = 8989
+# etcd's /metrics and /health on a plain-HTTP loopback listener of their own (--listen-metrics-urls), for the local
+# CloudWatch agent: the client port requires a client certificate once etcd is secured.
+ETCD_METRICS_PORT = 8990
+# etcd's backend quota (its default, 2 GiB, set explicitly so the alarm's bound and etcd's agree): at the quota etcd
+# raises NOSPACE and refuses every write (https://etcd.io/docs/v3.5/op-guide/maintenance/#space-quota).
+ETCD_QUOTA_BYTES = 2 * 1024**3
 # etcd's peer listener stays on loopback (single member), as in the Neuron DI tutorial.
 ETCD_PEER_PORT = 21323
 VLLM_BASE_PORT = 8000

@@ -226,6 +226,8 @@ LOCAL_KNOBS: tuple[Knob, ...] = (
     knob("DI_STATE_DIR", "lib/node.sh", "state that survives a stop"),
     knob("DI_DATA_DIR", "lib/node.sh", "the model and compiled-artifact volume"),
     knob("DI_MEMBER_ENV", "lib/members.sh", "the etcd member slot this control host claimed"),
+    knob("DI_ETCD_QUOTA_BYTES", "di-run", "etcd's backend quota (naming.ETCD_QUOTA_BYTES; the alarm's bound)"),
+    knob("DI_ETCD_METRICS_PORT", "di-run", "etcd's loopback metrics listener (naming.ETCD_METRICS_PORT)"),
     knob("DI_ETCD_MEMBER", "lib/members.sh", "that member's name, set when the slot is claimed"),
     knob("DI_ETCDCTL", "lib/members.sh", "a local etcdctl instead of the pinned image's"),
     knob("DI_ETCD_DIR", "lib/etcd.sh", "this node's etcd CA, certificate and credentials"),

@@ -130,7 +130,8 @@ def test_control_host_installs_the_rpm_with_dnf_and_runs_no_neuron_exporter(tmp_
     assert not [c for c in calls if c[0] == "systemctl"]
     (ctl,) = [c for c in calls if c[0] == "amazon-cloudwatch-agent-ctl"]
     assert ctl[-1] == "ssm:/distack/prod/metrics-agent/control/agent"
-    assert "127.0.0.1:8989" in (root / "metrics" / "prometheus.yaml").read_text()
+    # etcd's own loopback metrics listener: the client port needs a client certificate.
+    assert "127.0.0.1:8990" in (root / "metrics" / "prometheus.yaml").read_text()
 
 
 @pytest.mark.parametrize("state, reason", [

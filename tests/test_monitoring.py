@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -128,8 +129,8 @@ def test_proxy_neuron_dashboard_says_what_is_absent_and_has_no_proxy_metrics(syn
     alarms = resources(template, "AWS::CloudWatch::Alarm") | resources(template, "AWS::CloudWatch::CompositeAlarm")
     assert sorted(a["Properties"]["AlarmName"] for a in alarms.values()) == [
         "distack-tutorial-bootstrap-failed", "distack-tutorial-control-host-unhealthy",
-        "distack-tutorial-control-not-in-service", "distack-tutorial-neuron-errors-decode",
-        "distack-tutorial-neuron-errors-prefill"]
+        "distack-tutorial-control-not-in-service", "distack-tutorial-etcd-near-quota",
+        "distack-tutorial-neuron-errors-decode", "distack-tutorial-neuron-errors-prefill"]
     # The workers' panels stay: their metrics come from the nodes' agents, whatever the proxy.
     assert {name for ns, name, _, _ in metric_lines(body) if ns == naming.WORKER_METRICS_NAMESPACE} >= {
         "vllm:num_requests_waiting", "vllm:num_requests_running", "neuroncore_utilization_ratio",
@@ -413,3 +414,18 @@ def test_layout_picture_has_every_widget_at_its_place(synth):
         row = w["y"] * 2 // 3 + 1
         col = w["x"] * layout.COLUMN_CHARS + 2
         assert lines[row][col:col + len(first_word)] == first_word
+
+
+def test_etcd_near_its_quota_alarms_before_it_refuses_writes(synth):
+    from model import naming
+    from stacks.components.monitoring import ETCD_DB_SIZE
+
+    alarms = synth("prod").template.find_resources("AWS::CloudWatch::Alarm")
+    (near,) = [a["Properties"] for a in alarms.values() if a["Properties"].get("AlarmName") == "distack-prod-etcd-near-quota"]
+    assert near["MetricName"] == ETCD_DB_SIZE and near["Statistic"] == "Maximum"
+    assert near["Threshold"] == 0.8 * naming.ETCD_QUOTA_BYTES
+    # The bound is etcd's own quota as the control host starts it.
+    flags = subprocess.run(["bash", "-c", f'. "{ROOT}/userdata/di-run"; etcd_upkeep_args'], capture_output=True,
+                           text=True, env={"PATH": "/usr/bin:/bin", "DI_NODE_ENV": "/nonexistent"})
+    assert f"--quota-backend-bytes={naming.ETCD_QUOTA_BYTES}" in flags.stdout.split(), flags.stderr
+    assert f"--listen-metrics-urls=http://127.0.0.1:{naming.ETCD_METRICS_PORT}" in flags.stdout.split()

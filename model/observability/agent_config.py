@@ -136,7 +136,7 @@ def control_agent(config: DeploymentConfig) -> AgentFiles:
     lines. Each event is the journal entry as JSON, the line in `body.MESSAGE`.
     """
     node = {DEPLOYMENT: config.name, FLEET: naming.ROLE_CONTROL, ROLE: naming.ROLE_CONTROL, INSTANCE: INSTANCE_PLACEHOLDER}
-    jobs = [_job(JOB_ETCD, [{"targets": [f"127.0.0.1:{naming.ETCD_CLIENT_PORT}"], "labels": node}], CONTROL_KEPT)]
+    jobs = [_job(JOB_ETCD, [{"targets": [f"127.0.0.1:{naming.ETCD_METRICS_PORT}"], "labels": node}], CONTROL_KEPT)]
     agent = _agent(config, naming.CONTROL_METRICS_NAMESPACE, CONTROL_KEPT)
     if config.runs_distack_proxy:
         agent["logs"]["logs_collected"] = {"journald": {"collect_list": [{

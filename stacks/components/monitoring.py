@@ -49,6 +49,10 @@ INTER_TOKEN_LATENCY = "InterTokenLatency"
 # Neuron runtime execution errors (neuron-monitor's error counters) a fleet may have in 5 minutes before the alarm.
 NEURON_ERRORS_PERIOD_MINUTES = 5
 NEURON_ERRORS_THRESHOLD = 1
+# etcd's database size (the control agent keeps it, model/observability/agent_config.py) and the share of the quota
+# that alarms.
+ETCD_DB_SIZE = "etcd_mvcc_db_total_size_in_bytes"
+ETCD_QUOTA_ALARM_SHARE = 0.8
 # The proxy's pool roles: prefill/decode workers, or standard mode's standalone endpoints (diproxy/workers.py).
 DI_POOL_ROLES = ("prefill", "decode")
 STANDARD_POOL_ROLES = ("standalone",)
@@ -158,6 +162,7 @@ class Monitoring(Construct):
 
         self._control_alarm(control_group_name)
         self._bootstrap_alarm()
+        self._etcd_space_alarm()
         self._neuron_error_alarms()
         if self.proxy_metrics:
             self._pair_alarm()
@@ -254,6 +259,23 @@ class Monitoring(Construct):
                         f"{naming.log_group(env, 'nodes')} (stream FLEET/INSTANCE/bootstrap). Run first: "
                         f"dictl status --env {env}, then dictl logs --env {env} --instance-id ID.")
         self._notify("bootstrap-failed", alarm)
+
+    def _etcd_space_alarm(self) -> None:
+        """etcd's database near its backend quota: at the quota etcd raises NOSPACE and refuses every write, so no
+        worker could register (https://etcd.io/docs/v3.5/op-guide/maintenance/#space-quota). Auto-compaction keeps a
+        registry far below it; growth to 80 % means compaction or defragmentation is not keeping up."""
+        env = self.env_name
+        size = cw.Metric(namespace=naming.CONTROL_METRICS_NAMESPACE, metric_name=ETCD_DB_SIZE, statistic="Maximum",
+                         period=cdk.Duration.minutes(5), dimensions_map={agent.DEPLOYMENT: env})
+        alarm = self._metric_alarm(
+            "EtcdNearQuota", "etcd-near-quota", size, threshold=ETCD_QUOTA_ALARM_SHARE * naming.ETCD_QUOTA_BYTES,
+            comparison=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD, periods=1,
+            missing=cw.TreatMissingData.NOT_BREACHING,
+            description=f"etcd's database of {env} is at {ETCD_QUOTA_ALARM_SHARE:.0%} of its "
+                        f"{naming.ETCD_QUOTA_BYTES // 1024**3} GiB quota; at the quota it refuses every write "
+                        f"(registrations included). Run first: dictl status --env {env} --role control, then on a "
+                        f"control host etcdctl endpoint status and etcdctl defrag (etcd's maintenance guide).")
+        self._notify("etcd-near-quota", alarm)
 
     def _neuron_error_alarms(self) -> None:
         env, minutes = self.env_name, NEURON_ERRORS_PERIOD_MINUTES

@@ -326,6 +326,8 @@ def test_control_host_etcd_serves_clients_over_https_with_client_certificates_on
                     "--advertise-client-urls=https://10.42.0.10:8989",
                     "--client-cert-auth", f"--trusted-ca-file={tls}/ca.pem", f"--cert-file={tls}/server.pem",
                     f"--key-file={tls}/server-key.pem",
+                    "--auto-compaction-mode=periodic", "--auto-compaction-retention=1h",
+                    "--quota-backend-bytes=2147483648", "--listen-metrics-urls=http://127.0.0.1:8990",
                     "--listen-peer-urls=http://127.0.0.1:21323",
                     "--initial-advertise-peer-urls=http://127.0.0.1:21323",
                     "--initial-cluster=default=http://127.0.0.1:21323",
