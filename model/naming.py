@@ -55,6 +55,8 @@ NODE_SCRIPTS_DIR = "/opt/di"
 KV_LOCK_FILE = "/tmp/nrt_kv_store_server.lock"
 
 BUCKET_PREFIX_COMPILED = "compiled/"
+# Where a node uploads what it compiled (KEY/INSTANCE_ID/): nodes may not write compiled/, `dictl compile` promotes.
+BUCKET_PREFIX_STAGING_COMPILED = "staging/compiled/"
 BUCKET_PREFIX_MODELS = "models/"
 BUCKET_PREFIX_BENCH = "bench/"
 BUCKET_PREFIX_LOGS = "logs/"

@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     targets(p)
     rolling(p, "50", "100%", 900)
     p.add_argument("--hours", default=6, type=_positive, help="how far back (default: 6)")
-    p = command("compile", "compile the model once per TP degree and upload to s3://BUCKET/compiled/")
+    p = command("compile", "compile the model once per TP degree, check what the node staged and promote it to s3://BUCKET/compiled/")
     p.add_argument("--fleet", dest="fleets", action="append", default=[], metavar="FLEET",
                    help="fleets whose TP degrees to compile, repeatable (default: every worker fleet)")
     p.add_argument("--force", action="store_true", help="compile even if the artifacts are in S3")

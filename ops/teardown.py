@@ -3,7 +3,8 @@
 The stack retains its artifacts bucket and the control host's etcd volume (RemovalPolicy RETAIN), and a failed
 create keeps both too; log groups are deleted with the stack, but one left by an older or failed stack has the
 deployment's name and would make the next create fail. They are found by the deployment tag that the stack puts on
-every resource (di:deployment=NAME, through the Resource Groups Tagging API) and by the log group prefix
+every resource together with the stack-name tag only CloudFormation can set (di:deployment=NAME and
+aws:cloudformation:stack-name=di-NAME, through the Resource Groups Tagging API) and by the log group prefix
 /distack/NAME/, and deleted only with --yes or after the operator types the environment's name on a terminal.
 """
 
@@ -57,13 +58,23 @@ def stack_status(clients: Any, stack_name: str) -> str | None:
     return live[0] if live else None
 
 
+# CloudFormation puts this tag on every resource it tags ("CloudFormation automatically creates the following
+# stack-level tags with the prefix aws:", https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-properties-resource-tags.html),
+# and "Tags owned by AWS have the reserved prefix: aws:" (https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_Tag.html):
+# moto's S3 refuses such a tag from any requester too ("System tags cannot be added/updated by requester").
+STACK_NAME_TAG = "aws:cloudformation:stack-name"
+
+
 def _tagged_arns(clients: Any, env: str) -> Iterator[str]:
-    """ARNs of every resource tagged di:deployment=ENV in the region (GetResources pages by PaginationToken:
-    https://docs.aws.amazon.com/resourcegroupstagging/latest/APIReference/API_GetResources.html)."""
+    """ARNs of every resource tagged di:deployment=ENV that the deployment's own stack created (the tag anyone can
+    set is not enough: a look-alike with only it is left alone). GetResources ANDs its TagFilters and pages by
+    PaginationToken: https://docs.aws.amazon.com/resourcegroupstagging/latest/APIReference/API_GetResources.html"""
     tagging = clients.get("resourcegroupstaggingapi")
     token = ""
+    filters = [{"Key": naming.TAG_DEPLOYMENT, "Values": [env]},
+               {"Key": STACK_NAME_TAG, "Values": [naming.stack_name(env)]}]
     while True:
-        page = tagging.get_resources(TagFilters=[{"Key": naming.TAG_DEPLOYMENT, "Values": [env]}],
+        page = tagging.get_resources(TagFilters=filters,
                                      **({"PaginationToken": token} if token else {}))
         for mapping in page.get("ResourceTagMappingList", []):
             yield mapping["ResourceARN"]
@@ -205,7 +216,8 @@ def run(config: Any, clients: Any, *, yes: bool, as_json: bool, quiet: bool,
     report: dict[str, Any] = {"stack": stack, "region": clients.region, "retained": [asdict(r) for r in retained],
                               "deleted": [], "failed": {}}
     if not as_json:
-        where = f"tag {naming.TAG_DEPLOYMENT}={env} and log groups {naming.log_group(env, '')}*"
+        where = (f"tags {naming.TAG_DEPLOYMENT}={env} and {STACK_NAME_TAG}={stack}, and log groups "
+                 f"{naming.log_group(env, '')}*")
         if retained:
             print(f"{stack} is deleted; left in {clients.region} ({where}):", file=out)
             print(table(("KIND", "NAME", "DETAIL"), [(r.kind, r.name, r.detail) for r in retained]), file=out)

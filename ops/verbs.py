@@ -12,7 +12,7 @@ from typing import Callable, TextIO
 
 from botocore.exceptions import ClientError
 
-from ops import commands
+from ops import commands, promote
 from ops.commands import InstanceResult, RunResult, SendOptions
 from ops.errors import UsageError
 from ops.output import Progress, print_run
@@ -254,12 +254,15 @@ def logs(deployment: Deployment, selection: Selection, *, hours: int, options: S
 
 
 def compile_model(deployment: Deployment, fleets: list[str], *, force: bool, timeout: int, options: SendOptions,
-                  progress: Progress, as_json: bool, out: TextIO | None = None) -> int:
-    """Compile once per distinct tensor-parallel degree, on one live instance of the first fleet using it."""
+                  progress: Progress, as_json: bool, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Compile once per distinct tensor-parallel degree, on one live instance of the first fleet using it, then
+    promote what each instance staged (ops/promote.py): nodes cannot write compiled/ themselves."""
+    err = err or sys.stderr
     chosen: dict[int, str] = {}
     for fleet in fleets:
         chosen.setdefault(deployment.config.fleets[fleet].tensor_parallel, fleet)
     total = RunResult(deployment.document("compile"))
+    refused = 0
     parameters = {"flags": "--force" if force else "", "executionTimeout": str(timeout)}
     for fleet in chosen.values():
         live = [i for i in deployment.instances(Selection(fleet=fleet)) if i.state == "running"]
@@ -267,10 +270,32 @@ def compile_model(deployment: Deployment, fleets: list[str], *, force: bool, tim
             raise UsageError(f"fleet {fleet} has no running instance to compile on\n"
                              f"  fix: dictl scale --env {deployment.name} --fleet {fleet} --count 1")
         selection = Selection(instance_ids=(live[0].instance_id,))
-        total.extend(commands.run(deployment, "compile", selection, parameters=parameters,
-                                  options=replace(options, timeout=float(timeout) + 120), progress=progress,
-                                  expected=live[:1]))
-    return print_run(total, as_json=as_json, out=out)
+        run = commands.run(deployment, "compile", selection, parameters=parameters,
+                           options=replace(options, timeout=float(timeout) + 120), progress=progress,
+                           expected=live[:1])
+        total.extend(run)
+        if run.ok:
+            refused += _promote(deployment, live[0].instance_id, progress, err)
+    status = print_run(total, as_json=as_json, out=out)
+    return status or (1 if refused else 0)
+
+
+def _promote(deployment: Deployment, instance_id: str, progress: Progress, err: TextIO) -> int:
+    """Promote what INSTANCE_ID staged, if anything (nothing when the artifacts were already in S3); 1 if refused."""
+    s3, bucket = deployment.clients.s3, deployment.bucket
+    key = promote.staged_key(s3, bucket, instance_id)
+    if key is None:
+        return 0
+    progress.update(f"checking and promoting {key} from {instance_id}")
+    try:
+        done = promote.promote(s3, bucket, key, instance_id)
+    except promote.PromoteError as error:
+        print(f"dictl compile: not promoted, s3://{bucket}/{naming.BUCKET_PREFIX_COMPILED}{key}/ left as it was:\n"
+              f"{error}\n  fix: dictl compile --env {deployment.name} --force (compile and stage again)", file=err)
+        return 1
+    print(f"promoted {done.files} file(s) to s3://{bucket}/{naming.BUCKET_PREFIX_COMPILED}{key}/"
+          + (f", {done.removed} stale removed" if done.removed else ""), file=err)
+    return 0
 
 
 def smoke(deployment: Deployment, *, max_tokens: int, options: SendOptions, progress: Progress, as_json: bool,

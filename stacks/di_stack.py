@@ -39,10 +39,11 @@ RETENTION = {
 }
 
 
-# Workers publish compiled artifacts and collected logs; the control host, benchmark results and logs;
-# both, the output of Run Command documents (the SSM Agent writes it with the instance role).
+# Workers stage compiled artifacts (never compiled/ itself, which every worker loads: `dictl compile` promotes a
+# checked staging copy with the operator's credentials) and publish collected logs; the control host, benchmark
+# results and logs; both, the output of Run Command documents (the SSM Agent writes it with the instance role).
 WRITE_PREFIXES = {
-    "WorkerRole": [naming.BUCKET_PREFIX_COMPILED, naming.BUCKET_PREFIX_LOGS, naming.BUCKET_PREFIX_COMMANDS],
+    "WorkerRole": [naming.BUCKET_PREFIX_STAGING_COMPILED, naming.BUCKET_PREFIX_LOGS, naming.BUCKET_PREFIX_COMMANDS],
     "ControlRole": [naming.BUCKET_PREFIX_BENCH, naming.BUCKET_PREFIX_LOGS, naming.BUCKET_PREFIX_COMMANDS],
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -262,10 +263,27 @@ def test_artifacts_bucket_is_encrypted_versioned_private_tls_only_and_retained(s
 
 def test_log_groups_are_named_for_operators_with_the_configured_retention(synth):
     result = synth("prod")
-    groups = {v["Properties"].get("LogGroupName"): v["Properties"]["RetentionInDays"]
+    groups = {json.dumps(v["Properties"].get("LogGroupName")).strip('"'): v["Properties"]["RetentionInDays"]
               for v in resources(result.template_dict, "AWS::Logs::LogGroup").values()}
-    for stream in ("nodes", "containers", "commands"):
+    for stream in ("nodes", "containers"):
         assert groups[naming.log_group("prod", stream)] == result.config.log_retention_days
+
+
+def test_the_command_history_outlives_the_stack_under_a_name_the_next_stack_does_not_reuse(synth):
+    template = synth("prod").template_dict
+    groups = resources(template, "AWS::Logs::LogGroup")
+    (commands,) = [g for g in groups.values() if "commands" in json.dumps(g["Properties"].get("LogGroupName"))]
+    assert commands["DeletionPolicy"] == commands["UpdateReplacePolicy"] == "Retain"
+    # /distack/prod/commands- and the first group of the stack id's UUID: a new stack of prod gets another name.
+    prefix, suffix = commands["Properties"]["LogGroupName"]["Fn::Join"][1]
+    assert prefix == naming.log_group("prod", "commands-")
+    uuid = suffix["Fn::Select"][1]["Fn::Split"]
+    assert suffix["Fn::Select"][0] == 0 and uuid[0] == "-"
+    assert uuid[1] == {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]}
+    # dictl finds it through the stack output, and the flow logs are retained as well.
+    (logical,) = [name for name, g in groups.items() if g is commands]
+    assert template["Outputs"][naming.OUTPUT_SSM_LOG_GROUP]["Value"] == {"Ref": logical}
+    assert [g.get("DeletionPolicy") for g in groups.values() if "LogGroupName" not in g["Properties"]] == ["Retain"]
 
 
 def test_node_roles_write_only_their_prefixes_and_read_only_their_secret(synth):
@@ -280,12 +298,35 @@ def test_node_roles_write_only_their_prefixes_and_read_only_their_secret(synth):
             if "secretsmanager:GetSecretValue" in actions:
                 secrets += [str(t) for t in targets]
             assert not any(a.endswith(":*") or a == "*" for a in actions), statement
-    assert puts and all(p in {"/compiled/*", "/logs/*", "/bench/*", "/commands/*"} for p in puts), puts
+    assert puts and all(p in {"/staging/compiled/*", "/logs/*", "/bench/*", "/commands/*"} for p in puts), puts
     # The HF token by name, the proxy's generated API key (prod names none but opens the proxy) and the etcd trust's
     # secrets (tests/test_control_plane.py holds who reads which).
     generated = resources(template, "AWS::SecretsManager::Secret")
     assert secrets and all("secret:distack/hf-token-??????" in s or s in {str({"Ref": g}) for g in generated}
                            for s in secrets)
+
+
+def _may_put(statements: list[dict], key: str) -> bool:
+    """Whether an Allow statement grants s3:PutObject on object KEY of the artifacts bucket (IAM's `*` wildcard)."""
+    for statement in statements:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        if statement["Effect"] == "Allow" and "s3:PutObject" in actions:
+            for target in targets:
+                pattern = target["Fn::Join"][1][-1].lstrip("/") if isinstance(target, dict) else target
+                if re.fullmatch(".*".join(map(re.escape, pattern.split("*"))), key):
+                    return True
+    return False
+
+
+def test_no_node_may_write_the_compiled_artifacts_workers_load_only_stage_them(synth):
+    raw = synth("prod").template_dict
+    key = "Llama-3.3-70B-Instruct-tp16-b8-s8192-0123456789ab"
+    for role in ("WorkerRole", "ControlRole"):
+        for path in ("SHA256SUMS", "model.pt"):
+            assert not _may_put(_statements(raw, role), f"compiled/{key}/{path}"), role
+    assert _may_put(_statements(raw, "WorkerRole"), f"staging/compiled/{key}/i-0abc/SHA256SUMS")
+    assert _may_put(_statements(raw, "WorkerRole"), "logs/i-0abc/logs.tar.gz")  # the matcher does match
 
 
 @pytest.mark.parametrize("env", SHIPPED_ENVS)

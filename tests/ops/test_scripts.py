@@ -172,16 +172,20 @@ def test_compile_skips_what_is_already_in_s3(worker: Node) -> None:
 def test_compile_runs_inference_demo_with_the_deployment_shapes_and_uploads(worker: Node) -> None:
     key = worker.compiled_key()
     artifact = worker.root / "data" / "compiled" / key / "model.pt"
-    result = worker.run("compile.sh", "--force", FAKE_DOCKER_CREATE=str(artifact))
+    result = worker.run("compile.sh", "--force", FAKE_DOCKER_CREATE=str(artifact), DI_INSTANCE_ID="i-0abc")
     assert result.returncode == 0, result.stderr
     run = worker.called("docker run")[0]
     for expected in ("--entrypoint inference_demo", "--tp-degree 64", "--batch-size 8", "--seq-len 8192",
                      "--max-context-length 8192", "--compile-only", f"--model-path /data/models/{MODEL}",
                      f"--compiled-model-path /data/compiled/{key}", "NEURON_RT_VIRTUAL_CORE_SIZE=2", IMAGE):
         assert expected in run, expected
-    assert worker.called(f"aws s3 sync --only-show-errors --region us-east-2 {artifact.parent} "
-                         f"s3://di-prod-artifacts/compiled/{key}/")
-    assert result.stdout.strip().endswith(f"s3://di-prod-artifacts/compiled/{key}/")
+    # Staged under this instance, never compiled/ (which the node may not write): dictl compile promotes it.
+    staging = f"s3://di-prod-artifacts/staging/compiled/{key}/i-0abc/"
+    assert [c for c in worker.called("aws s3") if "sync" in c] == [
+        f"aws s3 sync --only-show-errors --region us-east-2 {artifact.parent} {staging}"]
+    assert f"staged: {staging} (dictl compile promotes it to s3://di-prod-artifacts/compiled/{key}/)" in result.stdout
+    # The list names the artifact and nothing else (not its own temporary file, which never reaches S3).
+    assert [line.split()[1] for line in (artifact.parent / "SHA256SUMS").read_text().splitlines()] == ["./model.pt"]
 
 
 def test_compile_fails_loudly_when_nothing_was_written(worker: Node) -> None:
@@ -195,13 +199,13 @@ def test_compile_on_nixl_uploads_the_cache_its_serving_endpoints_compiled(nixl_w
     cache = nixl_worker.root / "data" / "compiled" / nixl_worker.compiled_key() / "neuron" / "compile_cache"
     cache.mkdir(parents=True)
     (cache / "graph.neff").touch()
-    result = nixl_worker.run("compile.sh", "--force", FAKE_SYSTEMCTL_ACTIVE="active")
+    result = nixl_worker.run("compile.sh", "--force", FAKE_SYSTEMCTL_ACTIVE="active", DI_INSTANCE_ID="i-0abc")
     assert result.returncode == 0, result.stderr
     assert not nixl_worker.called("docker run")
     assert len([c for c in nixl_worker.called("curl") if "127.0.0.1:8000/health" in c]) == 1
     assert len([c for c in nixl_worker.called("curl") if "127.0.0.1:8001/health" in c]) == 1
     assert nixl_worker.called(f"aws s3 sync --only-show-errors --region us-east-2 {cache.parent.parent} "
-                              f"s3://di-prod-artifacts/compiled/{nixl_worker.compiled_key()}/")
+                              f"s3://di-prod-artifacts/staging/compiled/{nixl_worker.compiled_key()}/i-0abc/")
 
 
 def test_compile_on_nixl_waits_for_every_endpoint_and_gives_up_at_its_bound(nixl_worker: Node) -> None:

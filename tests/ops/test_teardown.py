@@ -47,7 +47,16 @@ def account(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def tag(env: str) -> list[dict[str, str]]:
-    return [{"Key": naming.TAG_DEPLOYMENT, "Value": env}]
+    """The tags the stack's resources carry: the deployment's, and the stack name CloudFormation adds."""
+    return [{"Key": naming.TAG_DEPLOYMENT, "Value": env}, {"Key": "aws:cloudformation:stack-name", "Value": f"di-{env}"}]
+
+
+def tag_bucket(bucket: str, tags: list[dict[str, str]]) -> None:
+    """Tag a bucket as CloudFormation does: S3 refuses aws: keys from any requester (moto too), so straight
+    through moto's backend."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+    s3_backends[DEFAULT_ACCOUNT_ID]["global"].put_bucket_tagging(bucket, {t["Key"]: t["Value"] for t in tags})
 
 
 def leftovers(client: Any, env: str, *, attach: bool = False) -> dict[str, str]:
@@ -58,7 +67,7 @@ def leftovers(client: Any, env: str, *, attach: bool = False) -> dict[str, str]:
     bucket = f"di-{env}-artifactsbucket-0a1b2c"
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": tag(env)})
+    tag_bucket(bucket, tag(env))
     for body in (b"one", b"two"):
         s3.put_object(Bucket=bucket, Key="compiled/model.tar", Body=body)
     s3.delete_object(Bucket=bucket, Key="compiled/model.tar")  # a delete marker on top of two versions
@@ -71,7 +80,7 @@ def leftovers(client: Any, env: str, *, attach: bool = False) -> dict[str, str]:
         ec2.attach_volume(VolumeId=volume, InstanceId=instance, Device="/dev/sdf")
     else:
         instance = ""
-    logs.create_log_group(logGroupName=naming.log_group(env, "nodes"), tags={naming.TAG_DEPLOYMENT: env})
+    logs.create_log_group(logGroupName=naming.log_group(env, "nodes"), tags={t["Key"]: t["Value"] for t in tag(env)})
     logs.create_log_group(logGroupName=naming.log_group(env, "metrics"))  # found by its name alone
     return {"bucket": bucket, "volume": volume, "instance": instance}
 
@@ -94,7 +103,7 @@ def test_destroy_lists_by_tag_and_prefix_and_deletes_only_once_confirmed_reporti
     made = leftovers(client, "prod", attach=True)
     # Another deployment's: a bucket tagged production, and a log group under /distack/prod (without the slash).
     client("s3").create_bucket(Bucket="di-production-bucket", CreateBucketConfiguration={"LocationConstraint": REGION})
-    client("s3").put_bucket_tagging(Bucket="di-production-bucket", Tagging={"TagSet": tag("production")})
+    tag_bucket("di-production-bucket", tag("production"))
     client("logs").create_log_group(logGroupName="/distack/production/nodes",
                                     tags={naming.TAG_DEPLOYMENT: "production"})
     code, out, err = dictl("destroy", "--env", "prod")  # no terminal, no --yes
@@ -127,3 +136,23 @@ def test_destroy_lists_by_tag_and_prefix_and_deletes_only_once_confirmed_reporti
     assert made["volume"] not in volumes and len(volumes) == 1  # the instance's root volume
     code, out, _ = dictl("destroy", "--env", "prod")
     assert code == 0 and "di-prod is deleted and left nothing" in out
+
+
+def test_destroy_leaves_a_look_alike_with_only_the_deployment_tag(account):
+    """Anyone may tag a bucket or volume di:deployment=prod; only CloudFormation sets aws:cloudformation:stack-name."""
+    client, dictl = account
+    made = leftovers(client, "prod")
+    s3, ec2 = client("s3"), client("ec2")
+    s3.create_bucket(Bucket="someone-elses-data", CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_bucket_tagging(Bucket="someone-elses-data", Tagging={"TagSet": tag("prod")[:1]})
+    # Another stack's resource with the deployment tag is not this deployment's either.
+    s3.create_bucket(Bucket="other-stack-bucket", CreateBucketConfiguration={"LocationConstraint": REGION})
+    tag_bucket("other-stack-bucket", [tag("prod")[0], {"Key": "aws:cloudformation:stack-name", "Value": "other"}])
+    volume = ec2.create_volume(AvailabilityZone=f"{REGION}a", Size=1, TagSpecifications=[
+        {"ResourceType": "volume", "Tags": tag("prod")[:1]}])["VolumeId"]
+    code, out, err = dictl("destroy", "--env", "prod", "--yes", "--json", "--quiet")
+    assert code == 0, err
+    assert sorted(json.loads(out)["deleted"]) == sorted([made["bucket"], made["volume"], "/distack/prod/metrics",
+                                                         "/distack/prod/nodes"])
+    assert sorted(b["Name"] for b in s3.list_buckets()["Buckets"]) == ["other-stack-bucket", "someone-elses-data"]
+    assert [v["VolumeId"] for v in ec2.describe_volumes()["Volumes"] if v["Size"] == 1] == [volume]

@@ -27,10 +27,11 @@ verify_checksums() {
   log "checked $(wc -l <"$dir/$CHECKSUM_LIST") files of $dir against $CHECKSUM_LIST"
 }
 
-# write_checksums DIR: DIR/SHA256SUMS over every other file in DIR, hashed in parallel.
+# write_checksums DIR: DIR/SHA256SUMS over every other file in DIR, hashed in parallel. The list being written
+# (SHA256SUMS.tmp, there before find runs) is left out too: listed, it would name a file that never reaches S3.
 write_checksums() {
   local dir=$1 jobs
   jobs=$(nproc 2>/dev/null) || jobs=4
-  (cd "$dir" && find . -type f ! -name "$CHECKSUM_LIST" -print0 | xargs -0 -r -n 16 -P "$jobs" sha256sum) \
+  (cd "$dir" && find . -type f ! -name "$CHECKSUM_LIST" ! -name "$CHECKSUM_LIST.tmp" -print0 | xargs -0 -r -n 16 -P "$jobs" sha256sum) \
     >"$dir/$CHECKSUM_LIST.tmp" && mv "$dir/$CHECKSUM_LIST.tmp" "$dir/$CHECKSUM_LIST"
 }

@@ -2,13 +2,17 @@
 # shellcheck source-path=SCRIPTDIR
 # Compile the model the engine's way (engine_compile in engines/ENGINE.sh: the legacy engine runs NxDI's
 # inference_demo --compile-only, nixl lets its servers compile at start), then upload the artifacts with their
-# SHA256SUMS to s3://$DI_BUCKET/compiled/$(compiled_key)/ where every worker looks first. Usage: compile.sh [--force]
+# SHA256SUMS to s3://$DI_BUCKET/staging/compiled/$(compiled_key)/INSTANCE_ID/. Nodes may write only there, never to
+# compiled/ where every worker looks first: `dictl compile` checks the staged copy against its SHA256SUMS and
+# promotes it with the operator's credentials (ops/promote.py), so one compromised node cannot poison the others.
+# Usage: compile.sh [--force]
 set -euo pipefail
 # The node's shared functions, one file per concern, where the node unpacked them.
 DI_LIB_DIR=${DI_LIB_DIR:-/opt/di/lib}
 . "$DI_LIB_DIR/node.sh"
 . "$DI_LIB_DIR/s3.sh"
 . "$DI_LIB_DIR/checksums.sh"
+. "$DI_LIB_DIR/imds.sh"
 # Named explicitly: looked up by its name in this folder, it would be this script itself, and shellcheck would
 # follow it into itself over and over.
 # shellcheck source=../lib/compile.sh
@@ -16,7 +20,7 @@ DI_LIB_DIR=${DI_LIB_DIR:-/opt/di/lib}
 . "$DI_LIB_DIR/modules.sh"
 
 main() {
-  local force=0 key prefix dir
+  local force=0 key prefix staging dir
   case ${1:-} in
     --force) force=1 ;;
     "") ;;
@@ -39,8 +43,9 @@ main() {
   [[ -n $(ls -A "$dir") ]] || die "the compilation wrote nothing to $dir"
   # Every worker that syncs this prefix checks its copy against the list (worker.sh fetch).
   write_checksums "$dir" || die "cannot write $dir/$CHECKSUM_LIST"
-  retry s3_sync "$dir" "$prefix" || die "upload to $prefix failed"
-  echo "compiled: $prefix"
+  staging="s3://$DI_BUCKET/staging/compiled/$key/$(instance_id)/"
+  retry s3_sync "$dir" "$staging" || die "upload to $staging failed"
+  echo "staged: $staging (dictl compile promotes it to $prefix)"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi

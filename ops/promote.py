@@ -1,0 +1,115 @@
+"""`dictl compile`'s last step: promote what one node staged to the compiled/ prefix every worker loads.
+
+Nodes may write compiled artifacts only under staging/compiled/KEY/INSTANCE_ID/ (their role has no write on
+compiled/), so a compromised node cannot replace what the others load. dictl checks the staged copy against its
+SHA256SUMS (every listed file present and matching, nothing unlisted, no path leaving the prefix), then copies it
+with the operator's credentials, removes what the previous compiled/KEY/ held beyond it, and deletes the staged copy.
+Hashing reads every staged byte once through this machine; S3's own checksums cannot replace it, because a
+multipart object's SHA-256 is a checksum of part checksums, not of the file
+(https://docs.aws.amazon.com/AmazonS3/latest/userguide/checking-object-integrity.html).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from model import naming
+
+CHECKSUM_LIST = "SHA256SUMS"  # userdata/lib/checksums.sh CHECKSUM_LIST
+# `sha256sum` output: 64 hex digits, a space, then a space (text mode) or '*' (binary mode), then the path.
+SUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
+CHUNK = 8 * 1024 * 1024
+
+
+class PromoteError(Exception):
+    """The staged copy is not fit to promote; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class Promoted:
+    """One promotion: the compiled key, how many files went to compiled/KEY/, and how many stale ones left it."""
+
+    key: str
+    files: int
+    removed: int
+
+
+def _objects(s3: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+    """Every object under PREFIX (ListObjectsV2 pages by ContinuationToken)."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        yield from page.get("Contents", [])
+
+
+def staged_key(s3: Any, bucket: str, instance_id: str) -> str | None:
+    """The compiled key INSTANCE_ID staged last (by its SHA256SUMS' time), or None if it staged nothing."""
+    latest: tuple[Any, str] | None = None
+    for obj in _objects(s3, bucket, naming.BUCKET_PREFIX_STAGING_COMPILED):
+        parts = obj["Key"][len(naming.BUCKET_PREFIX_STAGING_COMPILED):].split("/", 2)
+        if len(parts) == 3 and parts[1] == instance_id and parts[2] == CHECKSUM_LIST:
+            if latest is None or obj["LastModified"] > latest[0]:
+                latest = (obj["LastModified"], parts[0])
+    return latest[1] if latest else None
+
+
+def _listed(text: str, where: str) -> tuple[dict[str, str], list[str]]:
+    """SHA256SUMS as {relative path: digest}, and every problem with it."""
+    listed: dict[str, str] = {}
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        match = SUM_LINE.match(line)
+        if not match:
+            problems.append(f"{where}{CHECKSUM_LIST} line {number} is not `sha256sum` output")
+            continue
+        path = match.group(2).removeprefix("./")
+        if path.startswith("/") or ".." in path.split("/") or path == CHECKSUM_LIST:
+            problems.append(f"{where}{CHECKSUM_LIST} line {number} names {path!r}, outside the staged files")
+            continue
+        listed[path] = match.group(1)
+    return listed, problems
+
+
+def _sha256(s3: Any, bucket: str, key: str) -> str:
+    digest = hashlib.sha256()
+    for chunk in s3.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check(s3: Any, bucket: str, key: str, instance_id: str) -> list[str]:
+    """The staged copy's files, in the order to copy them (SHA256SUMS last), once it matches its list."""
+    source = f"{naming.BUCKET_PREFIX_STAGING_COMPILED}{key}/{instance_id}/"
+    where = f"s3://{bucket}/{source}"
+    files = {obj["Key"][len(source):] for obj in _objects(s3, bucket, source)}
+    if CHECKSUM_LIST not in files:
+        raise PromoteError(f"{where} has no {CHECKSUM_LIST}: nothing is promoted without one")
+    body = s3.get_object(Bucket=bucket, Key=source + CHECKSUM_LIST)["Body"].read().decode("utf-8", "replace")
+    listed, problems = _listed(body, where)
+    files.discard(CHECKSUM_LIST)
+    problems += [f"{where}{path} is listed in {CHECKSUM_LIST} but missing" for path in sorted(set(listed) - files)]
+    problems += [f"{where}{path} is not listed in {CHECKSUM_LIST}" for path in sorted(files - set(listed))]
+    problems += [f"{where}{path} does not match its SHA-256 in {CHECKSUM_LIST}"
+                 for path in sorted(files & set(listed)) if _sha256(s3, bucket, source + path) != listed[path]]
+    if problems:
+        raise PromoteError("\n".join(problems))
+    return sorted(files) + [CHECKSUM_LIST]
+
+
+def promote(s3: Any, bucket: str, key: str, instance_id: str) -> Promoted:
+    """Check the staged copy, copy it to compiled/KEY/ (SHA256SUMS last), drop what compiled/KEY/ held beyond it,
+    and delete the staged copy. Raises PromoteError, and changes nothing, when the check fails."""
+    source = f"{naming.BUCKET_PREFIX_STAGING_COMPILED}{key}/{instance_id}/"
+    target = f"{naming.BUCKET_PREFIX_COMPILED}{key}/"
+    files = check(s3, bucket, key, instance_id)
+    for path in files:
+        # The managed copy switches to a multipart copy above its threshold: CopyObject alone stops at 5 GB
+        # (https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html).
+        s3.copy({"Bucket": bucket, "Key": source + path}, bucket, target + path)
+    stale = [obj["Key"] for obj in _objects(s3, bucket, target) if obj["Key"][len(target):] not in files]
+    for keys in (stale, [source + path for path in files]):
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]],
+                                                     "Quiet": True})
+    return Promoted(key, len(files), len(stale))
