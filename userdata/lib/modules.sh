@@ -50,6 +50,8 @@ load_accelerator() {
 #   engine_registry_fields ROLE INDEX   extra JSON members of the etcd value di-register writes (",\"k\":v" or nothing)
 # and, optionally, its control-host hooks (load_engine_hooks):
 #   engine_control_start       on the control host after etcd and before the proxy, e.g. a side service its workers reach
+# and, optionally, for its endpoint containers:
+#   engine_device_args RANGE   `docker run` words that replace the accelerator's devices (and IPC_LOCK), e.g. --privileged
 # Adding an engine means adding a file there; nothing else branches on DI_ENGINE. The accelerator module comes first
 # (an engine may run on more than one family and uses its functions).
 load_engine() {
