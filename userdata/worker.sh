@@ -180,7 +180,7 @@ stage_model_hf() {
   mkdir -p "$dir"
   write_hf_env
   log "downloading $DI_MODEL_ID from Hugging Face"
-  retry docker run --rm "--cgroup-parent=$DI_CONTAINER_SLICE" --env-file "$DI_RUN_DIR/hf.env" -v "$DI_DATA_DIR:/data" --entrypoint huggingface-cli \
+  retry docker run --rm "--cgroup-parent=$CONTAINER_SLICE" --env-file "$DI_RUN_DIR/hf.env" -v "$DI_DATA_DIR:/data" --entrypoint huggingface-cli \
     "$DI_IMAGE" download "$DI_MODEL_ID" --local-dir "/data/models/$DI_MODEL_ID" --exclude 'original/*' ||
     fail "cannot download $DI_MODEL_ID from Hugging Face (token, licence acceptance or egress)"
   rm -f "$DI_RUN_DIR/hf.env"

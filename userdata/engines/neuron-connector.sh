@@ -92,7 +92,7 @@ engine_compile() {
   local key=$1 args
   mapfile -t args < <(inference_demo_args "$key")
   log "compiling $DI_MODEL_ID: tp $DI_TENSOR_PARALLEL, batch $DI_MAX_NUM_SEQS, sequence $DI_MAX_MODEL_LEN"
-  docker run --rm --privileged --network host "--cgroup-parent=${DI_CONTAINER_SLICE:-di-containers.slice}" -v "$DI_DATA_DIR:/data" \
+  docker run --rm --privileged --network host "$(contained_args)" -v "$DI_DATA_DIR:/data" \
     -e "NEURON_RT_VIRTUAL_CORE_SIZE=${DI_LNC:-1}" \
     -e NEURON_RT_EXEC_TIMEOUT=600 -e XLA_DENSE_GATHER_FACTOR=0 -e NEURON_RT_INSPECT_ENABLE=0 \
     --entrypoint inference_demo "$DI_IMAGE" "${args[@]}" || die "inference_demo failed (docker logs above)"

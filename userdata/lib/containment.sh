@@ -14,28 +14,29 @@
 # match, and nothing says so: docs/security.md gives the check to run on a new AMI.
 # Sourced by worker.sh and di-run (after lib/node.sh); defines functions only.
 
-DI_CONTAINER_SLICE=${DI_CONTAINER_SLICE:-di-containers.slice}
+# The slice's unit file, userdata/units/di-containers.slice.
+CONTAINER_SLICE=di-containers.slice
 # IMDS over IPv4, and over IPv6 where the instance has it enabled
 # (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-data-retrieval.html: fd00:ec2::254).
 IMDS_ADDRESSES_V4=169.254.169.254/32
 IMDS_ADDRESSES_V6=fd00:ec2::254/128
 
 # contained_args: the `docker run` words that put a container under the slice the firewall rule matches.
-contained_args() { printf '%s\n' "--cgroup-parent=$DI_CONTAINER_SLICE"; }
+contained_args() { printf '%s\n' "--cgroup-parent=$CONTAINER_SLICE"; }
 
 # imds_rule: the OUTPUT rule's words after the chain. REJECT (not DROP) so a client fails at once, not after its
 # timeout. The cgroup match resolves --path when the rule is inserted, so the slice must exist first.
-imds_rule() { printf '%s\n' -d "$1" -m cgroup --path "$DI_CONTAINER_SLICE" -j REJECT; }
+imds_rule() { printf '%s\n' -d "$1" -m cgroup --path "$CONTAINER_SLICE" -j REJECT; }
 
 # contain_imds: the slice started and the rule in place (once: `-C` checks for it first; rules do not survive a
 # reboot, so di-run calls this before every container start as well). Prints why and fails when it cannot.
 contain_imds() {
   local rule
-  if [[ ! -f $DI_SYSTEMD_DIR/$DI_CONTAINER_SLICE ]]; then
-    install -m 0644 "$DI_HOME/units/$DI_CONTAINER_SLICE" "$DI_SYSTEMD_DIR/$DI_CONTAINER_SLICE"
+  if [[ ! -f $DI_SYSTEMD_DIR/$CONTAINER_SLICE ]]; then
+    install -m 0644 "$DI_HOME/units/$CONTAINER_SLICE" "$DI_SYSTEMD_DIR/$CONTAINER_SLICE"
     systemctl daemon-reload
   fi
-  systemctl start "$DI_CONTAINER_SLICE" || { echo "cannot start $DI_CONTAINER_SLICE"; return 1; }
+  systemctl start "$CONTAINER_SLICE" || { echo "cannot start $CONTAINER_SLICE"; return 1; }
   mapfile -t rule < <(imds_rule "$IMDS_ADDRESSES_V4")
   iptables -w -C OUTPUT "${rule[@]}" 2>/dev/null || iptables -w -I OUTPUT 1 "${rule[@]}" ||
     { echo "cannot install the iptables rule that keeps containers from instance metadata"; return 1; }
