@@ -30,7 +30,12 @@ class DeploymentRefs:
 
 # Pinned etcd release (official image); the seeds' flags are in userdata/di-run.
 # https://etcd.io/docs/v3.5/op-guide/container/
-ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17"
+# Pinned by digest as well as tag: docker then pulls exactly this manifest and refuses anything else, so a moved tag
+# changes nothing and a wrong digest fails the control host's boot at the pull, naming the image. UNVERIFIED: etcd's
+# release notes give no image digest; this one is the value another project pins for the same tag
+# (hakopod/hakopod, vitessEtcdImage), not read from quay.io. Check it with
+# `docker buildx imagetools inspect quay.io/coreos/etcd:v3.5.17` before relying on it (docs/security.md).
+ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17@sha256:a055da833a7c013b836ed0822e8ec1f99b059658be255ad8d0fcd31b635ae3d6"
 # Free space a worker's NVMe must offer for weights plus compiled artifacts (bf16: 2 bytes per parameter,
 # with room for the compiled NEFFs and a sharded checkpoint).
 MIN_DATA_GB_FLOOR = 100

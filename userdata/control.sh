@@ -147,7 +147,9 @@ attach_etcd_volume() {
 }
 
 start_etcd() {
-  retry docker pull "$DI_ETCD_IMAGE" || fail "cannot pull $DI_ETCD_IMAGE"
+  # A digest the registry does not have fails here too (model/node_values.py ETCD_IMAGE: the digest is unverified).
+  retry docker pull "$DI_ETCD_IMAGE" ||
+    fail "cannot pull $DI_ETCD_IMAGE: registry unreachable, or no such digest (check it: docker buildx imagetools inspect ${DI_ETCD_IMAGE%@*})"
   install_unit "$DI_HOME/units/di-etcd.service"
   systemctl daemon-reload
   systemctl enable --now di-etcd.service || fail "di-etcd.service did not start"

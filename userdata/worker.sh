@@ -20,6 +20,7 @@ DI_LIB_DIR=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib
 . "$DI_LIB_DIR/efa.sh"
 . "$DI_LIB_DIR/compile.sh"
 . "$DI_LIB_DIR/modules.sh"
+. "$DI_LIB_DIR/containment.sh"
 
 DI_MIN_DATA_GB=${DI_MIN_DATA_GB:-300}
 DI_NVME_GLOB=${DI_NVME_GLOB:-/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_*}
@@ -179,7 +180,7 @@ stage_model_hf() {
   mkdir -p "$dir"
   write_hf_env
   log "downloading $DI_MODEL_ID from Hugging Face"
-  retry docker run --rm --env-file "$DI_RUN_DIR/hf.env" -v "$DI_DATA_DIR:/data" --entrypoint huggingface-cli \
+  retry docker run --rm "--cgroup-parent=$CONTAINER_SLICE" --env-file "$DI_RUN_DIR/hf.env" -v "$DI_DATA_DIR:/data" --entrypoint huggingface-cli \
     "$DI_IMAGE" download "$DI_MODEL_ID" --local-dir "/data/models/$DI_MODEL_ID" --exclude 'original/*' ||
     fail "cannot download $DI_MODEL_ID from Hugging Face (token, licence acceptance or egress)"
   rm -f "$DI_RUN_DIR/hf.env"
@@ -306,6 +307,9 @@ start_lifecycle() { systemctl enable --now di-lifecycle.service || fail "di-life
 worker_prepare() {
   load_engine
   install_docker
+  # Before any container starts (the engine's probe, the download, the endpoints).
+  local why
+  why=$(contain_imds) || fail "$why: containers would reach instance metadata"
   accelerator_preflight
   check_efa
   prepare_data_dir

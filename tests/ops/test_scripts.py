@@ -307,3 +307,43 @@ def test_drain_is_bounded_and_stops_hard_at_the_timeout(worker: Node) -> None:
 def test_drain_rejects_an_unknown_endpoint(worker: Node) -> None:
     result = worker.run("drain.sh", "7", "5")
     assert result.returncode == 1 and "no endpoint '7'" in result.stderr
+
+
+def _llmperf_script(tmp_path: Path, head: str) -> subprocess.CompletedProcess[str]:
+    """bench.sh's in-container script with git and pip faked: git reports HEAD as `head`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "git").write_text(f'#!/bin/bash\necho "git $*" >>"{tmp_path}/c.log"\n'
+                                 f'[[ $1 == init ]] && mkdir -p "${{@: -1}}"\n[[ $1 == rev-parse ]] && echo {head}\nexit 0\n')
+    (bin_dir / "pip").write_text(f'#!/bin/bash\necho "pip $*" >>"{tmp_path}/c.log"\n')
+    (bin_dir / "python").write_text(f'#!/bin/bash\necho "python $1" >>"{tmp_path}/c.log"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    script = subprocess.run(["bash", "-c", f". {USERDATA / 'ops' / 'bench.sh'}; llmperf_script"],
+                            capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"], "DI_LIB_DIR": str(USERDATA / "lib")}).stdout
+    commit = subprocess.run(["bash", "-c", f". {USERDATA / 'ops' / 'bench.sh'}; echo $LLMPERF_COMMIT"],
+                            capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"], "DI_LIB_DIR": str(USERDATA / "lib")}).stdout.strip()
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "LLMPERF_REPO": "https://example.invalid/llmperf.git",
+           "LLMPERF_COMMIT": commit, "LLMPERF_DIR": str(tmp_path / "llmperf")}
+    return subprocess.run(["bash", "-c", script, "llmperf", MODEL, "1", "0", "1", "0", "1", "1", "{}"],
+                          env=env, capture_output=True, text=True)
+
+
+def test_bench_fetches_llmperf_by_its_pinned_commit(tmp_path: Path, control: Node) -> None:
+    result = control.run("bench.sh", "run-1", "1024", "0", "100", "10", "4", "200")
+    run = shlex.split(control.called("docker run")[0])
+    assert "LLMPERF_COMMIT=1eac866f91773bff401f96e74c1cf20c38778329" in run
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "ok").mkdir()
+    ok = _llmperf_script(tmp_path / "ok", "1eac866f91773bff401f96e74c1cf20c38778329")
+    assert ok.returncode == 0, ok.stderr
+    log = (tmp_path / "ok" / "c.log").read_text()
+    assert "git fetch --quiet --depth 1 https://example.invalid/llmperf.git 1eac866f91773bff401f96e74c1cf20c38778329" in log
+    assert "python token_benchmark_ray.py" in log
+
+
+def test_bench_refuses_llmperf_at_another_commit(tmp_path: Path) -> None:
+    (tmp_path / "bad").mkdir()
+    bad = _llmperf_script(tmp_path / "bad", "0" * 40)
+    assert bad.returncode == 1 and "expected 1eac866f" in bad.stderr
+    assert "pip" not in (tmp_path / "bad" / "c.log").read_text()

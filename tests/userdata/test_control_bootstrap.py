@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from model import node_values
 from tests.userdata.conftest import DISTACK_PROXY, INSTANCE_ID, ROOT, find_fleet, proxy_env_text
 
 # The shipped config that reproduces the tutorial: legacy engine, its neuron-proxy-server on the control host.
@@ -42,7 +43,7 @@ def test_control_host_takes_over_interface_and_volume_then_starts_etcd_and_proxy
     assert (n.root / "etcd" / "data").is_dir()
     assert (n.root / "etc" / "fstab").read_text() == f"UUID=1111-2222-uuid {n.root / 'etcd'} ext4 defaults,nofail 0 2\n"
     assert [a[-1] for a in n.calls("docker") if a[:1] == ["pull"]] == [
-        "quay.io/coreos/etcd:v3.5.17",
+        node_values.ETCD_IMAGE,
         "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.9.1-neuronx-py310-sdk2.25.1-ubuntu22.04"]
     assert started_units(n) == ["docker", "di-etcd.service", "di-proxy.service"]
     assert sorted(p.name for p in (n.root / "systemd").iterdir()) == ["di-etcd.service", "di-proxy.service"]

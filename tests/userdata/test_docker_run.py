@@ -8,6 +8,7 @@ import shlex
 
 import pytest
 
+from model import node_values
 from tests.userdata.conftest import INSTANCE_ID, SEED_IMAGE, engine_node, find_fleet
 
 IMAGE = SEED_IMAGE
@@ -21,10 +22,16 @@ def compiled_key(values) -> str:
 
 
 def docker_head(node, *, index, uverbs):
-    """What every endpoint container gets: --init so tini forwards SIGTERM, host network, EFA devices, logs, data."""
+    """What every endpoint container gets: --init so tini forwards SIGTERM, host network, the slice the IMDS rule
+    matches, EFA devices, the accelerator's devices (the legacy engine: --privileged, as its tutorial), logs, data."""
     devices = [w for i in range(uverbs) for w in ("--device", f"/dev/infiniband/uverbs{i}")]
+    if node.values["DI_ENGINE"] == "neuron-connector":
+        accelerator = ["--privileged"]
+    else:
+        count = int(node.values["DI_EXPECTED_NEURON_DEVICES"])
+        accelerator = ["--cap-add=IPC_LOCK", *[f"--device=/dev/neuron{i}" for i in range(count)]]
     return ["run", "--rm", "--init", "--no-healthcheck", "--name", f"di-vllm-{index}", "--network", "host",
-            "--privileged", *devices, "--shm-size=10g",
+            "--cgroup-parent=di-containers.slice", *devices, *accelerator, "--shm-size=10g",
             "--log-driver", "awslogs", "--log-opt", "awslogs-region=us-east-2",
             "--log-opt", "awslogs-group=/distack/test/containers",
             "--log-opt", f"awslogs-stream={node.values['DI_FLEET']}/{INSTANCE_ID}/vllm-{index}",
@@ -320,7 +327,7 @@ def test_control_host_etcd_serves_clients_over_https_with_client_certificates_on
                     "--log-opt", "awslogs-group=/distack/test/containers",
                     "--log-opt", f"awslogs-stream=control/{INSTANCE_ID}/etcd",
                     "-v", f"{tls}:{tls}:ro",
-                    "-v", f"{n.root / 'etcd'}/data:/etcd-data", "quay.io/coreos/etcd:v3.5.17", "/usr/local/bin/etcd",
+                    "-v", f"{n.root / 'etcd'}/data:/etcd-data", node_values.ETCD_IMAGE, "/usr/local/bin/etcd",
                     "--data-dir=/etcd-data",
                     "--listen-client-urls=https://0.0.0.0:8989",
                     "--advertise-client-urls=https://10.42.0.10:8989",

@@ -53,7 +53,7 @@ def env_of(head):
 
 def devices_of(head):
     """The docker words between the common head and --shm-size: EFA devices, then the accelerator's."""
-    return head[head.index("--privileged") + 1:head.index("--shm-size=10g")]
+    return head[head.index("--cgroup-parent=di-containers.slice") + 1:head.index("--shm-size=10g")]
 
 
 def compiled_key(v):
@@ -74,7 +74,9 @@ def test_gpu_endpoint_gets_its_gpus_the_efa_devices_and_host_ipc(node):
     # NVIDIA Container Toolkit "GPU Enumeration": `docker run --rm --gpus '"device=1,2"'` (the inner quotes are docker's
     # syntax for a list; here they reach docker as part of the argument, as the shell's single quotes would pass them).
     # vLLM's Docker guide: "You can either use the `ipc=host` flag or `--shm-size` flag".
-    assert devices_of(head) == [*efa, "--gpus", '"device=4,5,6,7"', "--ipc=host"]
+    # No --privileged, which would expose every GPU and defeat the split between colocated endpoints.
+    assert "--privileged" not in head
+    assert devices_of(head) == [*efa, "--cap-add=IPC_LOCK", "--gpus", '"device=4,5,6,7"', "--ipc=host"]
     assert "CUDA_VISIBLE_DEVICES" not in env_of(head)
 
 
@@ -121,7 +123,7 @@ def test_gpu_worker_boots_probes_its_nixl_backend_and_starts_every_endpoint(node
                  "prefill:0-3:8000 decode:4-7:8001")
     n.run("di-bootstrap")
     probe = next(a for a in n.docker_runs() if "nixl_agent" in " ".join(a))
-    assert probe[:4] == ["run", "--rm", "--gpus", "all"]
+    assert probe[:5] == ["run", "--rm", "--cgroup-parent=di-containers.slice", "--gpus", "all"]
     assert probe[-1] == ("from nixl._api import nixl_agent, nixl_agent_config; nixl_agent('probe', "
                          "nixl_agent_config(backends=['UCX'])); print('UCX OK')")
     units = [a[-1] for a in n.calls("systemctl") if a[:2] == ["enable", "--now"]]

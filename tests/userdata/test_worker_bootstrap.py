@@ -48,7 +48,7 @@ def test_colocated_worker_boots_both_endpoints_and_signals_success(node):
     assert signal[signal.index("--stack-name") + 1] == "di-test"
     # Model from Hugging Face through the DLC with the token in a root-only env file, then removed.
     (download,) = n.docker_runs()
-    assert download[:3] == ["run", "--rm", "--env-file"]
+    assert download[:4] == ["run", "--rm", "--cgroup-parent=di-containers.slice", "--env-file"]
     assert download[download.index("--entrypoint") + 1] == "huggingface-cli"
     assert "meta-llama/Llama-3.1-8B-Instruct" in download
     assert not (n.root / "run" / "hf.env").exists()
@@ -324,7 +324,8 @@ def test_nixl_worker_probes_the_libfabric_backend_in_the_pulled_image_before_any
     assert pull < probe
     devices = [w for i in range(16) for w in ("--device", f"/dev/infiniband/uverbs{i}")]
     # The setup guide's probe (vllm-neuron/docs/getting-started/setup-guide.md), with the EFA devices.
-    assert docker[probe] == ["run", "--rm", "--privileged", *devices, "--entrypoint", "python", n.values["DI_IMAGE"],
+    neuron = [f"--device=/dev/neuron{i}" for i in range(int(n.values["DI_EXPECTED_NEURON_DEVICES"]))]
+    assert docker[probe] == ["run", "--rm", "--cgroup-parent=di-containers.slice", *neuron, *devices, "--entrypoint", "python", n.values["DI_IMAGE"],
                              "-c", "from nixl._api import nixl_agent, nixl_agent_config; nixl_agent('probe', "
                              "nixl_agent_config(backends=['LIBFABRIC'])); print('LIBFABRIC OK')"]
     calls = n.calls()
@@ -370,3 +371,44 @@ def test_docker_is_installed_with_apt_when_missing(node):
     subprocess.run(["bash", "-c", f". {n.env['DI_HOME']}/worker.sh && install_docker"], env=n.env, check=True)
     assert n.calls("apt-get")[-1] == ["install", "-y", "-q", "docker.io"]
     assert n.calls("systemctl") == [["enable", "--now", "docker"]]
+
+
+# ------------------------------------------------------------------------------------ containers and instance metadata
+
+IMDS_RULE = ["-d", "169.254.169.254/32", "-m", "cgroup", "--path", "di-containers.slice", "-j", "REJECT"]
+
+
+def test_the_imds_rule_is_in_place_before_any_container_starts(node):
+    n = engine_node(node, "nixl", "colocated", uverbs=16)
+    n.run("di-bootstrap")
+    calls = n.calls()
+    insert = calls.index(["iptables", "-w", "-I", "OUTPUT", "1", *IMDS_RULE])
+    first_run = next(i for i, c in enumerate(calls) if c[:2] == ["docker", "run"])
+    assert insert < first_run
+    assert ["ip6tables", "-w", "-I", "OUTPUT", "1", "-d", "fd00:ec2::254/128", *IMDS_RULE[2:]] in calls
+    assert (n.root / "systemd" / "di-containers.slice").is_file()
+    assert calls.index(["systemctl", "start", "di-containers.slice"]) < insert
+    # Every container the boot ran is under the slice the rule matches, and none is privileged.
+    runs = n.docker_runs()
+    assert runs and all("--cgroup-parent=di-containers.slice" in a for a in runs)
+    assert not [a for a in runs if "--privileged" in a]
+    # Each endpoint start checks the rule again (a reboot drops it) and adds nothing when it is there.
+    n.run("di-run", "run", "vllm", "0")
+    assert [c for c in n.calls() if c[:3] == ["iptables", "-w", "-I"]] == [["iptables", "-w", "-I", "OUTPUT", "1", *IMDS_RULE]]
+
+
+def test_a_rule_that_cannot_be_installed_fails_the_boot_before_any_container(node):
+    n = engine_node(node, "nixl", "colocated", uverbs=16)
+    n.set("iptables-fail", "1")
+    proc = n.run("di-bootstrap", check=False)
+    assert "instance metadata" in proc.stderr
+    assert not n.docker_runs()
+    assert signal_of(n)[0] == "FAILURE"
+
+
+def test_an_endpoint_does_not_start_without_the_rule(node):
+    n = engine_node(node, "nixl", "colocated", uverbs=16)
+    n.set("iptables-fail", "1")
+    proc = n.run("di-run", "run", "vllm", "0", check=False)
+    assert proc.returncode != 0 and "instance metadata" in proc.stderr
+    assert not n.docker_runs()

@@ -11,13 +11,22 @@ accelerator_preflight() {
   log "Neuron devices: $count"
 }
 
-# accelerator_docker_args RANGE: nothing: the endpoint containers run --privileged, which exposes every
-# /dev/neuronN, and the engine selects RANGE's NeuronCores through its own variable (NEURON_VISIBLE_DEVICES for nixl,
-# NEURON_RT_VISIBLE_CORES for the legacy neuron-connector; userdata/engines/).
-accelerator_docker_args() { :; }
+# neuron_device_args: `--device=/dev/neuronN` for each of the node's DI_EXPECTED_NEURON_DEVICES devices (the
+# preflight checked that many exist), as the Neuron container tutorial runs one: `docker run -it --name pt17
+# --device=/dev/neuron0 neuron-container:pytorch neuron-ls`
+# (https://awsdocs-neuron.readthedocs-hosted.com/en/latest/containers/tutorials/build-run-neuron-container.html).
+neuron_device_args() {
+  local i
+  for ((i = 0; i < ${DI_EXPECTED_NEURON_DEVICES:?}; i++)); do printf '%s\n' "--device=/dev/neuron$i"; done
+}
+
+# accelerator_docker_args RANGE: every Neuron device, not only RANGE's: the engine selects RANGE's NeuronCores by
+# their node-wide numbers through its own variable (NEURON_VISIBLE_DEVICES for nixl, NEURON_RT_VISIBLE_CORES for the
+# legacy neuron-connector; userdata/engines/), which a container seeing fewer devices would renumber.
+accelerator_docker_args() { neuron_device_args; }
 
 # accelerator_probe_args: what a one-off probe container needs to see the devices.
-accelerator_probe_args() { printf '%s\n' --privileged; }
+accelerator_probe_args() { neuron_device_args; }
 
 # accelerator_status_json: di-status's device fields.
 accelerator_status_json() {

@@ -10,6 +10,11 @@
 # under docker's --init (tini forwards SIGTERM to it).
 engine_entrypoint() { printf '%s\n' python3; }
 
+# engine_device_args RANGE: --privileged, as the Neuron DI tutorial runs every container of this engine (seed 000
+# L60-172: `docker run -d ... --privileged --device /dev/infiniband/uverbs0 ...`); this engine is kept as the
+# tutorial runs it. Its containers still run under the slice that cannot reach instance metadata (lib/containment.sh).
+engine_device_args() { printf '%s\n' --privileged; }
+
 engine_env() {
   local role=$1 cores=$2
   printf '%s\n' -e "NEURON_RT_VISIBLE_CORES=$cores" -e "NEURON_COMPILED_ARTIFACTS=/data/compiled/$(compiled_key)"
@@ -87,7 +92,7 @@ engine_compile() {
   local key=$1 args
   mapfile -t args < <(inference_demo_args "$key")
   log "compiling $DI_MODEL_ID: tp $DI_TENSOR_PARALLEL, batch $DI_MAX_NUM_SEQS, sequence $DI_MAX_MODEL_LEN"
-  docker run --rm --privileged --network host -v "$DI_DATA_DIR:/data" \
+  docker run --rm --privileged --network host "$(contained_args)" -v "$DI_DATA_DIR:/data" \
     -e "NEURON_RT_VIRTUAL_CORE_SIZE=${DI_LNC:-1}" \
     -e NEURON_RT_EXEC_TIMEOUT=600 -e XLA_DENSE_GATHER_FACTOR=0 -e NEURON_RT_INSPECT_ENABLE=0 \
     --entrypoint inference_demo "$DI_IMAGE" "${args[@]}" || die "inference_demo failed (docker logs above)"

@@ -141,7 +141,7 @@ engine_preflight() {
   words=$(uverbs_device_args)
   [[ -z $words ]] || mapfile -t devices <<<"$words"
   mapfile -t probe < <(accelerator_probe_args)
-  out=$(docker run --rm "${probe[@]}" "${devices[@]}" --entrypoint python "$DI_IMAGE" -c "$(nixl_probe "$backend")" 2>&1) &&
+  out=$(docker run --rm "$(contained_args)" "${probe[@]}" "${devices[@]}" --entrypoint python "$DI_IMAGE" -c "$(nixl_probe "$backend")" 2>&1) &&
     [[ $out == *"$backend OK"* ]] ||
     fail "NIXL $backend backend unavailable in image $DI_IMAGE (libfabric.so.1 or the libcuda.so.1 stub missing?): $(tail -n 2 <<<"$out" | tr '\n' ' ')"
   log "NIXL $backend backend loads in $DI_IMAGE"

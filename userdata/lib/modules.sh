@@ -3,12 +3,14 @@
 # their interface promises them. Sourced, never run; defines functions only.
 #
 # A module may call log, die, retry (log.sh), fail (report.sh), endpoints, install_unit (node.sh, units.sh),
-# local_ip (imds.sh), uverbs_device_args (efa.sh), compiled_key and compile_by_serving (compile.sh), kv_role
+# local_ip (imds.sh), uverbs_device_args (efa.sh), contained_args (containment.sh), compiled_key and compile_by_serving (compile.sh), kv_role
 # (below): they are sourced here, so a script that loads a module has them whatever it sources itself.
 # shellcheck source=log.sh
 . "${BASH_SOURCE[0]%/*}/log.sh"
 # shellcheck source=node.sh
 . "${BASH_SOURCE[0]%/*}/node.sh"
+# shellcheck source=containment.sh
+. "${BASH_SOURCE[0]%/*}/containment.sh"
 # shellcheck source=imds.sh
 . "${BASH_SOURCE[0]%/*}/imds.sh"
 # shellcheck source=report.sh
@@ -50,6 +52,8 @@ load_accelerator() {
 #   engine_registry_fields ROLE INDEX   extra JSON members of the etcd value di-register writes (",\"k\":v" or nothing)
 # and, optionally, its control-host hooks (load_engine_hooks):
 #   engine_control_start       on the control host after etcd and before the proxy, e.g. a side service its workers reach
+# and, optionally, for its endpoint containers:
+#   engine_device_args RANGE   `docker run` words that replace the accelerator's devices (and IPC_LOCK), e.g. --privileged
 # Adding an engine means adding a file there; nothing else branches on DI_ENGINE. The accelerator module comes first
 # (an engine may run on more than one family and uses its functions).
 load_engine() {

@@ -10,7 +10,12 @@ DI_LIB_DIR=${DI_LIB_DIR:-/opt/di/lib}
 . "$DI_LIB_DIR/secrets.sh"
 
 LLMPERF_REPO=${LLMPERF_REPO:-https://github.com/ray-project/llmperf.git}
-LLMPERF_REF=${LLMPERF_REF:-v2.0}
+# LLMPerf by commit, not by its mutable tag: v2.0 is 1eac866f91773bff401f96e74c1cf20c38778329
+# (`git rev-parse 'v2.0^{commit}'` in ray-project/llmperf). The clone checks it got that commit. Its Python
+# dependencies are not pinned: LLMPerf declares ranges (pyproject.toml@1eac866f: "ray", "transformers", "litellm>=...")
+# and publishes no lock, so `pip install` resolves them at run time (docs/security.md "Not yet").
+LLMPERF_COMMIT=${LLMPERF_COMMIT:-1eac866f91773bff401f96e74c1cf20c38778329}
+LLMPERF_DIR=${LLMPERF_DIR:-/tmp/llmperf}
 BENCH_WORK_DIR=${BENCH_WORK_DIR:-/tmp}
 # The DI tutorial's sampling parameters.
 DEFAULT_SAMPLING='{"top_k": 50, "top_p": 0.9, "temperature": 0.7}'
@@ -19,9 +24,13 @@ BENCH_SAMPLING=${BENCH_SAMPLING:-$DEFAULT_SAMPLING}
 llmperf_script() {
   cat <<'SCRIPT'
 set -euo pipefail
-git clone --quiet --depth 1 --branch "$LLMPERF_REF" "$LLMPERF_REPO" /tmp/llmperf
-pip install --quiet -e /tmp/llmperf
-cd /tmp/llmperf
+git init --quiet "$LLMPERF_DIR"
+cd "$LLMPERF_DIR"
+git fetch --quiet --depth 1 "$LLMPERF_REPO" "$LLMPERF_COMMIT"
+git checkout --quiet --detach FETCH_HEAD
+head=$(git rev-parse HEAD)
+[[ $head == "$LLMPERF_COMMIT" ]] || { echo "LLMPerf: fetched $head, expected $LLMPERF_COMMIT" >&2; exit 1; }
+pip install --quiet -e .
 exec python token_benchmark_ray.py --model "$1" --tokenizer "$1" \
   --mean-input-tokens "$2" --stddev-input-tokens "$3" --mean-output-tokens "$4" --stddev-output-tokens "$5" \
   --num-concurrent-requests "$6" --max-num-completed-requests "$7" --timeout 1720000 \
@@ -57,7 +66,7 @@ main() {
   log "LLMPerf run $run_id: input $2±$3, output $4±$5 tokens, concurrency $6, $7 requests"
   docker run --rm --network host --env-file "$SCRATCH/secrets.env" -v "$SCRATCH/results:/results" \
     -e "OPENAI_API_BASE=http://localhost:${DI_PROXY_PORT:-8000}/v1" \
-    -e "LLMPERF_REPO=$LLMPERF_REPO" -e "LLMPERF_REF=$LLMPERF_REF" \
+    -e "LLMPERF_REPO=$LLMPERF_REPO" -e "LLMPERF_COMMIT=$LLMPERF_COMMIT" -e "LLMPERF_DIR=$LLMPERF_DIR" \
     --entrypoint bash "$DI_IMAGE" -c "$(llmperf_script)" llmperf \
     "$DI_MODEL_ID" "$2" "$3" "$4" "$5" "$6" "$7" "$BENCH_SAMPLING" || die "LLMPerf failed"
   uri="s3://$DI_BUCKET/bench/$run_id/"
