@@ -17,7 +17,7 @@ from diproxy.admission import Admission
 from diproxy.auth import ApiKeySource, bearer_matches
 from diproxy.config import DI_MAX_N_REASON, Settings, request_body_limit
 from diproxy.errors import ClientFacingError, error_response
-from diproxy.etcd_access import etcd_access
+from diproxy.etcd_access import EtcdAccess
 from diproxy.etcd_gateway import EtcdGateway
 from diproxy.metrics import ProxyMetrics
 from diproxy.cache_routing.tokenizer import Tokenizer
@@ -115,8 +115,7 @@ class ProxyState:
             add_static(self.registry, ((e.host, e.port) for e in s.endpoints))
         gateway: EtcdGateway | None = None
         if s.etcd is not None:
-            gateway = EtcdGateway(self.session, s.etcd.host, s.etcd.port, request_timeout=max(s.connect_timeout, 2.0),
-                                  **etcd_access(s))
+            gateway = EtcdAccess.of_settings(s).gateway(self.session, request_timeout=max(s.connect_timeout, 2.0))
             self.discovery = EtcdDiscovery(self.registry, gateway, s.etcd_prefix, s.resync_interval,
                                            s.etcd_retry_interval, standard=s.mode == "standard",
                                            policy=self.worker_policy)

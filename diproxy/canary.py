@@ -37,7 +37,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import aiohttp
 
-from diproxy.config import HostPort, parse_host_ports
+from diproxy.config import HostPort
+from diproxy.etcd_access import EtcdAccess
 from diproxy.etcd_gateway import EtcdGateway
 from diproxy.protocols.nixl import KV_TRANSFER_PARAMS, decode_request, prefill_request
 from diproxy.registry import parse_worker_key
@@ -171,12 +172,11 @@ class Canary:
         return [await self.check(pair, f"{uid}-{index}") for index, pair in enumerate(pairs)]
 
 
-async def registered(session: aiohttp.ClientSession, etcd: str, prefix: str) -> tuple[list[Endpoint], list[Endpoint]]:
-    """The prefill and decode endpoints registered in etcd, as the proxy finds them (diproxy/registry.py)."""
-    # HOST:PORT[,HOST:PORT...] as proxy.env lists the members: the first, then the others in turn.
-    first, *others = parse_host_ports(etcd)
-    pairs, _ = await EtcdGateway(session, first.host, first.port,
-                                 others=[(m.host, m.port) for m in others]).get_prefix(prefix)
+async def registered(session: aiohttp.ClientSession, etcd: EtcdAccess,
+                     prefix: str) -> tuple[list[Endpoint], list[Endpoint]]:
+    """The prefill and decode endpoints registered in etcd, as the proxy finds them (diproxy/registry.py), reached
+    as the proxy reaches it: every member in turn, with its TLS files and user where proxy.env names them."""
+    pairs, _ = await etcd.gateway(session).get_prefix(prefix)
     found: dict[str, list[Endpoint]] = {PREFILL: [], DECODE: []}
     for kv in pairs:
         key = parse_worker_key(kv.key, prefix)
@@ -227,11 +227,13 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.N
 
 async def main_async(args: argparse.Namespace, *, client: Callable[[str | None], Any] = _client,
                      clock: Callable[[], float] = time.time, out: Any = None,
-                     api_key: str | None = None) -> int:
+                     api_key: str | None = None, env: Mapping[str, str] | None = None) -> int:
+    """ENV: where proxy.env's DIPROXY_ETCD_* (TLS files, user) are read from."""
     out = out or sys.stdout
     now = clock()
     async with aiohttp.ClientSession() as session:
-        prefills, decodes = await registered(session, args.etcd, args.etcd_prefix)
+        prefills, decodes = await registered(session, EtcdAccess.of_environment(args.etcd, env or {}),
+                                             args.etcd_prefix)
         pairs = rotation(prefills, decodes, int(now // args.period))
         results = await Canary(session, args.model, api_key=api_key, max_waiting=args.max_waiting).run(
             pairs, f"{int(now)}")
@@ -252,7 +254,8 @@ async def main_async(args: argparse.Namespace, *, client: Callable[[str | None],
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     args = parse_args(argv, env)
-    return asyncio.run(main_async(args, api_key=env.get("DIPROXY_UPSTREAM_API_KEY") or env.get("OPENAI_API_KEY")))
+    return asyncio.run(main_async(args, api_key=env.get("DIPROXY_UPSTREAM_API_KEY") or env.get("OPENAI_API_KEY"),
+                                  env=env))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,18 @@ from typing import Any
 
 import aiohttp
 import boto3
+import pytest
 from botocore.stub import ANY, Stubber
 
 from diproxy import canary
 from diproxy.canary import Endpoint, rotation
+from diproxy.etcd_access import EtcdAccess
+from diproxy.etcd_gateway import EtcdError
 from diproxy.shipper.prometheus_text import parse
+from diproxy.testing.etcd_cluster import ROOT_PASSWORD, EtcdCluster
 from diproxy.testing.faults import Faults, KvFakeWorker
 from tests.proxy.conftest import run
+from tests.tools import require
 
 PERIOD = 300.0
 
@@ -181,9 +186,36 @@ def test_the_canary_reads_every_member_proxy_env_lists(etcd, prefix) -> None:
         workers = await start(etcd.address, prefix)
         try:
             async with aiohttp.ClientSession() as session:
-                prefills, decodes = await canary.registered(session, f"127.0.0.1:1,{etcd.address}", prefix)
+                prefills, decodes = await canary.registered(
+                    session, EtcdAccess.of_environment(f"127.0.0.1:1,{etcd.address}", {}), prefix)
         finally:
             await stop(workers)
         assert len(prefills) == 2 and len(decodes) == 2
 
     run(scenario)
+
+
+def test_the_canary_reads_a_secured_registry_with_the_proxys_tls_files_and_user(prefix, tmp_path) -> None:
+    # With etcd secured (client certificates and users), the canary reads as the proxy does, from the DIPROXY_ETCD_*
+    # files proxy.env names; without them it cannot read the registry at all.
+    require("etcd")
+
+    async def scenario(cluster: EtcdCluster) -> None:
+        password = tmp_path / "password"
+        password.write_text(ROOT_PASSWORD)
+        env = {"DIPROXY_ETCD_CA_FILE": str(cluster.pki["ca"]), "DIPROXY_ETCD_CERT_FILE": str(cluster.pki["cert"]),
+               "DIPROXY_ETCD_KEY_FILE": str(cluster.pki["key"]), "DIPROXY_ETCD_USER": "root",
+               "DIPROXY_ETCD_PASSWORD_FILE": str(password)}
+        members = ",".join("%s:%d" % m.address for m in cluster.members)
+        async with aiohttp.ClientSession() as session:
+            secured = EtcdAccess.of_environment(members, env)
+            await secured.gateway(session).put(prefix + "prefill/10.0.1.5/8000", "")
+            await secured.gateway(session).put(prefix + "decode/10.0.1.6/8000", "")
+            prefills, decodes = await canary.registered(session, secured, prefix)
+            assert (prefills, decodes) == ([canary.Endpoint("10.0.1.5", 8000)], [canary.Endpoint("10.0.1.6", 8000)])
+            with pytest.raises(EtcdError):
+                await canary.registered(session, EtcdAccess.of_environment(members, {}), prefix)
+
+    with EtcdCluster(tls=True, auth=True) as cluster:
+        run(lambda: scenario(cluster))
+

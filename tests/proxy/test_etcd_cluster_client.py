@@ -96,7 +96,7 @@ def test_a_cluster_with_tls_and_auth_answers_only_verified_authenticated_clients
 
 def test_the_proxy_takes_every_member_and_its_etcd_access_from_flags_or_the_environment(tmp_path, capsys) -> None:
     from diproxy.config import HostPort, parse_settings
-    from diproxy.etcd_access import etcd_access
+    from diproxy.etcd_access import EtcdAccess
 
     password = tmp_path / "etcd-password"
     password.write_text("s3cret\n")
@@ -104,7 +104,7 @@ def test_the_proxy_takes_every_member_and_its_etcd_access_from_flags_or_the_envi
                               env={"DIPROXY_ETCD": "10.0.0.10:8989,10.0.0.11:8989,10.0.0.12:8989"})
     assert settings.etcd == HostPort("10.0.0.10", 8989)
     assert settings.etcd_others == (HostPort("10.0.0.11", 8989), HostPort("10.0.0.12", 8989))
-    access = etcd_access(settings)
+    access = EtcdAccess.of_settings(settings).gateway_options()
     assert access["others"] == [("10.0.0.11", 8989), ("10.0.0.12", 8989)]
     assert access["credentials"] == EtcdCredentials("proxy", "s3cret") and "tls" not in access
     for argv, words in ((["--etcd", "a:1", "--etcd-user", "proxy"], "--etcd-user and --etcd-password-file go together"),
