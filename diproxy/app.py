@@ -75,6 +75,11 @@ class ProxyState:
     def api_key(self) -> str | None:
         return self.keys.key
 
+    def has_key(self, request: web.Request) -> bool:
+        """Whether REQUEST may pass the key check: no key is configured, or it carries the current one."""
+        key = self.api_key
+        return not key or bearer_matches(request.headers.get("Authorization"), key)
+
     def _pool_sizes(self) -> dict[tuple[str, ...], float]:
         sizes: dict[tuple[str, ...], float] = {}
         if self.registry is not None:
@@ -168,8 +173,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 @web.middleware
 async def _errors_and_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     state: ProxyState = request.app[STATE]
-    if state.api_key and request.path.startswith("/v1/") and not bearer_matches(
-            request.headers.get("Authorization"), state.api_key):
+    if request.path.startswith("/v1/") and not state.has_key(request):
         state.metrics.errors.inc("unauthorized")
         return error_response(401, "missing or wrong API key", "authentication_error", "invalid_api_key")
     try:
@@ -235,8 +239,7 @@ async def ready(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state: ProxyState = request.app[STATE]
-    if not _local_scraper(state, request.remote) and not (
-            state.api_key and bearer_matches(request.headers.get("Authorization"), state.api_key)):
+    if not _local_scraper(state, request.remote) and not (state.api_key and state.has_key(request)):
         state.metrics.errors.inc("metrics_refused")
         return error_response(403, "/metrics names the workers' addresses: send the API key, or scrape it on the "
                               "proxy's host (127.0.0.1)", "permission_error", "metrics_refused")
