@@ -57,13 +57,14 @@ class ProxyState:
         self.protocol = protocol_for(settings.mode, settings.engine, settings.engine_options)
         # Cache-aware routing (raises RoutingSetupError when its settings cannot be served: the proxy refuses to start).
         self.routing = PrefixRouting(settings, tokenizer)
+        self.admission = Admission(settings.max_in_flight, settings.max_in_flight_per_client, settings.retry_after)
         self.metrics = ProxyMetrics(self._pool_sizes, self._worker_in_flight, self._worker_backoff,
                                     self.protocol.name, tuple(self.protocol.phases),
-                                    engine_metrics=(*self.protocol.metrics, *self.routing.metrics))
+                                    engine_metrics=(*self.protocol.metrics, *self.routing.metrics),
+                                    in_flight=lambda: self.admission.in_flight)
         self.tasks: list[asyncio.Task] = []
         self.limits = RequestLimits(settings.max_model_len, max_n=settings.max_n,
                                     n_reason=DI_MAX_N_REASON if settings.mode == "di" else "")
-        self.admission = Admission(settings.max_in_flight, settings.max_in_flight_per_client, settings.retry_after)
         self.worker_policy = WorkerPolicy(settings.worker_networks, settings.max_workers,
                                           on_refused=self.metrics.errors.inc)
         self._reload_key = asyncio.Event()
@@ -203,7 +204,6 @@ async def completions(request: web.Request) -> web.StreamResponse:
     state: ProxyState = request.app[STATE]
     assert state.router is not None
     start = time.monotonic()
-    state.metrics.in_flight += 1
     status = 500
     try:
         # Refused before the body is read: a client over its cap costs no memory and no parsing.
@@ -219,7 +219,6 @@ async def completions(request: web.Request) -> web.StreamResponse:
             state.metrics.errors.inc(REFUSAL_KINDS[status] or exc.code)
         raise
     finally:
-        state.metrics.in_flight -= 1
         state.metrics.requests.inc(request.path, str(status))
         state.metrics.latency.observe(time.monotonic() - start, request.path)
 

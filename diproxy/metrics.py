@@ -107,7 +107,7 @@ class ProxyMetrics:
                  worker_in_flight: Callable[[], dict[LabelValues, float]],
                  worker_backoff: Callable[[], dict[LabelValues, float]] = dict, engine: str = "",
                  load_roles: tuple[str, ...] = (), clock: Callable[[], float] = time.monotonic,
-                 engine_metrics: Sequence[Metric] = ()) -> None:
+                 engine_metrics: Sequence[Metric] = (), in_flight: Callable[[], int] = lambda: 0) -> None:
         self.requests = Counter("diproxy_requests_total", "Client requests by endpoint and final HTTP status.",
                                 ("endpoint", "status"))
         self.errors = Counter("diproxy_errors_total", "Failures by kind (upstream ones counted per attempt).", ("kind",))
@@ -138,9 +138,10 @@ class ProxyMetrics:
             Gauge("diproxy_load_endpoint_seconds_total", "Integral over time of the role's healthy endpoints "
                   "(at least 1).", ("role",), self.load.endpoint_seconds, "counter"),
         ]
-        self.in_flight = 0
-        self._gauges.append(Gauge("diproxy_in_flight_requests", "Client requests in flight.", (),
-                                  lambda: {(): float(self.in_flight)}))
+        # Read from the admission count (diproxy/admission.py), the one count of requests admitted and not yet ended;
+        # a request refused with 429 never enters it.
+        self._gauges.append(Gauge("diproxy_in_flight_requests", "Client requests admitted and not yet ended.", (),
+                                  lambda: {(): float(in_flight())}))
         # The conventional name, so any scraper (and the CloudWatch shipper) can tell a restart from a counter reset.
         started = time.time()
         self._gauges.append(Gauge("process_start_time_seconds", "Start time of the process since the Unix epoch.", (),

@@ -104,6 +104,10 @@ def test_in_flight_caps_answer_429_with_retry_after_per_client_and_in_all(etcd, 
                     assert reply.status == 429 and reply.headers["Retry-After"] == "7"
                     assert (await reply.json())["error"]["code"] == "proxy_at_capacity"
                 assert len(p[0].requests) == 3, "a refused request cost a prefill"
+                # The exported gauge counts the admitted requests, not the refused ones.
+                gauge = [line for line in proxy.state.metrics.render().splitlines()
+                         if line.startswith("diproxy_in_flight_requests ")]
+                assert [float(line.split()[1]) for line in gauge] == [3.0]
             finally:
                 for task in held:
                     task.cancel()

@@ -21,7 +21,7 @@ def test_a_client_that_leaves_during_prefill_cancels_it_and_never_reaches_decode
                 call.cancel()  # the client goes away: its connection closes
             # Well before the prefill's 5 s answer: the proxy's handler was cancelled, and with it the prefill call.
             await wait_until(lambda: p[0].in_flight == 0, timeout=2.0, what="the prefill call cancelled")
-            await wait_until(lambda: proxy.state.metrics.in_flight == 0, timeout=2.0, what="the request ended")
+            await wait_until(lambda: proxy.state.admission.in_flight == 0, timeout=2.0, what="the request ended")
             assert d[0].requests == []
 
     run(scenario)

@@ -33,13 +33,13 @@ def test_zero_workers_gives_timely_503_without_stalling_others(etcd, prefix) -> 
                     return r.status, dict(r.headers), await r.json(), time.monotonic() - started
 
             waiting = [asyncio.create_task(completion()) for _ in range(5)]
-            await wait_until(lambda: proxy.state.metrics.in_flight == 5, what="five requests waiting for a pair")
+            await wait_until(lambda: proxy.state.admission.in_flight == 5, what="five requests waiting for a pair")
             started = time.monotonic()
             async with session.get(proxy.url + "/health") as r:
                 assert r.status == 200
             async with session.get(proxy.url + "/ready") as r:
                 assert r.status == 503
-            assert proxy.state.metrics.in_flight == 5, "the probes ran while every request was still waiting"
+            assert proxy.state.admission.in_flight == 5, "the probes ran while every request was still waiting"
             assert time.monotonic() - started < 0.3, "probes waited behind requests with no worker"
             for status, headers, body, elapsed in await asyncio.gather(*waiting):
                 assert status == 503
@@ -55,7 +55,7 @@ def test_request_waits_for_a_pair_that_registers_meanwhile(etcd, prefix) -> None
         async with RunningProxy(_flags(etcd.address, prefix, "--pair-wait-timeout", "5")) as proxy, \
                 aiohttp.ClientSession() as session:
             pending = asyncio.create_task(post_stream(session, proxy.url + "/v1/completions", {"prompt": "x"}))
-            await wait_until(lambda: proxy.state.metrics.in_flight == 1, what="the request waiting for a pair")
+            await wait_until(lambda: proxy.state.admission.in_flight == 1, what="the request waiting for a pair")
             workers = [await FakeWorker(role, etcd=etcd.address, prefix=prefix,
                                         behaviour=Behaviour(tokens=3)).start() for role in ("prefill", "decode")]
             try:

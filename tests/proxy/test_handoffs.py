@@ -51,7 +51,7 @@ def test_clients_that_leave_after_prefill_leave_no_pending_handoff_and_no_held_b
                 for call in calls:
                     call.cancel()  # every client leaves after its prefill, before any decode had its request
                 await asyncio.gather(*calls, return_exceptions=True)
-            await wait_until(lambda: proxy.state.metrics.in_flight == 0, what="the client requests ended")
+            await wait_until(lambda: proxy.state.admission.in_flight == 0, what="the client requests ended")
             assert handoffs.pending(p[0].address) == CLIENTS  # the releases wait for a decode
             d[0].healthy = True
             await wait_until(lambda: handoffs.total() == 0, timeout=3.0, what="no handoff pending")
