@@ -343,3 +343,18 @@ def test_rollout_takes_an_image_pinned_to_its_digest_and_refuses_a_short_one() -
     assert args.image == image + digest
     with pytest.raises(SystemExit):
         build_parser().parse_args(["rollout", "--env", "prod", "--image", image + "@sha256:abc"])
+
+
+def test_logs_names_each_instances_upload_and_refuses_one_in_another_folder(world) -> None:
+    honest, liar, foreign = sorted(world.launch(3, "prefill", "prefill"))
+    worker = NODE_ROLE_IDS[0]
+    claims = {honest: f"s3://{BUCKET}/logs/{worker}:{honest}/20260101T000000Z/",
+              liar: f"s3://{BUCKET}/logs/{worker}:{honest}/20260101T000001Z/",  # claims the honest node's folder
+              foreign: f"s3://{BUCKET}/logs/AROAEXAMPLEFOREIGN001:{foreign}/20260101T000000Z/"}
+    world.ssm.outcome = lambda i, c: ("Success", f"collected\n{claims[i]}")
+    code, _, err = world.dictl("logs", "--env", "prod", "--quiet")
+    assert code == 1
+    assert f"logs of {honest}: {claims[honest]}" in err
+    assert f"dictl: {liar} reported {claims[liar]}, not {liar}'s own folder logs/ROLE-ID:{liar}/" in err
+    assert "role AROAEXAMPLEFOREIGN001 is not one of the stack's node roles" in err
+    assert f"logs of {liar}" not in err and f"logs of {foreign}" not in err
