@@ -8,7 +8,9 @@
 # AROA...:THIS-INSTANCE-ID stops the script before it writes: the policy would refuse the upload anyway, and the
 # message says why. Needs imds.sh (instance_id) and log.sh (die). Sourced, never run.
 
-# node_userid: ROLE-ID:INSTANCE-ID of this node's credentials, checked against its own instance ID.
+# node_userid: ROLE-ID:INSTANCE-ID of this node's credentials, checked against its own instance ID. --region sends it
+# to the Regional STS endpoint, which the CLI v2 uses by default
+# (https://docs.aws.amazon.com/sdkref/latest/guide/feature-sts-regionalized-endpoints.html).
 node_userid() {
   local userid id
   userid=$(aws sts get-caller-identity --region "$DI_REGION" --query UserId --output text) ||
