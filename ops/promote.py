@@ -77,11 +77,12 @@ def staged_sets(s3: Any, bucket: str, role_ids: Iterable[str] = ()) -> tuple[lis
 def staged_by(s3: Any, bucket: str, instance_id: str | None, role_ids: Iterable[str] = ()) -> Staged | None:
     """The set INSTANCE_ID staged last (by its SHA256SUMS' time), or the newest complete set of any node when
     INSTANCE_ID is None; None if there is none. A set in another instance's folder is never INSTANCE_ID's."""
-    sets, _ = staged_sets(s3, bucket, role_ids)
-    for staged in sets:
-        if instance_id is None or staged.writer.instance_id == instance_id:
-            return staged
-    return None
+    return pick(staged_sets(s3, bucket, role_ids)[0], instance_id)
+
+
+def pick(sets: list[Staged], instance_id: str | None) -> Staged | None:
+    """The newest of SETS (newest first) written by INSTANCE_ID, or the newest of all when INSTANCE_ID is None."""
+    return next((s for s in sets if instance_id is None or s.writer.instance_id == instance_id), None)
 
 
 def _listed(text: str, where: str) -> tuple[dict[str, str], list[str]]:

@@ -298,7 +298,12 @@ def _promote(deployment: Deployment, instance_id: str, progress: Progress, err: 
     """Promote what INSTANCE_ID staged in its own folder, if anything (nothing when the artifacts were already in
     S3); 1 if refused. Another instance's folder is never taken for this one's (ops/promote.py)."""
     s3, bucket = deployment.clients.s3, deployment.bucket
-    staged = promote.staged_by(s3, bucket, instance_id, deployment.node_role_ids)
+    sets, refused = promote.staged_sets(s3, bucket, deployment.node_role_ids)
+    for folder in refused:
+        print(f"dictl compile: ignored s3://{bucket}/{naming.BUCKET_PREFIX_STAGING_COMPILED}{folder}/: not "
+              "ROLE-ID:INSTANCE-ID under one of the stack's node roles (an older layout, or not written by a node)",
+              file=err)
+    staged = promote.pick(sets, instance_id)
     if staged is None:
         return 0
     progress.update(f"checking and promoting {staged.key} staged by {instance_id}")

@@ -101,6 +101,9 @@ def test_compile_never_takes_another_instances_folder_or_a_foreign_role_for_the_
     code, _, err = world.dictl("compile", "--env", "prod", "--force", "--quiet")
     assert code == 0, err
     assert "promoted" not in err and keys(world, "compiled/") == {}
+    # The folders that are not a node's are named, so an operator sees what was left out.
+    assert f"ignored s3://{BUCKET}/staging/compiled/AROAEXAMPLEFOREIGN001:{prefill}/" in err
+    assert f"ignored s3://{BUCKET}/staging/compiled/{KEY}/" in err
     sets, refused = promote.staged_sets(world.client("s3"), BUCKET, NODE_ROLE_IDS)
     assert [s.writer.instance_id for s in sets] == ["i-0eeeeeeeeeeeeeeee"]
     assert refused == sorted([KEY, f"AROAEXAMPLEFOREIGN001:{prefill}"])
