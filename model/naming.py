@@ -55,13 +55,14 @@ NODE_SCRIPTS_DIR = "/opt/di"
 KV_LOCK_FILE = "/tmp/nrt_kv_store_server.lock"
 
 BUCKET_PREFIX_COMPILED = "compiled/"
-# Where a node uploads what it compiled (KEY/INSTANCE_ID/): nodes may not write compiled/, `dictl compile` promotes.
+# Where a node uploads what it compiled (USERID/KEY/): nodes may not write compiled/, `dictl compile` promotes.
 BUCKET_PREFIX_STAGING_COMPILED = "staging/compiled/"
 BUCKET_PREFIX_MODELS = "models/"
 BUCKET_PREFIX_BENCH = "bench/"
 BUCKET_PREFIX_LOGS = "logs/"
-# Run Command output beyond SSM's inline limits (24,000 characters) lands here.
-BUCKET_PREFIX_COMMANDS = "commands/"
+# Every prefix a node writes is followed by the writer's IAM user ID, ROLE-ID:INSTANCE-ID (model/write_scope.py), the
+# only part of the key its role lets it write: PREFIX/ROLE-ID:INSTANCE-ID/...
+NODE_WRITE_PREFIXES = (BUCKET_PREFIX_STAGING_COMPILED, BUCKET_PREFIX_BENCH, BUCKET_PREFIX_LOGS)
 
 
 def stack_name(env: str) -> str:
@@ -89,6 +90,8 @@ OUTPUT_SSM_LOG_GROUP = "CommandLogGroup"
 OUTPUT_CONTROL_INSTANCE_GROUP = "ControlAutoScalingGroup"
 OUTPUT_DASHBOARD_URL = "DashboardUrl"
 OUTPUT_ALARM_TOPIC = "AlarmTopicArn"
+# Comma-separated IDs (AROA...) of the node roles: the ROLE-ID of the ROLE-ID:INSTANCE-ID folder a node writes.
+OUTPUT_NODE_ROLE_IDS = "NodeRoleIds"
 
 
 def fleet_output(fleet: str) -> str:

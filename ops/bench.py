@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
@@ -11,6 +12,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ops.errors import UsageError
 from ops.output import table
+from model import naming
+from model.write_scope import split_key
 
 # (label, key in LLMPerf's *_summary.json, unit scale, unit, True when higher is better)
 METRICS: tuple[tuple[str, str, float, str, bool], ...] = (
@@ -67,12 +70,39 @@ def _read_s3(uri: str, s3: Any) -> str:
             listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
             keys = sorted(o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith(SUMMARY_SUFFIX))
             if not keys:
+                keys = _in_writer_folder(s3, bucket, uri, prefix)
+            if not keys:
                 raise UsageError(f"{uri}: no *{SUMMARY_SUFFIX} under this prefix\n"
-                                 "  fix: pass s3://BUCKET/bench/RUN-ID/ as printed by `dictl bench`")
+                                 "  fix: pass s3://BUCKET/bench/ROLE-ID:INSTANCE-ID/RUN-ID/ as printed by `dictl bench`")
             key = keys[0]
         return s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
     except (ClientError, BotoCoreError) as err:
         raise UsageError(f"{uri}: cannot read: {err}\n  fix: check the URI and your credentials") from None
+
+
+def _in_writer_folder(s3: Any, bucket: str, uri: str, prefix: str) -> list[str]:
+    """For s3://BUCKET/bench/RUN-ID/: the summaries of RUN-ID in the one node folder that holds it, the control host
+    writing bench/ROLE-ID:INSTANCE-ID/RUN-ID/ (model/write_scope.py); the writer is printed. Several folders with the
+    same run ID are ambiguous and named."""
+    bench = naming.BUCKET_PREFIX_BENCH
+    run_id = prefix[len(bench):].strip("/")
+    if not prefix.startswith(bench) or not run_id or "/" in run_id:
+        return []
+    found: dict[str, list[str]] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=bench):
+        for obj in page.get("Contents", []):
+            writer, rest = split_key(bench, obj["Key"])
+            if writer is not None and rest.startswith(f"{run_id}/") and obj["Key"].endswith(SUMMARY_SUFFIX):
+                found.setdefault(writer.userid, []).append(obj["Key"])
+    if len(found) > 1:
+        raise UsageError(f"{uri}: run {run_id} is in several node folders\n"
+                         + "".join(f"  s3://{bucket}/{bench}{userid}/{run_id}/\n" for userid in sorted(found))
+                         + "  fix: pass one of them")
+    for userid, keys in found.items():
+        print(f"{uri}: results written by {userid.split(':', 1)[1]} (s3://{bucket}/{bench}{userid}/{run_id}/)",
+              file=sys.stderr)
+        return sorted(keys)
+    return []
 
 
 def compare(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet", required=True, help="worker fleet from the config (required)")
     p.add_argument("--count", required=True, type=_positive,
                    help="desired instances, within the group's min and max (required)")
-    p = command("logs", "journal and container logs to s3://BUCKET/logs/<instance>/<time>/")
+    p = command("logs", "journal and container logs to s3://BUCKET/logs/ROLE-ID:INSTANCE-ID/<time>/")
     targets(p)
     rolling(p, "50", "100%", 900)
     p.add_argument("--hours", default=6, type=_positive, help="how far back (default: 6)")
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     rolling(p, "1", "0", 600)
     p = command("bench", "LLMPerf against the proxy from the control host; results to s3://BUCKET/bench/")
     p.add_argument("--run-id", type=_pattern(RUN_ID, "run id ([A-Za-z0-9._-], 1-64)"),
-                   help="name of the results prefix bench/RUN-ID/ (default: ENV-<UTC time>)")
+                   help="name of the results folder bench/ROLE-ID:INSTANCE-ID/RUN-ID/ (default: ENV-<UTC time>)")
     p.add_argument("--mean-input-tokens", default=1024, type=_positive, help="mean prompt length (default: 1024)")
     p.add_argument("--stddev-input-tokens", default=0, type=_positive,
                    help="prompt length standard deviation (default: 0)")

@@ -1,7 +1,11 @@
 """Send one SSM command to tag-selected targets, wait for it, and collect every instance's result.
 
-Results come from ListCommandInvocations (Details, 50 per page), never one GetCommandInvocation per instance;
-output cut at SSM's inline limit is read back from the artifacts bucket under `commands/`.
+Results come from ListCommandInvocations (Details, 50 per page), never one GetCommandInvocation per instance; only a
+step whose output was cut at that call's inline limit is read again with GetCommandInvocation, which returns its first
+24,000 characters. No S3 output location is sent: the SSM Agent would write it with the instance role as
+commands/COMMAND-ID/INSTANCE-ID/... (aws/amazon-ssm-agent@1c217c89 agent/runcommand/utils.go), a key no per-instance
+grant can scope, so a node able to write it could forge what dictl reads as another node's output. The nodes' roles
+write no commands/ prefix at all (stacks/di_stack.py WRITE_PREFIXES).
 """
 
 from __future__ import annotations
@@ -9,7 +13,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
-from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 
@@ -17,11 +20,13 @@ from ops.aws import Clients, pages
 from ops.progress import Progress
 from ops.results import InstanceResult, RunResult
 from ops.targets import Deployment, Instance, Selection
-from model import naming
 
 # CommandPluginOutput is cut at 2,500 characters in ListCommandInvocations:
 # https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_CommandPlugin.html
 INLINE_OUTPUT_LIMIT = 2500
+# GetCommandInvocation's StandardOutputContent: "The first 24,000 characters written by the plugin to stdout"
+# (https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_GetCommandInvocation.html).
+WHOLE_OUTPUT_LIMIT = 24000
 TRUNCATION_MARKER = "--output truncated--"
 INVOCATIONS_PAGE = 50
 DONE_COMMAND_STATES = {"Success", "Failed", "TimedOut", "Cancelled"}
@@ -44,8 +49,8 @@ class SendOptions:
 
 
 def send(clients: Clients, *, document: str, targets: list[dict[str, Any]], parameters: Mapping[str, str],
-         bucket: str, options: SendOptions) -> str:
-    """One SendCommand by Targets; output beyond the inline limits goes to the bucket under commands/."""
+         options: SendOptions) -> str:
+    """One SendCommand by Targets, with no S3 output location (see the module's docstring)."""
     # Named instances go as InstanceIds (same 50 limit); tag selections as Targets, resolved by SSM.
     if len(targets) == 1 and targets[0]["Key"] == "InstanceIds":
         selection: dict[str, Any] = {"InstanceIds": targets[0]["Values"]}
@@ -57,8 +62,6 @@ def send(clients: Clients, *, document: str, targets: list[dict[str, Any]], para
         Parameters={key: [value] for key, value in parameters.items()},
         MaxConcurrency=options.concurrency,
         MaxErrors=options.max_errors,
-        OutputS3BucketName=bucket,
-        OutputS3KeyPrefix=naming.BUCKET_PREFIX_COMMANDS.rstrip("/"),
         Comment=(options.comment or f"dictl {document}")[:100],
     )
     return response["Command"]["CommandId"]
@@ -95,12 +98,12 @@ def collect(clients: Clients, command_id: str) -> list[Mapping[str, Any]]:
 
 
 def plugin_output(clients: Clients, invocation: Mapping[str, Any]) -> str:
-    """All steps' output of an invocation; a step cut at the inline limit is read whole from S3."""
+    """All steps' output of an invocation; a step cut at the inline limit is read again, up to 24,000 characters."""
     parts = []
     for plugin in invocation.get("CommandPlugins", []):
         text = plugin.get("Output", "") or ""
         if _truncated(text):
-            text = _read_s3_output(clients, plugin) or text
+            text = _whole_output(clients, invocation, plugin) or text
         parts.append(text)
     return "\n".join(p for p in parts if p)
 
@@ -109,33 +112,18 @@ def _truncated(text: str) -> bool:
     return TRUNCATION_MARKER in text or len(text) >= INLINE_OUTPUT_LIMIT
 
 
-def _read_s3_output(clients: Clients, plugin: Mapping[str, Any]) -> str | None:
-    url = plugin.get("StandardOutputUrl") or ""
-    location = _s3_location(url)
-    if location is None:
-        return None
-    bucket, key = location
+def _whole_output(clients: Clients, invocation: Mapping[str, Any], plugin: Mapping[str, Any]) -> str | None:
+    """One step's stdout (and stderr, if any) from GetCommandInvocation; None if SSM will not say."""
     try:
-        body = clients.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError:
+        found = clients.ssm.get_command_invocation(CommandId=invocation["CommandId"],
+                                                   InstanceId=invocation["InstanceId"], PluginName=plugin["Name"])
+    except (ClientError, KeyError):
         return None
-    return body.decode("utf-8", errors="replace")
-
-
-def _s3_location(url: str) -> tuple[str, str] | None:
-    """Bucket and key from s3:// or the https URL forms SSM reports."""
-    if not url:
-        return None
-    parsed = urlparse(url)
-    if parsed.scheme == "s3":
-        return parsed.netloc, parsed.path.lstrip("/")
-    host, path = parsed.netloc, parsed.path.lstrip("/")
-    if host.startswith("s3.") or host.startswith("s3-") or host == "s3.amazonaws.com":
-        bucket, _, key = path.partition("/")
-        return (bucket, key) if key else None
-    if ".s3." in host or host.endswith(".s3.amazonaws.com"):
-        return host.split(".s3", 1)[0], path
-    return None
+    text = found.get("StandardOutputContent", "") or ""
+    if len(text) >= WHOLE_OUTPUT_LIMIT:
+        text += f"\n--output cut by SSM at {WHOLE_OUTPUT_LIMIT} characters--"
+    error = found.get("StandardErrorContent", "") or ""
+    return text + (f"\n----------ERROR-------\n{error}" if error else "")
 
 
 def run(deployment: Deployment, verb: str, selection: Selection, *, parameters: Mapping[str, str] | None = None,
@@ -148,7 +136,7 @@ def run(deployment: Deployment, verb: str, selection: Selection, *, parameters: 
     options = options or SendOptions()
     progress = progress or Progress()
     document = deployment.document(verb)
-    bucket = deployment.bucket  # first, so a missing stack is reported before anything else
+    _ = deployment.bucket  # first, so a missing stack is reported before anything else
     if expected is None:
         expected = deployment.instances(selection)
     by_id = {i.instance_id: i for i in expected}
@@ -157,7 +145,7 @@ def run(deployment: Deployment, verb: str, selection: Selection, *, parameters: 
         return result
     for targets in deployment.ssm_targets(selection):
         command_id = send(deployment.clients, document=document, targets=targets, parameters=parameters or {},
-                          bucket=bucket, options=options)
+                          options=options)
         result.command_ids.append(command_id)
         finished = wait(deployment.clients, command_id, options=options, progress=progress)
         for invocation in collect(deployment.clients, command_id):

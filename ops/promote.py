@@ -1,8 +1,11 @@
 """`dictl compile`'s last step: promote what one node staged to the compiled/ prefix every worker loads.
 
-Nodes may write compiled artifacts only under staging/compiled/KEY/INSTANCE_ID/ (their role has no write on
-compiled/), so a compromised node cannot replace what the others load. dictl checks the staged copy against its
-SHA256SUMS (every listed file present and matching, nothing unlisted, no path leaving the prefix), then copies it
+Nodes may write compiled artifacts only under staging/compiled/ROLE-ID:INSTANCE-ID/KEY/, their own folder (their role
+grants s3:PutObject on staging/compiled/${aws:userid}/* and nothing on compiled/; model/write_scope.py), so a
+compromised node can neither replace what the others load nor what another node staged. dictl takes the writer from
+the folder: a set is promoted only from the folder of the instance asked for (or, with no instance named, the newest
+complete set), and only when the folder's ROLE-ID is one of the stack's node roles. It checks the staged copy against
+its SHA256SUMS (every listed file present and matching, nothing unlisted, no path leaving the prefix), then copies it
 with the operator's credentials, removes what the previous compiled/KEY/ held beyond it, and deletes the staged copy.
 Hashing reads every staged byte once through this machine; S3's own checksums cannot replace it, because a
 multipart object's SHA-256 is a checksum of part checksums, not of the file
@@ -14,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from model import naming
+from model.write_scope import Writer, scoped, split_key, trusted
 
 CHECKSUM_LIST = "SHA256SUMS"  # userdata/lib/checksums.sh CHECKSUM_LIST
 # `sha256sum` output: 64 hex digits, a space, then a space (text mode) or '*' (binary mode), then the path.
@@ -43,15 +47,42 @@ def _objects(s3: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
         yield from page.get("Contents", [])
 
 
-def staged_key(s3: Any, bucket: str, instance_id: str) -> str | None:
-    """The compiled key INSTANCE_ID staged last (by its SHA256SUMS' time), or None if it staged nothing."""
-    latest: tuple[Any, str] | None = None
-    for obj in _objects(s3, bucket, naming.BUCKET_PREFIX_STAGING_COMPILED):
-        parts = obj["Key"][len(naming.BUCKET_PREFIX_STAGING_COMPILED):].split("/", 2)
-        if len(parts) == 3 and parts[1] == instance_id and parts[2] == CHECKSUM_LIST:
-            if latest is None or obj["LastModified"] > latest[0]:
-                latest = (obj["LastModified"], parts[0])
-    return latest[1] if latest else None
+@dataclass(frozen=True)
+class Staged:
+    """One complete staged set: who wrote it (from its folder), its compiled key, and when its SHA256SUMS landed."""
+
+    writer: Writer
+    key: str
+    time: Any
+
+
+def staged_sets(s3: Any, bucket: str, role_ids: Iterable[str] = ()) -> tuple[list[Staged], list[str]]:
+    """Every complete set under staging/compiled/ (one with a SHA256SUMS), newest first, and the folders refused:
+    a first segment that is not ROLE-ID:INSTANCE-ID, or whose ROLE-ID is not a node role of ROLE_IDS."""
+    sets: list[Staged] = []
+    refused: set[str] = set()
+    prefix = naming.BUCKET_PREFIX_STAGING_COMPILED
+    for obj in _objects(s3, bucket, prefix):
+        writer, rest = split_key(prefix, obj["Key"])
+        if not trusted(writer, role_ids):
+            refused.add(obj["Key"][len(prefix):].split("/", 1)[0])
+            continue
+        key, _, path = rest.partition("/")
+        if writer is not None and key and path == CHECKSUM_LIST:
+            sets.append(Staged(writer, key, obj["LastModified"]))
+    sets.sort(key=lambda staged: staged.time, reverse=True)
+    return sets, sorted(refused)
+
+
+def staged_by(s3: Any, bucket: str, instance_id: str | None, role_ids: Iterable[str] = ()) -> Staged | None:
+    """The set INSTANCE_ID staged last (by its SHA256SUMS' time), or the newest complete set of any node when
+    INSTANCE_ID is None; None if there is none. A set in another instance's folder is never INSTANCE_ID's."""
+    return pick(staged_sets(s3, bucket, role_ids)[0], instance_id)
+
+
+def pick(sets: list[Staged], instance_id: str | None) -> Staged | None:
+    """The newest of SETS (newest first) written by INSTANCE_ID, or the newest of all when INSTANCE_ID is None."""
+    return next((s for s in sets if instance_id is None or s.writer.instance_id == instance_id), None)
 
 
 def _listed(text: str, where: str) -> tuple[dict[str, str], list[str]]:
@@ -78,9 +109,14 @@ def _sha256(s3: Any, bucket: str, key: str) -> str:
     return digest.hexdigest()
 
 
-def check(s3: Any, bucket: str, key: str, instance_id: str) -> list[str]:
+def source_prefix(staged: Staged) -> str:
+    """staging/compiled/ROLE-ID:INSTANCE-ID/KEY/"""
+    return f"{scoped(naming.BUCKET_PREFIX_STAGING_COMPILED, staged.writer)}{staged.key}/"
+
+
+def check(s3: Any, bucket: str, staged: Staged) -> list[str]:
     """The staged copy's files, in the order to copy them (SHA256SUMS last), once it matches its list."""
-    source = f"{naming.BUCKET_PREFIX_STAGING_COMPILED}{key}/{instance_id}/"
+    source = source_prefix(staged)
     where = f"s3://{bucket}/{source}"
     files = {obj["Key"][len(source):] for obj in _objects(s3, bucket, source)}
     if CHECKSUM_LIST not in files:
@@ -97,12 +133,13 @@ def check(s3: Any, bucket: str, key: str, instance_id: str) -> list[str]:
     return sorted(files) + [CHECKSUM_LIST]
 
 
-def promote(s3: Any, bucket: str, key: str, instance_id: str) -> Promoted:
+def promote(s3: Any, bucket: str, staged: Staged) -> Promoted:
     """Check the staged copy, copy it to compiled/KEY/ (SHA256SUMS last), drop what compiled/KEY/ held beyond it,
     and delete the staged copy. Raises PromoteError, and changes nothing, when the check fails."""
-    source = f"{naming.BUCKET_PREFIX_STAGING_COMPILED}{key}/{instance_id}/"
+    key = staged.key
+    source = source_prefix(staged)
     target = f"{naming.BUCKET_PREFIX_COMPILED}{key}/"
-    files = check(s3, bucket, key, instance_id)
+    files = check(s3, bucket, staged)
     for path in files:
         # The managed copy switches to a multipart copy above its threshold: CopyObject alone stops at 5 GB
         # (https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html).

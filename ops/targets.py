@@ -89,8 +89,14 @@ class Deployment:
 
     @property
     def bucket(self) -> str:
-        """Artifacts bucket: Run Command output, bench results and logs go here."""
+        """Artifacts bucket: compiled artifacts, bench results and logs go here."""
         return self.output(naming.OUTPUT_BUCKET)
+
+    @property
+    def node_role_ids(self) -> tuple[str, ...]:
+        """IDs of the worker and control roles: the ROLE-ID of every ROLE-ID:INSTANCE-ID folder a node may write
+        (model/write_scope.py). dictl takes nothing from a folder whose ROLE-ID is not one of them."""
+        return tuple(i for i in self.output(naming.OUTPUT_NODE_ROLE_IDS).split(",") if i)
 
     def fleet_group(self, fleet: str) -> str:
         """Auto Scaling group name of a fleet."""

@@ -12,7 +12,7 @@ from typing import Callable, TextIO
 
 from botocore.exceptions import ClientError
 
-from ops import commands, promote
+from ops import commands, promote, written
 from ops.commands import InstanceResult, RunResult, SendOptions
 from ops.errors import UsageError
 from ops.output import Progress, print_run
@@ -246,11 +246,25 @@ def _groups_short(deployment: Deployment, groups: dict[str, str]) -> list[str]:
 
 def logs(deployment: Deployment, selection: Selection, *, hours: int, options: SendOptions, progress: Progress,
          as_json: bool, out: TextIO | None = None) -> int:
-    """Journal and container logs of each instance to s3://BUCKET/logs/<instance>/<time>/."""
+    """Journal and container logs of each instance to s3://BUCKET/logs/ROLE-ID:INSTANCE-ID/<time>/."""
     options = replace(options, max_errors="100%")
     run = commands.run(deployment, "collect-logs", selection, parameters={"hours": str(hours)},
                        options=options, progress=progress)
-    return print_run(run, as_json=as_json, out=out)
+    code = print_run(run, as_json=as_json, out=out)
+    return code or _report_uploads(deployment, run, naming.BUCKET_PREFIX_LOGS, "logs", sys.stderr)
+
+
+def _report_uploads(deployment: Deployment, run: RunResult, prefix: str, what: str, err: TextIO) -> int:
+    """Each instance's upload with the instance that wrote it; 1 if one is not in the instance's own folder."""
+    refused = 0
+    for upload in written.uploads(run, deployment.bucket, prefix, deployment.node_role_ids):
+        if upload.problem:
+            refused = 1
+            print(f"dictl: {upload.instance_id} reported {upload.uri}, {upload.problem}: not taken as its {what}",
+                  file=err)
+        else:
+            print(f"{what} of {upload.instance_id}: {upload.uri}", file=err)
+    return refused
 
 
 def compile_model(deployment: Deployment, fleets: list[str], *, force: bool, timeout: int, options: SendOptions,
@@ -281,19 +295,27 @@ def compile_model(deployment: Deployment, fleets: list[str], *, force: bool, tim
 
 
 def _promote(deployment: Deployment, instance_id: str, progress: Progress, err: TextIO) -> int:
-    """Promote what INSTANCE_ID staged, if anything (nothing when the artifacts were already in S3); 1 if refused."""
+    """Promote what INSTANCE_ID staged in its own folder, if anything (nothing when the artifacts were already in
+    S3); 1 if refused. Another instance's folder is never taken for this one's (ops/promote.py)."""
     s3, bucket = deployment.clients.s3, deployment.bucket
-    key = promote.staged_key(s3, bucket, instance_id)
-    if key is None:
+    sets, refused = promote.staged_sets(s3, bucket, deployment.node_role_ids)
+    for folder in refused:
+        print(f"dictl compile: ignored s3://{bucket}/{naming.BUCKET_PREFIX_STAGING_COMPILED}{folder}/: not "
+              "ROLE-ID:INSTANCE-ID under one of the stack's node roles (an older layout, or not written by a node)",
+              file=err)
+    staged = promote.pick(sets, instance_id)
+    if staged is None:
         return 0
-    progress.update(f"checking and promoting {key} from {instance_id}")
+    progress.update(f"checking and promoting {staged.key} staged by {instance_id}")
     try:
-        done = promote.promote(s3, bucket, key, instance_id)
+        done = promote.promote(s3, bucket, staged)
     except promote.PromoteError as error:
-        print(f"dictl compile: not promoted, s3://{bucket}/{naming.BUCKET_PREFIX_COMPILED}{key}/ left as it was:\n"
-              f"{error}\n  fix: dictl compile --env {deployment.name} --force (compile and stage again)", file=err)
+        print(f"dictl compile: not promoted, s3://{bucket}/{naming.BUCKET_PREFIX_COMPILED}{staged.key}/ left as it "
+              f"was:\n{error}\n  fix: dictl compile --env {deployment.name} --force (compile and stage again)",
+              file=err)
         return 1
-    print(f"promoted {done.files} file(s) to s3://{bucket}/{naming.BUCKET_PREFIX_COMPILED}{key}/"
+    print(f"promoted {done.files} file(s) staged by {instance_id} to "
+          f"s3://{bucket}/{naming.BUCKET_PREFIX_COMPILED}{staged.key}/"
           + (f", {done.removed} stale removed" if done.removed else ""), file=err)
     return 0
 
@@ -315,15 +337,13 @@ def default_concurrency(deployment: Deployment) -> int:
 
 def bench(deployment: Deployment, *, run_id: str, workload: dict[str, int], timeout: int, options: SendOptions,
           progress: Progress, as_json: bool, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """LLMPerf on the control host against the proxy; results to s3://BUCKET/bench/<run-id>/."""
+    """LLMPerf on the control host against the proxy; results to s3://BUCKET/bench/ROLE-ID:INSTANCE-ID/<run-id>/."""
     run_id = run_id or f"{deployment.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     parameters = {"runId": run_id, **{k: str(v) for k, v in workload.items()}, "executionTimeout": str(timeout)}
     run = commands.run(deployment, "bench", Selection(role=naming.ROLE_CONTROL), parameters=parameters,
                        options=replace(options, timeout=float(timeout) + 120), progress=progress)
     code = print_run(run, as_json=as_json, out=out, err=err)
-    if code == 0:
-        print(f"results: s3://{deployment.bucket}/{naming.BUCKET_PREFIX_BENCH}{run_id}/", file=err or sys.stderr)
-    return code
+    return code or _report_uploads(deployment, run, naming.BUCKET_PREFIX_BENCH, "results", err or sys.stderr)
 
 
 def drain(deployment: Deployment, selection: Selection, *, endpoint: str, timeout: int, options: SendOptions,

@@ -41,10 +41,13 @@ RETENTION = {
 
 # Workers stage compiled artifacts (never compiled/ itself, which every worker loads: `dictl compile` promotes a
 # checked staging copy with the operator's credentials) and publish collected logs; the control host, benchmark
-# results and logs; both, the output of Run Command documents (the SSM Agent writes it with the instance role).
+# results and logs. Each instance only in its own folder, PREFIX/ROLE-ID:INSTANCE-ID/ (NodeRole.allow_own_writes).
+# Neither writes Run Command output: the SSM Agent would write it as commands/COMMAND-ID/INSTANCE-ID/ with the
+# instance role (aws/amazon-ssm-agent@1c217c89 agent/runcommand/utils.go parseSendCommandMessage), a key no
+# per-instance grant can cover, so dictl sends no S3 output location and reads output from SSM (ops/commands.py).
 WRITE_PREFIXES = {
-    "WorkerRole": [naming.BUCKET_PREFIX_STAGING_COMPILED, naming.BUCKET_PREFIX_LOGS, naming.BUCKET_PREFIX_COMMANDS],
-    "ControlRole": [naming.BUCKET_PREFIX_BENCH, naming.BUCKET_PREFIX_LOGS, naming.BUCKET_PREFIX_COMMANDS],
+    "WorkerRole": [naming.BUCKET_PREFIX_STAGING_COMPILED, naming.BUCKET_PREFIX_LOGS],
+    "ControlRole": [naming.BUCKET_PREFIX_BENCH, naming.BUCKET_PREFIX_LOGS],
 }
 
 
@@ -77,6 +80,7 @@ class DiStack(cdk.Stack):
                                       log_groups=list(groups.values()), secret=self.artifacts.hf_token_secret)
             nag.acknowledge_node_role(roles[role_id], bucket, prefixes)
         worker_role, control_role = roles["WorkerRole"], roles["ControlRole"]
+        self.node_roles = (worker_role, control_role)
         nag.acknowledge_control_role(control_role, publishes_metrics=config.runs_distack_proxy)
         for role in (worker_role, control_role):
             role.allow_lifecycle(config.name)
@@ -191,10 +195,18 @@ class DiStack(cdk.Stack):
             naming.OUTPUT_DASHBOARD_URL: (self.monitoring.dashboard_url, "CloudWatch dashboard of this deployment"),
             naming.OUTPUT_ALARM_TOPIC: (self.monitoring.topic.topic_arn, "SNS topic every alarm notifies"),
         }
+        outputs.update(self._role_id_outputs())
         for name, fleet in self.fleets.items():
             outputs[naming.fleet_output(name)] = (fleet.auto_scaling_group.ref, f"Auto Scaling group of {name}")
         for key, (value, description) in outputs.items():
             cdk.CfnOutput(self, key, value=value, description=description)
+
+
+    def _role_id_outputs(self) -> dict[str, tuple[str, str]]:
+        """The node roles' IDs: the first half of the user ID in every key a node writes, which dictl checks before
+        it takes an object as a node's (model/write_scope.py)."""
+        return {naming.OUTPUT_NODE_ROLE_IDS: (cdk.Fn.join(",", [role.role.role_id for role in self.node_roles]),
+                                              "Role IDs of the worker and control roles (ROLE-ID in node keys)")}
 
 
 def _lifecycle(config: DeploymentConfig, fleet_name: str) -> FleetLifecycle:

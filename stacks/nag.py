@@ -25,8 +25,10 @@ def acknowledge_node_role(role: IConstruct, bucket: IConstruct, write_prefixes: 
     acknowledge(role, "IAM5", "Nodes read any object of their own deployment's artifacts bucket (models, "
                               "compiled artifacts); object keys are not known at deploy time.", f"Resource::{arn}/*")
     for prefix in write_prefixes:
-        acknowledge(role, "IAM5", f"Nodes write only under {prefix} of their own bucket; the keys below it name "
-                                  "instances and runs that exist only later.", f"Resource::{arn}/{prefix}*")
+        acknowledge(role, "IAM5", f"Each node writes only its own folder {prefix}${{aws:userid}}/ (ROLE-ID:INSTANCE-ID) "
+                                  "of its own bucket; the keys below it name runs that exist only later.",
+                    # cdk-nag spells the policy variable ${aws:userid} as <aws:userid> in its finding.
+                    f"Resource::{arn}/{prefix}<aws:userid>/*")
 
 
 def acknowledge_control_role(role: IConstruct, *, publishes_metrics: bool) -> None:

@@ -298,7 +298,9 @@ def test_node_roles_write_only_their_prefixes_and_read_only_their_secret(synth):
             if "secretsmanager:GetSecretValue" in actions:
                 secrets += [str(t) for t in targets]
             assert not any(a.endswith(":*") or a == "*" for a in actions), statement
-    assert puts and all(p in {"/staging/compiled/*", "/logs/*", "/bench/*", "/commands/*"} for p in puts), puts
+    # Each only in the writing instance's own folder (tests/test_write_scope.py has the rest).
+    assert puts and all(p in {"/staging/compiled/${aws:userid}/*", "/logs/${aws:userid}/*", "/bench/${aws:userid}/*"}
+                        for p in puts), puts
     # The HF token by name, the proxy's generated API key (prod names none but opens the proxy) and the etcd trust's
     # secrets (tests/test_control_plane.py holds who reads which).
     generated = resources(template, "AWS::SecretsManager::Secret")
@@ -325,8 +327,9 @@ def test_no_node_may_write_the_compiled_artifacts_workers_load_only_stage_them(s
     for role in ("WorkerRole", "ControlRole"):
         for path in ("SHA256SUMS", "model.pt"):
             assert not _may_put(_statements(raw, role), f"compiled/{key}/{path}"), role
-    assert _may_put(_statements(raw, "WorkerRole"), f"staging/compiled/{key}/i-0abc/SHA256SUMS")
-    assert _may_put(_statements(raw, "WorkerRole"), "logs/i-0abc/logs.tar.gz")  # the matcher does match
+    userid = "AROAEXAMPLEWORKER0001:i-0abc"  # the literal ${aws:userid} in the policy matches only itself here
+    assert _may_put(_statements(raw, "WorkerRole"), f"staging/compiled/${{aws:userid}}/{key}/SHA256SUMS")
+    assert not _may_put(_statements(raw, "WorkerRole"), f"staging/compiled/{userid}/{key}/SHA256SUMS")
 
 
 @pytest.mark.parametrize("env", SHIPPED_ENVS)

@@ -15,10 +15,12 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from model import naming
+from model.write_scope import USERID_VARIABLE
 
 
 class NodeRole(Construct):
-    """Role and instance profile. Reads the whole artifacts bucket; writes only under ``write_prefixes``.
+    """Role and instance profile. Reads the whole artifacts bucket; writes only its own folder under each of
+    ``write_prefixes`` (``allow_own_writes``).
 
     Exposes ``role`` and ``instance_profile``.
     """
@@ -35,9 +37,7 @@ class NodeRole(Construct):
             actions=["s3:ListBucket"], resources=[bucket.bucket_arn]))
         self.role.add_to_principal_policy(iam.PolicyStatement(
             actions=["s3:GetObject"], resources=[bucket.arn_for_objects("*")]))
-        self.role.add_to_principal_policy(iam.PolicyStatement(
-            actions=["s3:PutObject", "s3:AbortMultipartUpload"],
-            resources=[bucket.arn_for_objects(f"{prefix}*") for prefix in write_prefixes]))
+        self.allow_own_writes(bucket, write_prefixes)
         self.role.add_to_principal_policy(iam.PolicyStatement(
             actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
             resources=[group.log_group_arn for group in log_groups]))
@@ -91,6 +91,20 @@ class NodeRole(Construct):
             conditions={"StringEquals": {f"autoscaling:ResourceTag/{naming.TAG_DEPLOYMENT}": deployment}}))
         self.role.add_to_principal_policy(iam.PolicyStatement(
             actions=["autoscaling:DescribeAutoScalingInstances"], resources=["*"]))
+
+    def allow_own_writes(self, bucket: s3.IBucket, write_prefixes: Sequence[str]) -> None:
+        """Write objects only under PREFIX/${aws:userid}/ for each prefix: every instance of the role has its own
+        folder, so no node can overwrite what another staged, or forge the logs and results dictl reads back as
+        another node's. For a role assumed by an EC2 instance IAM resolves ${aws:userid} to ROLE-ID:INSTANCE-ID (IAM
+        User Guide, "Request information that you can use for policy variables", principal table:
+        https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_variables.html#policy-vars-infotouse;
+        model/write_scope.py has the rest). The variable goes into the policy literally: CDK leaves "${aws:userid}"
+        alone (its tokens are "${Token[...]}") and the ARN is an Fn::Join, never an Fn::Sub that would read ${...};
+        tests/test_write_scope.py checks both on the synthesized template.
+        """
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+            resources=[bucket.arn_for_objects(f"{prefix}{USERID_VARIABLE}/*") for prefix in write_prefixes]))
 
     def allow_download(self, asset: s3_assets.Asset) -> None:
         """Read exactly one asset object of the CDK assets bucket."""

@@ -21,6 +21,8 @@ from tests.tools import share_botocore_models
 
 REGION = "us-east-2"
 BUCKET = "di-prod-artifacts"
+# The worker and control roles' IDs as the stack output NodeRoleIds names them (ROLE-ID of ROLE-ID:INSTANCE-ID).
+NODE_ROLE_IDS = ("AROAEXAMPLEWORKER0001", "AROAEXAMPLECONTROL001")
 # moto's EC2 starts with its whole public AMI catalogue; serializing it for one DescribeImages took 10+ s per
 # test. The tests launch from one image, so moto gets a one-image catalogue (MOTO_AMIS_PATH, see
 # https://docs.getmoto.org/en/latest/docs/services/ec2.html).
@@ -67,8 +69,14 @@ class FakeSsm:
             self.requested_ids[response["Command"]["CommandId"]] = list(kwargs["InstanceIds"])
         return response
 
-    def get_command_invocation(self, **kwargs: Any) -> Any:
-        raise AssertionError("dictl must read results with ListCommandInvocations, not per instance")
+    def get_command_invocation(self, *, CommandId: str, InstanceId: str, PluginName: str) -> dict[str, Any]:
+        """Only for a step whose inline output was cut: the whole output (up to SSM's 24,000 characters)."""
+        self._count("get_command_invocation")
+        command = self.real.list_commands(CommandId=CommandId)["Commands"][0]
+        status, output = self.outcome(InstanceId, command)
+        assert len(output) >= 2500, "dictl must read results with ListCommandInvocations, not per instance"
+        return {"CommandId": CommandId, "InstanceId": InstanceId, "PluginName": PluginName, "Status": status,
+                "StandardOutputContent": output[:24000], "StandardErrorContent": ""}
 
     def list_commands(self, **kwargs: Any) -> dict[str, Any]:
         self._count("list_commands")
@@ -94,12 +102,8 @@ class FakeSsm:
         invocations = []
         for instance_id in page:
             status, output = self.outcome(instance_id, command)
-            plugin = {"Name": "step", "Status": status, "Output": output,
-                      "OutputS3BucketName": command.get("OutputS3BucketName", ""),
-                      "OutputS3KeyPrefix": command.get("OutputS3KeyPrefix", ""),
-                      "StandardOutputUrl": f"https://s3.{REGION}.amazonaws.com/{command.get('OutputS3BucketName')}/"
-                                           f"{command.get('OutputS3KeyPrefix')}/{CommandId}/{instance_id}/"
-                                           "awsrunShellScript/step/stdout"}
+            # ListCommandInvocations cuts each step's output at 2,500 characters.
+            plugin = {"Name": "step", "Status": status, "Output": output[:2500]}
             invocations.append({"CommandId": CommandId, "InstanceId": instance_id, "Status": status,
                                 "DocumentName": command["DocumentName"],
                                 "CommandPlugins": [plugin] if Details else []})
@@ -163,7 +167,8 @@ class World:
 def make_stack(session: Any, env: str, *, groups: dict[str, str] | None = None, bucket: str = BUCKET) -> None:
     """A stack named like DiStack's with the outputs dictl reads."""
     outputs = {naming.OUTPUT_BUCKET: bucket, naming.OUTPUT_PROXY_URL: "http://10.42.0.10:8000",
-               naming.OUTPUT_CONTROL_INSTANCE_GROUP: f"di-{env}-control"}
+               naming.OUTPUT_CONTROL_INSTANCE_GROUP: f"di-{env}-control",
+               naming.OUTPUT_NODE_ROLE_IDS: ",".join(NODE_ROLE_IDS)}
     for fleet, group in (groups or {}).items():
         outputs[naming.fleet_output(fleet)] = group
     template = {"Resources": {"Marker": {"Type": "AWS::SNS::Topic"}},

@@ -8,7 +8,7 @@ import pytest
 
 from ops.cli import build_parser, main
 from model import naming
-from tests.ops.conftest import BUCKET
+from tests.ops.conftest import BUCKET, NODE_ROLE_IDS, succeed
 
 
 def _sent(world, index: int = -1) -> dict:
@@ -57,7 +57,7 @@ def test_status_prints_a_table_and_succeeds(world) -> None:
     assert "health 1/2, etcd 1/2, units 1/2 active, image tag-1" in out
     sent = _sent(world)
     assert sent["Targets"] == [{"Key": "tag:di:deployment", "Values": ["prod"]}]
-    assert sent["MaxErrors"] == "100%" and sent["OutputS3BucketName"] == BUCKET
+    assert sent["MaxErrors"] == "100%" and not sent.get("OutputS3BucketName")
 
 
 def test_status_json_and_partial_failure_exit_1_naming_instances(world) -> None:
@@ -260,7 +260,7 @@ def test_wait_ready_times_out_when_a_group_is_short(world) -> None:
 
 
 def test_logs_compile_smoke_bench_drain_send_their_documents(world) -> None:
-    world.launch(1, "control", "control")
+    (control,) = world.launch(1, "control", "control")
     prefill = world.launch(2, "prefill", "prefill")
     world.launch(1, "decode", "decode")
     assert world.dictl("logs", "--env", "prod", "--hours", "2", "--quiet")[0] == 0
@@ -277,11 +277,14 @@ def test_logs_compile_smoke_bench_drain_send_their_documents(world) -> None:
     assert world.dictl("smoke", "--env", "prod", "--quiet")[0] == 0
     assert {"Key": "tag:di:role", "Values": ["control"]} in _sent(world)["Targets"]
 
+    # bench.sh prints where it uploaded: its own folder, ROLE-ID:INSTANCE-ID, under bench/.
+    world.ssm.outcome = lambda i, c: ("Success", f"s3://{BUCKET}/bench/{NODE_ROLE_IDS[1]}:{i}/di-1/")
     code, _, err = world.dictl("bench", "--env", "prod", "--run-id", "di-1", "--quiet")
-    assert code == 0
+    assert code == 0, err
     # config/prod.yaml: max_num_seqs 8 x four TP-16 decode endpoints on its one decode instance
     assert _sent(world)["Parameters"]["concurrency"] == ["32"]
-    assert f"s3://{BUCKET}/bench/di-1/" in err
+    assert f"results of {control}: s3://{BUCKET}/bench/{NODE_ROLE_IDS[1]}:{control}/di-1/" in err
+    world.ssm.outcome = succeed
 
     assert world.dictl("drain", "--env", "prod", "--instance-id", prefill[0], "--quiet")[0] == 0
     assert _sent(world)["InstanceIds"] == [prefill[0]]
@@ -340,3 +343,18 @@ def test_rollout_takes_an_image_pinned_to_its_digest_and_refuses_a_short_one() -
     assert args.image == image + digest
     with pytest.raises(SystemExit):
         build_parser().parse_args(["rollout", "--env", "prod", "--image", image + "@sha256:abc"])
+
+
+def test_logs_names_each_instances_upload_and_refuses_one_in_another_folder(world) -> None:
+    honest, liar, foreign = sorted(world.launch(3, "prefill", "prefill"))
+    worker = NODE_ROLE_IDS[0]
+    claims = {honest: f"s3://{BUCKET}/logs/{worker}:{honest}/20260101T000000Z/",
+              liar: f"s3://{BUCKET}/logs/{worker}:{honest}/20260101T000001Z/",  # claims the honest node's folder
+              foreign: f"s3://{BUCKET}/logs/AROAEXAMPLEFOREIGN001:{foreign}/20260101T000000Z/"}
+    world.ssm.outcome = lambda i, c: ("Success", f"collected\n{claims[i]}")
+    code, _, err = world.dictl("logs", "--env", "prod", "--quiet")
+    assert code == 1
+    assert f"logs of {honest}: {claims[honest]}" in err
+    assert f"dictl: {liar} reported {claims[liar]}, not {liar}'s own folder logs/ROLE-ID:{liar}/" in err
+    assert "role AROAEXAMPLEFOREIGN001 is not one of the stack's node roles" in err
+    assert f"logs of {liar}" not in err and f"logs of {foreign}" not in err

@@ -57,6 +57,24 @@ def test_compare_reads_s3_run_prefixes_as_json(world) -> None:
     assert throughput["first"] == 300.0 and throughput["second"] == 200.0
 
 
+def test_compare_finds_a_run_in_the_node_folder_that_wrote_it_and_says_which(world) -> None:
+    s3 = world.client("s3")
+    folder = "bench/AROAEXAMPLECONTROL001:i-0aaaaaaaaaaaaaaaa/di-2/"
+    s3.put_object(Bucket=BUCKET, Key=folder + "m_summary.json", Body=json.dumps(DI).encode())
+    s3.put_object(Bucket=BUCKET, Key="bench/AROAEXAMPLECONTROL001:i-0aaaaaaaaaaaaaaaa/other/m_summary.json",
+                  Body=json.dumps(BASELINE).encode())
+    code, out, err = world.dictl("compare", f"s3://{BUCKET}/bench/di-2/", f"s3://{BUCKET}/{folder}", "--json")
+    assert code == 0, err
+    assert f"s3://{BUCKET}/bench/di-2/: results written by i-0aaaaaaaaaaaaaaaa" in err
+    throughput = next(m for m in json.loads(out)["metrics"] if m["metric"] == "output throughput")
+    assert throughput["first"] == throughput["second"] == 300.0
+    # The same run ID in two node folders is not guessed between.
+    s3.put_object(Bucket=BUCKET, Key="bench/AROAEXAMPLECONTROL001:i-0bbbbbbbbbbbbbbbb/di-2/m_summary.json",
+                  Body=json.dumps(BASELINE).encode())
+    code, _, err = world.dictl("compare", f"s3://{BUCKET}/bench/di-2/", f"s3://{BUCKET}/{folder}")
+    assert code == 2 and "run di-2 is in several node folders" in err and "i-0bbbbbbbbbbbbbbbb/di-2/" in err
+
+
 def test_compare_without_llmperf_metrics_exits_2(world, tmp_path) -> None:
     a = _write(tmp_path / "a.json", {"hello": 1})
     code, _, err = world.dictl("compare", str(a), str(a))

@@ -155,7 +155,9 @@ def test_collect_logs_uploads_journal_and_containers_to_the_instance_prefix(work
     result = worker.run("collect-logs.sh", "3", FAKE_DOCKER_PS="di-vllm-0")
     assert result.returncode == 0, result.stderr
     uri = result.stdout.strip().splitlines()[-1]
-    assert uri.startswith("s3://di-prod-artifacts/logs/i-0123456789abcdef0/") and uri.endswith("Z/")
+    # Under this node's own folder, ROLE-ID:INSTANCE-ID as STS names it (the only one its role may write).
+    assert uri.startswith("s3://di-prod-artifacts/logs/AROAEXAMPLEWORKER0001:i-0123456789abcdef0/") and uri.endswith("Z/")
+    assert worker.called("aws sts get-caller-identity --region us-east-2 --query UserId --output text")
     upload = worker.called("aws s3 cp --recursive")
     assert upload and upload[0].endswith(uri)
     assert worker.called("journalctl --no-pager --since -3h -u di-\\*")
@@ -180,12 +182,37 @@ def test_compile_runs_inference_demo_with_the_deployment_shapes_and_uploads(work
                      f"--compiled-model-path /data/compiled/{key}", "NEURON_RT_VIRTUAL_CORE_SIZE=2", IMAGE):
         assert expected in run, expected
     # Staged under this instance, never compiled/ (which the node may not write): dictl compile promotes it.
-    staging = f"s3://di-prod-artifacts/staging/compiled/{key}/i-0abc/"
+    staging = f"s3://di-prod-artifacts/staging/compiled/AROAEXAMPLEWORKER0001:i-0abc/{key}/"
     assert [c for c in worker.called("aws s3") if "sync" in c] == [
         f"aws s3 sync --only-show-errors --region us-east-2 {artifact.parent} {staging}"]
     assert f"staged: {staging} (dictl compile promotes it to s3://di-prod-artifacts/compiled/{key}/)" in result.stdout
     # The list names the artifact and nothing else (not its own temporary file, which never reaches S3).
     assert [line.split()[1] for line in (artifact.parent / "SHA256SUMS").read_text().splitlines()] == ["./model.pt"]
+
+
+@pytest.mark.parametrize("userid, why", [
+    ("AROAEXAMPLEWORKER0001:i-0someoneelse", "not ROLE-ID:i-0abc"),   # another instance's folder
+    ("AIDAEXAMPLEUSER000001", "not ROLE-ID:i-0abc"),                  # a user's credentials, not the instance role
+    ("AROAEXAMPLEWORKER0001:some-session", "not ROLE-ID:i-0abc"),     # a role session that is not this instance
+])
+def test_compile_refuses_to_upload_under_any_folder_but_its_own(worker: Node, userid: str, why: str) -> None:
+    artifact = worker.root / "data" / "compiled" / worker.compiled_key() / "model.pt"
+    result = worker.run("compile.sh", "--force", FAKE_DOCKER_CREATE=str(artifact), DI_INSTANCE_ID="i-0abc",
+                        FAKE_AWS_USERID=userid)
+    assert result.returncode == 1 and why in result.stderr, result.stderr
+    assert not worker.called("aws s3 sync")
+
+
+def test_collect_logs_fails_loudly_when_sts_cannot_name_the_node(worker: Node) -> None:
+    result = worker.run("collect-logs.sh", "1", FAKE_AWS_FAIL="get-caller-identity")
+    assert result.returncode == 1 and "aws sts get-caller-identity failed" in result.stderr
+    assert not worker.called("aws s3 cp")
+
+
+def test_bench_fails_loudly_before_the_run_when_sts_cannot_name_the_node(control: Node) -> None:
+    result = control.run("bench.sh", "run-1", "1024", "0", "100", "10", "4", "200", FAKE_AWS_FAIL="get-caller-identity")
+    assert result.returncode == 1 and "aws sts get-caller-identity failed" in result.stderr
+    assert not control.called("docker run") and not control.called("aws s3 cp")
 
 
 def test_compile_fails_loudly_when_nothing_was_written(worker: Node) -> None:
@@ -205,7 +232,8 @@ def test_compile_on_nixl_uploads_the_cache_its_serving_endpoints_compiled(nixl_w
     assert len([c for c in nixl_worker.called("curl") if "127.0.0.1:8000/health" in c]) == 1
     assert len([c for c in nixl_worker.called("curl") if "127.0.0.1:8001/health" in c]) == 1
     assert nixl_worker.called(f"aws s3 sync --only-show-errors --region us-east-2 {cache.parent.parent} "
-                              f"s3://di-prod-artifacts/staging/compiled/{nixl_worker.compiled_key()}/i-0abc/")
+                              f"s3://di-prod-artifacts/staging/compiled/AROAEXAMPLEWORKER0001:i-0abc/"
+                              f"{nixl_worker.compiled_key()}/")
 
 
 def test_compile_on_nixl_waits_for_every_endpoint_and_gives_up_at_its_bound(nixl_worker: Node) -> None:
@@ -271,7 +299,8 @@ def test_bench_runs_llmperf_against_the_proxy_and_uploads_results(control: Node)
     assert json.loads(run[-1]) == {"top_k": 50, "top_p": 0.9, "temperature": 0.7}
     assert "hf_faketoken" not in " ".join(run), "the token must stay off the command line"
     assert control.called("aws secretsmanager get-secret-value")
-    assert control.called("aws s3 cp")[0].endswith("s3://di-prod-artifacts/bench/run-1/")
+    assert control.called("aws s3 cp")[0].endswith(
+        "s3://di-prod-artifacts/bench/AROAEXAMPLEWORKER0001:i-0123456789abcdef0/run-1/")
     assert control.called("docker-env-file") == ["docker-env-file HF_TOKEN=hf_faketoken",
                                                  "docker-env-file OPENAI_API_KEY=EMPTY"]
 

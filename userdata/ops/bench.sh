@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # LLMPerf as in the Neuron DI and data-parallel tutorials, from the control host against the proxy, in the
-# DLC with host networking; results to s3://$DI_BUCKET/bench/<run-id>/.
+# DLC with host networking; results to s3://$DI_BUCKET/bench/ROLE-ID:INSTANCE-ID/<run-id>/ (lib/scope.sh).
 # Usage: bench.sh RUN_ID MEAN_IN STDDEV_IN MEAN_OUT STDDEV_OUT CONCURRENCY MAX_REQUESTS
 set -euo pipefail
 # The node's shared functions, one file per concern, where the node unpacked them.
 DI_LIB_DIR=${DI_LIB_DIR:-/opt/di/lib}
 . "$DI_LIB_DIR/node.sh"
 . "$DI_LIB_DIR/secrets.sh"
+. "$DI_LIB_DIR/imds.sh"
+. "$DI_LIB_DIR/scope.sh"
 
 LLMPERF_REPO=${LLMPERF_REPO:-https://github.com/ray-project/llmperf.git}
 # LLMPerf by commit, not by its mutable tag: v2.0 is 1eac866f91773bff401f96e74c1cf20c38778329
@@ -56,10 +58,12 @@ secrets_env_file() {
 
 main() {
   (($# == 7)) || die "usage: bench.sh RUN_ID MEAN_IN STDDEV_IN MEAN_OUT STDDEV_OUT CONCURRENCY MAX_REQUESTS"
-  local run_id=$1 uri
+  local run_id=$1 uri folder
   [[ $run_id =~ ^[A-Za-z0-9._-]+$ ]] || die "bad run id '$run_id'"
   load_node_env
   [[ $DI_ROLE == control ]] || die "bench runs on the control host (it calls the proxy on localhost)"
+  # Before the run: a node that may not upload its results should not spend the benchmark first.
+  folder=$(own_prefix bench/) || exit 1
   make_scratch "$BENCH_WORK_DIR" di-bench
   mkdir -p "$SCRATCH/results"
   secrets_env_file "$SCRATCH/secrets.env"
@@ -69,7 +73,7 @@ main() {
     -e "LLMPERF_REPO=$LLMPERF_REPO" -e "LLMPERF_COMMIT=$LLMPERF_COMMIT" -e "LLMPERF_DIR=$LLMPERF_DIR" \
     --entrypoint bash "$DI_IMAGE" -c "$(llmperf_script)" llmperf \
     "$DI_MODEL_ID" "$2" "$3" "$4" "$5" "$6" "$7" "$BENCH_SAMPLING" || die "LLMPerf failed"
-  uri="s3://$DI_BUCKET/bench/$run_id/"
+  uri="$folder$run_id/"
   retry aws s3 cp --recursive --only-show-errors --region "$DI_REGION" "$SCRATCH/results" "$uri" || die "upload to $uri failed"
   echo "$uri"
 }

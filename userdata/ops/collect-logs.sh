@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # Collect this node's journal (DiStack units, cloud-init), container logs and di-status, and upload them to
-# s3://$DI_BUCKET/logs/<instance>/<time>/. Prints that URI last. Usage: collect-logs.sh [HOURS]
+# s3://$DI_BUCKET/logs/ROLE-ID:INSTANCE-ID/<time>/ (lib/scope.sh: the node's own folder). Prints that URI last. Usage: collect-logs.sh [HOURS]
 set -euo pipefail
 # The node's shared functions, one file per concern, where the node unpacked them.
 DI_LIB_DIR=${DI_LIB_DIR:-/opt/di/lib}
 . "$DI_LIB_DIR/node.sh"
 . "$DI_LIB_DIR/imds.sh"
+. "$DI_LIB_DIR/scope.sh"
 
 LOGS_WORK_DIR=${LOGS_WORK_DIR:-/tmp}
 # gather DIR HOURS: every log file into DIR (a missing source is noted, never fatal).
@@ -24,14 +25,14 @@ gather() {
 }
 
 main() {
-  local hours=${1:-6} id stamp uri
+  local hours=${1:-6} folder stamp uri
   [[ $hours =~ ^[0-9]+$ ]] || die "usage: collect-logs.sh [HOURS]"
   load_node_env
-  id=$(instance_id) || die "cannot read the instance id from IMDS"
+  folder=$(own_prefix logs/) || exit 1
   stamp=$(date -u +%Y%m%dT%H%M%SZ)
   make_scratch "$LOGS_WORK_DIR" di-logs
   gather "$SCRATCH" "$hours"
-  uri="s3://$DI_BUCKET/logs/$id/$stamp/"
+  uri="$folder$stamp/"
   retry aws s3 cp --recursive --only-show-errors --region "$DI_REGION" "$SCRATCH" "$uri" || die "upload to $uri failed"
   echo "$uri"
 }

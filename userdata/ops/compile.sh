@@ -2,8 +2,8 @@
 # shellcheck source-path=SCRIPTDIR
 # Compile the model the engine's way (engine_compile in engines/ENGINE.sh: the legacy engine runs NxDI's
 # inference_demo --compile-only, nixl lets its servers compile at start), then upload the artifacts with their
-# SHA256SUMS to s3://$DI_BUCKET/staging/compiled/$(compiled_key)/INSTANCE_ID/. Nodes may write only there, never to
-# compiled/ where every worker looks first: `dictl compile` checks the staged copy against its SHA256SUMS and
+# SHA256SUMS to s3://$DI_BUCKET/staging/compiled/ROLE-ID:INSTANCE-ID/$(compiled_key)/ (lib/scope.sh): nodes may write
+# only their own folder there, never another node's and never compiled/ where every worker looks first: `dictl compile` checks the staged copy against its SHA256SUMS and
 # promotes it with the operator's credentials (ops/promote.py), so one compromised node cannot poison the others.
 # Usage: compile.sh [--force]
 set -euo pipefail
@@ -13,6 +13,7 @@ DI_LIB_DIR=${DI_LIB_DIR:-/opt/di/lib}
 . "$DI_LIB_DIR/s3.sh"
 . "$DI_LIB_DIR/checksums.sh"
 . "$DI_LIB_DIR/imds.sh"
+. "$DI_LIB_DIR/scope.sh"
 # Named explicitly: looked up by its name in this folder, it would be this script itself, and shellcheck would
 # follow it into itself over and over.
 # shellcheck source=../lib/compile.sh
@@ -43,7 +44,7 @@ main() {
   [[ -n $(ls -A "$dir") ]] || die "the compilation wrote nothing to $dir"
   # Every worker that syncs this prefix checks its copy against the list (worker.sh fetch).
   write_checksums "$dir" || die "cannot write $dir/$CHECKSUM_LIST"
-  staging="s3://$DI_BUCKET/staging/compiled/$key/$(instance_id)/"
+  staging="$(own_prefix staging/compiled/)$key/" || exit 1
   retry s3_sync "$dir" "$staging" || die "upload to $staging failed"
   echo "staged: $staging (dictl compile promotes it to $prefix)"
 }
