@@ -42,9 +42,15 @@ def test_control_host_takes_over_interface_and_volume_then_starts_etcd_and_proxy
     assert len(n.calls("mkfs.ext4")) == 1
     assert (n.root / "etcd" / "data").is_dir()
     assert (n.root / "etc" / "fstab").read_text() == f"UUID=1111-2222-uuid {n.root / 'etcd'} ext4 defaults,nofail 0 2\n"
-    assert [a[-1] for a in n.calls("docker") if a[:1] == ["pull"]] == [
-        node_values.ETCD_IMAGE,
-        "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.9.1-neuronx-py310-sdk2.25.1-ubuntu22.04"]
+    # etcd and the legacy proxy's image come from the deployment's ECR pull-through cache, same tag and digest as
+    # upstream, each pull after a docker login to that registry.
+    registry = "123456789012.dkr.ecr.us-east-2.amazonaws.com"
+    assert [a for a in n.calls("docker") if a[:1] in (["login"], ["pull"])] == [
+        ["login", "--username", "AWS", "--password-stdin", registry],
+        ["pull", f"{registry}/di-{LEGACY}-quay/" + node_values.ETCD_IMAGE.removeprefix("quay.io/")],
+        ["login", "--username", "AWS", "--password-stdin", registry],
+        ["pull", f"{registry}/di-{LEGACY}-ecrp/neuron/pytorch-inference-vllm-neuronx:"
+                 "0.9.1-neuronx-py310-sdk2.25.1-ubuntu22.04"]]
     assert started_units(n) == ["docker", "di-etcd.service", "di-proxy.service"]
     assert sorted(p.name for p in (n.root / "systemd").iterdir()) == ["di-etcd.service", "di-proxy.service"]
     (signal,) = n.signals()
