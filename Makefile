@@ -85,11 +85,11 @@ setup-ops: $(VENV)/.ops-deps node_modules/.deps
 setup: $(VENV)/.deps node_modules/.deps
 
 # The DiStack proxy's wheels for the control host (CPython 3.11, manylinux x86_64), every one checked against
-# diproxy/requirements.lock's hashes, downloaded once per lock into build/wheelhouse/<lock sha256>/ (stacks/wheelhouse.py).
+# diproxy/requirements.lock's hashes, downloaded once per lock into build/wheelhouse/<lock sha256>/ (model/wheelhouse.py).
 # The synth ships that directory as an asset, so the control host installs the proxy without PyPI; synth itself
 # downloads nothing and names this target when the directory is missing.
 wheelhouse: $(VENV)/.synth-deps
-	@$(BIN)/python -m stacks.wheelhouse >/dev/null
+	@$(BIN)/python -m model.wheelhouse >/dev/null
 
 # A failed synth leaves the last good assembly in place: the old one moves aside to $(ASSEMBLY).last while the CDK
 # CLI writes, and comes back if the synth fails (that attempt's output, validation-report.json included, is then in

@@ -23,7 +23,7 @@ class DeploymentRefs:
     # s3:// URL of the zipped `userdata/` tree (a CDK asset) that every node unpacks into /opt/di.
     scripts_url: str = ""
     proxy_package_url: str = ""
-    # s3:// URL of the proxy's wheelhouse (stacks/wheelhouse.py), installed without an index.
+    # s3:// URL of the proxy's wheelhouse (model/wheelhouse.py), installed without an index.
     proxy_wheelhouse_url: str = ""
     # The deployment's private ECR registry (ACCOUNT.dkr.ecr.REGION.amazonaws.com), whose pull-through cache rules
     # serve the control host's images (model/image_cache.py); empty: the upstream registries themselves.

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from model import image_cache, node_values
-from stacks import wheelhouse
+from model import wheelhouse
 from tests.conftest import ROOT
 
 SCRIPTS = ROOT / "userdata"

@@ -1,5 +1,5 @@
 """The proxy installs on a control host without an index: diproxy/deploy/install.sh, for real, into a fresh venv, from
-the wheelhouse the synth ships (stacks/wheelhouse.py), in a network namespace with no interface but loopback.
+the wheelhouse the synth ships (model/wheelhouse.py), in a network namespace with no interface but loopback.
 
 This machine runs CPython 3.11 on x86_64 (glibc 2.36), the control host's interpreter and architecture, so the
 wheels downloaded for the host install here as they would there. Cost, measured on 2 cores: creating the venv
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from stacks import wheelhouse
+from model import wheelhouse
 from tests.conftest import ROOT, shared_dir
 
 INSTALLER = ROOT / "diproxy" / "deploy" / "install.sh"

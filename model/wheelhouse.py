@@ -2,7 +2,7 @@
 once per lock into build/wheelhouse/<lock sha256>/ and shipped as a stack asset, so the control host installs the
 proxy with `pip install --no-index --find-links` and never reaches PyPI (diproxy/deploy/install.sh).
 
-    .venv/bin/python -m stacks.wheelhouse    # build it unless this lock's is there; print its directory
+    .venv/bin/python -m model.wheelhouse    # build it unless this lock's is there; print its directory
 
 Imports neither aws_cdk nor the config model: `make wheelhouse` runs it before anything is synthesized.
 """
