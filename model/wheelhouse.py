@@ -23,9 +23,10 @@ BUILD_DIR = ROOT / "build" / "wheelhouse"
 BUILD_COMMAND = "make wheelhouse"
 
 # The control host: Amazon Linux 2023 on x86_64 (m7i by default) with dnf's python3.11 (userdata/control.sh
-# DI_PROXY_PYTHON). AL2023's glibc is 2.34 (UNVERIFIED here: read from AL2023's package list, glibc-2.34-*, not from
-# a page this project cites; docs/control-plane.md "Booting without the internet"); a wheel for an older glibc runs on
-# a newer one (PEP 600: manylinux_x_y "should work on any distro using glibc x.y or later").
+# DI_PROXY_PYTHON). AL2023's glibc is taken as 2.34 (UNVERIFIED: no primary source read; docs/control-plane.md
+# "Booting without the internet"). A wheel for an older glibc runs on a newer one (PEP 600: a manylinux_x_y wheel
+# "should work on any distro using glibc x.y or later"), and the wheels today's lock resolves to need glibc 2.26 at
+# most (pyzmq's manylinux_2_26), so the guess matters only once a locked wheel needs more.
 PYTHON_VERSION = "3.11"
 IMPLEMENTATION = "cp"
 ABIS = ("cp311", "abi3", "none")
