@@ -191,3 +191,11 @@ def test_the_download_asks_for_every_manylinux_tag_the_host_takes():
     assert "manylinux_2_35_x86_64" not in platforms
     assert {"--require-hashes", "--only-binary"} <= set(command)
     assert command[command.index("--python-version") + 1] == "3.11"
+
+
+def test_dictl_cost_prices_the_interface_endpoints_the_stack_creates(synth):
+    from ops import cost
+
+    result = synth("prod")
+    interface = {name for name in endpoint_services(result.template_dict) if name != "s3"}
+    assert interface == set(cost.INTERFACE_ENDPOINTS) | {cost.METRICS_ENDPOINT}
