@@ -216,7 +216,7 @@ install_distack_proxy() {
   retry aws s3 cp --only-show-errors --region "$DI_REGION" "$DI_PROXY_PACKAGE_URL" "$DI_PROXY_SRC/diproxy.zip" ||
     fail "cannot download the proxy package $DI_PROXY_PACKAGE_URL"
   unzip -q -o "$DI_PROXY_SRC/diproxy.zip" -d "$DI_PROXY_SRC/diproxy" || fail "the proxy package does not unzip"
-  # The proxy's dependencies as wheels (stacks/wheelhouse.py), from the same assets bucket: pip reads no index.
+  # The proxy's dependencies as wheels (model/wheelhouse.py), from the same assets bucket: pip reads no index.
   retry aws s3 cp --only-show-errors --region "$DI_REGION" "$DI_PROXY_WHEELHOUSE_URL" "$DI_PROXY_SRC/wheelhouse.zip" ||
     fail "cannot download the proxy's wheelhouse $DI_PROXY_WHEELHOUSE_URL"
   unzip -q -o "$DI_PROXY_SRC/wheelhouse.zip" -d "$DI_PROXY_SRC/wheelhouse" || fail "the proxy's wheelhouse does not unzip"

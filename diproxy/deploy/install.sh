@@ -10,7 +10,7 @@ PROXY_ENV_FILE="${PROXY_ENV_FILE:-/etc/di/proxy.env}"
 PROXY_UNIT_DIR="${PROXY_UNIT_DIR:-/etc/systemd/system}"
 PROXY_PYTHON="${PROXY_PYTHON:-python3}"
 PROXY_START="${PROXY_START:-yes}"
-# A directory of wheels (the stack's wheelhouse asset, stacks/wheelhouse.py): pip then takes every file from there and
+# A directory of wheels (the stack's wheelhouse asset, model/wheelhouse.py): pip then takes every file from there and
 # reaches no index at all, so a host without the internet installs the proxy. Empty: PyPI, for a manual install.
 PROXY_WHEELHOUSE="${PROXY_WHEELHOUSE:-}"
 UNITS=(distack-proxy.service distack-proxy-shipper.service)
