@@ -29,7 +29,7 @@ PYTEST_ARGS ?=
 # takes queued tests from the other, so a few long tests at the end do not leave one core idle.
 TEST_WORKERS ?= 2
 
-.PHONY: setup setup-synth setup-ops synth need-env confirm-destroy test bootstrap deploy diff destroy schema bench bench-synth bench-proxy rehearse lock clean help
+.PHONY: setup setup-synth setup-ops wheelhouse synth need-env confirm-destroy test bootstrap deploy diff destroy schema bench bench-synth bench-proxy rehearse lock clean help
 
 help:
 	@echo "make synth [ENV=dev]    synthesize di-ENV from config/ENV.yaml into cdk.out/ENV/ (no AWS account needed; sets up only the synth set)"
@@ -43,6 +43,7 @@ help:
 	@echo "make bench              fresh clone: make synth with set-up, .venv sizes, make test wall time and slowest tests"
 	@echo "make bench-synth        make synth per environment against an empty CDK app (bench/synth_time.py)"
 	@echo "make bench-proxy        the DiStack proxy's added latency and throughput on loopback (bench/proxy_latency.py)"
+	@echo "make wheelhouse         download the DiStack proxy's wheels for the control host (once per diproxy/requirements.lock)"
 	@echo "make lock               re-resolve every *.lock (all packages, with hashes) from the requirements*.txt files"
 	@echo "make setup-synth | setup-ops | setup   install a layer only: synth set; + boto3 and dictl; + test set"
 	@echo "make clean              remove .venv, node_modules, cdk.out"
@@ -83,11 +84,18 @@ setup-synth: $(VENV)/.synth-deps node_modules/.deps
 setup-ops: $(VENV)/.ops-deps node_modules/.deps
 setup: $(VENV)/.deps node_modules/.deps
 
+# The DiStack proxy's wheels for the control host (CPython 3.11, manylinux x86_64), every one checked against
+# diproxy/requirements.lock's hashes, downloaded once per lock into build/wheelhouse/<lock sha256>/ (model/wheelhouse.py).
+# The synth ships that directory as an asset, so the control host installs the proxy without PyPI; synth itself
+# downloads nothing and names this target when the directory is missing.
+wheelhouse: $(VENV)/.synth-deps
+	@$(BIN)/python -m model.wheelhouse >/dev/null
+
 # A failed synth leaves the last good assembly in place: the old one moves aside to $(ASSEMBLY).last while the CDK
 # CLI writes, and comes back if the synth fails (that attempt's output, validation-report.json included, is then in
 # $(ASSEMBLY).failed/). A .last left by an interrupted synth is the last good one, so it is restored first.
 # The CLI's status shows as make's `Error 1`; make itself then exits 2, as it does for any failed command.
-synth: setup-synth
+synth: setup-synth wheelhouse
 	@mkdir -p $(OUT) && rm -rf $(ASSEMBLY).failed
 	@if [ -d $(ASSEMBLY).last ]; then rm -rf $(ASSEMBLY) && mv $(ASSEMBLY).last $(ASSEMBLY); fi
 	@if [ -d $(ASSEMBLY) ]; then mv $(ASSEMBLY) $(ASSEMBLY).last; fi
@@ -105,7 +113,7 @@ confirm-destroy: need-env
 	  echo "make destroy deletes stack $(STACK): its instances, network and log groups (the artifacts bucket and the etcd volume stay)." >&2; \
 	  echo "  to go ahead: make destroy ENV=$(ENV) CONFIRM=$(ENV)" >&2; exit 1; fi
 
-test: setup
+test: setup wheelhouse
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 bootstrap: need-env setup-ops synth
@@ -134,7 +142,7 @@ schema: $(VENV)/.synth-deps
 bench:
 	$(PYTHON) bench/fresh_setup.py
 
-bench-synth: setup-synth
+bench-synth: setup-synth wheelhouse
 	$(BIN)/python bench/synth_time.py
 
 bench-proxy: $(VENV)/.deps

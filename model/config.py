@@ -119,8 +119,9 @@ class NetworkConfig(_Model):
                                        description="Route table of subnet_id, for the S3 gateway endpoint.")
     vpc_cidr: str = Field(default="10.42.0.0/16", description="CIDR of the new VPC, or of the existing one.")
     nat_gateway: bool = Field(default=True, description="Egress for public ECR and Hugging Face (new VPC only).")
-    vpc_endpoints: bool = Field(default=True, description="S3 gateway and ssm/ssmmessages/ec2messages/logs "
-                                "endpoints, plus monitoring with proxy: distack.")
+    vpc_endpoints: bool = Field(default=True, description="S3 gateway and an interface endpoint for every AWS API "
+                                "a node calls at boot (ssm, ssmmessages, ec2messages, logs, ec2, autoscaling, "
+                                "cloudformation, secretsmanager, ecr.api, ecr.dkr; monitoring with proxy: distack).")
     http_egress: bool = Field(default=True,
                               description="Allow TCP 80 out: Ubuntu's EC2 package mirrors serve signed packages over HTTP.")
     allowed_client_cidrs: tuple[str, ...] = Field(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from model import catalog, control_plane, naming, node_contract, routing_config
+from model import catalog, control_plane, image_cache, naming, node_contract, routing_config
 from model.config import DeploymentConfig
 from model.node_contract import CONTROL, NODE_ENV, PROXY_ENV, WORKER
 
@@ -23,6 +23,11 @@ class DeploymentRefs:
     # s3:// URL of the zipped `userdata/` tree (a CDK asset) that every node unpacks into /opt/di.
     scripts_url: str = ""
     proxy_package_url: str = ""
+    # s3:// URL of the proxy's wheelhouse (model/wheelhouse.py), installed without an index.
+    proxy_wheelhouse_url: str = ""
+    # The deployment's private ECR registry (ACCOUNT.dkr.ecr.REGION.amazonaws.com), whose pull-through cache rules
+    # serve the control host's images (model/image_cache.py); empty: the upstream registries themselves.
+    ecr_registry: str = ""
     # The etcd trust's secrets (stacks/components/etcd_trust.py), when etcd is secured (model/control_plane.py).
     etcd_ca_secret: str = ""
     etcd_client_secret: str = ""
@@ -36,6 +41,9 @@ class DeploymentRefs:
 # (hakopod/hakopod, vitessEtcdImage), not read from quay.io. Check it with
 # `docker buildx imagetools inspect quay.io/coreos/etcd:v3.5.17` before relying on it (docs/security.md).
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17@sha256:a055da833a7c013b836ed0822e8ec1f99b059658be255ad8d0fcd31b635ae3d6"
+# The control host pulls it through the deployment's ECR pull-through cache (model/image_cache.py), under the same
+# tag and digest: this constant stays the one place of the digest, and node.env names both the cached reference
+# (DI_ETCD_IMAGE) and this upstream one (DI_ETCD_UPSTREAM_IMAGE, for the message of a failed pull).
 # Free space a worker's NVMe must offer for weights plus compiled artifacts (bf16: 2 bytes per parameter,
 # with room for the compiled NEFFs and a sharded checkpoint).
 MIN_DATA_GB_FLOOR = 100
@@ -117,6 +125,19 @@ def min_data_gb(config: DeploymentConfig) -> int:
     return max(MIN_DATA_GB_FLOOR, int(billions * 2 * 3))
 
 
+def control_images(config: DeploymentConfig) -> tuple[str, ...]:
+    """The upstream images the control host pulls at boot: etcd, and the legacy proxy's image (proxy: neuron runs
+    neuron-proxy-server from DI_IMAGE). Each one an ECR pull-through cache rule can mirror."""
+    images = [ETCD_IMAGE]
+    if not config.proxy_kind.distack and image_cache.upstream_of(config.image) is not None:
+        images.append(config.image)
+    return tuple(images)
+
+
+def _through_cache(image: str, config: DeploymentConfig, refs: DeploymentRefs) -> str:
+    return image_cache.cached(image, refs.ecr_registry, config.name) if refs.ecr_registry else image
+
+
 def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_interface_id: str = "",
                    etcd_volume_id: str = "", signal_resource: str = "",
                    members: Sequence[tuple[str, str, str]] = (), api_key_secret: str | None = None) -> dict[str, str]:
@@ -135,7 +156,8 @@ def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_in
         "DI_CONTROL_ADDRESS": address,
         "DI_CONTROL_ENI": interface,
         "DI_ETCD_VOLUME": volume,
-        "DI_ETCD_IMAGE": ETCD_IMAGE,
+        "DI_ETCD_IMAGE": _through_cache(ETCD_IMAGE, config, refs),
+        "DI_ETCD_UPSTREAM_IMAGE": ETCD_IMAGE,
         "DI_ETCD_PEER_PORT": str(naming.ETCD_PEER_PORT),
         "DI_ETCD_CA_SECRET": refs.etcd_ca_secret if control_plane.etcd_secured(config) else "",
         # What workers dial (refs.control_address: the load balancer's name, or the one host's address).
@@ -146,6 +168,10 @@ def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_in
         # The proxy's systemd units, the serving one first (model/proxies.py), for control.sh, di-status, di-restart.
         "DI_PROXY_UNITS": " ".join(config.proxy_kind.units),
         "DI_PROXY_PACKAGE_URL": refs.proxy_package_url,
+        "DI_PROXY_WHEELHOUSE_URL": refs.proxy_wheelhouse_url,
+        # The legacy proxy's image through the cache: the control host's DI_IMAGE (workers keep the upstream one).
+        **({"DI_IMAGE": _through_cache(config.image, config, refs), "DI_UPSTREAM_IMAGE": config.image}
+           if config.image in control_images(config) else {"DI_UPSTREAM_IMAGE": ""}),
         "DI_PROXY_API_KEY_SECRET": api_key_secret or config.proxy_api_key_secret or "",
         # Several members: each one's slot, and this host's own etcd member on loopback.
         **control_plane.control_plane_values(len(members), list(members)),

@@ -26,7 +26,8 @@ PRICING_REGION = "us-east-1"
 HOURS_PER_MONTH = 730  # AWS's own convention for per-month prices (EBS GB-month, Pricing Calculator)
 # The interface endpoints the stack creates with `network.vpc_endpoints` (stacks/components/network.py), plus
 # CloudWatch's when the DiStack proxy publishes metrics.
-INTERFACE_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages", "logs")
+INTERFACE_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages", "logs", "ec2", "autoscaling", "cloudformation",
+                       "secretsmanager", "ecr.api", "ecr.dkr")
 METRICS_ENDPOINT = "monitoring"
 NOT_INCLUDED = ("data processed by the NAT gateway and the endpoints", "S3 storage and requests",
                 "gp3 throughput and IOPS provisioned above the baseline (warm-pool fleets' root volumes)",

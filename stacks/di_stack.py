@@ -14,6 +14,7 @@ from stacks.components.artifacts import Artifacts
 from stacks.components.control_host import ControlHost, ControlState
 from stacks.components.edge import Edge
 from stacks.components.etcd_trust import EtcdTrust
+from stacks.components.image_cache import ImageCache
 from stacks.components.monitoring import Monitoring
 from stacks.components.network import Network
 from stacks.components.node_role import NodeRole
@@ -110,13 +111,20 @@ class DiStack(cdk.Stack):
             etcd_trust.grant_control(control_role.role)
             etcd_trust.grant_workers(worker_role.role)
             nag.acknowledge_etcd_trust(etcd_trust)
-        proxy_package = None
+        proxy_package = proxy_wheelhouse = None
         if config.runs_distack_proxy:
             proxy_package = userdata.proxy_package_asset(self, "ProxyPackage")
             control_role.allow_download(proxy_package)
+            proxy_wheelhouse = userdata.proxy_wheelhouse_asset(self, "ProxyWheelhouse")
+            control_role.allow_download(proxy_wheelhouse)
             control_role.allow_metrics(naming.PROXY_METRICS_NAMESPACE)
             if self.artifacts.proxy_api_key_secret is not None:
                 control_role.allow_secret(self.artifacts.proxy_api_key_secret)
+        # etcd (and the legacy proxy's image) from this account's registry, never from quay.io or public.ecr.aws.
+        image_cache = ImageCache(self, "ImageCache", deployment=config.name,
+                                 images=node_values.control_images(config))
+        image_cache.grant_pull(control_role.role)
+        nag.acknowledge_image_cache(control_role, list(image_cache.prefixes.values()))
         refs = node_values.DeploymentRefs(
             stack_name=self.stack_name, bucket_name=bucket.bucket_name,
             # Workers' etcd: through the load balancer to every member, or the one control host's fixed address.
@@ -125,6 +133,8 @@ class DiStack(cdk.Stack):
             node_log_group=groups["nodes"].log_group_name, container_log_group=groups["containers"].log_group_name,
             scripts_url=scripts.s3_object_url,
             proxy_package_url=proxy_package.s3_object_url if proxy_package else "",
+            proxy_wheelhouse_url=proxy_wheelhouse.s3_object_url if proxy_wheelhouse else "",
+            ecr_registry=image_cache.registry,
             etcd_ca_secret=etcd_trust.ca_secret.secret_arn if etcd_trust else "",
             etcd_client_secret=etcd_trust.client_secret.secret_arn if etcd_trust else "")
         timeout = config.bootstrap.timeout_minutes

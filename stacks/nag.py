@@ -38,7 +38,8 @@ def acknowledge_control_role(role: IConstruct, *, publishes_metrics: bool) -> No
                               "condition limits it to instances tagged with this deployment's control role.",
                 f"Resource::arn:<AWS::Partition>:ec2:{cdk.Stack.of(role).region}:<AWS::AccountId>:instance/*")
     reason = ("ec2:DescribeNetworkInterfaces and ec2:DescribeVolumes support no resource-level permissions; the "
-              "boot script polls them to see its attachments complete.")
+              "boot script polls them to see its attachments complete. ecr:GetAuthorizationToken has no resource "
+              "type; it only lets docker log in, and the pull actions are limited to the image cache's repositories.")
     if publishes_metrics:
         reason += (" cloudwatch:PutMetricData supports none either; a cloudwatch:namespace condition limits it to "
                    "the proxy's namespace.")
@@ -90,3 +91,14 @@ def acknowledge_edge(edge: IConstruct) -> None:
     acknowledge(edge, "SMG4", "The proxy's generated API key is rotated by the operator (a new value in the secret, "
                               "then `dictl rollout` of the control hosts): an automatic rotation would need a Lambda "
                               "function and would lock out every client holding the old key at once.")
+
+
+def acknowledge_image_cache(role: IConstruct, prefixes: list[str]) -> None:
+    """The control host pulls from the repositories its pull-through cache rules create (components/image_cache.py),
+    whose names exist only after the first pull."""
+    stack = cdk.Stack.of(role)
+    for prefix in prefixes:
+        acknowledge(role, "IAM5", f"ECR creates the repositories under {prefix}/ on the first pull through the "
+                                  "deployment's cache rule, named after the upstream ones; the statement covers that "
+                                  "prefix only.",
+                    f"Resource::arn:<AWS::Partition>:ecr:{stack.region}:<AWS::AccountId>:repository/{prefix}/*")

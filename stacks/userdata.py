@@ -16,6 +16,7 @@ from constructs import Construct
 
 from model import naming
 from model.node_contract import env_file
+from model import wheelhouse
 
 # EC2 rejects larger user data: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_RequestLaunchTemplateData.html
 USER_DATA_LIMIT_BYTES = 16 * 1024
@@ -64,6 +65,12 @@ def proxy_package_asset(scope: Construct, construct_id: str) -> s3_assets.Asset:
     """The DiStack proxy package (`proxy: distack`), installed into a venv on the control host at boot."""
     return s3_assets.Asset(scope, construct_id, path=str(PROXY_PACKAGE_DIR),
                            exclude=["**/__pycache__", "**/*.pyc", "**/.*"])
+
+
+def proxy_wheelhouse_asset(scope: Construct, construct_id: str) -> s3_assets.Asset:
+    """The proxy's dependencies as wheels for the control host (model/wheelhouse.py), shipped beside the package
+    so the host installs them without PyPI. Built by `make wheelhouse`; the synth downloads nothing itself."""
+    return s3_assets.Asset(scope, construct_id, path=str(wheelhouse.built()))
 
 
 @jsii.implements(cdk.IStableStringProducer)

@@ -90,8 +90,12 @@ def _synthesize(source: str | Path, outdir: Path) -> None:
     """Synthesize SOURCE's config into OUTDIR (cdk-nag included) and record the stack's names beside it."""
     import aws_cdk as cdk
 
+    from model import wheelhouse
     from stacks.app_builder import build_app
 
+    # The proxy's wheelhouse asset: `make test` built it (the wheelhouse target); a bare pytest run builds it here,
+    # once per lock (model/wheelhouse.py renames a finished download into place, so parallel workers agree).
+    wheelhouse.build()
     config = _load(source)
     app = cdk.App(outdir=str(outdir), context=cdk_context(env=config.name), builtin_cloud_formation_validation=False)
     stack = build_app(app, config)

@@ -173,11 +173,14 @@ def test_shipped_network_has_nat_and_the_ssm_and_logs_endpoints(synth):
     endpoints = {}
     for endpoint in resources(result.template_dict, "AWS::EC2::VPCEndpoint").values():
         name = endpoint["Properties"]["ServiceName"]
-        suffix = (name if isinstance(name, str) else name["Fn::Join"][1][-1]).rsplit(".", 1)[-1]
+        suffix = name.split(".", 3)[-1] if isinstance(name, str) else name["Fn::Join"][1][-1].lstrip(".")
         endpoints[suffix] = endpoint["Properties"].get("VpcEndpointType", "Gateway")
-    # dev runs DiStack's proxy (engine nixl), which publishes metrics: hence monitoring.
+    # dev runs DiStack's proxy (engine nixl), which publishes metrics: hence monitoring. The rest are every AWS API a
+    # node calls at boot (tests/test_offline_boot.py derives them from the scripts).
     assert endpoints == {"s3": "Gateway", "ssm": "Interface", "ssmmessages": "Interface",
-                         "ec2messages": "Interface", "logs": "Interface", "monitoring": "Interface"}
+                         "ec2messages": "Interface", "logs": "Interface", "monitoring": "Interface",
+                         "ec2": "Interface", "autoscaling": "Interface", "cloudformation": "Interface",
+                         "secretsmanager": "Interface", "ecr.api": "Interface", "ecr.dkr": "Interface"}
     # Workers are private: no subnet hands out public addresses.
     for subnet in resources(result.template_dict, "AWS::EC2::Subnet").values():
         assert subnet["Properties"].get("MapPublicIpOnLaunch") in (False, None)
@@ -525,8 +528,8 @@ def test_distack_proxy_package_reaches_the_control_host_and_only_it(variant, syn
             if statement["Action"] == "s3:GetObject":
                 targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
                 asset_objects[name] = asset_objects.get(name, 0) + sum("cdk-" in json.dumps(t) for t in targets)
-    # Both roles read the node scripts; only the control role also reads the proxy package.
-    assert sorted((n.split("DefaultPolicy")[0], c) for n, c in asset_objects.items()) == [("ControlRole", 2),
+    # Both roles read the node scripts; only the control role also reads the proxy package and its wheelhouse.
+    assert sorted((n.split("DefaultPolicy")[0], c) for n, c in asset_objects.items()) == [("ControlRole", 3),
                                                                                           ("WorkerRole", 1)]
 
 

@@ -29,8 +29,8 @@ def refs(stack_name: str) -> node_values.DeploymentRefs:
     return node_values.DeploymentRefs(
         stack_name=stack_name, control_address="<control-address>", bucket_name="<bucket>",
         node_log_group="<node-log-group>", container_log_group="<container-log-group>", scripts_url="<scripts-url>",
-        proxy_package_url="<proxy-package-url>", etcd_ca_secret="<etcd-ca-secret>",
-        etcd_client_secret="<etcd-registrar-secret>")
+        proxy_package_url="<proxy-package-url>", proxy_wheelhouse_url="<proxy-wheelhouse-url>",
+        ecr_registry="<ecr-registry>", etcd_ca_secret="<etcd-ca-secret>", etcd_client_secret="<etcd-registrar-secret>")
 
 
 def render(env: str) -> dict[str, str]:

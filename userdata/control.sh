@@ -21,7 +21,7 @@ ATTACH_WAIT_SECONDS=${ATTACH_WAIT_SECONDS:-300}
 ATTACH_WAIT_SLEEP=${ATTACH_WAIT_SLEEP:-5}
 DI_PROXY_ENV=${DI_PROXY_ENV:-/etc/di/proxy.env}
 DI_PROXY_SRC=${DI_PROXY_SRC:-$DI_HOME/proxy-src}
-# The proxy package's own installer (venv + unit); replaceable so tests need no PyPI.
+# The proxy package's own installer (venv + unit); replaceable so tests need no Python venv.
 DI_PROXY_INSTALLER=${DI_PROXY_INSTALLER:-$DI_PROXY_SRC/diproxy/deploy/install.sh}
 # AL2023's default python3 is 3.9; the proxy needs 3.11.
 DI_PROXY_PYTHON=${DI_PROXY_PYTHON:-python3.11}
@@ -146,10 +146,35 @@ attach_etcd_volume() {
   log "etcd data on $device ($DI_ETCD_MOUNT)"
 }
 
+# ecr_login IMAGE: log docker in to IMAGE's registry when it is a private ECR one (the deployment's pull-through
+# cache, model/image_cache.py). The password goes through stdin, never onto a command line
+# (https://docs.aws.amazon.com/AmazonECR/latest/userguide/registry_auth.html: get-login-password | docker login
+# --username AWS --password-stdin); the token lasts 12 hours, more than a boot.
+ecr_login() {
+  local registry=${1%%/*}
+  [[ $registry == *.dkr.ecr.*.amazonaws.com* ]] || return 0
+  aws ecr get-login-password --region "$DI_REGION" |
+    docker login --username AWS --password-stdin "$registry" >/dev/null
+}
+
+# pull_cached IMAGE UPSTREAM: pull IMAGE from the deployment's cache, or fail naming the upstream image it mirrors
+# and how to check it: the cache imports an image on its first pull, which needs this subnet's route to the internet
+# (pull-through-cache.md: "Subsequent image pulls don't require this"), and a digest upstream lacks fails there too.
+pull_cached() {
+  local image=$1 upstream=${2:-$1}
+  retry ecr_login "$image" || fail "cannot log in to the registry of $image (aws ecr get-login-password; the ecr.api endpoint?)"
+  retry docker pull "$image" && return 0
+  if [[ $image == "$upstream" ]]; then
+    fail "cannot pull $image: registry unreachable, or no such digest (check it: docker buildx imagetools inspect ${upstream%@*})"
+  fi
+  fail "cannot pull $image, the deployment's ECR pull-through cache of $upstream: the first pull imports it from" \
+    "upstream (this subnet needs its NAT route then), and a tag or digest upstream lacks fails there" \
+    "(check it: docker buildx imagetools inspect ${upstream%@*}; aws ecr describe-pull-through-cache-rules)"
+}
+
 start_etcd() {
   # A digest the registry does not have fails here too (model/node_values.py ETCD_IMAGE: the digest is unverified).
-  retry docker pull "$DI_ETCD_IMAGE" ||
-    fail "cannot pull $DI_ETCD_IMAGE: registry unreachable, or no such digest (check it: docker buildx imagetools inspect ${DI_ETCD_IMAGE%@*})"
+  pull_cached "$DI_ETCD_IMAGE" "${DI_ETCD_UPSTREAM_IMAGE:-$DI_ETCD_IMAGE}"
   install_unit "$DI_HOME/units/di-etcd.service"
   systemctl daemon-reload
   systemctl enable --now di-etcd.service || fail "di-etcd.service did not start"
@@ -184,16 +209,22 @@ wait_for_distack_proxy() {
 # data wrote (proxy.env).
 install_distack_proxy() {
   [[ -n ${DI_PROXY_PACKAGE_URL:-} ]] || fail "DI_PROXY=distack but node.env has no DI_PROXY_PACKAGE_URL"
+  [[ -n ${DI_PROXY_WHEELHOUSE_URL:-} ]] || fail "DI_PROXY=distack but node.env has no DI_PROXY_WHEELHOUSE_URL"
   command -v "$DI_PROXY_PYTHON" >/dev/null || retry dnf install -y -q "$DI_PROXY_PYTHON" ||
     fail "cannot install $DI_PROXY_PYTHON for the proxy"
-  rm -rf "$DI_PROXY_SRC" && mkdir -p "$DI_PROXY_SRC/diproxy"
+  rm -rf "$DI_PROXY_SRC" && mkdir -p "$DI_PROXY_SRC/diproxy" "$DI_PROXY_SRC/wheelhouse"
   retry aws s3 cp --only-show-errors --region "$DI_REGION" "$DI_PROXY_PACKAGE_URL" "$DI_PROXY_SRC/diproxy.zip" ||
     fail "cannot download the proxy package $DI_PROXY_PACKAGE_URL"
   unzip -q -o "$DI_PROXY_SRC/diproxy.zip" -d "$DI_PROXY_SRC/diproxy" || fail "the proxy package does not unzip"
+  # The proxy's dependencies as wheels (model/wheelhouse.py), from the same assets bucket: pip reads no index.
+  retry aws s3 cp --only-show-errors --region "$DI_REGION" "$DI_PROXY_WHEELHOUSE_URL" "$DI_PROXY_SRC/wheelhouse.zip" ||
+    fail "cannot download the proxy's wheelhouse $DI_PROXY_WHEELHOUSE_URL"
+  unzip -q -o "$DI_PROXY_SRC/wheelhouse.zip" -d "$DI_PROXY_SRC/wheelhouse" || fail "the proxy's wheelhouse does not unzip"
   # Written by user data with node.env (model/node_values.py proxy_values): installed here as it is.
   [[ -s $DI_PROXY_ENV ]] || fail "DI_PROXY=distack but there is no $DI_PROXY_ENV (user data writes it with node.env)"
   PROXY_PYTHON=$DI_PROXY_PYTHON PROXY_START=no PROXY_ENV_FILE=$DI_PROXY_ENV PROXY_UNIT_DIR=$DI_SYSTEMD_DIR \
-    retry bash "$DI_PROXY_INSTALLER" "$DI_PROXY_SRC" || fail "the proxy package did not install (pip, PyPI egress?)"
+    PROXY_WHEELHOUSE=$DI_PROXY_SRC/wheelhouse retry bash "$DI_PROXY_INSTALLER" "$DI_PROXY_SRC" ||
+    fail "the proxy package did not install from its wheelhouse (a wheel whose hash is not the lock's? see pip's message above)"
 }
 
 # start_proxy: the proxy kind the config names (model/proxies.py), through its own start; DI_PROXY_UNITS lists its
@@ -209,7 +240,7 @@ start_proxy() {
 # start_neuron_proxy: the 0.9.1 image's neuron-proxy-server, in a container under the node scripts' own unit.
 start_neuron_proxy() {
   local unit=${DI_PROXY_UNITS%% *}
-  retry docker pull "$DI_IMAGE" || fail "cannot pull $DI_IMAGE (egress to public.ecr.aws?)"
+  pull_cached "$DI_IMAGE" "${DI_UPSTREAM_IMAGE:-$DI_IMAGE}"
   install_unit "$DI_HOME/units/$unit"
   systemctl daemon-reload
   systemctl enable --now "$unit" || fail "$unit did not start"

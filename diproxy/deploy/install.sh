@@ -10,6 +10,9 @@ PROXY_ENV_FILE="${PROXY_ENV_FILE:-/etc/di/proxy.env}"
 PROXY_UNIT_DIR="${PROXY_UNIT_DIR:-/etc/systemd/system}"
 PROXY_PYTHON="${PROXY_PYTHON:-python3}"
 PROXY_START="${PROXY_START:-yes}"
+# A directory of wheels (the stack's wheelhouse asset, model/wheelhouse.py): pip then takes every file from there and
+# reaches no index at all, so a host without the internet installs the proxy. Empty: PyPI, for a manual install.
+PROXY_WHEELHOUSE="${PROXY_WHEELHOUSE:-}"
 UNITS=(distack-proxy.service distack-proxy-shipper.service)
 
 log() {
@@ -21,6 +24,7 @@ usage() {
 usage: install.sh SOURCE
   SOURCE  a directory holding diproxy/ (and diproxy/requirements.lock) or a built wheel (*.whl)
 environment: PROXY_PREFIX PROXY_VENV PROXY_ENV_FILE PROXY_UNIT_DIR PROXY_PYTHON PROXY_START=yes|no
+             PROXY_WHEELHOUSE=DIR (install the locked dependencies from DIR only, never from an index)
 USAGE
 }
 
@@ -41,9 +45,18 @@ install_package() {
         # The project itself is not a pip package of its own: install the locked deps, then copy the package in.
         # Every file is checked against its hash and only wheels are taken, so nothing is built on the host and
         # a tampered or re-uploaded file fails the install: https://pip.pypa.io/en/stable/topics/secure-installs/
-        log "installing diproxy from ${source}"
-        "${PROXY_VENV}/bin/python" -m pip install --quiet --require-hashes --only-binary :all: \
-            -r "${source}/diproxy/requirements.lock"
+        local index=()
+        if [[ -n "${PROXY_WHEELHOUSE}" ]]; then
+            [[ -d "${PROXY_WHEELHOUSE}" ]] || { log "no wheelhouse directory ${PROXY_WHEELHOUSE}"; return 1; }
+            # --no-index: pip looks nowhere but the wheelhouse (https://pip.pypa.io/en/stable/cli/pip_install/#install-no-index);
+            # the hashes are still the lock's, so a wheel changed in the asset fails here as it would from PyPI.
+            index=(--no-index --find-links "${PROXY_WHEELHOUSE}")
+            log "installing diproxy from ${source} with the wheels in ${PROXY_WHEELHOUSE} (no index)"
+        else
+            log "installing diproxy from ${source} (dependencies from the package index)"
+        fi
+        "${PROXY_VENV}/bin/python" -m pip install --quiet --disable-pip-version-check "${index[@]}" --require-hashes \
+            --only-binary :all: -r "${source}/diproxy/requirements.lock"
         local site
         site="$("${PROXY_VENV}/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
         rm -rf "${site}/diproxy"

@@ -16,6 +16,18 @@ INTERFACE_ENDPOINTS = {
     "SsmMessages": ec2.InterfaceVpcEndpointAwsService.SSM_MESSAGES,
     "Ec2Messages": ec2.InterfaceVpcEndpointAwsService.EC2_MESSAGES,
     "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
+    # Every other AWS API a node calls at boot (`aws SERVICE ...` in userdata/; tests/test_offline_boot.py derives
+    # the list from the scripts and fails on a service without an endpoint): the control host's interface and volume
+    # takeover (ec2), its lifecycle hook and group (autoscaling), its boot signal (cloudformation), the etcd trust and
+    # API key secrets (secretsmanager), and its images through the deployment's pull-through cache (ecr.api for the
+    # login token, ecr.dkr for the registry itself: "you must enable a private DNS hostname" on ecr.dkr,
+    # awsdocs/amazon-ecr-user-guide doc_source/vpc-endpoints.md@04735f3f; the layers come from S3 through the gateway).
+    "Ec2": ec2.InterfaceVpcEndpointAwsService.EC2,
+    "AutoScaling": ec2.InterfaceVpcEndpointAwsService.AUTOSCALING,
+    "CloudFormation": ec2.InterfaceVpcEndpointAwsService.CLOUDFORMATION,
+    "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
+    "EcrApi": ec2.InterfaceVpcEndpointAwsService.ECR,
+    "EcrDocker": ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
 }
 
 
@@ -81,6 +93,10 @@ class Network(Construct):
 
     def _add_endpoints(self, network: NetworkConfig, metrics_endpoint: bool) -> None:
         placement = ec2.SubnetSelection(subnets=[self.subnet])
+        # No endpoint policy (full access, the default): the nodes' S3 reads include buckets that are not this
+        # stack's, which a policy would have to name: the CDK assets bucket, ECR's layer bucket
+        # (prod-REGION-starport-layer-bucket, doc_source/vpc-endpoints.md) and the AL2023 package repositories dnf
+        # reads (docs/control-plane.md "Booting without the internet"). The roles' own policies still decide.
         self.vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3, subnets=[placement])
         endpoint_sg = ec2.SecurityGroup(self, "EndpointSecurityGroup", vpc=self.vpc, allow_all_outbound=False,
                                         description="VPC interface endpoints: HTTPS from inside the VPC")

@@ -94,7 +94,9 @@ def test_prod_costs_its_instances_volumes_nat_and_endpoints(capsys: pytest.Captu
     assert by_item["EBS gp3 volumes"]["per_hour"] == pytest.approx(0.08 * gib / 730)
     assert by_item["NAT gateway"]["unit_price"] == 0.045  # the zonal gateway's hours, not bytes or regional
     endpoints = by_item["interface VPC endpoints"]
-    assert endpoints["quantity"] == 5 and endpoints["per_hour"] == pytest.approx(0.05)  # + monitoring (distack proxy)
+    # Every API the nodes call at boot, + monitoring (distack proxy): tests/test_offline_boot.py holds the list to the
+    # synthesized template.
+    assert endpoints["quantity"] == 11 and endpoints["per_hour"] == pytest.approx(0.11)
     assert result["per_hour"] == pytest.approx(sum(line["per_hour"] for line in result["lines"]))
     assert result["published"].startswith("2026-11-20")
 

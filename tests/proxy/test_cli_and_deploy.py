@@ -274,9 +274,10 @@ def test_install_script_installs_the_package_both_units_and_a_default_env_file(t
     done = subprocess.run(["bash", str(DEPLOY / "install.sh"), str(ROOT)], capture_output=True, text=True,
                           timeout=60, env=env)
     assert done.returncode == 0, done.stderr
-    # Exactly the locked set, hash-checked, wheels only.
+    # Exactly the locked set, hash-checked, wheels only; without PROXY_WHEELHOUSE from the package index.
     assert (tmp_path / "site.pip").read_text().splitlines() == [
-        f"-m pip install --quiet --require-hashes --only-binary :all: -r {ROOT}/diproxy/requirements.lock"]
+        "-m pip install --quiet --disable-pip-version-check --require-hashes --only-binary :all: "
+        f"-r {ROOT}/diproxy/requirements.lock"]
     assert (site / "diproxy" / "shipper" / "__main__.py").is_file()
     assert sorted(p.name for p in (tmp_path / "units").iterdir()) == [
         "distack-proxy-shipper.service", "distack-proxy.service"]

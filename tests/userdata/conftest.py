@@ -28,6 +28,8 @@ REFS = node_values.DeploymentRefs(
     stack_name="di-test", control_address="10.42.0.10", bucket_name="di-test-artifactsbucket-abc123",
     node_log_group="/distack/test/nodes", container_log_group="/distack/test/containers",
     scripts_url="s3://cdk-hnb659fds-assets-123456789012-us-east-2/0123abcd.zip",
+    proxy_wheelhouse_url="s3://cdk-hnb659fds-assets-123456789012-us-east-2/4567cdef.zip",
+    ecr_registry="123456789012.dkr.ecr.us-east-2.amazonaws.com",
     etcd_ca_secret="arn:aws:secretsmanager:us-east-2:123456789012:secret:EtcdTrustCa-abc123",
     etcd_client_secret="arn:aws:secretsmanager:us-east-2:123456789012:secret:EtcdTrustRegistrar-def456")
 

@@ -42,9 +42,15 @@ def test_control_host_takes_over_interface_and_volume_then_starts_etcd_and_proxy
     assert len(n.calls("mkfs.ext4")) == 1
     assert (n.root / "etcd" / "data").is_dir()
     assert (n.root / "etc" / "fstab").read_text() == f"UUID=1111-2222-uuid {n.root / 'etcd'} ext4 defaults,nofail 0 2\n"
-    assert [a[-1] for a in n.calls("docker") if a[:1] == ["pull"]] == [
-        node_values.ETCD_IMAGE,
-        "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.9.1-neuronx-py310-sdk2.25.1-ubuntu22.04"]
+    # etcd and the legacy proxy's image come from the deployment's ECR pull-through cache, same tag and digest as
+    # upstream, each pull after a docker login to that registry.
+    registry = "123456789012.dkr.ecr.us-east-2.amazonaws.com"
+    assert [a for a in n.calls("docker") if a[:1] in (["login"], ["pull"])] == [
+        ["login", "--username", "AWS", "--password-stdin", registry],
+        ["pull", f"{registry}/di-{LEGACY}-quay/" + node_values.ETCD_IMAGE.removeprefix("quay.io/")],
+        ["login", "--username", "AWS", "--password-stdin", registry],
+        ["pull", f"{registry}/di-{LEGACY}-ecrp/neuron/pytorch-inference-vllm-neuronx:"
+                 "0.9.1-neuronx-py310-sdk2.25.1-ubuntu22.04"]]
     assert started_units(n) == ["docker", "di-etcd.service", "di-proxy.service"]
     assert sorted(p.name for p in (n.root / "systemd").iterdir()) == ["di-etcd.service", "di-proxy.service"]
     (signal,) = n.signals()
@@ -98,7 +104,8 @@ def test_distack_proxy_without_its_package_fails_loudly(node):
 
 INSTALLER = """#!/usr/bin/env bash
 # Stands in for diproxy/deploy/install.sh: records how it was called, installs the units it would install.
-printf '%s\\n' "$*" "PROXY_PYTHON=$PROXY_PYTHON" "PROXY_START=$PROXY_START" "PROXY_ENV_FILE=$PROXY_ENV_FILE" >"$0.calls"
+printf '%s\\n' "$*" "PROXY_PYTHON=$PROXY_PYTHON" "PROXY_START=$PROXY_START" "PROXY_ENV_FILE=$PROXY_ENV_FILE" \\
+  "PROXY_WHEELHOUSE=$PROXY_WHEELHOUSE" >"$0.calls"
 for unit in distack-proxy.service distack-proxy-shipper.service; do
   install -D -m 0644 "$1/diproxy/deploy/$unit" "$PROXY_UNIT_DIR/$unit"
 done
@@ -115,7 +122,8 @@ def boot_with_distack_proxy(n, tmp_path, proxy_env: str | None = "", **extra):
     shutil.make_archive(str(package.with_suffix("")), "zip", root_dir=ROOT / "diproxy")
     (n.state / "s3-object").write_bytes(package.read_bytes())
     (tmp_path / "install.sh").write_text(INSTALLER)
-    n.override(**DISTACK_PROXY, DI_PROXY_PACKAGE_URL="s3://cdk-assets/proxy.zip")
+    n.override(**DISTACK_PROXY, DI_PROXY_PACKAGE_URL="s3://cdk-assets/proxy.zip",
+               DI_PROXY_WHEELHOUSE_URL="s3://cdk-assets/wheelhouse.zip")
     return boot(n, DI_PROXY_INSTALLER=str(tmp_path / "install.sh"), DI_PROXY_ENV=str(tmp_path / "proxy.env"),
                 DI_PROXY_PYTHON="python3", DI_PROXY_SRC=str(tmp_path / "proxy-src"), PROXY_WAIT_SLEEP="0", **extra)
 
@@ -129,8 +137,12 @@ def test_distack_proxy_is_installed_from_its_package_and_started_with_the_proxy_
     (download,) = [a for a in n.calls("aws") if a[:2] == ["s3", "cp"] and "s3://cdk-assets/proxy.zip" in a]
     assert Path(download[-1]).parent == source
     assert (source / "diproxy" / "__main__.py").exists()
+    # The wheelhouse asset comes from S3 beside the package and install.sh takes its wheels only (no index).
+    (wheels,) = [a for a in n.calls("aws") if a[:2] == ["s3", "cp"] and "s3://cdk-assets/wheelhouse.zip" in a]
+    assert Path(wheels[-1]) == source / "wheelhouse.zip"
     assert installer.with_name("install.sh.calls").read_text().splitlines() == [
-        str(source), "PROXY_PYTHON=python3", "PROXY_START=no", f"PROXY_ENV_FILE={proxy_env}"]
+        str(source), "PROXY_PYTHON=python3", "PROXY_START=no", f"PROXY_ENV_FILE={proxy_env}",
+        f"PROXY_WHEELHOUSE={source / 'wheelhouse'}"]
     # The control host installs the file as the synth wrote it.
     assert proxy_env.read_text() == rendered
     # The settings the shipper reads from that file are complete: it parses them without a flag.
@@ -182,3 +194,54 @@ def test_docker_is_installed_with_dnf_when_missing(node):
     n = node(LEGACY, fakes=["dnf", "systemctl"])
     subprocess.run(["bash", "-c", f". {n.env['DI_HOME']}/control.sh && install_docker"], env=n.env, check=True)
     assert n.calls("dnf") == [["install", "-y", "-q", "docker"]]
+
+
+def test_a_node_env_without_the_wheelhouse_fails_before_any_download(node, tmp_path):
+    n = node("prod")
+    prepare_volume_link(n)
+    (tmp_path / "proxy.env").write_text("DIPROXY_MODE=di\n")
+    (tmp_path / "install.sh").write_text(INSTALLER)
+    n.override(**DISTACK_PROXY, DI_PROXY_PACKAGE_URL="s3://cdk-assets/proxy.zip", DI_PROXY_WHEELHOUSE_URL="")
+    proc = boot(n, DI_PROXY_INSTALLER=str(tmp_path / "install.sh"), DI_PROXY_ENV=str(tmp_path / "proxy.env"),
+                DI_PROXY_PYTHON="python3", DI_PROXY_SRC=str(tmp_path / "proxy-src"))
+    assert proc.returncode != 0
+    assert "DI_PROXY=distack but node.env has no DI_PROXY_WHEELHOUSE_URL" in proc.stderr
+    assert not (tmp_path / "install.sh.calls").exists()
+
+
+def test_docker_logs_in_to_the_cache_registry_with_the_password_on_stdin(node):
+    n = node("prod")
+    prepare_volume_link(n)
+    boot(n)  # etcd starts; the proxy step fails later here (no package in fake S3), which this test leaves aside
+    assert ["pull", n.values["DI_ETCD_IMAGE"]] in n.calls("docker")
+    logins = [a for a in n.calls("docker") if a[:1] == ["login"]]
+    assert logins and all(a == ["login", "--username", "AWS", "--password-stdin", n.values["DI_ETCD_IMAGE"].split("/")[0]]
+                          for a in logins)
+    assert (n.state / "docker-login-stdin").read_text() == "fake-ecr-password\n"
+    assert not [c for c in n.calls() if "fake-ecr-password" in c]
+    assert ["ecr", "get-login-password", "--region", "us-east-2"] in n.calls("aws")
+
+
+def test_a_failed_pull_through_the_cache_names_the_upstream_image_and_how_to_check_it(node):
+    n = node("prod")
+    prepare_volume_link(n)
+    n.set("docker-pull-fails", "99")
+    proc = boot(n)
+    assert proc.returncode != 0
+    upstream = node_values.ETCD_IMAGE
+    assert f"cannot pull {n.values['DI_ETCD_IMAGE']}, the deployment's ECR pull-through cache of {upstream}" \
+        in proc.stderr
+    assert f"docker buildx imagetools inspect {upstream.split('@')[0]}" in proc.stderr
+    assert "NAT route" in proc.stderr
+    (signal,) = n.signals()
+    assert signal[signal.index("--status") + 1] == "FAILURE"
+
+
+def test_a_failed_registry_login_stops_the_boot_before_any_pull(node):
+    n = node("prod")
+    prepare_volume_link(n)
+    n.set("docker-login-fails")
+    proc = boot(n)
+    assert proc.returncode != 0
+    assert f"cannot log in to the registry of {n.values['DI_ETCD_IMAGE']}" in proc.stderr
+    assert not [a for a in n.calls("docker") if a[:1] == ["pull"]]

@@ -327,7 +327,7 @@ def test_control_host_etcd_serves_clients_over_https_with_client_certificates_on
                     "--log-opt", "awslogs-group=/distack/test/containers",
                     "--log-opt", f"awslogs-stream=control/{INSTANCE_ID}/etcd",
                     "-v", f"{tls}:{tls}:ro",
-                    "-v", f"{n.root / 'etcd'}/data:/etcd-data", node_values.ETCD_IMAGE, "/usr/local/bin/etcd",
+                    "-v", f"{n.root / 'etcd'}/data:/etcd-data", n.values["DI_ETCD_IMAGE"], "/usr/local/bin/etcd",
                     "--data-dir=/etcd-data",
                     "--listen-client-urls=https://0.0.0.0:8989",
                     "--advertise-client-urls=https://10.42.0.10:8989",
@@ -358,8 +358,11 @@ def test_control_host_proxy_is_the_dlc_neuron_proxy_server(node):
                     "--log-driver", "awslogs", "--log-opt", "awslogs-region=us-east-2",
                     "--log-opt", "awslogs-group=/distack/test/containers",
                     "--log-opt", f"awslogs-stream=control/{INSTANCE_ID}/proxy",
-                    "-e", "ETCD_IP=10.42.0.10", "-e", "ETCD_PORT=8989", IMAGE,
+                    "-e", "ETCD_IP=10.42.0.10", "-e", "ETCD_PORT=8989", n.values["DI_IMAGE"],
                     "bash", "-c", "exec neuron-proxy-server --etcd $ETCD_IP:$ETCD_PORT"]
+    # The seed's image, through the deployment's ECR pull-through cache: same repository path and tag.
+    assert n.values["DI_IMAGE"].endswith("/" + IMAGE.removeprefix("public.ecr.aws/"))
+    assert n.values["DI_UPSTREAM_IMAGE"] == IMAGE
 
 
 def test_prepare_removes_a_stale_kv_lock_and_the_old_container(node):

@@ -31,6 +31,8 @@ DEPLOY_TIME = {
     "Ref:EtcdTrustRegistrar": "arn:aws:secretsmanager:us-east-2:123456789012:secret:EtcdTrustRegistrar" + "x" * 40
                               + "-abcdef",
     "Ref:EdgeApiKey": "arn:aws:secretsmanager:us-east-2:123456789012:secret:EdgeApiKey" + "x" * 40 + "-abcdef",
+    # The account of the deployment's private registry (its ECR pull-through cache, model/image_cache.py).
+    "Ref:AWS::AccountId": "123456789012",
     "GetAtt:EdgeLoadBalancer": "internal-di-prod-EdgeL-" + "x" * 9 + "-0123456789.elb.us-east-2.amazonaws.com",
 }
 
@@ -191,8 +193,9 @@ def test_node_roles_read_exactly_the_asset_object_and_signal_only_this_stack(syn
         reads = [r for s in statements if s["Action"] == "s3:GetObject"
                  for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])]
         assets = [r for r in reads if "cdk-hnb659fds-assets" in str(r)]
-        # Workers read the scripts; a control host with the DiStack proxy also reads the proxy's package.
-        assert len(assets) == (1 if role == "WorkerRole" else 1 + (template_proxy(template) == "distack"))
+        # Workers read the scripts; a control host with the DiStack proxy also reads the proxy's package and its
+        # wheelhouse.
+        assert len(assets) == (1 if role == "WorkerRole" else 1 + 2 * (template_proxy(template) == "distack"))
         for asset in assets:
             parts = asset["Fn::Join"][1]
             assert parts[-1].endswith(".zip") and "*" not in str(parts)
