@@ -27,7 +27,7 @@ HOURS_PER_MONTH = 730  # AWS's own convention for per-month prices (EBS GB-month
 # The interface endpoints the stack creates with `network.vpc_endpoints` (stacks/components/network.py), plus
 # CloudWatch's when the DiStack proxy publishes metrics.
 INTERFACE_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages", "logs", "ec2", "autoscaling", "cloudformation",
-                       "secretsmanager", "ecr.api", "ecr.dkr")
+                       "secretsmanager", "ecr.api", "ecr.dkr", "sts")
 METRICS_ENDPOINT = "monitoring"
 NOT_INCLUDED = ("data processed by the NAT gateway and the endpoints", "S3 storage and requests",
                 "gp3 throughput and IOPS provisioned above the baseline (warm-pool fleets' root volumes)",

@@ -31,6 +31,7 @@ ENDPOINTS_OF = {
     "ecr": ("ecr.api", "ecr.dkr"),
     # boto3's "cloudwatch" client (PutMetricData) is the monitoring endpoint.
     "cloudwatch": ("monitoring",),
+    "sts": ("sts",),
 }
 AWS_CALL = re.compile(r"(?:^|[\s|;&(`$])aws\s+([a-z][a-z0-9-]+)\s", re.MULTILINE)
 BOTO3_CLIENT = re.compile(r"""\.client\(\s*["']([a-z0-9-]+)["']""")

@@ -21,13 +21,17 @@ INTERFACE_ENDPOINTS = {
     # takeover (ec2), its lifecycle hook and group (autoscaling), its boot signal (cloudformation), the etcd trust and
     # API key secrets (secretsmanager), and its images through the deployment's pull-through cache (ecr.api for the
     # login token, ecr.dkr for the registry itself: "you must enable a private DNS hostname" on ecr.dkr,
-    # awsdocs/amazon-ecr-user-guide doc_source/vpc-endpoints.md@04735f3f; the layers come from S3 through the gateway).
+    # awsdocs/amazon-ecr-user-guide doc_source/vpc-endpoints.md@04735f3f; the layers come from S3 through the gateway),
+    # and the caller's own identity (sts), from which a node learns the ROLE-ID:INSTANCE-ID folder it may write
+    # (userdata/lib/scope.sh); AWS CLI v2 calls STS's Regional endpoint, which the interface endpoint's private DNS
+    # serves (https://docs.aws.amazon.com/sdkref/latest/guide/feature-sts-regionalized-endpoints.html).
     "Ec2": ec2.InterfaceVpcEndpointAwsService.EC2,
     "AutoScaling": ec2.InterfaceVpcEndpointAwsService.AUTOSCALING,
     "CloudFormation": ec2.InterfaceVpcEndpointAwsService.CLOUDFORMATION,
     "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
     "EcrApi": ec2.InterfaceVpcEndpointAwsService.ECR,
     "EcrDocker": ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
+    "Sts": ec2.InterfaceVpcEndpointAwsService.STS,
 }
 
 

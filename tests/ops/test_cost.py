@@ -96,7 +96,7 @@ def test_prod_costs_its_instances_volumes_nat_and_endpoints(capsys: pytest.Captu
     endpoints = by_item["interface VPC endpoints"]
     # Every API the nodes call at boot, + monitoring (distack proxy): tests/test_offline_boot.py holds the list to the
     # synthesized template.
-    assert endpoints["quantity"] == 11 and endpoints["per_hour"] == pytest.approx(0.11)
+    assert endpoints["quantity"] == 12 and endpoints["per_hour"] == pytest.approx(0.12)
     assert result["per_hour"] == pytest.approx(sum(line["per_hour"] for line in result["lines"]))
     assert result["published"].startswith("2026-11-20")
 
