@@ -43,10 +43,10 @@ load_member_env() {
   set +a
 }
 
-# etcd_peer_url [ADDRESS]: a member's peer URL.
-etcd_peer_url() { printf 'http://%s:%s\n' "${1:-$DI_CONTROL_ADDRESS}" "${DI_ETCD_PEER_PORT:?}"; }
+# etcd_peer_url [ADDRESS]: a member's peer URL (https with DI_ETCD_PEER_TLS=1: lib/etcd.sh etcd_peer_scheme).
+etcd_peer_url() { printf '%s://%s:%s\n' "$(etcd_peer_scheme)" "${1:-$DI_CONTROL_ADDRESS}" "${DI_ETCD_PEER_PORT:?}"; }
 
-# etcd_initial_cluster: m0=http://A0:PEER,m1=...: every member by its stable name and address.
+# etcd_initial_cluster: m0=https://A0:PEER,m1=...: every member by its stable name and address.
 etcd_initial_cluster() {
   local index address out=()
   while read -r index _ _ address; do out+=("m$index=$(etcd_peer_url "$address")"); done < <(slots)
