@@ -151,7 +151,7 @@ CONTROL_ONLY: tuple[Key, ...] = (
     key("DI_ETCD_PEER_PORT", "int", U + "di-run", "etcd's peer port", nodes=C),
     key("DI_ETCD_CA_SECRET", "text", U + "lib/etcd_trust.sh",
         "the secret holding the etcd CAs (DI_ETCD_TLS=1 or DI_ETCD_PEER_TLS=1)", nodes=C, optional=True),
-    key("DI_ETCD_PEER_TLS", "flag", U + "lib/etcd.sh " + U + "di-run",
+    key("DI_ETCD_PEER_TLS", "flag", U + "lib/etcd.sh",
         "1: the etcd members replicate over TLS with peer certificates (several control hosts)", nodes=C),
     key("DI_ETCD_SERVER_NAME", "text", U + "lib/etcd_trust.sh",
         "the name workers dial etcd by, which the member certificates carry", nodes=C),

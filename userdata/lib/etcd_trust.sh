@@ -124,17 +124,18 @@ etcd_trust_create() {
 # etcd_trust_add_peer_ca JSON: a peer CA added to a CA secret written before members had one (JSON: its value), every
 # other field kept as it is: the client CA, the certificates it signed and the passwords stay valid.
 etcd_trust_add_peer_ca() {
-  local dir fields
+  local dir fields=()
   dir=$(mktemp -d) && chmod 0700 "$dir"
   log "adding a peer CA to the etcd trust of deployment $DI_DEPLOYMENT"
-  if fields=$(python3 -c 'import json, pathlib, sys
+  # Each field into a file of its own and FIELD=FILE into the list put_secret takes (no secret on argv).
+  if python3 -c 'import json, pathlib, sys
 d = json.load(sys.stdin)
 for k, v in d.items():
     pathlib.Path(sys.argv[1], "field-" + k).write_text(v)
-    print(f"{k}={sys.argv[1]}/field-{k}")' "$dir" <<<"$1") &&
+    print(f"{k}={sys.argv[1]}/field-{k}")' "$dir" <<<"$1" >"$dir/fields" && mapfile -t fields <"$dir/fields" &&
     make_ca "$dir" peer-ca "DiStack etcd peer CA $DI_DEPLOYMENT" &&
-    # shellcheck disable=SC2086 # one FIELD=FILE word per line, none with a space (mktemp's path, JSON keys)
-    put_secret "$DI_ETCD_CA_SECRET" $fields peer_ca_cert="$dir/peer-ca.pem" peer_ca_key="$dir/peer-ca-key.pem"; then
+    put_secret "$DI_ETCD_CA_SECRET" "${fields[@]}" peer_ca_cert="$dir/peer-ca.pem" peer_ca_key="$dir/peer-ca-key.pem"
+  then
     rm -rf "$dir"
     return 0
   fi
