@@ -188,3 +188,38 @@ def test_without_peer_tls_the_member_flags_keep_http_peers(tmp_path):
     assert f"--listen-peer-urls=http://0.0.0.0:{plain.peer_port}" in flags
     assert f"--initial-advertise-peer-urls=http://{ADDRESSES[0]}:{plain.peer_port}" in flags
     assert not [f for f in flags if f.startswith("--peer-")]
+
+
+def test_members_that_served_http_peers_move_to_https_one_by_one_keeping_quorum_and_data(tmp_path):
+    # A deployment made before peers spoke TLS: clients over TLS, peers on http. Its trust has no peer CA yet; the
+    # first member to come back adds one (lib/etcd_trust.sh etcd_trust_add_peer_ca, tested in test_etcd_trust.py).
+    cluster = Cluster(tmp_path)
+    cluster.env["DI_ETCD_PEER_TLS"] = "0"
+    try:
+        for i in range(3):
+            cluster.trust(i)
+        for i in range(3):
+            cluster.start(i, "new")
+        for i in range(3):
+            cluster.wait_healthy(i)
+        cluster.ctl(0, "put", KEY, "")
+        # The new scripts: each host in turn is replaced on its retained volume and restarts with https peers.
+        cluster.env["DI_ETCD_PEER_TLS"] = "1"
+        for i in range(3):
+            cluster.kill(i)
+            cluster.trust(i)
+            # The others may still be electing a leader (if it led): etcd_update_peer_url asks again meanwhile.
+            assert cluster.cluster_state(i) == "existing"
+            (record,) = [m for m in cluster.members((i + 1) % 3) if m["name"] == f"m{i}"]
+            assert record["peerURLs"] == [f"https://{ADDRESSES[i]}:{cluster.peer_port}"]
+            cluster.start(i, "existing")
+            for j in range(3):
+                cluster.wait_healthy(j)
+            # Raft still carries every write to every member, whichever scheme each one serves.
+            cluster.ctl(i, "put", f"/workers/decode/10.42.0.{i}/8000", "")
+            for j in range(3):
+                assert cluster.ctl(j, "get", "--prefix", "/workers/", "--keys-only", "--consistency=l").stdout.count(
+                    "/workers/") == 2 + i
+        assert all(u.startswith("https://") for m in cluster.members(0) for u in m["peerURLs"])
+    finally:
+        cluster.stop_all()
