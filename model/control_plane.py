@@ -104,8 +104,9 @@ def control_hosts(config: DeploymentConfig) -> int:
 
 def etcd_secured(config: DeploymentConfig) -> bool:
     """Whether the deployment's etcd serves clients over TLS with client certificates and etcd's auth
-    (userdata/lib/etcd_trust.sh): always, except where the engine's own server writes the registry (NeuronConnector has
-    no TLS or credential option) or a proxy other than DiStack's reads it (neuron-proxy-server, the same)."""
+    (userdata/lib/etcd_trust.sh): always, except where the engine's own server writes the registry (NeuronConnector
+    takes etcd as a bare host:port, with no documented TLS or credential setting:
+    docs/security.md#engine-neuron-connector) or a proxy other than DiStack's reads it (neuron-proxy-server, the same)."""
     return config.runs_distack_proxy and not config.engine_module.self_registers
 
 

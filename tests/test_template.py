@@ -114,6 +114,14 @@ def test_proxy_reachable_only_from_client_cidrs_and_etcd_only_from_workers(synth
                                   {"Fn::GetAtt": [control, "GroupId"]}],
         naming.ETCD_PEER_PORT: [{"Fn::GetAtt": [control, "GroupId"]}],
     }
+    # The load balancer passes etcd's client port to the members from the workers alone.
+    edge_id = edge_group_id(template)
+    into_edge = resources(template, "AWS::EC2::SecurityGroup")[edge_id]["Properties"].get("SecurityGroupIngress", [])
+    into_edge += [v["Properties"] for v in resources(template, "AWS::EC2::SecurityGroupIngress").values()
+                  if v["Properties"]["GroupId"] == {"Fn::GetAtt": [edge_id, "GroupId"]}]
+    assert [r.get("CidrIp") or r["SourceSecurityGroupId"] for r in into_edge
+            if r["FromPort"] <= naming.ETCD_CLIENT_PORT <= r["ToPort"]] == [
+        {"Fn::GetAtt": [worker_group_id(template), "GroupId"]}]
     edge_rules = resources(template, "AWS::EC2::SecurityGroup")[edge_group_id(template)]["Properties"]
     assert sorted(r.get("CidrIp", "") for r in edge_rules.get("SecurityGroupIngress", [])
                   if r["FromPort"] == naming.PROXY_PORT) == sorted(result.config.network.allowed_client_cidrs)

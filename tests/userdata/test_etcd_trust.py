@@ -231,7 +231,8 @@ def test_a_trust_made_before_peers_had_a_ca_gets_one_and_keeps_everything_else(t
     assert made.returncode == 0, made.stderr
     after = secret(m0, REFS.etcd_ca_secret)
     assert {k: v for k, v in after.items() if not k.startswith("peer_ca")} == before
-    assert signed_by(certificate(Path(m0.env["DI_ETCD_DIR"]) / "peer.pem"), certificate_from_text(after["peer_ca_cert"]))
+    peer_ca = certificate_from_text(after["peer_ca_cert"])
+    assert signed_by(certificate(Path(m0.env["DI_ETCD_DIR"]) / "peer.pem"), peer_ca)
     # Nothing of it reached argv either: the fields went through files.
     puts = [c for c in m0.calls("aws") if c[:2] == ["secretsmanager", "put-secret-value"]]
     assert len(puts) == 1 and before["root_password"] not in json.dumps(puts)

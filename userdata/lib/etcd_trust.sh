@@ -194,7 +194,8 @@ etcd_control_trust() {
 # shares (ETCD_PEER_CN, --peer-cert-allowed-cn).
 etcd_peer_cert() {
   local primary sans
-  primary=$(local_ip) || { log "cannot read this host's primary address (instance metadata) for its peer certificate"; return 1; }
+  primary=$(local_ip) ||
+    { log "cannot read this host's primary address (instance metadata) for its peer certificate"; return 1; }
   sans=$(san_of "${DI_CONTROL_ADDRESS:?}")
   [[ $primary == "$DI_CONTROL_ADDRESS" ]] || sans+=",$(san_of "$primary")"
   write_fields "$1" peer_ca_cert=peer-ca.pem peer_ca_key=peer-ca-key.pem || return 1
