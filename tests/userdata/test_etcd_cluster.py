@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ class Cluster:
         (root / "fake-state").mkdir()
         self.env = {"PATH": f"{root / 'bin'}:/usr/bin:/bin", "FAKE_STATE": str(root / "fake-state"),
                     "DI_DEPLOYMENT": "test", "DI_REGION": "us-east-2", "DI_ETCD": f"127.0.0.1:{self.client_port}",
-                    "DI_ETCD_PEER_PORT": str(self.peer_port), "DI_ETCDCTL": etcdctl(), "ETCD_JOIN_TIMEOUT": "3s",
+                    "DI_ETCD_PEER_PORT": str(self.peer_port), "DI_ETCDCTL": etcdctl(), "ETCD_JOIN_TIMEOUT": "1s",
                     # Retry the member add often: etcd refuses it until the cluster has been healthy for 5 s.
                     "ETCD_ADD_SLEEP": "0.2",
                     "DI_CONTROL_SLOTS": " ".join(f"eni-{i},vol-{i},{a}" for i, a in enumerate(ADDRESSES)),
@@ -126,10 +127,12 @@ def cluster(tmp_path):
 
 
 def test_three_members_form_a_cluster_and_a_wiped_member_rejoins_with_every_registration(cluster):
-    for i in range(3):
-        cluster.trust(i)
-    # Creation: no other member answers yet, so each starts a new cluster from the same static list.
-    assert [cluster.cluster_state(i) for i in range(3)] == ["new", "new", "new"]
+    # The three hosts boot together: m0 creates the trust, the others read it; none finds a running member yet, so
+    # each starts a new cluster from the same static list.
+    cluster.trust(0)
+    with ThreadPoolExecutor(3) as hosts:
+        list(hosts.map(cluster.trust, (1, 2)))
+        assert list(hosts.map(cluster.cluster_state, range(3))) == ["new", "new", "new"]
     for i in range(3):
         cluster.start(i, "new")
     for i in range(3):
@@ -196,8 +199,9 @@ def test_members_that_served_http_peers_move_to_https_one_by_one_keeping_quorum_
     cluster = Cluster(tmp_path)
     cluster.env["DI_ETCD_PEER_TLS"] = "0"
     try:
-        for i in range(3):
-            cluster.trust(i)
+        cluster.trust(0)
+        with ThreadPoolExecutor(2) as hosts:
+            list(hosts.map(cluster.trust, (1, 2)))
         for i in range(3):
             cluster.start(i, "new")
         for i in range(3):
