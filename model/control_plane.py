@@ -104,6 +104,20 @@ def control_hosts(config: DeploymentConfig) -> int:
 
 def etcd_secured(config: DeploymentConfig) -> bool:
     """Whether the deployment's etcd serves clients over TLS with client certificates and etcd's auth
-    (userdata/lib/etcd_trust.sh): always, except where the engine's own server writes the registry (NeuronConnector has
-    no TLS or credential option) or a proxy other than DiStack's reads it (neuron-proxy-server, the same)."""
+    (userdata/lib/etcd_trust.sh): always, except where the engine's own server writes the registry (NeuronConnector
+    takes etcd as a bare host:port, with no documented TLS or credential setting:
+    docs/security.md#engine-neuron-connector) or a proxy other than DiStack's reads it (neuron-proxy-server, the same)."""
     return config.runs_distack_proxy and not config.engine_module.self_registers
+
+
+def etcd_peers_secured(config: DeploymentConfig) -> bool:
+    """Whether the members replicate over TLS with peer certificates (userdata/di-run etcd_peer_tls_args): whenever
+    there are peers, several control hosts, whatever the clients speak. The peer port is the members' alone, so no
+    engine or proxy constrains it, not even NeuronConnector's plain client port."""
+    return control_hosts(config) > 1
+
+
+def etcd_trust_needed(config: DeploymentConfig) -> bool:
+    """Whether the deployment has an etcd trust (CA secret) for a control host to fill: for its clients, its peers or
+    both."""
+    return etcd_secured(config) or etcd_peers_secured(config)

@@ -159,7 +159,8 @@ def control_values(config: DeploymentConfig, refs: DeploymentRefs, *, network_in
         "DI_ETCD_IMAGE": _through_cache(ETCD_IMAGE, config, refs),
         "DI_ETCD_UPSTREAM_IMAGE": ETCD_IMAGE,
         "DI_ETCD_PEER_PORT": str(naming.ETCD_PEER_PORT),
-        "DI_ETCD_CA_SECRET": refs.etcd_ca_secret if control_plane.etcd_secured(config) else "",
+        "DI_ETCD_CA_SECRET": refs.etcd_ca_secret if control_plane.etcd_trust_needed(config) else "",
+        "DI_ETCD_PEER_TLS": "1" if control_plane.etcd_peers_secured(config) else "0",
         # What workers dial (refs.control_address: the load balancer's name, or the one host's address).
         "DI_ETCD_SERVER_NAME": refs.control_address,
         "DI_SIGNAL_RESOURCE": signal_resource,

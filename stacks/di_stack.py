@@ -106,8 +106,10 @@ class DiStack(cdk.Stack):
         if edge.generated_api_key is not None:
             edge.generated_api_key.grant_read(control_role.role)
         etcd_trust = None
-        if control_plane.etcd_secured(config):
-            etcd_trust = EtcdTrust(self, "EtcdTrust", deployment=config.name)
+        if control_plane.etcd_trust_needed(config):
+            # Clients over TLS, peers over TLS, or both; the registrar's secret exists only for clients.
+            etcd_trust = EtcdTrust(self, "EtcdTrust", deployment=config.name,
+                                   clients=control_plane.etcd_secured(config))
             etcd_trust.grant_control(control_role.role)
             etcd_trust.grant_workers(worker_role.role)
             nag.acknowledge_etcd_trust(etcd_trust)
@@ -136,7 +138,7 @@ class DiStack(cdk.Stack):
             proxy_wheelhouse_url=proxy_wheelhouse.s3_object_url if proxy_wheelhouse else "",
             ecr_registry=image_cache.registry,
             etcd_ca_secret=etcd_trust.ca_secret.secret_arn if etcd_trust else "",
-            etcd_client_secret=etcd_trust.client_secret.secret_arn if etcd_trust else "")
+            etcd_client_secret=etcd_trust.client_secret.secret_arn if etcd_trust and etcd_trust.client_secret else "")
         timeout = config.bootstrap.timeout_minutes
         control_signal = userdata.SignalTarget()
         control_tags = self._role_tags(naming.ROLE_CONTROL, naming.ROLE_CONTROL)

@@ -132,9 +132,13 @@ def test_the_etcd_ca_is_the_control_roles_alone_and_workers_only_read_the_regist
     assert on_ca[next(iter(on_ca))] == {"secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"}
     workers = {n: a for n, a in on_registrar.items() if n.startswith("WorkerRole")}
     assert list(workers.values()) == [{"secretsmanager:GetSecretValue"}]
-    # The legacy engine's etcd stays plain: no trust to create.
-    assert not [k for k in resources(synth("legacy-trn1").template_dict, "AWS::SecretsManager::Secret")
-                if k.startswith("EtcdTrust")]
+    # The legacy engine's clients stay plain: no registrar's credentials. Its three members' peers use TLS: the CA
+    # secret (the peer CA), the control role's alone.
+    legacy = synth("legacy-trn1").template_dict
+    (legacy_ca,) = [k for k in resources(legacy, "AWS::SecretsManager::Secret") if k.startswith("EtcdTrust")]
+    assert legacy_ca.startswith("EtcdTrustCa")
+    on_legacy_ca = statements_on(legacy, legacy_ca)
+    assert [n for n in on_legacy_ca if not n.startswith("ControlRole")] == []
 
 
 def test_flow_logs_outlive_the_stack(synth):

@@ -90,7 +90,9 @@ def test_no_ssh_and_nothing_open_to_the_internet(synth, env):
                 assert rule["IpProtocol"] == "tcp" and rule["FromPort"] in (80, 443), rule
 
 
-@pytest.mark.parametrize("env", ["prod", "baseline"])  # standard workers register in etcd too
+# Standard workers register in etcd too; the legacy engine's client port is plain HTTP (NeuronConnector has no TLS),
+# so who reaches it is all that guards it.
+@pytest.mark.parametrize("env", ["prod", "baseline", "legacy-trn1"])
 def test_proxy_reachable_only_from_client_cidrs_and_etcd_only_from_workers(synth, env):
     result = synth(env)
     template = result.template_dict
@@ -104,14 +106,24 @@ def test_proxy_reachable_only_from_client_cidrs_and_etcd_only_from_workers(synth
         by_port.setdefault(rule["FromPort"], []).append(rule.get("CidrIp") or rule["SourceSecurityGroupId"])
     edge = {"Fn::GetAtt": [edge_group_id(template), "GroupId"]}
     # Clients reach the proxies only through the load balancer, whose own group admits the client networks; etcd
-    # takes workers directly and through the load balancer, and its members' peers.
+    # takes workers directly and through the load balancer, the other members (a rejoining member's member list,
+    # remove and add; the proxies' fallback), and its members' peers.
     assert by_port == {
         naming.PROXY_PORT: [edge],
-        naming.ETCD_CLIENT_PORT: [{"Fn::GetAtt": [worker_group_id(template), "GroupId"]}, edge],
+        naming.ETCD_CLIENT_PORT: [{"Fn::GetAtt": [worker_group_id(template), "GroupId"]}, edge,
+                                  {"Fn::GetAtt": [control, "GroupId"]}],
         naming.ETCD_PEER_PORT: [{"Fn::GetAtt": [control, "GroupId"]}],
     }
+    # The load balancer passes etcd's client port to the members from the workers alone.
+    edge_id = edge_group_id(template)
+    into_edge = resources(template, "AWS::EC2::SecurityGroup")[edge_id]["Properties"].get("SecurityGroupIngress", [])
+    into_edge += [v["Properties"] for v in resources(template, "AWS::EC2::SecurityGroupIngress").values()
+                  if v["Properties"]["GroupId"] == {"Fn::GetAtt": [edge_id, "GroupId"]}]
+    assert [r.get("CidrIp") or r["SourceSecurityGroupId"] for r in into_edge
+            if r["FromPort"] <= naming.ETCD_CLIENT_PORT <= r["ToPort"]] == [
+        {"Fn::GetAtt": [worker_group_id(template), "GroupId"]}]
     edge_rules = resources(template, "AWS::EC2::SecurityGroup")[edge_group_id(template)]["Properties"]
-    assert sorted(r.get("CidrIp", "") for r in edge_rules["SecurityGroupIngress"]
+    assert sorted(r.get("CidrIp", "") for r in edge_rules.get("SecurityGroupIngress", [])
                   if r["FromPort"] == naming.PROXY_PORT) == sorted(result.config.network.allowed_client_cidrs)
 
 

@@ -30,44 +30,83 @@ class Member:
         return ("127.0.0.1", self.client_port)
 
 
+PEER_CN = "di-etcd-peer"  # what every member's peer certificate carries (userdata/lib/etcd.sh ETCD_PEER_CN)
+
+
 def write_test_pki(directory: Path) -> dict[str, Path]:
-    """A CA and one server certificate for 127.0.0.1 (the cryptography package of the test set); returns the paths
-    etcd's --trusted-ca-file, --cert-file and --key-file and a client's CA bundle take."""
+    """Two CAs as a deployment has them (userdata/lib/etcd_trust.sh), made with the cryptography package of the test
+    set: the client CA, which signs the members' server certificate and the clients' ones (a worker's: no Common
+    Name), and the peer CA, which signs the members' peer certificate only (Common Name PEER_CN). Every certificate is
+    for 127.0.0.1. Returns the paths: ca/cert/key (--trusted-ca-file, --cert-file, --key-file; also a client's),
+    peer_ca/peer_cert/peer_key (the --peer-* files), worker_cert/worker_key (a worker's client certificate), and
+    ca_key/peer_ca_key."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import NameOID
+
+    paths: dict[str, Path] = {}
+    pairs = {"ca": "ca", "cert": "server", "peer_ca": "peer-ca", "peer_cert": "peer", "worker_cert": "worker"}
+    for name, stem in pairs.items():
+        paths[name] = directory / f"{stem}.pem"
+        if name.endswith("_cert") or name == "cert":
+            paths[name.replace("cert", "key")] = directory / f"{stem}-key.pem"
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    peer_ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "distack-test-ca")])
+    peer_ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "distack-test-peer-ca")])
+    ca_cert = make_certificate(ca_key, ca_name, ca_name, ca_key, ca=True)
+    peer_ca_cert = make_certificate(peer_ca_key, peer_ca_name, peer_ca_name, peer_ca_key, ca=True)
+    issued = {"cert": (ca_name, ca_key, "127.0.0.1"), "peer_cert": (peer_ca_name, peer_ca_key, PEER_CN),
+              "worker_cert": (ca_name, ca_key, None)}
+    for name, (issuer, issuer_key, common_name) in issued.items():
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else
+                            [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "DiStack")])
+        write_pem(paths[name], paths[name.replace("cert", "key")],
+                  make_certificate(key, subject, issuer, issuer_key, ca=False, addresses=("127.0.0.1",)), key)
+    # The CA keys too, for tests that issue a certificate of their own.
+    write_pem(paths["ca"], directory / "ca-key.pem", ca_cert, ca_key)
+    write_pem(paths["peer_ca"], directory / "peer-ca-key.pem", peer_ca_cert, peer_ca_key)
+    paths["ca_key"], paths["peer_ca_key"] = directory / "ca-key.pem", directory / "peer-ca-key.pem"
+    return paths
+
+
+def make_certificate(key, subject, issuer, issuer_key, *, ca: bool, addresses: tuple[str, ...] = ()):
+    """One certificate signed by ISSUER_KEY: a CA, or an end certificate for TLS servers and clients valid for
+    ADDRESSES (IP subjectAltNames)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        if addresses:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]), critical=False)
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                               ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
 
-    def certificate(subject: str, key, issuer_name, issuer_key, ca: bool) -> x509.Certificate:
-        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                   .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if not ca:
-            builder = (builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                                             critical=False)
-                       .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                             ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
-        return builder.sign(issuer_key, hashes.SHA256())
 
-    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "distack-test-ca")])
-    ca_cert = certificate("distack-test-ca", ca_key, ca_name, ca_key, ca=True)
-    server_cert = certificate("127.0.0.1", server_key, ca_name, ca_key, ca=False)
-    paths = {"ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server-key.pem"}
-    paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                      serialization.NoEncryption()))
-    return paths
+def write_pem(cert_path: Path, key_path: Path, certificate, key) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
 
 
 class EtcdCluster:
     """Three members named m0..m2; `tls=True` serves clients over HTTPS only, with client certificates required
-    (etcd 3.5 asks for one whenever --trusted-ca-file is set); `auth=True` enables etcd's auth with a root user
-    (ROOT_PASSWORD) before the first test call."""
+    (etcd 3.5 asks for one whenever --trusted-ca-file is set), and the members replicate over HTTPS with peer
+    certificates, as a deployment's do (userdata/di-run etcd_peer_tls_args): only a certificate of the peer CA with
+    the peer Common Name is admitted on a peer port; `auth=True` enables etcd's auth with a root user (ROOT_PASSWORD)
+    before the first test call."""
 
     def __init__(self, size: int = 3, tls: bool = False, auth: bool = False) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="diproxy-etcd-cluster-"))
@@ -80,27 +119,43 @@ class EtcdCluster:
     def scheme(self) -> str:
         return "https" if self.pki else "http"
 
+    def peer_url(self, member: Member) -> str:
+        return f"{self.scheme}://127.0.0.1:{member.peer_port}"
+
     @property
     def initial_cluster(self) -> str:
-        return ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+        return ",".join(f"{m.name}={self.peer_url(m)}" for m in self.members)
 
-    def _command(self, member: Member) -> list[str]:
+    def _command(self, member: Member, *, state: str = "new", peer_cert: str = "peer") -> list[str]:
         client_url = f"{self.scheme}://127.0.0.1:{member.client_port}"
-        peer_url = f"http://127.0.0.1:{member.peer_port}"
+        peer_url = self.peer_url(member)
         command = [etcd_binary(), "--name", member.name, "--data-dir", str(self.directory / member.name),
                    "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
                    "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-                   "--initial-cluster", self.initial_cluster, "--initial-cluster-state", "new",
+                   "--initial-cluster", self.initial_cluster, "--initial-cluster-state", state,
                    "--initial-cluster-token", self.directory.name, "--log-level", "error",
                    # Short raft ticks: a new leader within ~100 ms of losing one, so the tests wait on no timer.
-                   "--heartbeat-interval", "10", "--election-timeout", "100"]
+                   "--heartbeat-interval", "10", "--election-timeout", "100",
+                   # A member may be added at once, not only once every member has been connected for etcd's health
+                   # interval (5 s): the tests add members right after the cluster formed.
+                   "--strict-reconfig-check=false"]
         if self.pki:
             command += ["--cert-file", str(self.pki["cert"]), "--key-file", str(self.pki["key"]),
-                        "--trusted-ca-file", str(self.pki["ca"])]
+                        "--trusted-ca-file", str(self.pki["ca"]),
+                        "--peer-client-cert-auth", "--peer-trusted-ca-file", str(self.pki["peer_ca"]),
+                        "--peer-cert-file", str(self.pki[f"{peer_cert}_cert"]),
+                        "--peer-key-file", str(self.pki[f"{peer_cert}_key"]), "--peer-cert-allowed-cn", PEER_CN]
         return command
 
-    def start_member(self, member: Member) -> None:
-        member.process = subprocess.Popen(self._command(member), stdout=self._log, stderr=subprocess.STDOUT)
+    def start_member(self, member: Member, *, state: str = "new", peer_cert: str = "peer",
+                     log: Path | None = None) -> None:
+        """Start MEMBER (again); STATE "existing" for one added to the running cluster; PEER_CERT names the
+        certificate of the PKI it presents to its peers; LOG, a file of its own at warning level."""
+        command = self._command(member, state=state, peer_cert=peer_cert)
+        if log is not None:
+            command[command.index("--log-level") + 1] = "warn"
+        out = open(log, "ab") if log is not None else self._log
+        member.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
 
     def stop_member(self, member: Member) -> None:
         if member.process is not None:

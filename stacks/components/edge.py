@@ -90,6 +90,13 @@ class Edge(Construct):
             # Members replicate to each other on the peer port; only control hosts may.
             control_group.add_ingress_rule(control_group, ec2.Port.tcp(naming.ETCD_PEER_PORT), "etcd peers")
             control_group.add_egress_rule(control_group, ec2.Port.tcp(naming.ETCD_PEER_PORT), "etcd peers")
+            # A member rejoining with no data asks the others to list, remove and add it (userdata/lib/members.sh
+            # etcd_cluster_state, on their client port), and each proxy falls back to the other members' client port
+            # while its own member is down (DIPROXY_ETCD). Without this rule both found no member answering.
+            control_group.add_ingress_rule(control_group, ec2.Port.tcp(naming.ETCD_CLIENT_PORT),
+                                           "etcd members' rejoin and the proxies' fallback to the other members")
+            control_group.add_egress_rule(control_group, ec2.Port.tcp(naming.ETCD_CLIENT_PORT),
+                                          "etcd members' rejoin and the proxies' fallback to the other members")
             self.target_group_arns.append(etcd_targets.target_group_arn)
             self.etcd_endpoint = f"{self.load_balancer.load_balancer_dns_name}:{naming.ETCD_CLIENT_PORT}"
 

@@ -350,6 +350,29 @@ def test_the_legacy_engines_etcd_keeps_plain_http_for_neuronconnector(node):
     assert not [a for a in argv if "cert" in a or a.endswith(":ro")]
 
 
+def test_the_legacy_engines_members_replicate_over_tls_while_its_clients_stay_plain(node):
+    # Its three members: the client port is NeuronConnector's plain HTTP, the peer port is the members' alone.
+    n = node(find_fleet(engine="neuron-connector", role="prefill")[0])
+    assert n.values["DI_ETCD_PEER_TLS"] == "1"
+    slots = "eni-0,vol-0,10.42.0.20 eni-1,vol-1,10.42.0.21 eni-2,vol-2,10.42.0.22"
+    n.override(DI_CONTROL_SLOTS=slots)
+    member_env = n.root / "etc" / "member.env"  # as control.sh claim_member leaves it (lib/members.sh use_slot)
+    member_env.write_text("DI_ETCD_MEMBER=m2\nDI_CONTROL_ENI=eni-2\nDI_ETCD_VOLUME=vol-2\nDI_CONTROL_ADDRESS=10.42.0.22\n")
+    n.run("di-run", "run", "etcd", DI_MEMBER_ENV=str(member_env))
+    (argv,) = n.docker_runs()
+    tls = n.env["DI_ETCD_DIR"]
+    assert [a for a in argv if a.startswith("--listen-client-urls")] == ["--listen-client-urls=http://0.0.0.0:8989"]
+    assert not [a for a in argv if a in ("--client-cert-auth",) or a.startswith(("--cert-file", "--trusted-ca"))]
+    assert f"{tls}:{tls}:ro" in argv
+    assert "--listen-peer-urls=https://0.0.0.0:21323" in argv
+    assert "--initial-advertise-peer-urls=https://10.42.0.22:21323" in argv
+    assert ("--initial-cluster=m0=https://10.42.0.20:21323,m1=https://10.42.0.21:21323,"
+            "m2=https://10.42.0.22:21323") in argv
+    assert argv[-5:] == ["--peer-client-cert-auth", f"--peer-trusted-ca-file={tls}/peer-ca.pem",
+                         f"--peer-cert-file={tls}/peer.pem", f"--peer-key-file={tls}/peer-key.pem",
+                         "--peer-cert-allowed-cn=di-etcd-peer"]
+
+
 def test_control_host_proxy_is_the_dlc_neuron_proxy_server(node):
     n = node(find_fleet(engine="neuron-connector", role="prefill")[0])
     n.run("di-run", "run", "proxy")

@@ -12,12 +12,25 @@ ETCD_WAIT_SLEEP=${ETCD_WAIT_SLEEP:-5}
 # --client-cert-auth asks for), user and password (etcd's auth; the gateway takes no certificate name as a user).
 DI_ETCD_DIR=${DI_ETCD_DIR:-/etc/di/etcd}
 ETCD_TOKEN=""
+# The Common Name every member's peer certificate carries and the only one a member admits on its peer port
+# (--peer-cert-allowed-cn, di-run etcd_peer_tls_args; lib/etcd_trust.sh issues the certificates).
+# shellcheck disable=SC2034 # read by di-run and lib/etcd_trust.sh, which source this file
+ETCD_PEER_CN=di-etcd-peer
 
 # etcd_tls: true when the deployment's etcd speaks HTTPS with client certificates (every engine but NeuronConnector).
 etcd_tls() { [[ ${DI_ETCD_TLS:-0} == 1 ]]; }
 
 # etcd_scheme: https or http, for every client URL of the deployment's etcd.
 etcd_scheme() { if etcd_tls; then echo https; else echo http; fi; }
+
+# etcd_peer_tls: true when the members of a several-member control plane replicate over TLS with peer certificates
+# (DI_ETCD_PEER_TLS, control hosts only; a single member, without DI_CONTROL_SLOTS, has no peers). Independent of
+# DI_ETCD_TLS: the client port of engine neuron-connector stays plain HTTP (its NeuronConnector has no TLS option),
+# its peer traffic does not.
+etcd_peer_tls() { [[ ${DI_ETCD_PEER_TLS:-0} == 1 && -n ${DI_CONTROL_SLOTS:-} ]]; }
+
+# etcd_peer_scheme: https or http, for every peer URL of the cluster.
+etcd_peer_scheme() { if etcd_peer_tls; then echo https; else echo http; fi; }
 
 # etcd_url PATH: the etcd v3 JSON gateway of this deployment.
 etcd_url() { printf '%s://%s%s\n' "$(etcd_scheme)" "${DI_ETCD:?}" "$1"; }

@@ -4,11 +4,17 @@
 # or the single control host) generates the CA, the passwords and the workers' client certificate with openssl and
 # stores them in two secrets the stack created empty: DI_ETCD_CA_SECRET (the CA key, root's and the proxy's passwords:
 # control role only) and DI_ETCD_CLIENT_SECRET (the registrar's certificate and password: the worker role may read
-# it). Every control host then issues its own member certificate. Sourced, never run.
+# it). Every control host then issues its own member certificate.
+# Peers (DI_ETCD_PEER_TLS=1, several control hosts) have a CA of their own, the peer CA, in DI_ETCD_CA_SECRET only:
+# it signs the members' peer certificates and nothing else, so no client certificate (a worker's, a proxy's) chains
+# to what a member's peer port trusts, whatever names it carries. A control host writes the peer CA's key to its disk
+# only to issue its own peer certificate and removes it then. Sourced, never run.
 # shellcheck source=log.sh
 . "${BASH_SOURCE[0]%/*}/log.sh"
 # shellcheck source=etcd.sh
 . "${BASH_SOURCE[0]%/*}/etcd.sh"
+# shellcheck source=imds.sh
+. "${BASH_SOURCE[0]%/*}/imds.sh"
 
 ETCD_TRUST_WAIT_SECONDS=${ETCD_TRUST_WAIT_SECONDS:-900}
 ETCD_TRUST_SLEEP=${ETCD_TRUST_SLEEP:-5}
@@ -64,40 +70,72 @@ print(json.dumps({p.split("=", 1)[0]: pathlib.Path(p.split("=", 1)[1]).read_text
   return "$status"
 }
 
-# issue_cert DIR NAME SUBJECT SANS: DIR/NAME.pem and DIR/NAME-key.pem (P-256), signed by DIR/ca.pem and
-# DIR/ca-key.pem, for TLS server and client use. A client certificate carries no Common Name: with --client-cert-auth
+# make_ca DIR NAME COMMON_NAME: DIR/NAME.pem and DIR/NAME-key.pem, a self-signed P-256 CA that signs end certificates
+# only (pathlen:0).
+make_ca() {
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1/$2-key.pem" 2>/dev/null &&
+    openssl req -x509 -new -key "$1/$2-key.pem" -subj "/CN=$3" -days "$ETCD_CERT_DAYS" -sha256 \
+      -addext "basicConstraints=critical,CA:TRUE,pathlen:0" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -out "$1/$2.pem" 2>/dev/null
+}
+
+# issue_cert DIR NAME SUBJECT SANS [CA]: DIR/NAME.pem and DIR/NAME-key.pem (P-256), signed by DIR/CA.pem and
+# DIR/CA-key.pem (CA: ca, the client CA, unless named), for TLS server and client use. A client certificate carries no Common Name: with --client-cert-auth
 # and auth on, etcd's gateway answers 400 to any request whose certificate has one ("CommonName of client sending a
 # request against gateway will be ignored", etcd server/embed/serve.go accessController.ServeHTTP, release-3.5; seen
 # with etcd 3.5 here, tests/userdata/test_etcd_trust.py), so users are named by password instead.
 issue_cert() {
-  local dir=$1 name=$2 subject=$3 sans=$4
+  local dir=$1 name=$2 subject=$3 sans=$4 ca=${5:-ca}
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/$name-key.pem" 2>/dev/null || return 1
   openssl req -new -key "$dir/$name-key.pem" -subj "$subject" -out "$dir/$name.csr" 2>/dev/null || return 1
-  openssl x509 -req -in "$dir/$name.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca-key.pem" \
+  openssl x509 -req -in "$dir/$name.csr" -CA "$dir/$ca.pem" -CAkey "$dir/$ca-key.pem" \
     -set_serial "0x$(openssl rand -hex 16)" -days "$ETCD_CERT_DAYS" -sha256 -out "$dir/$name.pem" \
     -extfile <(printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
       "extendedKeyUsage=serverAuth,clientAuth" ${sans:+"subjectAltName=$sans"}) 2>/dev/null || return 1
   rm -f "$dir/$name.csr"
 }
 
-# etcd_trust_create: the CA, the passwords and the registrar's certificate, into both secrets (the workers' first:
-# the CA secret holding its fields is what tells the other control hosts that the trust exists).
+# etcd_trust_create: the CAs, the passwords and, where clients use TLS, the registrar's certificate, into the secrets
+# (the workers' first: the CA secret holding its fields is what tells the other control hosts that the trust exists).
 etcd_trust_create() {
   local dir
   dir=$(mktemp -d) && chmod 0700 "$dir"
-  log "creating the etcd CA and credentials of deployment $DI_DEPLOYMENT"
-  if openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/ca-key.pem" 2>/dev/null &&
-    openssl req -x509 -new -key "$dir/ca-key.pem" -subj "/CN=DiStack etcd CA $DI_DEPLOYMENT" -days "$ETCD_CERT_DAYS" \
-      -sha256 -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-      -out "$dir/ca.pem" 2>/dev/null &&
-    issue_cert "$dir" client "/O=DiStack/OU=$ETCD_REGISTRAR_USER" "" &&
+  log "creating the etcd CAs and credentials of deployment $DI_DEPLOYMENT"
+  if make_ca "$dir" ca "DiStack etcd CA $DI_DEPLOYMENT" &&
+    make_ca "$dir" peer-ca "DiStack etcd peer CA $DI_DEPLOYMENT" &&
     openssl rand -hex 32 >"$dir/root-password" && openssl rand -hex 32 >"$dir/proxy-password" &&
     openssl rand -hex 32 >"$dir/registrar-password" && printf '%s' "$ETCD_REGISTRAR_USER" >"$dir/user" &&
-    put_secret "$DI_ETCD_CLIENT_SECRET" ca_cert="$dir/ca.pem" cert="$dir/client.pem" key="$dir/client-key.pem" \
-      user="$dir/user" password="$dir/registrar-password" &&
+    { ! etcd_tls || {
+      issue_cert "$dir" client "/O=DiStack/OU=$ETCD_REGISTRAR_USER" "" &&
+        put_secret "$DI_ETCD_CLIENT_SECRET" ca_cert="$dir/ca.pem" cert="$dir/client.pem" key="$dir/client-key.pem" \
+          user="$dir/user" password="$dir/registrar-password"
+    }; } &&
     put_secret "$DI_ETCD_CA_SECRET" ca_cert="$dir/ca.pem" ca_key="$dir/ca-key.pem" \
+      peer_ca_cert="$dir/peer-ca.pem" peer_ca_key="$dir/peer-ca-key.pem" \
       root_password="$dir/root-password" proxy_password="$dir/proxy-password" \
       registrar_password="$dir/registrar-password"; then
+    rm -rf "$dir"
+    return 0
+  fi
+  rm -rf "$dir"
+  return 1
+}
+
+# etcd_trust_add_peer_ca JSON: a peer CA added to a CA secret written before members had one (JSON: its value), every
+# other field kept as it is: the client CA, the certificates it signed and the passwords stay valid.
+etcd_trust_add_peer_ca() {
+  local dir fields=()
+  dir=$(mktemp -d) && chmod 0700 "$dir"
+  log "adding a peer CA to the etcd trust of deployment $DI_DEPLOYMENT"
+  # Each field into a file of its own and FIELD=FILE into the list put_secret takes (no secret on argv).
+  if python3 -c 'import json, pathlib, sys
+d = json.load(sys.stdin)
+for k, v in d.items():
+    pathlib.Path(sys.argv[1], "field-" + k).write_text(v)
+    print(f"{k}={sys.argv[1]}/field-{k}")' "$dir" <<<"$1" >"$dir/fields" && mapfile -t fields <"$dir/fields" &&
+    make_ca "$dir" peer-ca "DiStack etcd peer CA $DI_DEPLOYMENT" &&
+    put_secret "$DI_ETCD_CA_SECRET" "${fields[@]}" peer_ca_cert="$dir/peer-ca.pem" peer_ca_key="$dir/peer-ca-key.pem"
+  then
     rm -rf "$dir"
     return 0
   fi
@@ -113,28 +151,59 @@ san_of() { if [[ $1 =~ ^[0-9]+(\.[0-9]+){3}$ ]]; then echo "IP:$1"; else echo "D
 
 # etcd_control_trust: this control host's CA copy, passwords and member certificate, valid for its own address,
 # loopback (its proxy) and DI_ETCD_SERVER_NAME (what workers dial: the load balancer's name, or the one host's
-# address). Creates the trust first when this host is m0 and the secret is still empty; the others wait for it.
+# address), with DI_ETCD_TLS=1; its peer certificate with DI_ETCD_PEER_TLS=1. Creates the trust first when this host
+# is m0 and the secret is still empty (or adds the peer CA to a trust made without one); the others wait for it.
 etcd_control_trust() {
-  etcd_tls || return 0
-  local json deadline=$((SECONDS + ETCD_TRUST_WAIT_SECONDS))
-  until json=$(trust_json "$DI_ETCD_CA_SECRET" ca_key); do
+  etcd_tls || etcd_peer_tls || return 0
+  local json old need=ca_key deadline=$((SECONDS + ETCD_TRUST_WAIT_SECONDS))
+  if etcd_peer_tls; then need=peer_ca_key; fi
+  until json=$(trust_json "$DI_ETCD_CA_SECRET" "$need"); do
     if etcd_trust_creator; then
       # Read back what was written: the secret, not this host's copy, is what every other host uses.
-      etcd_trust_create && json=$(trust_json "$DI_ETCD_CA_SECRET" ca_key) && break
+      if old=$(trust_json "$DI_ETCD_CA_SECRET" ca_key); then
+        etcd_trust_add_peer_ca "$old" && json=$(trust_json "$DI_ETCD_CA_SECRET" "$need") && break
+      else
+        etcd_trust_create && json=$(trust_json "$DI_ETCD_CA_SECRET" "$need") && break
+      fi
       log "could not create the etcd CA (openssl, or PutSecretValue on $DI_ETCD_CA_SECRET)"
     else
-      log "waiting for member m0 to create the etcd CA in $DI_ETCD_CA_SECRET"
+      log "waiting for member m0 to create the etcd trust (field $need) in $DI_ETCD_CA_SECRET"
     fi
     ((SECONDS < deadline)) || { log "no etcd CA in $DI_ETCD_CA_SECRET after ${ETCD_TRUST_WAIT_SECONDS}s"; return 1; }
     sleep "$ETCD_TRUST_SLEEP"
   done
-  write_fields "$json" ca_cert=ca.pem ca_key=ca-key.pem root_password=root-password proxy_password=proxy-password \
-    registrar_password=registrar-password || return 1
-  issue_cert "$DI_ETCD_DIR" server "/CN=etcd ${DI_ETCD_MEMBER:-default}" \
-    "$(san_of "${DI_CONTROL_ADDRESS:?}"),IP:127.0.0.1,DNS:localhost,$(san_of "${DI_ETCD_SERVER_NAME:?}")" || return 1
-  # The host's own clients (the proxy, health checks, etcdctl, di-status): a certificate without a Common Name.
-  issue_cert "$DI_ETCD_DIR" client "/O=DiStack/OU=control" "" || return 1
-  log "etcd member certificate issued for $DI_CONTROL_ADDRESS and $DI_ETCD_SERVER_NAME"
+  if etcd_tls; then
+    write_fields "$json" ca_cert=ca.pem ca_key=ca-key.pem root_password=root-password \
+      proxy_password=proxy-password registrar_password=registrar-password || return 1
+    issue_cert "$DI_ETCD_DIR" server "/CN=etcd ${DI_ETCD_MEMBER:-default}" \
+      "$(san_of "${DI_CONTROL_ADDRESS:?}"),IP:127.0.0.1,DNS:localhost,$(san_of "${DI_ETCD_SERVER_NAME:?}")" || return 1
+    # The host's own clients (the proxy, health checks, etcdctl, di-status): a certificate without a Common Name.
+    issue_cert "$DI_ETCD_DIR" client "/O=DiStack/OU=control" "" || return 1
+    log "etcd member certificate issued for $DI_CONTROL_ADDRESS and $DI_ETCD_SERVER_NAME"
+  fi
+  if etcd_peer_tls; then etcd_peer_cert "$json" || return 1; fi
+}
+
+# etcd_peer_cert JSON: this member's peer certificate, signed by the peer CA of JSON (the CA secret's value), then the
+# peer CA's key removed from this disk. Its addresses, no DNS name: a member dials a peer by its fixed address, which
+# the certificate must hold; a member accepting a peer checks that the connection comes from an address in the
+# peer's certificate, and tries a DNS name only by looking it up, which a name such as m1 never resolves
+# (etcd client/pkg/transport/listener_tls.go checkCertSAN, release-3.5; https://etcd.io/docs/v3.5/op-guide/security/
+# #notes-for-tls-authentication). A host dials from its primary address, not the fixed one on its second interface:
+# both are in the certificate. The member's name is its Organizational Unit; the Common Name is the one every peer
+# shares (ETCD_PEER_CN, --peer-cert-allowed-cn).
+etcd_peer_cert() {
+  local primary sans
+  primary=$(local_ip) ||
+    { log "cannot read this host's primary address (instance metadata) for its peer certificate"; return 1; }
+  sans=$(san_of "${DI_CONTROL_ADDRESS:?}")
+  [[ $primary == "$DI_CONTROL_ADDRESS" ]] || sans+=",$(san_of "$primary")"
+  write_fields "$1" peer_ca_cert=peer-ca.pem peer_ca_key=peer-ca-key.pem || return 1
+  issue_cert "$DI_ETCD_DIR" peer "/O=DiStack/OU=${DI_ETCD_MEMBER:?}/CN=$ETCD_PEER_CN" "$sans" peer-ca
+  local status=$?
+  rm -f "$DI_ETCD_DIR/peer-ca-key.pem"
+  ((status == 0)) || return 1
+  log "etcd peer certificate issued for member $DI_ETCD_MEMBER ($sans)"
 }
 
 # etcd_worker_trust: the registrar's CA, certificate and credentials on a worker, once a control host created them.

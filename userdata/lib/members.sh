@@ -14,6 +14,9 @@ ETCD_JOIN_TIMEOUT=${ETCD_JOIN_TIMEOUT:-10s}
 # for its health interval (5 s); the add is retried this many times, ETCD_ADD_SLEEP seconds apart.
 ETCD_ADD_ATTEMPTS=${ETCD_ADD_ATTEMPTS:-30}
 ETCD_ADD_SLEEP=${ETCD_ADD_SLEEP:-2}
+# A member restarting from its data asks the others for the cluster's record of it this many times (ETCD_ADD_SLEEP
+# apart) before it starts with what it has: they may be electing a leader, or all be starting at once.
+ETCD_LIST_ATTEMPTS=${ETCD_LIST_ATTEMPTS:-5}
 
 # slots: one "index eni volume address" line per member.
 slots() {
@@ -43,10 +46,10 @@ load_member_env() {
   set +a
 }
 
-# etcd_peer_url [ADDRESS]: a member's peer URL.
-etcd_peer_url() { printf 'http://%s:%s\n' "${1:-$DI_CONTROL_ADDRESS}" "${DI_ETCD_PEER_PORT:?}"; }
+# etcd_peer_url [ADDRESS]: a member's peer URL (https with DI_ETCD_PEER_TLS=1: lib/etcd.sh etcd_peer_scheme).
+etcd_peer_url() { printf '%s://%s:%s\n' "$(etcd_peer_scheme)" "${1:-$DI_CONTROL_ADDRESS}" "${DI_ETCD_PEER_PORT:?}"; }
 
-# etcd_initial_cluster: m0=http://A0:PEER,m1=...: every member by its stable name and address.
+# etcd_initial_cluster: m0=https://A0:PEER,m1=...: every member by its stable name and address.
 etcd_initial_cluster() {
   local index address out=()
   while read -r index _ _ address; do out+=("m$index=$(etcd_peer_url "$address")"); done < <(slots)
@@ -103,7 +106,11 @@ etcd_add_member() {
 # leader once a majority is up (https://etcd.io/docs/v3.5/op-guide/clustering/#static).
 etcd_cluster_state() {
   local data=$1 others list id
-  if [[ -d $data/member ]]; then echo existing; return 0; fi
+  if [[ -d $data/member ]]; then
+    etcd_update_peer_url || return 1
+    echo existing
+    return 0
+  fi
   others=$(etcd_other_endpoints)
   if [[ -z $others ]] || ! list=$(di_etcdctl --endpoints="$others" member list 2>/dev/null); then
     echo new
@@ -120,4 +127,31 @@ etcd_cluster_state() {
   etcd_add_member "$others" || { log "cannot add member $DI_ETCD_MEMBER"; return 1; }
   log "etcd member $DI_ETCD_MEMBER added to the running cluster; it starts empty and catches up from the leader"
   echo existing
+}
+
+# etcd_update_peer_url: before a member restarts from its data, make the cluster's record of its peer URL the one it
+# is about to serve: a member that served http peers and now has DI_ETCD_PEER_TLS=1 (a deployment made before peers
+# spoke TLS) is updated to https first. etcd ignores --initial-advertise-peer-urls once a member has data; its peer
+# URLs change only by `member update`, then a restart of that member
+# (https://etcd.io/docs/v3.5/op-guide/runtime-configuration/#update-advertise-peer-urls). One member at a time, the
+# cluster keeps its quorum through the mixed state: the members still on http cannot dial an https member, but it
+# dials them, and raft traffic flows both ways over those connections (tests/userdata/test_etcd_cluster.py runs the
+# whole change with the real etcd). Nothing to do when the record matches, or when no other member answers (the
+# whole cluster restarting: each keeps the URL it has).
+etcd_update_peer_url() {
+  local others list="" id registered attempt
+  others=$(etcd_other_endpoints)
+  [[ -n $others ]] || return 0
+  # The list is linearizable: while the others elect a leader (this member led) etcd answers "leader changed".
+  for ((attempt = 1; attempt <= ETCD_LIST_ATTEMPTS; attempt++)); do
+    list=$(di_etcdctl --endpoints="$others" member list 2>/dev/null) && break
+    list=""
+    ((attempt == ETCD_LIST_ATTEMPTS)) || sleep "$ETCD_ADD_SLEEP"
+  done
+  [[ -n $list ]] || return 0
+  read -r id registered < <(awk -F', ' -v name="$DI_ETCD_MEMBER" '$3 == name { print $1, $4; exit }' <<<"$list") || true
+  [[ -n ${id:-} && $registered != "$(etcd_peer_url)" ]] || return 0
+  log "etcd member $DI_ETCD_MEMBER ($id): peer URL $registered in the cluster, now $(etcd_peer_url): updating it"
+  di_etcdctl --endpoints="$others" member update "$id" --peer-urls="$(etcd_peer_url)" >/dev/null ||
+    { log "cannot update the peer URL of member $id (etcdctl member update)"; return 1; }
 }
