@@ -192,7 +192,8 @@ def test_shipped_network_has_nat_and_the_ssm_and_logs_endpoints(synth):
     assert endpoints == {"s3": "Gateway", "ssm": "Interface", "ssmmessages": "Interface",
                          "ec2messages": "Interface", "logs": "Interface", "monitoring": "Interface",
                          "ec2": "Interface", "autoscaling": "Interface", "cloudformation": "Interface",
-                         "secretsmanager": "Interface", "ecr.api": "Interface", "ecr.dkr": "Interface"}
+                         "secretsmanager": "Interface", "ecr.api": "Interface", "ecr.dkr": "Interface",
+                         "sts": "Interface"}
     # Workers are private: no subnet hands out public addresses.
     for subnet in resources(result.template_dict, "AWS::EC2::Subnet").values():
         assert subnet["Properties"].get("MapPublicIpOnLaunch") in (False, None)
