@@ -354,12 +354,36 @@ def test_control_host_proxy_is_the_dlc_neuron_proxy_server(node):
     n = node(find_fleet(engine="neuron-connector", role="prefill")[0])
     n.run("di-run", "run", "proxy")
     (argv,) = n.docker_runs()
-    assert argv == ["run", "--rm", "--name", "di-proxy", "--network", "host", "--shm-size=10g", "--privileged",
-                    "--log-driver", "awslogs", "--log-opt", "awslogs-region=us-east-2",
+    assert argv == ["run", "--rm", "--name", "di-proxy", "--network", "host", "--shm-size=10g",
+                    "--cgroup-parent=di-containers-control.slice", "--log-driver", "awslogs", "--log-opt", "awslogs-region=us-east-2",
                     "--log-opt", "awslogs-group=/distack/test/containers",
                     "--log-opt", f"awslogs-stream=control/{INSTANCE_ID}/proxy",
                     "-e", "ETCD_IP=10.42.0.10", "-e", "ETCD_PORT=8989", IMAGE,
                     "bash", "-c", "exec neuron-proxy-server --etcd $ETCD_IP:$ETCD_PORT"]
+
+
+def test_the_proxy_container_is_bounded_and_kept_from_instance_metadata(node):
+    """No --privileged; the control slice (a child of the one the IMDS rule matches, with a memory bound) exists and
+    the rule is in place before the container starts."""
+    n = node(find_fleet(engine="neuron-connector", role="prefill")[0])
+    n.run("di-run", "run", "proxy")
+    calls = n.calls()
+    (argv,) = n.docker_runs()
+    assert "--privileged" not in argv
+    rule = ["iptables", "-w", "-I", "OUTPUT", "1", "-d", "169.254.169.254/32", "-m", "cgroup",
+            "--path", "di.slice/di-containers.slice", "-j", "REJECT"]
+    assert calls.index(["systemctl", "start", "di-containers-control.slice"]) < calls.index(rule)
+    assert calls.index(rule) < next(i for i, c in enumerate(calls) if c[:2] == ["docker", "run"])
+    unit = (n.root / "systemd" / "di-containers-control.slice").read_text()
+    assert "MemoryMax=50%" in unit.splitlines()
+
+
+def test_the_proxy_container_does_not_start_without_the_imds_rule(node):
+    blocked = node(find_fleet(engine="neuron-connector", role="prefill")[0])
+    blocked.set("iptables-fail", "1")
+    proc = blocked.run("di-run", "run", "proxy", check=False)
+    assert proc.returncode != 0 and "instance metadata" in proc.stderr
+    assert not blocked.docker_runs()
 
 
 def test_prepare_removes_a_stale_kv_lock_and_the_old_container(node):
