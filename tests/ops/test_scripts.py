@@ -309,6 +309,20 @@ def test_bench_starts_no_container_when_the_imds_rule_cannot_be_set(control: Nod
     assert not control.called("docker run")
 
 
+def test_bench_refuses_a_deployment_image_with_another_python_before_pulling_it(control: Node) -> None:
+    result = control.run("bench.sh", "run-1", "1024", "0", "100", "10", "4", "200",
+                         DI_NODE_ENV=str(_node_env(control, DI_IMAGE=NIXL_IMAGE)))
+    assert result.returncode == 1
+    assert "Python is 3.13" in result.stderr and "need 3.10" in result.stderr
+    assert not control.called("docker")
+
+
+def _node_env(node: Node, **values: str) -> Path:
+    path = node.root / "other.env"
+    path.write_text("".join(f"{k}='{v}'\n" for k, v in {**CONTROL, **values}.items()))
+    return path
+
+
 def test_bench_gives_llmperf_the_proxy_api_key_in_its_env_file(control: Node) -> None:
     result = control.run("bench.sh", "run-1", "1024", "0", "100", "10", "4", "200",
                          DI_PROXY_API_KEY_SECRET="distack/proxy-api-key",
@@ -379,6 +393,21 @@ def test_bench_fetches_llmperf_by_its_pinned_commit(tmp_path: Path, control: Nod
     log = (tmp_path / "ok" / "c.log").read_text()
     assert "git fetch --quiet --depth 1 https://example.invalid/llmperf.git 1eac866f91773bff401f96e74c1cf20c38778329" in log
     assert "python token_benchmark_ray.py" in log.splitlines()[-1]
+
+
+# token_benchmark_ray.py's options at ray-project/llmperf@1eac866f (its argparse, L341-437): argparse exits on any other.
+LLMPERF_OPTIONS = {"--model", "--mean-input-tokens", "--stddev-input-tokens", "--mean-output-tokens",
+                   "--stddev-output-tokens", "--num-concurrent-requests", "--timeout", "--max-num-completed-requests",
+                   "--additional-sampling-params", "--results-dir", "--llm-api", "--metadata"}
+
+
+def test_bench_passes_llmperf_only_options_its_pinned_commit_knows(tmp_path: Path) -> None:
+    ok = _llmperf_script(tmp_path, "1eac866f91773bff401f96e74c1cf20c38778329")
+    assert ok.returncode == 0, ok.stderr
+    (run,) = [line for line in (tmp_path / "c.log").read_text().splitlines() if "token_benchmark_ray.py" in line]
+    options = {word for word in run.split() if word.startswith("--")}
+    assert options <= LLMPERF_OPTIONS, options - LLMPERF_OPTIONS
+    assert {"--model", "--llm-api", "--results-dir"} <= options
 
 
 def test_bench_installs_llmperfs_lock_with_hashes_then_llmperf_alone(tmp_path: Path) -> None:

@@ -30,7 +30,10 @@ BENCH_SAMPLING=${BENCH_SAMPLING:-$DEFAULT_SAMPLING}
 # with --require-hashes (every package pinned and hash-checked, its dependencies included: pip refuses one the lock
 # lacks) and wheels only; then LLMPerf itself with --no-deps (its own declared dependencies are wider than the
 # token benchmark needs, userdata/llmperf/requirements.txt says which it imports), built by the locked setuptools
-# (--no-build-isolation) and nothing fetched for it (--no-index).
+# (--no-build-isolation) and nothing fetched for it (--no-index). Its options are LLMPerf@1eac866f's own
+# (token_benchmark_ray.py's argparse): it has no --tokenizer, and counts tokens with the Llama tokenizer
+# hf-internal-testing/llama-tokenizer whatever the model (token_benchmark_ray.py L59-61, src/llmperf/utils.py L83-85);
+# the tutorials' patched LLMPerf took one, and argparse refuses an option it does not know.
 llmperf_script() {
   cat <<'SCRIPT'
 set -euo pipefail
@@ -45,11 +48,17 @@ head=$(git rev-parse HEAD)
 [[ $head == "$LLMPERF_COMMIT" ]] || { echo "LLMPerf: fetched $head, expected $LLMPERF_COMMIT" >&2; exit 1; }
 python -m pip install --quiet --require-hashes --only-binary :all: -r "$LLMPERF_LOCK"
 python -m pip install --quiet --no-deps --no-build-isolation --no-index .
-exec python token_benchmark_ray.py --model "$1" --tokenizer "$1" \
+exec python token_benchmark_ray.py --model "$1" \
   --mean-input-tokens "$2" --stddev-input-tokens "$3" --mean-output-tokens "$4" --stddev-output-tokens "$5" \
   --num-concurrent-requests "$6" --max-num-completed-requests "$7" --timeout 1720000 \
   --results-dir /results --llm-api openai --additional-sampling-params "$8"
 SCRIPT
+}
+
+# image_python IMAGE: the Python a DLC tag names (`...-py310-...` is 3.10), or nothing for a tag that names none.
+image_python() {
+  [[ ${1##*:} =~ -py3([0-9]+)- ]] && printf '3.%s\n' "${BASH_REMATCH[1]}"
+  return 0
 }
 
 # secrets_env_file FILE: the token for the gated tokenizer and the key the proxy asks for (LLMPerf's OpenAI
@@ -70,10 +79,16 @@ secrets_env_file() {
 
 main() {
   (($# == 7)) || die "usage: bench.sh RUN_ID MEAN_IN STDDEV_IN MEAN_OUT STDDEV_OUT CONCURRENCY MAX_REQUESTS"
-  local run_id=$1 uri words
+  local run_id=$1 uri words python
   [[ $run_id =~ ^[A-Za-z0-9._-]+$ ]] || die "bad run id '$run_id'"
   load_node_env
   [[ $DI_ROLE == control ]] || die "bench runs on the control host (it calls the proxy on localhost)"
+  # Before the image is pulled (the DiStack proxy's control host never pulled it): the in-container check covers a
+  # tag that names no Python.
+  python=$(image_python "$DI_IMAGE")
+  [[ -z $python || $python == "$LLMPERF_PYTHON" ]] || die "LLMPerf runs in the deployment's image, whose Python is" \
+    "$python ($DI_IMAGE); its lock and LLMPerf@${LLMPERF_COMMIT:0:8} (requires-python <3.11) need $LLMPERF_PYTHON:" \
+    "an image with Python $LLMPERF_PYTHON, the legacy engine's 0.9.1-neuronx-py310 DLC (docs/operating.md#benchmark)"
   make_scratch "$BENCH_WORK_DIR" di-bench
   mkdir -p "$SCRATCH/results"
   secrets_env_file "$SCRATCH/secrets.env"
