@@ -24,6 +24,7 @@
 # The slice's unit file, userdata/units/di-containers.slice.
 CONTAINER_SLICE=di-containers.slice
 # The control host's containers (the legacy proxy, LLMPerf): a child of CONTAINER_SLICE with a memory bound.
+# shellcheck disable=SC2034 # used by di-run and ops/bench.sh, which source this file
 CONTROL_CONTAINER_SLICE=di-containers-control.slice
 # IMDS over IPv4, and over IPv6 where the instance has it enabled
 # (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-data-retrieval.html: fd00:ec2::254).
