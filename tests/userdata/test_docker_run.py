@@ -9,7 +9,7 @@ import shlex
 import pytest
 
 from model import node_values
-from tests.userdata.conftest import INSTANCE_ID, SEED_IMAGE, engine_node, find_fleet
+from tests.userdata.conftest import INSTANCE_ID, SCRIPTS, SEED_IMAGE, engine_node, find_fleet
 
 IMAGE = SEED_IMAGE
 
@@ -376,6 +376,16 @@ def test_the_proxy_container_is_bounded_and_kept_from_instance_metadata(node):
     assert calls.index(rule) < next(i for i, c in enumerate(calls) if c[:2] == ["docker", "run"])
     unit = (n.root / "systemd" / "di-containers-control.slice").read_text()
     assert "MemoryMax=50%" in unit.splitlines()
+
+
+def test_a_changed_slice_unit_is_installed_again(node):
+    n = node(find_fleet(engine="neuron-connector", role="prefill")[0])
+    installed = n.root / "systemd" / "di-containers-control.slice"
+    installed.parent.mkdir(parents=True, exist_ok=True)
+    installed.write_text("[Slice]\nMemoryMax=90%\n")
+    n.run("di-run", "run", "proxy")
+    assert installed.read_text() == (SCRIPTS / "units" / "di-containers-control.slice").read_text()
+    assert ["systemctl", "daemon-reload"] in n.calls()
 
 
 def test_the_proxy_container_does_not_start_without_the_imds_rule(node):

@@ -19,7 +19,7 @@
 # that docker uses its systemd cgroup driver there (its default on cgroup v2 since moby/moby#40846), which places a
 # container at SLICE's cgroup/docker-ID.scope; with the cgroupfs driver neither the rule nor the slice's bounds
 # apply, and nothing says so: docs/security.md gives the check to run on a new AMI.
-# Sourced by worker.sh and di-run (after lib/node.sh); defines functions only.
+# Sourced by worker.sh, di-run and ops/bench.sh (after lib/node.sh); defines functions only.
 
 # The slice's unit file, userdata/units/di-containers.slice.
 CONTAINER_SLICE=di-containers.slice
@@ -52,9 +52,10 @@ slice_cgroup_path() {
 # its timeout. The cgroup match resolves --path when the rule is inserted, so the slice must exist first.
 imds_rule() { printf '%s\n' -d "$1" -m cgroup --path "$(slice_cgroup_path "$CONTAINER_SLICE")" -j REJECT; }
 
-# install_slice SLICE: its unit file from the node scripts into systemd's directory, once.
+# install_slice SLICE: its unit file from the node scripts into systemd's directory, again when the scripts' copy
+# changed (a new bound takes effect at the slice's next start).
 install_slice() {
-  [[ -f $DI_SYSTEMD_DIR/$1 ]] && return 0
+  cmp -s "$DI_HOME/units/$1" "$DI_SYSTEMD_DIR/$1" && return 0
   install -m 0644 "$DI_HOME/units/$1" "$DI_SYSTEMD_DIR/$1" && systemctl daemon-reload
 }
 
