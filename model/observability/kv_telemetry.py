@@ -59,8 +59,18 @@ EFA_DIMENSION = "AutoScalingGroupName"
 
 # NVIDIA DCGM exporter (github.com/NVIDIA/dcgm-exporter, README "Quickstart": `docker run -d --gpus all --cap-add
 # SYS_ADMIN --rm -p 9400:9400 nvcr.io/nvidia/k8s/dcgm-exporter:TAG`; default counters etc/default-counters.csv).
-# Pinned by tag: no source available here gives its digest (UNVERIFIED; a wrong tag fails the pull, which the node
-# reports as "metrics agent failed").
+# Pinned by tag only, UNVERIFIED by digest: the two public records of this tag's digest disagree, so neither is pinned.
+# NVIDIA's gpu-operator release automation (commit 2b0a32058dc33f17b4c82282effc8d41d51692d8, "chore(deps): update
+# nvcr.io/nvidia/k8s/dcgm-exporter", 2025-10-14, a pull-request commit not on its main) set values.yaml's dcgmExporter
+# version to 4.4.1-4.6.0-ubuntu22.04 and the bundle's dcgm-exporter image to
+# sha256:a1d913783fd185d78ed8b725334f75adc86eb594afe82961a73aa63c5d0ef423; an alpasim Dockerfile (NVlabs/alpasim main
+# at 3032e0c, as a fork's notes quote it; the only other public record, and every copy of it is this one line) pins
+# 4.4.1-4.6.0-ubuntu22.04@sha256:b7a4241c608253aa829041cc3575ea57082491251a4a626bcdddc68eaf9a3101. One may be the
+# multi-arch index and the other one platform's manifest, or the tag was pushed again; no registry is reachable
+# here to tell. `docker buildx imagetools inspect nvcr.io/nvidia/k8s/dcgm-exporter:4.4.1-4.6.0-ubuntu22.04` settles
+# it (docs/security.md). A tag that is gone fails the pull, which the node reports as "metrics agent failed".
+# Newer: gpu-operator main (a22dbf67, 2026-08-21) runs 4.6.0-4.8.3-distroless (values.yaml dcgmExporter.version;
+# 4.4.2-4.7.0 and 4.5.3-4.8.2 came between). Not moved here without a source for an ubuntu22.04 build of it.
 DCGM_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter:4.4.1-4.6.0-ubuntu22.04"
 DCGM_PORT = 9400
 JOB_DCGM = "dcgm"

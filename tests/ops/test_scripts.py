@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,9 @@ class Node:
 def make_node(tmp_path: Path, values: dict[str, str]) -> Node:
     (tmp_path / "node.env").write_text("".join(f"{k}='{v}'\n" for k, v in values.items()))
     (tmp_path / "data").mkdir()
+    (tmp_path / "systemd").mkdir()
     env = {"PATH": f"{FAKES}:{os.environ['PATH']}", "HOME": str(tmp_path), "FAKE_LOG": str(tmp_path / "calls.log"),
+           "DI_SYSTEMD_DIR": str(tmp_path / "systemd"),
            "DI_LIB_DIR": str(USERDATA / "lib"), "DI_HOME": str(USERDATA), "DI_NODE_ENV": str(tmp_path / "node.env"),
            "DI_OVERRIDE_ENV": str(tmp_path / "override.env"), "DI_DATA_DIR": str(tmp_path / "data"),
            "DI_RUN_DIR": str(tmp_path / "run"), "DI_KV_LOCK": str(tmp_path / "kv.lock"),
@@ -305,6 +308,50 @@ def test_bench_runs_llmperf_against_the_proxy_and_uploads_results(control: Node)
                                                  "docker-env-file OPENAI_API_KEY=EMPTY"]
 
 
+def test_bench_runs_llmperf_unprivileged_in_the_bounded_slice_without_instance_metadata(control: Node) -> None:
+    result = control.run("bench.sh", "run-1", "1024", "0", "100", "10", "4", "200")
+    assert result.returncode == 0, result.stderr
+    calls = control.calls
+    (run_line,) = control.called("docker run")
+    run = shlex.split(run_line)
+    assert "--cgroup-parent=di-containers-control.slice" in run and "--privileged" not in run
+    # The slices exist and the rule refusing their cgroup's packets to IMDS is in place before the container starts.
+    assert (control.root / "systemd" / "di-containers.slice").is_file()
+    assert (control.root / "systemd" / "di-containers-control.slice").is_file()
+    rule = "iptables -w -I OUTPUT 1 -d 169.254.169.254/32 -m cgroup --path di.slice/di-containers.slice -j REJECT"
+    assert calls.index(rule) < calls.index(run_line)
+    assert calls.index("systemctl start di-containers-control.slice") < calls.index(rule)
+    # The lock rides along read-only, and the in-container script reads it from there.
+    lock_dir = run[run.index(f"{USERDATA / 'llmperf'}:/llmperf-lock:ro") - 1]
+    assert lock_dir == "-v" and "LLMPERF_LOCK=/llmperf-lock/requirements.lock" in run
+    assert "LLMPERF_PYTHON=3.10" in run
+
+
+def test_bench_starts_no_container_when_the_imds_rule_cannot_be_set(control: Node, tmp_path: Path) -> None:
+    broken = tmp_path / "broken-bin"
+    broken.mkdir()
+    (broken / "iptables").write_text("#!/bin/bash\n[[ \" $* \" == *\" -C \"* ]] && exit 1\nexit 3\n")
+    (broken / "iptables").chmod(0o755)
+    result = control.run("bench.sh", "run-1", "1024", "0", "100", "10", "4", "200",
+                         PATH=f"{broken}:{control.env['PATH']}")
+    assert result.returncode == 1 and "instance metadata" in result.stderr
+    assert not control.called("docker run")
+
+
+def test_bench_refuses_a_deployment_image_with_another_python_before_pulling_it(control: Node) -> None:
+    result = control.run("bench.sh", "run-1", "1024", "0", "100", "10", "4", "200",
+                         DI_NODE_ENV=str(_node_env(control, DI_IMAGE=NIXL_IMAGE)))
+    assert result.returncode == 1
+    assert "Python is 3.13" in result.stderr and "need 3.10" in result.stderr
+    assert not control.called("docker")
+
+
+def _node_env(node: Node, **values: str) -> Path:
+    path = node.root / "other.env"
+    path.write_text("".join(f"{k}='{v}'\n" for k, v in {**CONTROL, **values}.items()))
+    return path
+
+
 def test_bench_gives_llmperf_the_proxy_api_key_in_its_env_file(control: Node) -> None:
     result = control.run("bench.sh", "run-1", "1024", "0", "100", "10", "4", "200",
                          DI_PROXY_API_KEY_SECRET="distack/proxy-api-key",
@@ -338,22 +385,28 @@ def test_drain_rejects_an_unknown_endpoint(worker: Node) -> None:
     assert result.returncode == 1 and "no endpoint '7'" in result.stderr
 
 
-def _llmperf_script(tmp_path: Path, head: str) -> subprocess.CompletedProcess[str]:
-    """bench.sh's in-container script with git and pip faked: git reports HEAD as `head`."""
+def _llmperf_script(tmp_path: Path, head: str, python: str = "3.10") -> subprocess.CompletedProcess[str]:
+    """bench.sh's in-container script with git, pip and python faked: git reports HEAD as `head`; python is version
+    `python` and records `-m pip ...` as pip does."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "git").write_text(f'#!/bin/bash\necho "git $*" >>"{tmp_path}/c.log"\n'
                                  f'[[ $1 == init ]] && mkdir -p "${{@: -1}}"\n[[ $1 == rev-parse ]] && echo {head}\nexit 0\n')
-    (bin_dir / "pip").write_text(f'#!/bin/bash\necho "pip $*" >>"{tmp_path}/c.log"\n')
-    (bin_dir / "python").write_text(f'#!/bin/bash\necho "python $1" >>"{tmp_path}/c.log"\n')
+    # The real interpreter answers the version check, told it is `python`: the script's own check code runs.
+    (bin_dir / "python").write_text(
+        f'#!/bin/bash\necho "python $*" >>"{tmp_path}/c.log"\n'
+        f'if [[ $1 == -c ]]; then exec {sys.executable} -c "import sys; sys.version_info = ({python.replace(".", ", ")}, 0)\n$2"; fi\n'
+        'exit 0\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
+    lib = {"PATH": os.environ["PATH"], "DI_LIB_DIR": str(USERDATA / "lib")}
     script = subprocess.run(["bash", "-c", f". {USERDATA / 'ops' / 'bench.sh'}; llmperf_script"],
-                            capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"], "DI_LIB_DIR": str(USERDATA / "lib")}).stdout
-    commit = subprocess.run(["bash", "-c", f". {USERDATA / 'ops' / 'bench.sh'}; echo $LLMPERF_COMMIT"],
-                            capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"], "DI_LIB_DIR": str(USERDATA / "lib")}).stdout.strip()
+                            capture_output=True, text=True, check=True, env=lib).stdout
+    commit, wanted = subprocess.run(["bash", "-c", f". {USERDATA / 'ops' / 'bench.sh'}; echo $LLMPERF_COMMIT $LLMPERF_PYTHON"],
+                                    capture_output=True, text=True, check=True, env=lib).stdout.split()
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "LLMPERF_REPO": "https://example.invalid/llmperf.git",
-           "LLMPERF_COMMIT": commit, "LLMPERF_DIR": str(tmp_path / "llmperf")}
+           "LLMPERF_COMMIT": commit, "LLMPERF_DIR": str(tmp_path / "llmperf"), "LLMPERF_PYTHON": wanted,
+           "LLMPERF_LOCK": "/llmperf-lock/requirements.lock"}
     return subprocess.run(["bash", "-c", script, "llmperf", MODEL, "1", "0", "1", "0", "1", "1", "{}"],
                           env=env, capture_output=True, text=True)
 
@@ -368,7 +421,40 @@ def test_bench_fetches_llmperf_by_its_pinned_commit(tmp_path: Path, control: Nod
     assert ok.returncode == 0, ok.stderr
     log = (tmp_path / "ok" / "c.log").read_text()
     assert "git fetch --quiet --depth 1 https://example.invalid/llmperf.git 1eac866f91773bff401f96e74c1cf20c38778329" in log
-    assert "python token_benchmark_ray.py" in log
+    assert "python token_benchmark_ray.py" in log.splitlines()[-1]
+
+
+# token_benchmark_ray.py's options at ray-project/llmperf@1eac866f (its argparse, L341-437): argparse exits on any other.
+LLMPERF_OPTIONS = {"--model", "--mean-input-tokens", "--stddev-input-tokens", "--mean-output-tokens",
+                   "--stddev-output-tokens", "--num-concurrent-requests", "--timeout", "--max-num-completed-requests",
+                   "--additional-sampling-params", "--results-dir", "--llm-api", "--metadata"}
+
+
+def test_bench_passes_llmperf_only_options_its_pinned_commit_knows(tmp_path: Path) -> None:
+    ok = _llmperf_script(tmp_path, "1eac866f91773bff401f96e74c1cf20c38778329")
+    assert ok.returncode == 0, ok.stderr
+    (run,) = [line for line in (tmp_path / "c.log").read_text().splitlines() if "token_benchmark_ray.py" in line]
+    options = {word for word in run.split() if word.startswith("--")}
+    assert options <= LLMPERF_OPTIONS, options - LLMPERF_OPTIONS
+    assert {"--model", "--llm-api", "--results-dir"} <= options
+
+
+def test_bench_installs_llmperfs_lock_with_hashes_then_llmperf_alone(tmp_path: Path) -> None:
+    ok = _llmperf_script(tmp_path, "1eac866f91773bff401f96e74c1cf20c38778329")
+    assert ok.returncode == 0, ok.stderr
+    pips = [line for line in (tmp_path / "c.log").read_text().splitlines() if line.startswith("python -m pip")]
+    # Every dependency from the lock, hash-checked, wheels only; LLMPerf itself without its declared dependencies,
+    # built from the locked setuptools with no index; and nothing else installed.
+    assert pips == ["python -m pip install --quiet --require-hashes --only-binary :all: -r /llmperf-lock/requirements.lock",
+                    "python -m pip install --quiet --no-deps --no-build-isolation --no-index ."]
+
+
+def test_bench_refuses_an_image_whose_python_the_lock_is_not_for(tmp_path: Path) -> None:
+    wrong = _llmperf_script(tmp_path, "1eac866f91773bff401f96e74c1cf20c38778329", python="3.13")
+    assert wrong.returncode == 1
+    assert "lock is for Python 3.10" in wrong.stderr and "this image has Python 3.13" in wrong.stderr
+    log = (tmp_path / "c.log").read_text()
+    assert "git" not in log and "pip" not in log
 
 
 def test_bench_refuses_llmperf_at_another_commit(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import shlex
 import pytest
 
 from model import node_values
-from tests.userdata.conftest import INSTANCE_ID, SEED_IMAGE, engine_node, find_fleet
+from tests.userdata.conftest import INSTANCE_ID, SCRIPTS, SEED_IMAGE, engine_node, find_fleet
 
 IMAGE = SEED_IMAGE
 
@@ -377,8 +377,8 @@ def test_control_host_proxy_is_the_dlc_neuron_proxy_server(node):
     n = node(find_fleet(engine="neuron-connector", role="prefill")[0])
     n.run("di-run", "run", "proxy")
     (argv,) = n.docker_runs()
-    assert argv == ["run", "--rm", "--name", "di-proxy", "--network", "host", "--shm-size=10g", "--privileged",
-                    "--log-driver", "awslogs", "--log-opt", "awslogs-region=us-east-2",
+    assert argv == ["run", "--rm", "--name", "di-proxy", "--network", "host", "--shm-size=10g",
+                    "--cgroup-parent=di-containers-control.slice", "--log-driver", "awslogs", "--log-opt", "awslogs-region=us-east-2",
                     "--log-opt", "awslogs-group=/distack/test/containers",
                     "--log-opt", f"awslogs-stream=control/{INSTANCE_ID}/proxy",
                     "-e", "ETCD_IP=10.42.0.10", "-e", "ETCD_PORT=8989", n.values["DI_IMAGE"],
@@ -386,6 +386,40 @@ def test_control_host_proxy_is_the_dlc_neuron_proxy_server(node):
     # The seed's image, through the deployment's ECR pull-through cache: same repository path and tag.
     assert n.values["DI_IMAGE"].endswith("/" + IMAGE.removeprefix("public.ecr.aws/"))
     assert n.values["DI_UPSTREAM_IMAGE"] == IMAGE
+
+
+def test_the_proxy_container_is_bounded_and_kept_from_instance_metadata(node):
+    """No --privileged; the control slice (a child of the one the IMDS rule matches, with a memory bound) exists and
+    the rule is in place before the container starts."""
+    n = node(find_fleet(engine="neuron-connector", role="prefill")[0])
+    n.run("di-run", "run", "proxy")
+    calls = n.calls()
+    (argv,) = n.docker_runs()
+    assert "--privileged" not in argv
+    rule = ["iptables", "-w", "-I", "OUTPUT", "1", "-d", "169.254.169.254/32", "-m", "cgroup",
+            "--path", "di.slice/di-containers.slice", "-j", "REJECT"]
+    assert calls.index(["systemctl", "start", "di-containers-control.slice"]) < calls.index(rule)
+    assert calls.index(rule) < next(i for i, c in enumerate(calls) if c[:2] == ["docker", "run"])
+    unit = (n.root / "systemd" / "di-containers-control.slice").read_text()
+    assert "MemoryMax=50%" in unit.splitlines()
+
+
+def test_a_changed_slice_unit_is_installed_again(node):
+    n = node(find_fleet(engine="neuron-connector", role="prefill")[0])
+    installed = n.root / "systemd" / "di-containers-control.slice"
+    installed.parent.mkdir(parents=True, exist_ok=True)
+    installed.write_text("[Slice]\nMemoryMax=90%\n")
+    n.run("di-run", "run", "proxy")
+    assert installed.read_text() == (SCRIPTS / "units" / "di-containers-control.slice").read_text()
+    assert ["systemctl", "daemon-reload"] in n.calls()
+
+
+def test_the_proxy_container_does_not_start_without_the_imds_rule(node):
+    blocked = node(find_fleet(engine="neuron-connector", role="prefill")[0])
+    blocked.set("iptables-fail", "1")
+    proc = blocked.run("di-run", "run", "proxy", check=False)
+    assert proc.returncode != 0 and "instance metadata" in proc.stderr
+    assert not blocked.docker_runs()
 
 
 def test_prepare_removes_a_stale_kv_lock_and_the_old_container(node):

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.userdata.conftest import INSTANCE_ID, engine_node, find_fleet
+from tests.userdata.conftest import INSTANCE_ID, SCRIPTS, engine_node, find_fleet
 
 # Shipped configs by engine: the legacy engine's cheap trn1 colocated example and its tutorial reproduction.
 LEGACY_COLOCATED = find_fleet(engine="neuron-connector", role="colocated")
@@ -375,7 +375,20 @@ def test_docker_is_installed_with_apt_when_missing(node):
 
 # ------------------------------------------------------------------------------------ containers and instance metadata
 
-IMDS_RULE = ["-d", "169.254.169.254/32", "-m", "cgroup", "--path", "di-containers.slice", "-j", "REJECT"]
+# di-containers.slice's cgroup: systemd places a-b.slice inside a.slice (systemd.slice(5)), and the match's path is
+# relative to the cgroup2 root (iptables-extensions(8)), so the rule names di.slice/di-containers.slice.
+IMDS_RULE = ["-d", "169.254.169.254/32", "-m", "cgroup", "--path", "di.slice/di-containers.slice", "-j", "REJECT"]
+
+
+@pytest.mark.parametrize(("slice_name", "path"), [
+    ("di-containers.slice", "di.slice/di-containers.slice"),
+    ("di-containers-control.slice", "di.slice/di-containers.slice/di-containers-control.slice"),
+    ("system.slice", "system.slice"),
+])
+def test_a_slices_cgroup_path_follows_systemds_naming(slice_name, path):
+    done = subprocess.run(["bash", "-c", f". {SCRIPTS / 'lib' / 'containment.sh'}; slice_cgroup_path {slice_name}"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == path
 
 
 def test_the_imds_rule_is_in_place_before_any_container_starts(node):

@@ -55,8 +55,9 @@ accelerator_probe_args() { printf '%s\n' --gpus all; }
 accelerator_status_json() { printf '"gpus":%s,"expected_gpus":%s' "$(gpu_count)" "${DI_EXPECTED_GPUS:-0}"; }
 
 # NVIDIA's DCGM exporter, which the CloudWatch agent scrapes like neuron-monitor on Trainium (job `dcgm`). Image and
-# port must match model/observability/kv_telemetry.py (DCGM_IMAGE, DCGM_PORT; a test holds them equal). Pinned by tag:
-# no source gave its digest.
+# port must match model/observability/kv_telemetry.py (DCGM_IMAGE, DCGM_PORT; a test holds them equal). Pinned by tag
+# only: the two public digests found for this tag disagree (kv_telemetry.py says which), so none is pinned. A tag
+# that is gone fails the pull below, and the node reports it.
 DI_DCGM_EXPORTER_IMAGE=${DI_DCGM_EXPORTER_IMAGE:-nvcr.io/nvidia/k8s/dcgm-exporter:4.4.1-4.6.0-ubuntu22.04}
 DI_DCGM_EXPORTER_PORT=${DI_DCGM_EXPORTER_PORT:-9400}
 
