@@ -136,6 +136,8 @@ class EtcdCluster:
                    "--initial-cluster-token", self.directory.name, "--log-level", "error",
                    # Short raft ticks: a new leader within ~100 ms of losing one, so the tests wait on no timer.
                    "--heartbeat-interval", "10", "--election-timeout", "100",
+                   # The cheapest bcrypt cost etcd takes: each user added or authenticated costs ~1 ms, not ~60 ms.
+                   "--bcrypt-cost", "4",
                    # A member may be added at once, not only once every member has been connected for etcd's health
                    # interval (5 s): the tests add members right after the cluster formed.
                    "--strict-reconfig-check=false"]

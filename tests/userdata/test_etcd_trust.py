@@ -41,7 +41,7 @@ def secured(node, tmp_path):
     assert made.returncode == 0, made.stderr
     flags = bash(control, "node etcd members", f'. "{SCRIPTS}/di-run"; etcd_client_args')
     assert flags.returncode == 0, flags.stderr
-    argv = [etcd_binary(), f"--data-dir={tmp_path / 'etcd-data'}", "--log-level=error",
+    argv = [etcd_binary(), f"--data-dir={tmp_path / 'etcd-data'}", "--log-level=error", "--bcrypt-cost=4",
             f"--listen-peer-urls=http://127.0.0.1:{free_port()}",
             *[f.replace("0.0.0.0", "127.0.0.1") for f in flags.stdout.split()]]
     server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
