@@ -45,6 +45,10 @@ CATALOG = [
                       "usagetype": "USE2-RegionalNatGateway-Hours"}, "0.0600000000"),
     _product("VPCE", {"servicecode": "AmazonVPC", "regionCode": "us-east-2", "productFamily": "VpcEndpoint",
                       "usagetype": "USE2-VpcEndpoint-Hours"}, "0.0100000000"),
+    _product("NLB", {"servicecode": "AWSELB", "regionCode": "us-east-2", "productFamily": "Load Balancer-Network",
+                     "usagetype": "USE2-LoadBalancerUsage"}, "0.0225000000"),
+    _product("NLCU", {"servicecode": "AWSELB", "regionCode": "us-east-2", "productFamily": "Load Balancer-Network",
+                      "usagetype": "USE2-LCUUsage"}, "0.0060000000", "LCU-Hrs"),
     _product("VPCEB", {"servicecode": "AmazonVPC", "regionCode": "us-east-2", "productFamily": "VpcEndpoint",
                        "usagetype": "USE2-VpcEndpoint-Bytes"}, "0.0100000000", "GB"),
 ]
@@ -89,14 +93,18 @@ def test_prod_costs_its_instances_volumes_nat_and_endpoints(capsys: pytest.Captu
     assert by_item["fleet prefill: trn2.48xlarge"]["per_hour_at_max"] == pytest.approx(40.0 * prefill.ceiling)
     warm = {name: f.warm_pool.size if f.warm_pool else 0 for name, f in config.fleets.items()}
     assert warm["prefill"] > 0  # prod keeps Stopped instances, whose volumes bill
+    # Three control hosts, each with its root volume and its etcd member's volume, behind one load balancer.
+    assert by_item["control hosts: m7i.xlarge"]["quantity"] == 3
+    assert by_item["control hosts: m7i.xlarge"]["per_hour"] == pytest.approx(3 * 0.2016)
     gib = sum(f.root_volume_gib * (f.count + warm[n]) for n, f in config.fleets.items()) \
-        + config.control_host.root_volume_gib + config.control_host.etcd_volume_gib
+        + 3 * (config.control_host.root_volume_gib + config.control_host.etcd_volume_gib)
     assert by_item["EBS gp3 volumes"]["per_hour"] == pytest.approx(0.08 * gib / 730)
     assert by_item["NAT gateway"]["unit_price"] == 0.045  # the zonal gateway's hours, not bytes or regional
     endpoints = by_item["interface VPC endpoints"]
     # Every API the nodes call at boot, + monitoring (distack proxy): tests/test_offline_boot.py holds the list to the
     # synthesized template.
     assert endpoints["quantity"] == 12 and endpoints["per_hour"] == pytest.approx(0.12)
+    assert by_item["Network Load Balancer"]["per_hour"] == pytest.approx(0.0225)  # its hours, not its capacity units
     assert result["per_hour"] == pytest.approx(sum(line["per_hour"] for line in result["lines"]))
     assert result["published"].startswith("2026-11-20")
 
@@ -118,3 +126,12 @@ def test_capacity_block_fleets_are_not_priced_on_demand() -> None:
     lines = {line.item: line for line in bill_of_materials(DeploymentConfig.model_validate(data))}
     assert lines["fleet decode: trn2.48xlarge"].query is None
     assert lines["fleet prefill: trn2.48xlarge"].query is not None
+
+
+def test_a_single_host_control_plane_costs_one_host_and_its_volumes() -> None:
+    config = load_environment("dev")
+    by_item = {line.item: line for line in bill_of_materials(config)}
+    assert by_item["control hosts: m7i.xlarge"].quantity == 1
+    fleets = sum(f.root_volume_gib * f.count for f in config.fleets.values())
+    assert by_item["EBS gp3 volumes"].quantity == fleets + config.control_host.root_volume_gib \
+        + config.control_host.etcd_volume_gib
