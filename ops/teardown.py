@@ -1,7 +1,10 @@
 """`dictl destroy`: what a deleted stack keeps on purpose, found and deleted after explicit confirmation.
 
 The stack retains its artifacts bucket and the control host's etcd volume (RemovalPolicy RETAIN), and a failed
-create keeps both too; log groups are deleted with the stack, but one left by an older or failed stack has the
+create keeps both too. ECR creates the repositories of the deployment's pull-through cache on a first pull, outside
+the stack, and keeps them when the stack deletes its rules ("Deleting a pull through cache rule doesn't have any
+effect on the repositories or images that were cached", https://docs.aws.amazon.com/AmazonECR/latest/userguide/pull-through-cache.html);
+they are found by the rules' prefixes (model/image_cache.py). log groups are deleted with the stack, but one left by an older or failed stack has the
 deployment's name and would make the next create fail. They are found by the deployment tag that the stack puts on
 every resource together with the stack-name tag only CloudFormation can set (di:deployment=NAME and
 aws:cloudformation:stack-name=di-NAME, through the Resource Groups Tagging API) and by the log group prefix
@@ -20,9 +23,9 @@ from botocore.exceptions import ClientError
 from ops.errors import UsageError
 from ops.output import PARTIAL, table
 from ops.progress import Progress
-from model import naming
+from model import image_cache, naming
 
-BUCKET, VOLUME, LOG_GROUP, OTHER = "bucket", "volume", "log group", "other"
+BUCKET, VOLUME, LOG_GROUP, REPOSITORY, OTHER = "bucket", "volume", "log group", "image cache", "other"
 # DeleteObjects takes at most 1000 keys per request:
 # https://docs.aws.amazon.com/AmazonS3/latest/API/API_DeleteObjects.html
 DELETE_BATCH = 1000
@@ -109,6 +112,21 @@ def _log_groups(clients: Any, prefix: str) -> dict[str, dict]:
             return found
 
 
+def _cached_repositories(clients: Any, env: str) -> list[dict]:
+    """The deployment's pull-through cache repositories (`di-ENV-quay/...`, `di-ENV-ecrp/...`), by name.
+    DescribeRepositories pages by nextToken."""
+    prefixes = tuple(image_cache.prefix(env, upstream) + "/" for upstream in image_cache.UPSTREAMS.values())
+    ecr = clients.get("ecr")
+    found: list[dict] = []
+    token = ""
+    while True:
+        page = ecr.describe_repositories(**({"nextToken": token} if token else {}))
+        found += [r for r in page.get("repositories", []) if r["repositoryName"].startswith(prefixes)]
+        token = page.get("nextToken", "")
+        if not token:
+            return sorted(found, key=lambda r: r["repositoryName"])
+
+
 def _size(count: float) -> str:
     """Bytes for people: 512 B, 3.4 MiB."""
     for unit in ("B", "KiB", "MiB"):
@@ -145,6 +163,8 @@ def find(clients: Any, env: str) -> list[Retained]:
             groups.update({g: d for g, d in _log_groups(clients, name).items() if g == name})
         if name in groups:
             found.append(Retained(LOG_GROUP, name, f"{_size(groups[name].get('storedBytes', 0))} stored"))
+    found += [Retained(REPOSITORY, repo["repositoryName"], "cached images, and the repository")
+              for repo in _cached_repositories(clients, env)]
     found += [Retained(OTHER, arn, "not a kind dictl deletes: delete it yourself if it is unused")
               for arn in sorted(kinds[OTHER])]
     return found
@@ -173,12 +193,14 @@ def _empty_and_delete_bucket(clients: Any, bucket: str) -> None:
 
 
 def delete(clients: Any, retained: list[Retained], progress: Progress) -> Outcome:
-    """Delete every bucket, volume and log group in RETAINED, going on past failures."""
+    """Delete every bucket, volume, log group and cache repository in RETAINED, going on past failures."""
     outcome = Outcome(deleted=[], failed={})
     actions: dict[str, Callable[[str], Any]] = {
         LOG_GROUP: lambda name: clients.get("logs").delete_log_group(logGroupName=name),
         VOLUME: lambda name: clients.ec2.delete_volume(VolumeId=name),
         BUCKET: lambda name: _empty_and_delete_bucket(clients, name),
+        # force: the repository goes with its images (DeleteRepository "force").
+        REPOSITORY: lambda name: clients.get("ecr").delete_repository(repositoryName=name, force=True),
     }
     for item in retained:
         if item.kind not in actions:
@@ -216,8 +238,9 @@ def run(config: Any, clients: Any, *, yes: bool, as_json: bool, quiet: bool,
     report: dict[str, Any] = {"stack": stack, "region": clients.region, "retained": [asdict(r) for r in retained],
                               "deleted": [], "failed": {}}
     if not as_json:
-        where = (f"tags {naming.TAG_DEPLOYMENT}={env} and {STACK_NAME_TAG}={stack}, and log groups "
-                 f"{naming.log_group(env, '')}*")
+        caches = ", ".join(f"{image_cache.prefix(env, u)}/*" for u in image_cache.UPSTREAMS.values())
+        where = (f"tags {naming.TAG_DEPLOYMENT}={env} and {STACK_NAME_TAG}={stack}, log groups "
+                 f"{naming.log_group(env, '')}*, and ECR repositories {caches}")
         if retained:
             print(f"{stack} is deleted; left in {clients.region} ({where}):", file=out)
             print(table(("KIND", "NAME", "DETAIL"), [(r.kind, r.name, r.detail) for r in retained]), file=out)

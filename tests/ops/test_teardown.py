@@ -156,3 +156,25 @@ def test_destroy_leaves_a_look_alike_with_only_the_deployment_tag(account):
                                                          "/distack/prod/nodes"])
     assert sorted(b["Name"] for b in s3.list_buckets()["Buckets"]) == ["other-stack-bucket", "someone-elses-data"]
     assert [v["VolumeId"] for v in ec2.describe_volumes()["Volumes"] if v["Size"] == 1] == [volume]
+
+
+def test_destroy_deletes_the_deployments_cached_image_repositories_and_no_other(account):
+    """ECR makes the pull-through cache's repositories on a first pull and keeps them after the stack deletes its
+    rules: they are found by the deployment's prefixes, another deployment's (di-production-quay) left alone."""
+    client, dictl = account
+    ecr = client("ecr")
+    ours = ["di-prod-quay/coreos/etcd", "di-prod-ecrp/neuron/pytorch-inference-vllm-neuronx"]
+    theirs = ["di-production-quay/coreos/etcd", "quay/coreos/etcd"]
+    for name in ours + theirs:
+        ecr.create_repository(repositoryName=name)
+    ecr.put_image(repositoryName=ours[0], imageManifest=json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "layers": []}),
+                  imageTag="v3.5.17")  # a cached image: the repository goes with it (force)
+    code, out, err = dictl("destroy", "--env", "prod")  # no terminal, no --yes: listed, nothing deleted
+    assert code == 2 and "nothing deleted" in err
+    listed = [line.split()[2] for line in out.splitlines()[2:] if line.startswith("image cache")]
+    assert listed == sorted(ours)
+    code, out, err = dictl("destroy", "--env", "prod", "--yes", "--json", "--quiet")
+    assert code == 0, err
+    assert sorted(json.loads(out)["deleted"]) == sorted(ours)
+    assert sorted(r["repositoryName"] for r in ecr.describe_repositories()["repositories"]) == sorted(theirs)
