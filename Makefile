@@ -170,7 +170,7 @@ $(LOCK_TOOL)/.installed: requirements-lock-tool.txt
 # LLMPerf's lock is resolved on its own, for the one interpreter `dictl bench` installs it into (userdata/ops/bench.sh):
 # CPython 3.10 on x86_64 with glibc 2.35 (the legacy DLC's Python and Ubuntu 22.04), wheels only. It shares no
 # package with the project's locks (another Python, another platform), so the test set does not constrain it.
-LLMPERF_LOCK_FLAGS := --python-version 3.10 --python-platform x86_64-manylinux_2_35 --only-binary :all:
+LLMPERF_LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_34 --only-binary :all:
 lock: $(LOCK_TOOL)/.installed
 	$(UV_COMPILE) $(if $(UPGRADE),--upgrade) requirements-dev.txt -o requirements-dev.lock
 	$(UV_COMPILE) -c requirements-dev.lock requirements.txt -o requirements.lock

@@ -96,7 +96,7 @@ COMMON: tuple[Key, ...] = (
     key("DI_IMAGE", "text", U + "di-run " + U + "worker.sh", "the worker container image"),
     key("DI_MODEL_ID", "text", U + "worker.sh " + U + "ops/smoke.sh", "the served model's Hugging Face id"),
     key("DI_MODEL_SOURCE", "text", U + "worker.sh", "huggingface or s3"),
-    key("DI_HF_TOKEN_SECRET", "text", U + "worker.sh", "Secrets Manager name of the HF token", optional=True),
+    key("DI_HF_TOKEN_SECRET", "text", U + "worker.sh", "Secrets Manager name of the HF token", nodes=W, optional=True),
     key("DI_MAX_MODEL_LEN", "int", U + "engines/nixl.sh " + U + "lib/compile.sh", "vLLM --max-model-len"),
     key("DI_MAX_NUM_SEQS", "int", U + "engines/nixl.sh " + U + "lib/compile.sh", "vLLM --max-num-seqs"),
     key("DI_BUCKET", "text", U + "worker.sh " + U + "ops/bench.sh", "the artifacts bucket"),

@@ -62,7 +62,6 @@ def common_values(config: DeploymentConfig, refs: DeploymentRefs) -> dict[str, s
         "DI_IMAGE": config.image,
         "DI_MODEL_ID": model.id,
         "DI_MODEL_SOURCE": model.source,
-        "DI_HF_TOKEN_SECRET": model.hf_token_secret or "",
         "DI_MAX_MODEL_LEN": str(model.max_model_len),
         "DI_MAX_NUM_SEQS": str(model.max_num_seqs),
         "DI_BUCKET": refs.bucket_name,
@@ -91,6 +90,9 @@ def worker_values(config: DeploymentConfig, fleet_name: str, refs: DeploymentRef
         "DI_ROLE": fleet.role,
         "DI_FLEET": fleet_name,
         "DI_TENSOR_PARALLEL": str(fleet.tensor_parallel),
+        # Only workers download the model; no control-host script reads the token (stacks/di_stack.py grants it
+        # to the worker role alone).
+        "DI_HF_TOKEN_SECRET": config.model.hf_token_secret or "",
         # What DI_ENDPOINTS' ranges index: logical NeuronCores (neuron) or GPU indices (gpu); the Neuron-only and
         # GPU-only values are empty on the other accelerator.
         "DI_ACCELERATOR": itype.accelerator,

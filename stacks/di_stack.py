@@ -77,8 +77,11 @@ class DiStack(cdk.Stack):
         bucket = self.artifacts.bucket
         roles = {}
         for role_id, prefixes in WRITE_PREFIXES.items():
+            # The Hugging Face token is the workers' alone: they download the model; the control host's scripts,
+            # `dictl bench` included (its tokenizer is public), never read it.
             roles[role_id] = NodeRole(self, role_id, bucket=bucket, write_prefixes=prefixes,
-                                      log_groups=list(groups.values()), secret=self.artifacts.hf_token_secret)
+                                      log_groups=list(groups.values()),
+                                      secret=self.artifacts.hf_token_secret if role_id == "WorkerRole" else None)
             nag.acknowledge_node_role(roles[role_id], bucket, prefixes)
         worker_role, control_role = roles["WorkerRole"], roles["ControlRole"]
         self.node_roles = (worker_role, control_role)

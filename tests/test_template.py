@@ -683,3 +683,12 @@ def test_an_unlisted_image_with_the_override_synthesizes_with_a_warning(tmp_path
     assert launch_templates(template)["trn2.48xlarge"]["ImageId"] == (
         "resolve:ssm:/aws/service/neuron/dlami/base/ubuntu-24.04/latest/image_id")
     assert worker_node_envs(template)["colocated"]["DI_IMAGE"].endswith(tag)
+
+
+def test_only_the_workers_read_the_hugging_face_token(synth):
+    raw = synth("prod").template_dict
+    readers = {role for role in ("ControlRole", "WorkerRole") for s in _statements(raw, role)
+               if "secretsmanager:GetSecretValue" in json.dumps(s["Action"])
+               and "secret:distack/hf-token-??????" in json.dumps(s["Resource"])}
+    assert readers == {"WorkerRole"}
+    assert not [p for p in control_env_parts(raw) if isinstance(p, str) and "DI_HF_TOKEN_SECRET" in p]

@@ -40,11 +40,12 @@ def test_clients_that_leave_after_prefill_leave_no_pending_handoff_and_no_held_b
                 calls = [asyncio.create_task(client.post(proxy.url + "/v1/completions",
                                                          json={"prompt": f"x{i}", "max_tokens": 4}))
                          for i in range(CLIENTS)]
-                await wait_until(lambda: p[0].in_flight == CLIENTS, what="every prefill under way")
+                await wait_until(lambda: p[0].in_flight == CLIENTS, timeout=15.0, what="every prefill under way")
                 # No decode can take the KV once the prefills answer: the requests wait for one, past prefill.
                 d[0].healthy = False
                 await wait_until(lambda: not registry.usable("decode"), what="the decode out of the pool")
-                await wait_until(lambda: handoffs.pending(p[0].address) == CLIENTS, what="every handoff pending")
+                await wait_until(lambda: handoffs.pending(p[0].address) == CLIENTS, timeout=15.0,
+                                 what="every handoff pending")
                 assert p[0].kv_blocks_held == 2 * CLIENTS and d[0].requests == []
                 await wait_until_async(lambda: _etcd_pending(etcd.address, prefix, p[0].address), (1, CLIENTS))
                 assert 'diproxy_kv_handoffs_pending{prefill="%s"} 100' % p[0].address in proxy.state.metrics.render()

@@ -23,7 +23,8 @@
 
 # The slice's unit file, userdata/units/di-containers.slice.
 CONTAINER_SLICE=di-containers.slice
-# The control host's containers (the legacy proxy, LLMPerf): a child of CONTAINER_SLICE with a memory bound.
+# The control host's containers and benchmark (the legacy proxy; LLMPerf's services): a child of CONTAINER_SLICE with a
+# memory bound.
 # shellcheck disable=SC2034 # used by di-run and ops/bench.sh, which source this file
 CONTROL_CONTAINER_SLICE=di-containers-control.slice
 # IMDS over IPv4, and over IPv6 where the instance has it enabled
