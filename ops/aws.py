@@ -33,12 +33,14 @@ class Clients:
     secretsmanager = property(lambda self: self.get("secretsmanager"))
 
 
-def pages(call: Callable[..., Mapping[str, Any]], **kwargs: Any) -> Iterator[Mapping[str, Any]]:
-    """Follow NextToken by hand: works the same on real clients, Stubber-backed ones and test fakes."""
+def pages(call: Callable[..., Mapping[str, Any]], *, token_key: str = "NextToken",
+          **kwargs: Any) -> Iterator[Mapping[str, Any]]:
+    """Follow the page token by hand: works the same on real clients, Stubber-backed ones and test fakes. Most APIs
+    name it NextToken; CloudWatch Logs and ECR nextToken, the Resource Groups Tagging API PaginationToken."""
     token: str | None = None
     while True:
-        response = call(**kwargs, **({"NextToken": token} if token else {}))
+        response = call(**kwargs, **({token_key: token} if token else {}))
         yield response
-        token = response.get("NextToken")
+        token = response.get(token_key)
         if not token:
             return

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, TextIO
 
 from botocore.exceptions import ClientError
 
+from ops.aws import pages
 from ops.errors import UsageError
 from ops.output import PARTIAL, table
 from ops.progress import Progress
@@ -72,18 +73,12 @@ def _tagged_arns(clients: Any, env: str) -> Iterator[str]:
     """ARNs of every resource tagged di:deployment=ENV that the deployment's own stack created (the tag anyone can
     set is not enough: a look-alike with only it is left alone). GetResources ANDs its TagFilters and pages by
     PaginationToken: https://docs.aws.amazon.com/resourcegroupstagging/latest/APIReference/API_GetResources.html"""
-    tagging = clients.get("resourcegroupstaggingapi")
-    token = ""
     filters = [{"Key": naming.TAG_DEPLOYMENT, "Values": [env]},
                {"Key": STACK_NAME_TAG, "Values": [naming.stack_name(env)]}]
-    while True:
-        page = tagging.get_resources(TagFilters=filters,
-                                     **({"PaginationToken": token} if token else {}))
+    for page in pages(clients.get("resourcegroupstaggingapi").get_resources, token_key="PaginationToken",
+                      TagFilters=filters):
         for mapping in page.get("ResourceTagMappingList", []):
             yield mapping["ResourceARN"]
-        token = page.get("PaginationToken", "")
-        if not token:
-            return
 
 
 def _classify(arn: str) -> tuple[str, str]:
@@ -101,30 +96,18 @@ def _classify(arn: str) -> tuple[str, str]:
 
 def _log_groups(clients: Any, prefix: str) -> dict[str, dict]:
     """Log groups whose name starts with PREFIX, by name (DescribeLogGroups pages by nextToken)."""
-    logs = clients.get("logs")
-    found: dict[str, dict] = {}
-    token = ""
-    while True:
-        page = logs.describe_log_groups(logGroupNamePrefix=prefix, **({"nextToken": token} if token else {}))
-        found.update({g["logGroupName"]: g for g in page.get("logGroups", [])})
-        token = page.get("nextToken", "")
-        if not token:
-            return found
+    return {g["logGroupName"]: g
+            for page in pages(clients.get("logs").describe_log_groups, token_key="nextToken", logGroupNamePrefix=prefix)
+            for g in page.get("logGroups", [])}
 
 
 def _cached_repositories(clients: Any, env: str) -> list[dict]:
     """The deployment's pull-through cache repositories (`di-ENV-quay/...`, `di-ENV-ecrp/...`), by name.
     DescribeRepositories pages by nextToken."""
     prefixes = tuple(image_cache.prefix(env, upstream) + "/" for upstream in image_cache.UPSTREAMS.values())
-    ecr = clients.get("ecr")
-    found: list[dict] = []
-    token = ""
-    while True:
-        page = ecr.describe_repositories(**({"nextToken": token} if token else {}))
-        found += [r for r in page.get("repositories", []) if r["repositoryName"].startswith(prefixes)]
-        token = page.get("nextToken", "")
-        if not token:
-            return sorted(found, key=lambda r: r["repositoryName"])
+    found = [r for page in pages(clients.get("ecr").describe_repositories, token_key="nextToken")
+             for r in page.get("repositories", []) if r["repositoryName"].startswith(prefixes)]
+    return sorted(found, key=lambda r: r["repositoryName"])
 
 
 def _size(count: float) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Sequence
 
+from ops.aws import pages
 from ops.targets import Deployment, Selection
 from model import naming
 from model.observability import agent_config as agent
@@ -107,16 +108,11 @@ def latest(cloudwatch: Any, wanted: Sequence[Query], now: datetime) -> dict[tupl
         batch = {f"q{first + i}": q for i, q in enumerate(wanted[first:first + MAX_QUERIES])}
         request = {"MetricDataQueries": [q.request(i) for i, q in batch.items()], "StartTime": start,
                    "EndTime": end, "ScanBy": "TimestampDescending"}
-        token = None
-        while True:
-            response = cloudwatch.get_metric_data(**request, **({"NextToken": token} if token else {}))
+        for response in pages(cloudwatch.get_metric_data, **request):
             for result in response.get("MetricDataResults", []):
                 q = batch[result["Id"]]
                 if result.get("Values") and values[(q.row, q.column)] is None:
                     values[(q.row, q.column)] = float(result["Values"][0])
-            token = response.get("NextToken")
-            if not token:
-                break
     return values
 
 

@@ -178,3 +178,43 @@ def test_destroy_deletes_the_deployments_cached_image_repositories_and_no_other(
     assert code == 0, err
     assert sorted(json.loads(out)["deleted"]) == sorted(ours)
     assert sorted(r["repositoryName"] for r in ecr.describe_repositories()["repositories"]) == sorted(theirs)
+
+
+def test_destroy_follows_every_services_own_page_token(account):
+    """Logs and ECR page by nextToken, the Tagging API by PaginationToken (ops.aws.pages token_key): what lies on a
+    second page is found too."""
+    client, dictl = account
+    for index in range(3):
+        client("ecr").create_repository(repositoryName=f"di-prod-quay/coreos/etcd{index}")
+        client("logs").create_log_group(logGroupName=f"/distack/prod/nodes{index}")
+    from ops import teardown
+
+    class OnePerPage:
+        """A client whose list calls answer one item a page, under the service's own token name."""
+
+        def __init__(self, real: Any, call: str, items: str, token: str) -> None:
+            self.real, self.call, self.items, self.token = real, call, items, token
+
+        def __getattr__(self, name: str) -> Any:
+            if name != self.call:
+                return getattr(self.real, name)
+
+            def one(**kwargs: Any) -> dict:
+                start = int(kwargs.pop(self.token, 0))
+                everything = getattr(self.real, name)(**kwargs)[self.items]
+                page = {self.items: everything[start:start + 1]}
+                if start + 1 < len(everything):
+                    page[self.token] = str(start + 1)
+                return page
+            return one
+
+    class Clients:
+        def get(self, service: str) -> Any:
+            if service == "ecr":
+                return OnePerPage(client("ecr"), "describe_repositories", "repositories", "nextToken")
+            return OnePerPage(client("logs"), "describe_log_groups", "logGroups", "nextToken")
+
+    assert [r["repositoryName"] for r in teardown._cached_repositories(Clients(), "prod")] == [
+        f"di-prod-quay/coreos/etcd{index}" for index in range(3)]
+    assert sorted(teardown._log_groups(Clients(), "/distack/prod/")) == [
+        f"/distack/prod/nodes{index}" for index in range(3)]
