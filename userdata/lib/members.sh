@@ -86,15 +86,11 @@ di_etcdctl() {
   fi
 }
 
-# etcd_add_member ENDPOINTS: add this member by name and peer URL, retrying while the cluster refuses.
+# etcd_add_member ENDPOINTS: add this member by name and peer URL, retrying while the cluster refuses (lib/log.sh
+# retry, with the membership's own attempts and pause).
 etcd_add_member() {
-  local attempt
-  for ((attempt = 1; attempt <= ETCD_ADD_ATTEMPTS; attempt++)); do
-    di_etcdctl --endpoints="$1" member add "$DI_ETCD_MEMBER" --peer-urls="$(etcd_peer_url)" >/dev/null 2>&1 &&
-      return 0
-    sleep "$ETCD_ADD_SLEEP"
-  done
-  return 1
+  RETRY_ATTEMPTS=$ETCD_ADD_ATTEMPTS RETRY_SLEEP=$ETCD_ADD_SLEEP retry \
+    di_etcdctl --endpoints="$1" member add "$DI_ETCD_MEMBER" --peer-urls="$(etcd_peer_url)" >/dev/null 2>&1
 }
 
 # etcd_cluster_state DATA_DIR: print "new" or "existing" for --initial-cluster-state, after making room for this
@@ -139,16 +135,12 @@ etcd_cluster_state() {
 # whole change with the real etcd). Nothing to do when the record matches, or when no other member answers (the
 # whole cluster restarting: each keeps the URL it has).
 etcd_update_peer_url() {
-  local others list="" id registered attempt
+  local others list id registered
   others=$(etcd_other_endpoints)
   [[ -n $others ]] || return 0
   # The list is linearizable: while the others elect a leader (this member led) etcd answers "leader changed".
-  for ((attempt = 1; attempt <= ETCD_LIST_ATTEMPTS; attempt++)); do
-    list=$(di_etcdctl --endpoints="$others" member list 2>/dev/null) && break
-    list=""
-    ((attempt == ETCD_LIST_ATTEMPTS)) || sleep "$ETCD_ADD_SLEEP"
-  done
-  [[ -n $list ]] || return 0
+  list=$(RETRY_ATTEMPTS=$ETCD_LIST_ATTEMPTS RETRY_SLEEP=$ETCD_ADD_SLEEP retry \
+    di_etcdctl --endpoints="$others" member list 2>/dev/null) || return 0
   read -r id registered < <(awk -F', ' -v name="$DI_ETCD_MEMBER" '$3 == name { print $1, $4; exit }' <<<"$list") || true
   [[ -n ${id:-} && $registered != "$(etcd_peer_url)" ]] || return 0
   log "etcd member $DI_ETCD_MEMBER ($id): peer URL $registered in the cluster, now $(etcd_peer_url): updating it"
