@@ -33,6 +33,12 @@ class Clients:
     secretsmanager = property(lambda self: self.get("secretsmanager"))
 
 
+def objects(s3: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+    """Every object under PREFIX (ListObjectsV2 pages by ContinuationToken, which boto3's paginator follows)."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        yield from page.get("Contents", [])
+
+
 def pages(call: Callable[..., Mapping[str, Any]], *, token_key: str = "NextToken",
           **kwargs: Any) -> Iterator[Mapping[str, Any]]:
     """Follow the page token by hand: works the same on real clients, Stubber-backed ones and test fakes. Most APIs

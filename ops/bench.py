@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ops.aws import objects
 from ops.errors import UsageError
 from ops.output import table
 from model import naming
@@ -89,11 +90,10 @@ def _in_writer_folder(s3: Any, bucket: str, uri: str, prefix: str) -> list[str]:
     if not prefix.startswith(bench) or not run_id or "/" in run_id:
         return []
     found: dict[str, list[str]] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=bench):
-        for obj in page.get("Contents", []):
-            writer, rest = split_key(bench, obj["Key"])
-            if writer is not None and rest.startswith(f"{run_id}/") and obj["Key"].endswith(SUMMARY_SUFFIX):
-                found.setdefault(writer.userid, []).append(obj["Key"])
+    for obj in objects(s3, bucket, bench):
+        writer, rest = split_key(bench, obj["Key"])
+        if writer is not None and rest.startswith(f"{run_id}/") and obj["Key"].endswith(SUMMARY_SUFFIX):
+            found.setdefault(writer.userid, []).append(obj["Key"])
     if len(found) > 1:
         raise UsageError(f"{uri}: run {run_id} is in several node folders\n"
                          + "".join(f"  s3://{bucket}/{bench}{userid}/{run_id}/\n" for userid in sorted(found))

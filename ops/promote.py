@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
+from ops.aws import objects
 from model import naming
 from model.write_scope import Writer, scoped, split_key, trusted
 
@@ -41,12 +42,6 @@ class Promoted:
     removed: int
 
 
-def _objects(s3: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
-    """Every object under PREFIX (ListObjectsV2 pages by ContinuationToken)."""
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        yield from page.get("Contents", [])
-
-
 @dataclass(frozen=True)
 class Staged:
     """One complete staged set: who wrote it (from its folder), its compiled key, and when its SHA256SUMS landed."""
@@ -62,7 +57,7 @@ def staged_sets(s3: Any, bucket: str, role_ids: Iterable[str] = ()) -> tuple[lis
     sets: list[Staged] = []
     refused: set[str] = set()
     prefix = naming.BUCKET_PREFIX_STAGING_COMPILED
-    for obj in _objects(s3, bucket, prefix):
+    for obj in objects(s3, bucket, prefix):
         writer, rest = split_key(prefix, obj["Key"])
         if not trusted(writer, role_ids):
             refused.add(obj["Key"][len(prefix):].split("/", 1)[0])
@@ -118,7 +113,7 @@ def check(s3: Any, bucket: str, staged: Staged) -> list[str]:
     """The staged copy's files, in the order to copy them (SHA256SUMS last), once it matches its list."""
     source = source_prefix(staged)
     where = f"s3://{bucket}/{source}"
-    files = {obj["Key"][len(source):] for obj in _objects(s3, bucket, source)}
+    files = {obj["Key"][len(source):] for obj in objects(s3, bucket, source)}
     if CHECKSUM_LIST not in files:
         raise PromoteError(f"{where} has no {CHECKSUM_LIST}: nothing is promoted without one")
     body = s3.get_object(Bucket=bucket, Key=source + CHECKSUM_LIST)["Body"].read().decode("utf-8", "replace")
@@ -144,7 +139,7 @@ def promote(s3: Any, bucket: str, staged: Staged) -> Promoted:
         # The managed copy switches to a multipart copy above its threshold: CopyObject alone stops at 5 GB
         # (https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html).
         s3.copy({"Bucket": bucket, "Key": source + path}, bucket, target + path)
-    stale = [obj["Key"] for obj in _objects(s3, bucket, target) if obj["Key"][len(target):] not in files]
+    stale = [obj["Key"] for obj in objects(s3, bucket, target) if obj["Key"][len(target):] not in files]
     for keys in (stale, [source + path for path in files]):
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
             s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]],
