@@ -30,10 +30,7 @@ PROXY_WAIT_SECONDS=${PROXY_WAIT_SECONDS:-60}
 PROXY_WAIT_SLEEP=${PROXY_WAIT_SLEEP:-1}
 
 install_docker() {
-  if ! command -v docker >/dev/null; then
-    log "installing Docker (dnf)"
-    retry dnf install -y -q docker || fail "cannot install Docker with dnf"
-  fi
+  dnf_tool docker || fail "cannot install Docker with dnf"
   systemctl enable --now docker || fail "Docker does not start"
 }
 
@@ -210,8 +207,7 @@ wait_for_distack_proxy() {
 install_distack_proxy() {
   [[ -n ${DI_PROXY_PACKAGE_URL:-} ]] || fail "DI_PROXY=distack but node.env has no DI_PROXY_PACKAGE_URL"
   [[ -n ${DI_PROXY_WHEELHOUSE_URL:-} ]] || fail "DI_PROXY=distack but node.env has no DI_PROXY_WHEELHOUSE_URL"
-  command -v "$DI_PROXY_PYTHON" >/dev/null || retry dnf install -y -q "$DI_PROXY_PYTHON" ||
-    fail "cannot install $DI_PROXY_PYTHON for the proxy"
+  dnf_tool "$DI_PROXY_PYTHON" || fail "cannot install $DI_PROXY_PYTHON for the proxy"
   rm -rf "$DI_PROXY_SRC" && mkdir -p "$DI_PROXY_SRC/diproxy" "$DI_PROXY_SRC/wheelhouse"
   retry aws s3 cp --only-show-errors --region "$DI_REGION" "$DI_PROXY_PACKAGE_URL" "$DI_PROXY_SRC/diproxy.zip" ||
     fail "cannot download the proxy package $DI_PROXY_PACKAGE_URL"

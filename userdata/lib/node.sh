@@ -41,6 +41,14 @@ endpoints() {
   done
 }
 
+# dnf_tool TOOL: TOOL on PATH, installed from Amazon Linux 2023's repositories (its package has the same name) when
+# missing; fails when dnf cannot install it, for the caller to say what needed it.
+dnf_tool() {
+  command -v "$1" >/dev/null && return 0
+  log "installing $1 (dnf)"
+  retry dnf install -y -q "$1"
+}
+
 # fstab_add UUID MOUNTPOINT: record a mount once, with nofail so a missing disk never blocks boot.
 fstab_add() {
   local fstab=${DI_FSTAB:-/etc/fstab}

@@ -138,7 +138,7 @@ secrets_env_file() {
 host_tools() {
   local tool
   for tool in git "$LLMPERF_PYTHON_BIN"; do
-    command -v "$tool" >/dev/null || retry dnf install -y -q "$tool" || die "cannot install $tool for LLMPerf (dnf)"
+    dnf_tool "$tool" || die "cannot install $tool for LLMPerf (dnf)"
   done
 }
 
